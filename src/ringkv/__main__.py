@@ -1,0 +1,3 @@
+from ringkv.cli.main import main
+
+main()

@@ -1,0 +1,109 @@
+"""``ringkv local-cluster``: the seed's three nodes on this machine, in one terminal.
+
+Runs the README's three ``ringkv node`` command lines as child processes,
+waits until each reports SERVING on the gRPC health service, shows a table,
+and stops them all cleanly on Ctrl-C (or SIGTERM).
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import FrameType
+
+from rich.console import Console
+from rich.table import Table
+
+from ringkv.cli.args import Commands
+from ringkv.client.health import wait_until_serving
+from ringkv.client.requests import DEFAULT_ENDPOINT
+
+_STARTUP_TIMEOUT_S = 30.0
+
+
+def add_parser(commands: Commands) -> None:
+    parser = commands.add_parser(
+        "local-cluster",
+        help="run the seed's 3-node cluster on this machine",
+        description="Run nodes node1..nodeN on ports BASE..BASE+N-1 until Ctrl-C.",
+    )
+    parser.add_argument("--nodes", type=int, default=3, help="how many nodes (default: 3)")
+    parser.add_argument("--base-port", type=int, default=50051, help="first port (default: 50051)")
+    parser.add_argument("--replicas", type=int, default=2, help="replication factor (default: 2)")
+    parser.add_argument(
+        "--data-dir", type=Path, default=Path("data"), help="parent of each node's data dir"
+    )
+    parser.add_argument("--engine", default="lmdb", help="storage engine (default: lmdb)")
+    parser.set_defaults(handler=handle, parser=parser)
+
+
+def node_command_lines(
+    nodes: int, base_port: int, replicas: int, data_dir: Path, engine: str
+) -> list[list[str]]:
+    """The seed's command lines (``-id nodeK -addr 0.0.0.0:PORT -peers ...``)."""
+    addresses = {f"node{i + 1}": f"127.0.0.1:{base_port + i}" for i in range(nodes)}
+    lines = []
+    for node_id, address in addresses.items():
+        peers = ",".join(f"{peer}={addr}" for peer, addr in addresses.items() if peer != node_id)
+        port = address.rsplit(":", 1)[1]
+        seed_flags = ["-id", node_id, "-addr", f"0.0.0.0:{port}", "-peers", peers]
+        own_flags = ["--engine", engine, "--data-dir", str(data_dir / node_id)]
+        node = [sys.executable, "-m", "ringkv", "node"]
+        lines.append([*node, *seed_flags, "-replicas", str(replicas), *own_flags])
+    return lines
+
+
+def handle(args: argparse.Namespace) -> int:
+    if not 1 <= args.nodes <= 16:
+        args.parser.error("--nodes must be between 1 and 16")
+    console = Console(stderr=True)
+    lines = node_command_lines(
+        args.nodes, args.base_port, args.replicas, args.data_dir, args.engine
+    )
+    children = [subprocess.Popen(line) for line in lines]
+    stopping = False
+
+    def stop(_signum: int, _frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        deadline = time.monotonic() + _STARTUP_TIMEOUT_S
+        table = Table(title="ringkv local cluster")
+        for column in ("node", "address", "pid", "state"):
+            table.add_column(column)
+        healthy = True
+        for index, child in enumerate(children):
+            address = f"127.0.0.1:{args.base_port + index}"
+            serving = child.poll() is None and wait_until_serving(
+                address, timeout=deadline - time.monotonic()
+            )
+            healthy &= serving
+            state = "[green]SERVING[/]" if serving else "[red]not serving[/]"
+            table.add_row(f"node{index + 1}", address, str(child.pid), state)
+        console.print(table)
+        if not healthy:
+            console.print("[red]a node did not start; stopping the cluster[/]")
+            return 1
+        console.print(
+            f"Try: ringkv set hello world --endpoint {DEFAULT_ENDPOINT}  (Ctrl-C stops the cluster)"
+        )
+        while not stopping and all(child.poll() is None for child in children):
+            time.sleep(0.2)
+        return 0 if stopping else 1
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+        for child in children:
+            try:
+                child.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()

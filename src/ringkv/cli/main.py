@@ -1,0 +1,27 @@
+"""The ``ringkv`` command."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+from ringkv.cli import kv_commands, local_cluster, node_command
+from ringkv.cli.args import ArgumentParser
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(
+        prog="ringkv", description="ringkv: a partitioned, replicated key-value store"
+    )
+    commands = parser.add_subparsers(
+        title="commands", required=True, metavar="COMMAND", parser_class=ArgumentParser
+    )
+    node_command.add_parser(commands)
+    kv_commands.add_parsers(commands)
+    local_cluster.add_parser(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    sys.exit(args.handler(args))

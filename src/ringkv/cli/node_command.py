@@ -1,0 +1,109 @@
+"""``ringkv node``: run a node. Accepts the seed's flags exactly (``-id node1``)
+and GNU-style ones (``--id node1``, ``--id=node1``)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ringkv.cli.args import Commands
+from ringkv.core.errors import RingkvError
+from ringkv.core.validation import DEFAULT_MAX_VALUE_BYTES, Limits
+from ringkv.server.config import (
+    LOG_FORMATS,
+    LOG_LEVELS,
+    ConfigError,
+    HostPort,
+    NodeConfig,
+    parse_peers,
+)
+from ringkv.server.logs import configure_logging
+from ringkv.server.node import run
+from ringkv.storage import ENGINE_KINDS, FsyncMode
+
+
+def add_parser(commands: Commands) -> None:
+    parser = commands.add_parser(
+        "node",
+        help="run a node",
+        description="Run a ringkv node until SIGTERM or SIGINT.",
+        allow_abbrev=False,
+    )
+    parser.add_argument("-id", "--id", default="node1", help="unique node id (default: node1)")
+    parser.add_argument(
+        "-addr", "--addr", default=":50051", help="listen address host:port (default: :50051)"
+    )
+    parser.add_argument(
+        "-peers",
+        "--peers",
+        default="",
+        help="comma-separated peers: id=host:port or host:port (default: none)",
+    )
+    parser.add_argument(
+        "-replicas", "--replicas", type=int, default=2, help="replication factor (default: 2)"
+    )
+    parser.add_argument(
+        "--advertise-addr",
+        help="address other nodes and clients reach this node at (default: --addr, "
+        "with 127.0.0.1 for a wildcard host)",
+    )
+    parser.add_argument("--engine", choices=ENGINE_KINDS, default="lmdb", help="storage engine")
+    parser.add_argument("--data-dir", type=Path, help="data directory (default: ./data/<node-id>)")
+    parser.add_argument(
+        "--fsync",
+        choices=[mode.value for mode in FsyncMode],
+        default=FsyncMode.BATCH.value,
+        help="when writes reach the disk before they are acknowledged (default: batch)",
+    )
+    parser.add_argument(
+        "--max-value-bytes",
+        type=int,
+        default=DEFAULT_MAX_VALUE_BYTES,
+        help=f"largest value accepted (default: {DEFAULT_MAX_VALUE_BYTES})",
+    )
+    parser.add_argument("--log-format", choices=LOG_FORMATS, default="text")
+    parser.add_argument("--log-level", choices=LOG_LEVELS, default="info")
+    parser.add_argument(
+        "--shutdown-grace",
+        type=float,
+        default=5.0,
+        help="seconds in-flight requests get to finish on shutdown (default: 5)",
+    )
+    parser.set_defaults(handler=handle, parser=parser)
+
+
+def config_from(args: argparse.Namespace) -> NodeConfig:
+    """The node configuration the parsed flags describe."""
+    return NodeConfig(
+        node_id=args.id,
+        listen=HostPort.parse(args.addr, what="-addr"),
+        advertise=(
+            HostPort.parse(args.advertise_addr, what="--advertise-addr")
+            if args.advertise_addr
+            else None
+        ),
+        peers=parse_peers(args.peers, self_id=args.id),
+        replicas=args.replicas,
+        engine=args.engine,
+        data_dir=args.data_dir,
+        fsync=FsyncMode(args.fsync),
+        limits=Limits(max_value_bytes=args.max_value_bytes),
+        log_format=args.log_format,
+        log_level=args.log_level,
+        shutdown_grace_s=args.shutdown_grace,
+    )
+
+
+def handle(args: argparse.Namespace) -> int:
+    try:
+        config = config_from(args)
+    except ConfigError as error:
+        args.parser.error(str(error))
+    configure_logging(config.log_format, config.log_level, config.node_id)
+    try:
+        run(config)
+    except RingkvError as error:
+        sys.stderr.write(f"ringkv node: error: {error.message}\n")
+        return 1
+    return 0

@@ -1,0 +1,110 @@
+"""The asyncio client: the same calls as ``Client``, awaited."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Callable, Sequence
+from types import TracebackType
+from typing import TYPE_CHECKING, TypeAlias, TypeVar
+
+import grpc
+
+from ringkv.api import kv_pb2_grpc
+from ringkv.client import requests
+from ringkv.client.channels import ChannelPool
+from ringkv.client.requests import CHANNEL_OPTIONS, DEFAULT_ENDPOINT, Entry, Level
+from ringkv.client.retry import Attempts, RetryPolicy
+
+if TYPE_CHECKING:  # the async stub type exists only in the generated .pyi
+    from ringkv.api.kv_pb2_grpc import KeyValueAsyncStub
+
+RequestT = TypeVar("RequestT")
+ResponseT = TypeVar("ResponseT")
+Method: TypeAlias = Callable[
+    ["KeyValueAsyncStub"], "grpc.aio.UnaryUnaryMultiCallable[RequestT, ResponseT]"
+]
+
+
+class AsyncClient:
+    """An asyncio connection to ringkv; see ``Client`` for the behaviour."""
+
+    def __init__(
+        self,
+        endpoints: str | Sequence[str] = DEFAULT_ENDPOINT,
+        *,
+        timeout: float = 5.0,
+        retry: RetryPolicy | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._pool = ChannelPool(
+            endpoints, lambda target: grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+        )
+        self._timeout = timeout
+        self._retry = retry or RetryPolicy()
+        self._rng = rng or random.Random()
+
+    async def _call(
+        self, method: Method[RequestT, ResponseT], request: RequestT, timeout: float | None
+    ) -> ResponseT:
+        attempts = Attempts(self._retry, self._rng)
+        while True:
+            stub = kv_pb2_grpc.KeyValueStub(self._pool.current())
+            try:
+                return await method(stub)(request, timeout=timeout or self._timeout)
+            except grpc.RpcError as error:
+                delay = attempts.failed(error)
+            self._pool.advance()
+            await asyncio.sleep(delay)
+
+    async def get(
+        self, key: str, *, consistency: Level = None, timeout: float | None = None
+    ) -> Entry | None:
+        """The key's value and version, or None if it is absent."""
+        request = requests.get_request(key, consistency)
+        return requests.entry(await self._call(lambda stub: stub.Get, request, timeout))
+
+    async def set(
+        self,
+        key: str,
+        value: bytes | str,
+        *,
+        ttl: float | None = None,
+        if_version: int | None = None,
+        if_absent: bool = False,
+        consistency: Level = None,
+        timeout: float | None = None,
+    ) -> int:
+        """Store a value and return its version; see ``Client.set``."""
+        request = requests.set_request(
+            key, value, ttl=ttl, if_version=if_version, if_absent=if_absent, consistency=consistency
+        )
+        return (await self._call(lambda stub: stub.Set, request, timeout)).version
+
+    async def delete(
+        self,
+        key: str,
+        *,
+        if_version: int | None = None,
+        consistency: Level = None,
+        timeout: float | None = None,
+    ) -> bool:
+        """Delete a key; returns whether a live value was deleted."""
+        request = requests.delete_request(key, if_version, consistency)
+        return (await self._call(lambda stub: stub.Delete, request, timeout)).found
+
+    async def close(self) -> None:
+        """Close every channel."""
+        for channel in self._pool.take_all():
+            await channel.close()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()

@@ -1,0 +1,54 @@
+"""The one table that maps gRPC status codes back to ringkv's typed errors."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import grpc
+from google.protobuf.message import DecodeError
+from google.rpc import error_details_pb2, status_pb2
+
+from ringkv.core import errors
+
+STATUS_DETAILS_KEY = "grpc-status-details-bin"
+
+ERROR_CLASSES: dict[grpc.StatusCode, type[errors.RingkvError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: errors.InvalidArgument,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: errors.ResourceExhausted,
+    grpc.StatusCode.FAILED_PRECONDITION: errors.PreconditionFailed,
+    grpc.StatusCode.UNAVAILABLE: errors.Unavailable,
+    grpc.StatusCode.DEADLINE_EXCEEDED: errors.DeadlineExceeded,
+    grpc.StatusCode.UNAUTHENTICATED: errors.Unauthenticated,
+    grpc.StatusCode.INTERNAL: errors.InternalError,
+}
+
+# A reason names a subclass more precise than the status code alone
+# (RESOURCE_EXHAUSTED is a value too large, or a full disk).
+REASON_CLASSES: dict[str, type[errors.RingkvError]] = {
+    cls.default_reason: cls for cls in (errors.ValueTooLarge, errors.StorageFull)
+}
+
+
+def from_rpc_error(error: grpc.RpcError) -> errors.RingkvError:
+    """The typed error for a failed call, with the server's reason and metadata."""
+    code: grpc.StatusCode = error.code()
+    message: str = error.details() or code.name
+    info = _error_info(error.trailing_metadata())
+    cls = REASON_CLASSES.get(info.reason) or ERROR_CLASSES.get(code, errors.RingkvError)
+    return cls(message, reason=info.reason or code.name, metadata=dict(info.metadata))
+
+
+def _error_info(trailing_metadata: Iterable[Any] | None) -> error_details_pb2.ErrorInfo:
+    info = error_details_pb2.ErrorInfo()
+    for key, value in trailing_metadata or ():
+        if key != STATUS_DETAILS_KEY:
+            continue
+        try:
+            status = status_pb2.Status.FromString(bytes(value))
+        except DecodeError:
+            return info
+        for detail in status.details:
+            if detail.Unpack(info):
+                return info
+    return info

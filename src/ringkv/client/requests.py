@@ -1,0 +1,87 @@
+"""Request building and response reading shared by the sync and async clients."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from ringkv.api import kv_pb2
+from ringkv.core.consistency import Consistency
+
+DEFAULT_ENDPOINT = "127.0.0.1:50051"
+Level = Consistency | str | None
+"""A consistency level by enum or name; None for the node's default."""
+# Values may be up to a node's --max-value-bytes (at most 64 MiB).
+CHANNEL_OPTIONS = [
+    ("grpc.max_send_message_length", 65 << 20),
+    ("grpc.max_receive_message_length", 65 << 20),
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """A value read from the store."""
+
+    value: bytes
+    version: int
+    """Pass as ``if_version`` to write only if nobody wrote in between."""
+    expires_at_ms: int = 0
+    """Unix milliseconds when the value expires; 0 for never."""
+
+
+def level(consistency: Level) -> kv_pb2.Consistency.ValueType:
+    """The wire value of a consistency level given as enum, name or None."""
+    if consistency is None:
+        consistency = Consistency.DEFAULT
+    elif isinstance(consistency, str):
+        consistency = Consistency.from_name(consistency)
+    return kv_pb2.Consistency.ValueType(int(consistency))
+
+
+def ttl_ms(ttl: float | None) -> int:
+    """Seconds to whole milliseconds, rounded up so a short TTL is never 'none'."""
+    return 0 if ttl is None else math.ceil(ttl * 1000)
+
+
+def expected(if_version: int | None, if_absent: bool) -> int:
+    """The version field of a conditional write."""
+    if if_absent:
+        return -1
+    return 0 if if_version is None else if_version
+
+
+def get_request(key: str, consistency: Level) -> kv_pb2.GetRequest:
+    return kv_pb2.GetRequest(key=key, consistency=level(consistency))
+
+
+def set_request(
+    key: str,
+    value: bytes | str,
+    *,
+    ttl: float | None,
+    if_version: int | None,
+    if_absent: bool,
+    consistency: Level,
+) -> kv_pb2.SetRequest:
+    return kv_pb2.SetRequest(
+        key=key,
+        value=value.encode() if isinstance(value, str) else value,
+        version=expected(if_version, if_absent),
+        consistency=level(consistency),
+        ttl_ms=ttl_ms(ttl),
+    )
+
+
+def delete_request(key: str, if_version: int | None, consistency: Level) -> kv_pb2.DeleteRequest:
+    return kv_pb2.DeleteRequest(
+        key=key,
+        version=expected(if_version, if_absent=False),
+        consistency=level(consistency),
+    )
+
+
+def entry(response: kv_pb2.GetResponse) -> Entry | None:
+    """The entry a Get found, or None."""
+    if not response.found:
+        return None
+    return Entry(response.value, response.version, response.expires_at_ms)

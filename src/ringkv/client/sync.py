@@ -1,0 +1,115 @@
+"""The blocking client."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Sequence
+from types import TracebackType
+from typing import TypeAlias, TypeVar
+
+import grpc
+
+from ringkv.api import kv_pb2_grpc
+from ringkv.client import requests
+from ringkv.client.channels import ChannelPool
+from ringkv.client.requests import CHANNEL_OPTIONS, DEFAULT_ENDPOINT, Entry, Level
+from ringkv.client.retry import Attempts, RetryPolicy
+
+RequestT = TypeVar("RequestT")
+ResponseT = TypeVar("ResponseT")
+Method: TypeAlias = Callable[
+    [kv_pb2_grpc.KeyValueStub], "grpc.UnaryUnaryMultiCallable[RequestT, ResponseT]"
+]
+
+
+class Client:
+    """A blocking connection to ringkv through one or more endpoints.
+
+    Calls go to the current endpoint; when it is UNAVAILABLE the call is tried
+    again, after a backoff, on the next one. Failures raise ``ringkv.errors``.
+    """
+
+    def __init__(
+        self,
+        endpoints: str | Sequence[str] = DEFAULT_ENDPOINT,
+        *,
+        timeout: float = 5.0,
+        retry: RetryPolicy | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._pool = ChannelPool(
+            endpoints, lambda target: grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
+        )
+        self._timeout = timeout
+        self._retry = retry or RetryPolicy()
+        self._rng = rng or random.Random()
+
+    def _call(
+        self, method: Method[RequestT, ResponseT], request: RequestT, timeout: float | None
+    ) -> ResponseT:
+        attempts = Attempts(self._retry, self._rng)
+        while True:
+            stub = kv_pb2_grpc.KeyValueStub(self._pool.current())
+            try:
+                return method(stub)(request, timeout=timeout or self._timeout)
+            except grpc.RpcError as error:
+                delay = attempts.failed(error)
+            self._pool.advance()
+            time.sleep(delay)
+
+    def get(
+        self, key: str, *, consistency: Level = None, timeout: float | None = None
+    ) -> Entry | None:
+        """The key's value and version, or None if it is absent."""
+        request = requests.get_request(key, consistency)
+        return requests.entry(self._call(lambda stub: stub.Get, request, timeout))
+
+    def set(
+        self,
+        key: str,
+        value: bytes | str,
+        *,
+        ttl: float | None = None,
+        if_version: int | None = None,
+        if_absent: bool = False,
+        consistency: Level = None,
+        timeout: float | None = None,
+    ) -> int:
+        """Store a value (a str is UTF-8 encoded) and return its version.
+
+        ``ttl`` is in seconds. ``if_version`` or ``if_absent`` make the write
+        conditional: it raises PreconditionFailed when the key has moved on.
+        """
+        request = requests.set_request(
+            key, value, ttl=ttl, if_version=if_version, if_absent=if_absent, consistency=consistency
+        )
+        return self._call(lambda stub: stub.Set, request, timeout).version
+
+    def delete(
+        self,
+        key: str,
+        *,
+        if_version: int | None = None,
+        consistency: Level = None,
+        timeout: float | None = None,
+    ) -> bool:
+        """Delete a key; returns whether a live value was deleted."""
+        request = requests.delete_request(key, if_version, consistency)
+        return self._call(lambda stub: stub.Delete, request, timeout).found
+
+    def close(self) -> None:
+        """Close every channel."""
+        for channel in self._pool.take_all():
+            channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

@@ -1,0 +1,83 @@
+"""The domain errors of ringkv, shared by the server and the client.
+
+Each error carries a machine-readable ``reason`` (an upper-case word, as in
+google.rpc.ErrorInfo) and string ``metadata``. The server maps each class to
+one gRPC status code in a single table (``ringkv.server.errors``); the client
+maps status codes back to these classes (``ringkv.client.errors``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+
+class RingkvError(Exception):
+    """Base of every error ringkv raises on purpose."""
+
+    default_reason = "ERROR"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.reason = reason or self.default_reason
+        self.metadata: dict[str, str] = dict(metadata or {})
+
+
+class InvalidArgument(RingkvError):
+    """The request is malformed or breaks a limit on its shape."""
+
+    default_reason = "INVALID_ARGUMENT"
+
+
+class ResourceExhausted(RingkvError):
+    """A request is too large, or a resource it needs has run out."""
+
+    default_reason = "RESOURCE_EXHAUSTED"
+
+
+class ValueTooLarge(ResourceExhausted):
+    """A value is larger than the node's --max-value-bytes."""
+
+    default_reason = "VALUE_TOO_LARGE"
+
+
+class StorageFull(ResourceExhausted):
+    """The storage engine cannot grow: the disk or the map limit is full."""
+
+    default_reason = "STORAGE_FULL"
+
+
+class PreconditionFailed(RingkvError):
+    """A conditional write found a different version than it expected."""
+
+    default_reason = "VERSION_MISMATCH"
+
+
+class Unavailable(RingkvError):
+    """The request cannot be served now; retrying later may succeed."""
+
+    default_reason = "UNAVAILABLE"
+
+
+class DeadlineExceeded(RingkvError):
+    """The request did not finish before its deadline."""
+
+    default_reason = "DEADLINE_EXCEEDED"
+
+
+class Unauthenticated(RingkvError):
+    """The caller did not prove who it is."""
+
+    default_reason = "UNAUTHENTICATED"
+
+
+class InternalError(RingkvError):
+    """A bug or an unexpected failure on the serving node."""
+
+    default_reason = "INTERNAL"

@@ -1,0 +1,88 @@
+"""Records and the writes that change them."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from ringkv.core.hlc import Version
+
+NO_EXPIRY = 0
+EXPECT_ANY: int | None = None
+EXPECT_ABSENT = -1
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One version of one key: a value, or a tombstone that says it was deleted."""
+
+    key: bytes
+    """The key, UTF-8 encoded."""
+    value: bytes
+    """The value; empty for a tombstone."""
+    version: Version
+    """Orders the versions of one key; the largest wins."""
+    tombstone: bool = False
+    """Whether this version deletes the key."""
+    expires_at_ms: int = NO_EXPIRY
+    """Unix milliseconds after which the value reads as absent; 0 for never."""
+
+    def is_live(self, now_ms: int) -> bool:
+        """Whether a read at ``now_ms`` sees this record as a present value."""
+        if self.tombstone:
+            return False
+        return self.expires_at_ms == NO_EXPIRY or now_ms < self.expires_at_ms
+
+
+@dataclass(frozen=True, slots=True)
+class Mutation:
+    """A record to store if it is newer than the stored one, under a condition."""
+
+    record: Record
+    expected: int | None = EXPECT_ANY
+    """None: unconditional. EXPECT_ABSENT: only if no live value exists.
+    Otherwise the timestamp the live value's version must have."""
+    now_ms: int = 0
+    """When the write was made; decides whether the stored value is live."""
+
+    def precondition_holds(self, current: Record | None) -> bool:
+        """Whether the condition accepts the currently stored record."""
+        if self.expected is EXPECT_ANY:
+            return True
+        live = current is not None and current.is_live(self.now_ms)
+        if self.expected == EXPECT_ABSENT:
+            return not live
+        return live and current is not None and current.version.timestamp == self.expected
+
+
+class Outcome(enum.Enum):
+    """What a storage engine did with one mutation."""
+
+    APPLIED = "applied"
+    """The record is now the key's newest version."""
+    STALE = "stale"
+    """A newer (or equal) version was already stored; nothing changed."""
+    PRECONDITION_FAILED = "precondition_failed"
+    """The mutation's condition rejected the stored record; nothing changed."""
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyResult:
+    """The outcome of one mutation, with the record it replaced or lost to."""
+
+    outcome: Outcome
+    previous: Record | None
+    """The record stored before this mutation, if any."""
+
+    def previous_was_live(self, now_ms: int) -> bool:
+        """Whether a live value stood before this mutation."""
+        return self.previous is not None and self.previous.is_live(now_ms)
+
+
+def resolve(mutation: Mutation, current: Record | None) -> ApplyResult:
+    """Decide a mutation against the stored record: the rule every engine applies."""
+    if not mutation.precondition_holds(current):
+        return ApplyResult(Outcome.PRECONDITION_FAILED, current)
+    if current is not None and current.version >= mutation.record.version:
+        return ApplyResult(Outcome.STALE, current)
+    return ApplyResult(Outcome.APPLIED, current)

@@ -1,0 +1,64 @@
+"""Limits on keys, values and request fields, checked before anything is written."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ringkv.core.errors import InvalidArgument, ValueTooLarge
+from ringkv.core.records import EXPECT_ABSENT
+
+MAX_KEY_BYTES = 4096
+DEFAULT_MAX_VALUE_BYTES = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """What a node accepts."""
+
+    max_key_bytes: int = MAX_KEY_BYTES
+    max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES
+
+    def key(self, key: str) -> bytes:
+        """The key's UTF-8 bytes, or InvalidArgument if it is empty or too long."""
+        if not key:
+            raise InvalidArgument("key must not be empty", reason="EMPTY_KEY")
+        try:
+            encoded = key.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            # Lone surrogates: a str that is not valid UTF-8.
+            raise InvalidArgument("key is not valid UTF-8", reason="INVALID_UTF8") from exc
+        if len(encoded) > self.max_key_bytes:
+            raise InvalidArgument(
+                f"key is {len(encoded)} bytes, the limit is {self.max_key_bytes}",
+                reason="KEY_TOO_LARGE",
+                metadata={"size": str(len(encoded)), "limit": str(self.max_key_bytes)},
+            )
+        return encoded
+
+    def value(self, value: bytes) -> bytes:
+        """The value, or ValueTooLarge if it is over the limit."""
+        if len(value) > self.max_value_bytes:
+            raise ValueTooLarge(
+                f"value is {len(value)} bytes, the limit is {self.max_value_bytes}",
+                metadata={"size": str(len(value)), "limit": str(self.max_value_bytes)},
+            )
+        return value
+
+
+def ttl_ms(ttl: int) -> int:
+    """A validated time to live in milliseconds (0 means none)."""
+    if ttl < 0:
+        raise InvalidArgument(f"ttl_ms must not be negative, got {ttl}", reason="NEGATIVE_TTL")
+    return ttl
+
+
+def expected_version(version: int) -> int | None:
+    """The precondition a request's version field asks for (None: unconditional)."""
+    if version == 0:
+        return None
+    if version < EXPECT_ABSENT:
+        raise InvalidArgument(
+            f"version must be 0, -1 or a version returned by the store, got {version}",
+            reason="INVALID_VERSION",
+        )
+    return version

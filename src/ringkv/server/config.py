@@ -1,0 +1,168 @@
+"""A node's configuration: one typed, validated object built from its flags."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ringkv.core.validation import DEFAULT_MAX_VALUE_BYTES, Limits
+from ringkv.storage import ENGINE_KINDS, FsyncMode
+
+LOG_FORMATS = ("text", "json")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message says which and why."""
+
+
+@dataclass(frozen=True, slots=True)
+class HostPort:
+    """A network address as ``host:port``; an empty host means every interface."""
+
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, text: str, *, what: str = "address") -> HostPort:
+        """Parse ``host:port``, ``[v6]:port`` or ``:port``."""
+        host, sep, port_text = text.strip().rpartition(":")
+        if not sep:
+            raise ConfigError(f"{what} {text!r} is not host:port")
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
+            _check_ipv6(host, text, what)
+        elif ":" in host:
+            raise ConfigError(f"{what} {text!r}: write an IPv6 host in brackets, [{host}]:port")
+        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+            raise ConfigError(f"{what} {text!r} has no valid port (1-65535)")
+        if any(c.isspace() or c in "/,=@" for c in host):
+            raise ConfigError(f"{what} {text!r} has an invalid host")
+        return cls(host, int(port_text))
+
+    @property
+    def is_wildcard(self) -> bool:
+        """Whether the host means every interface."""
+        return self.host in ("", "0.0.0.0", "::")
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+def _check_ipv6(host: str, text: str, what: str) -> None:
+    try:
+        ipaddress.IPv6Address(host)
+    except ValueError:
+        raise ConfigError(f"{what} {text!r} has an invalid IPv6 host") from None
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """Another member named on the command line."""
+
+    node_id: str
+    address: HostPort
+
+
+def parse_peers(text: str, *, self_id: str) -> tuple[Peer, ...]:
+    """Parse the seed's ``-peers``: comma-separated ``id=host:port`` or bare ``host:port``.
+
+    A bare address is its own id, as in the seed.
+    """
+    peers: list[Peer] = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        node_id, sep, address_text = item.rpartition("=")
+        address = HostPort.parse(address_text, what="peer address")
+        if not sep:
+            node_id = str(address)
+        validate_node_id(node_id)
+        if address.is_wildcard:
+            raise ConfigError(f"peer {item!r} needs a reachable host, not a wildcard")
+        if node_id == self_id:
+            raise ConfigError(f"peer {item!r} has this node's own id {self_id!r}")
+        if any(peer.node_id == node_id for peer in peers):
+            raise ConfigError(f"peer id {node_id!r} is named twice")
+        peers.append(Peer(node_id, address))
+    return tuple(peers)
+
+
+def validate_node_id(node_id: str) -> str:
+    """A node id: 1-64 printable characters without spaces, commas or '='."""
+    if not 0 < len(node_id) <= 64 or any(c.isspace() or c in ",=" for c in node_id):
+        raise ConfigError(
+            f"node id {node_id!r} must be 1-64 characters without spaces, commas or '='"
+        )
+    if not node_id.isprintable():
+        raise ConfigError(f"node id {node_id!r} must be printable")
+    return node_id
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    """Everything a node needs to start."""
+
+    node_id: str = "node1"
+    listen: HostPort = field(default_factory=lambda: HostPort("", 50051))
+    advertise: HostPort | None = None
+    """The address other nodes and clients use; defaults to ``listen`` (127.0.0.1
+    for a wildcard host)."""
+    peers: tuple[Peer, ...] = ()
+    replicas: int = 2
+    engine: str = "lmdb"
+    data_dir: Path | None = None
+    """Where the lmdb engine keeps its files; defaults to ``./data/<node-id>``."""
+    fsync: FsyncMode = FsyncMode.BATCH
+    limits: Limits = field(default_factory=Limits)
+    log_format: str = "text"
+    log_level: str = "info"
+    shutdown_grace_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        validate_node_id(self.node_id)
+        if self.replicas < 1:
+            raise ConfigError(f"replicas must be at least 1, got {self.replicas}")
+        if self.engine not in ENGINE_KINDS:
+            raise ConfigError(
+                f"engine {self.engine!r} is unknown; choose from {', '.join(ENGINE_KINDS)}"
+            )
+        if self.log_format not in LOG_FORMATS:
+            raise ConfigError(f"log format {self.log_format!r} is not one of {LOG_FORMATS}")
+        if self.log_level not in LOG_LEVELS:
+            raise ConfigError(f"log level {self.log_level!r} is not one of {LOG_LEVELS}")
+        if not 0 < self.limits.max_value_bytes <= 64 << 20:
+            raise ConfigError("max value bytes must be between 1 and 64 MiB")
+        if self.shutdown_grace_s < 0:
+            raise ConfigError("the shutdown grace period must not be negative")
+
+    @property
+    def data_path(self) -> Path:
+        """The data dir in effect."""
+        return self.data_dir if self.data_dir is not None else Path("data") / self.node_id
+
+    @property
+    def advertised(self) -> HostPort:
+        """The address this node tells others to reach it at."""
+        if self.advertise is not None:
+            return self.advertise
+        if self.listen.is_wildcard:
+            return HostPort("127.0.0.1", self.listen.port)
+        return self.listen
+
+    @property
+    def bind_address(self) -> str:
+        """The address gRPC binds to."""
+        return str(HostPort(self.listen.host or "0.0.0.0", self.listen.port))
+
+
+__all__ = [
+    "DEFAULT_MAX_VALUE_BYTES",
+    "ConfigError",
+    "HostPort",
+    "NodeConfig",
+    "Peer",
+    "parse_peers",
+]

@@ -1,0 +1,83 @@
+"""Turning async handler functions into gRPC services.
+
+Requests arrive as raw bytes and are parsed here rather than by grpc, so a
+malformed message (bad wire format, invalid UTF-8 in a string field) gets
+INVALID_ARGUMENT with a reason instead of grpc's opaque INTERNAL.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeAlias
+
+import grpc
+from google.protobuf.message import DecodeError, Message
+
+from ringkv.core.errors import InternalError, InvalidArgument, RingkvError
+from ringkv.server.errors import abort_with
+
+log = logging.getLogger(__name__)
+
+Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
+Handler = Callable[[Any, Context], Awaitable[Message]]
+
+
+@dataclass(frozen=True, slots=True)
+class Method:
+    """One unary RPC: its request type and the coroutine that serves it."""
+
+    request_type: type[Message]
+    handler: Handler
+
+
+class Service(Protocol):
+    """A gRPC service made of unary methods."""
+
+    name: str
+    """The full service name, such as ``kv.KeyValue``."""
+
+    def methods(self) -> dict[str, Method]:
+        """The service's methods by name."""
+        ...
+
+
+def parse_request(request_type: type[Message], raw: bytes) -> Message:
+    """Parse a request, or InvalidArgument saying what is wrong with it."""
+    try:
+        return request_type.FromString(raw)
+    except DecodeError as exc:
+        if "UTF-8" in str(exc):
+            raise InvalidArgument(
+                "a string field is not valid UTF-8", reason="INVALID_UTF8"
+            ) from None
+        raise InvalidArgument(
+            f"malformed {request_type.DESCRIPTOR.full_name}", reason="MALFORMED_REQUEST"
+        ) from None
+
+
+def _serve(method: Method, full_name: str) -> Callable[[bytes, Context], Awaitable[bytes]]:
+    async def serve(raw: bytes, context: Context) -> bytes:
+        try:
+            request = parse_request(method.request_type, raw)
+            response = await method.handler(request, context)
+        except RingkvError as error:
+            await abort_with(context, error)
+        except Exception:
+            log.exception("unexpected error in %s", full_name)
+            await abort_with(context, InternalError(f"internal error in {full_name}"))
+        return response.SerializeToString()
+
+    return serve
+
+
+def generic_handler(service: Service) -> grpc.GenericRpcHandler:
+    """A grpc handler that serves ``service``."""
+    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
+        method_name: grpc.unary_unary_rpc_method_handler(
+            _serve(method, f"{service.name}/{method_name}")
+        )
+        for method_name, method in service.methods().items()
+    }
+    return grpc.method_handlers_generic_handler(service.name, handlers)

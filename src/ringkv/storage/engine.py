@@ -1,0 +1,65 @@
+"""The Engine protocol that every storage engine implements."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from ringkv.core.records import ApplyResult, Mutation, Record
+
+
+class FsyncMode(enum.StrEnum):
+    """When a write reaches the disk before it is acknowledged."""
+
+    ALWAYS = "always"
+    """Every write is its own transaction, synced before it is acknowledged."""
+    BATCH = "batch"
+    """Concurrent writes share one transaction, synced before any is acknowledged."""
+    NEVER = "never"
+    """Writes are committed to the OS page cache and never synced: they survive a
+    crash of the process, not of the machine."""
+
+
+@dataclass(frozen=True, slots=True)
+class EngineStats:
+    """Sizes of an engine's contents."""
+
+    records: int
+    """Stored records, tombstones and expired values included."""
+    bytes_used: int
+    """Bytes the records occupy (pages in use for LMDB)."""
+
+
+class Engine(Protocol):
+    """A store of versioned records, keyed by (token, key).
+
+    ``apply`` is called from one thread at a time (the node's commit thread);
+    ``get`` and ``scan`` may run concurrently with it from another thread.
+    """
+
+    def get(self, key: bytes) -> Record | None:
+        """The newest stored record of a key, tombstones and expired values included."""
+        ...
+
+    def apply(self, mutations: Sequence[Mutation]) -> list[ApplyResult]:
+        """Store each mutation whose version is newer and whose condition holds.
+
+        All mutations commit in one transaction, in order, durably as the
+        engine's fsync mode says, before this returns. Raises StorageFull when
+        there is no room; then nothing of the batch is stored.
+        """
+        ...
+
+    def scan(self, start_token: int, end_token: int) -> Iterator[Record]:
+        """Records with ``start_token <= token < end_token``, in (token, key) order."""
+        ...
+
+    def stats(self) -> EngineStats:
+        """Current sizes."""
+        ...
+
+    def close(self) -> None:
+        """Flush and release the engine; it must not be used afterwards."""
+        ...

@@ -1,0 +1,149 @@
+"""The durable engine: LMDB, one B+tree of records keyed by (token, key).
+
+LMDB gives crash-safe copy-on-write transactions and lock-free readers. Its
+map (the largest size the file may reach) is fixed when it is opened, so this
+engine starts with a modest map and doubles it whenever a write finds it full.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import lmdb
+
+from ringkv.core.errors import StorageFull, Unavailable
+from ringkv.core.records import ApplyResult, Mutation, Outcome, Record, resolve
+from ringkv.storage.codec import (
+    decode_record,
+    encode_record,
+    storage_key,
+    token_bound,
+    user_key,
+)
+from ringkv.storage.engine import EngineStats, FsyncMode
+
+DEFAULT_INITIAL_MAP_BYTES = 256 << 20
+DEFAULT_MAX_MAP_BYTES = 1 << 40
+_SCAN_CHUNK = 512
+_LOCK_FILE = "ringkv.lock"
+
+
+class LmdbEngine:
+    """Records in an LMDB environment under ``path``."""
+
+    def __init__(
+        self,
+        path: Path,
+        fsync: FsyncMode = FsyncMode.BATCH,
+        *,
+        initial_map_bytes: int = DEFAULT_INITIAL_MAP_BYTES,
+        max_map_bytes: int = DEFAULT_MAX_MAP_BYTES,
+    ) -> None:
+        path.mkdir(parents=True, exist_ok=True)
+        self._dir_lock = _lock_data_dir(path)
+        self._max_map_bytes = max_map_bytes
+        self._env = lmdb.open(
+            str(path),
+            map_size=initial_map_bytes,
+            max_dbs=4,
+            sync=fsync is not FsyncMode.NEVER,
+            metasync=fsync is not FsyncMode.NEVER,
+        )
+        self._records = self._env.open_db(b"records")
+        # Growing the map needs every transaction of this process closed;
+        # readers hold the lock for one short transaction, the resize holds it
+        # while it swaps the map.
+        self._map_lock = threading.Lock()
+
+    def get(self, key: bytes) -> Record | None:
+        with self._map_lock, self._env.begin(db=self._records, buffers=True) as txn:
+            data = txn.get(storage_key(key))
+            return None if data is None else decode_record(key, data)
+
+    def apply(self, mutations: Sequence[Mutation]) -> list[ApplyResult]:
+        while True:
+            try:
+                return self._apply_once(mutations)
+            except lmdb.MapFullError:
+                self._grow_map()
+            except lmdb.DiskError as exc:
+                raise StorageFull(f"the disk is full: {exc}") from None
+
+    def _apply_once(self, mutations: Sequence[Mutation]) -> list[ApplyResult]:
+        results = []
+        with self._env.begin(write=True, db=self._records, buffers=True) as txn:
+            for mutation in mutations:
+                record = mutation.record
+                stored_key = storage_key(record.key)
+                data = txn.get(stored_key)
+                current = None if data is None else decode_record(record.key, data)
+                result = resolve(mutation, current)
+                if result.outcome is Outcome.APPLIED:
+                    txn.put(stored_key, encode_record(record))
+                results.append(result)
+        return results
+
+    def _grow_map(self) -> None:
+        size = int(self._env.info()["map_size"])
+        if size >= self._max_map_bytes:
+            raise StorageFull(f"the store reached its map limit of {self._max_map_bytes} bytes")
+        with self._map_lock:
+            self._env.set_mapsize(min(size * 2, self._max_map_bytes))
+
+    def scan(self, start_token: int, end_token: int) -> Iterator[Record]:
+        # Chunks of short transactions: a long-lived reader would stop LMDB
+        # from reusing pages freed by the writes that go on meanwhile.
+        position = token_bound(start_token)
+        end = token_bound(end_token) if end_token <= 0xFFFF_FFFF_FFFF_FFFF else None
+        skip_first = False
+        while True:
+            chunk = self._scan_chunk(position, end, skip_first)
+            yield from (record for _, record in chunk)
+            if len(chunk) < _SCAN_CHUNK:
+                return
+            position, skip_first = chunk[-1][0], True
+
+    def _scan_chunk(
+        self, position: bytes, end: bytes | None, skip_first: bool
+    ) -> list[tuple[bytes, Record]]:
+        chunk: list[tuple[bytes, Record]] = []
+        with self._map_lock, self._env.begin(db=self._records) as txn:
+            cursor = txn.cursor()
+            if not cursor.set_range(position):
+                return chunk
+            for stored_key, data in cursor:
+                if end is not None and stored_key >= end:
+                    break
+                if skip_first and stored_key == position:
+                    continue
+                chunk.append((stored_key, decode_record(user_key(stored_key), data)))
+                if len(chunk) == _SCAN_CHUNK:
+                    break
+        return chunk
+
+    def stats(self) -> EngineStats:
+        with self._map_lock, self._env.begin() as txn:
+            stat = txn.stat(self._records)
+        pages = stat["branch_pages"] + stat["leaf_pages"] + stat["overflow_pages"]
+        return EngineStats(records=int(stat["entries"]), bytes_used=int(pages * stat["psize"]))
+
+    def close(self) -> None:
+        with self._map_lock:
+            self._env.sync(True)
+            self._env.close()
+        os.close(self._dir_lock)
+
+
+def _lock_data_dir(path: Path) -> int:
+    """Hold an exclusive lock on the data dir, so two nodes never share one."""
+    fd = os.open(path / _LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise Unavailable(f"data dir {path} is in use by another process") from None
+    return fd

@@ -1,0 +1,52 @@
+"""An engine that keeps records in a dict: fast, and gone when the process ends."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+
+from ringkv.core.records import ApplyResult, Mutation, Outcome, Record, resolve
+from ringkv.core.tokens import token_of
+from ringkv.storage.engine import EngineStats
+
+
+class MemoryEngine:
+    """Records in memory, for tests and caches; ``--fsync`` does not apply."""
+
+    def __init__(self) -> None:
+        self._records: dict[bytes, Record] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: bytes) -> Record | None:
+        with self._lock:
+            return self._records.get(key)
+
+    def apply(self, mutations: Sequence[Mutation]) -> list[ApplyResult]:
+        results = []
+        with self._lock:
+            for mutation in mutations:
+                key = mutation.record.key
+                result = resolve(mutation, self._records.get(key))
+                if result.outcome is Outcome.APPLIED:
+                    self._records[key] = mutation.record
+                results.append(result)
+        return results
+
+    def scan(self, start_token: int, end_token: int) -> Iterator[Record]:
+        with self._lock:
+            in_range = [
+                (token, record.key, record)
+                for record in self._records.values()
+                if start_token <= (token := token_of(record.key)) < end_token
+            ]
+        in_range.sort(key=lambda item: (item[0], item[1]))
+        return iter([record for _, _, record in in_range])
+
+    def stats(self) -> EngineStats:
+        with self._lock:
+            size = sum(len(r.key) + len(r.value) for r in self._records.values())
+            return EngineStats(records=len(self._records), bytes_used=size)
+
+    def close(self) -> None:
+        with self._lock:
+            self._records.clear()
