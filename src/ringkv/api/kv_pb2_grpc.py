@@ -54,6 +54,11 @@ class KeyValueStub:
                 request_serializer=ringkv_dot_api_dot_kv__pb2.ReplicateRequest.SerializeToString,
                 response_deserializer=ringkv_dot_api_dot_kv__pb2.ReplicateResponse.FromString,
                 _registered_method=True)
+        self.Ping = channel.unary_unary(
+                '/kv.KeyValue/Ping',
+                request_serializer=ringkv_dot_api_dot_kv__pb2.PingRequest.SerializeToString,
+                response_deserializer=ringkv_dot_api_dot_kv__pb2.PingResponse.FromString,
+                _registered_method=True)
 
 
 class KeyValueServicer:
@@ -85,6 +90,13 @@ class KeyValueServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Ping(self, request, context):
+        """Answers at once without touching storage: a liveness and latency probe.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_KeyValueServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -107,6 +119,11 @@ def add_KeyValueServicer_to_server(servicer, server):
                     servicer.Replicate,
                     request_deserializer=ringkv_dot_api_dot_kv__pb2.ReplicateRequest.FromString,
                     response_serializer=ringkv_dot_api_dot_kv__pb2.ReplicateResponse.SerializeToString,
+            ),
+            'Ping': grpc.unary_unary_rpc_method_handler(
+                    servicer.Ping,
+                    request_deserializer=ringkv_dot_api_dot_kv__pb2.PingRequest.FromString,
+                    response_serializer=ringkv_dot_api_dot_kv__pb2.PingResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -217,6 +234,33 @@ class KeyValue:
             '/kv.KeyValue/Replicate',
             ringkv_dot_api_dot_kv__pb2.ReplicateRequest.SerializeToString,
             ringkv_dot_api_dot_kv__pb2.ReplicateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Ping(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kv.KeyValue/Ping',
+            ringkv_dot_api_dot_kv__pb2.PingRequest.SerializeToString,
+            ringkv_dot_api_dot_kv__pb2.PingResponse.FromString,
             options,
             channel_credentials,
             insecure,

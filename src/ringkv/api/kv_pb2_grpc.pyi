@@ -45,6 +45,8 @@ class KeyValueStub:
     """Kept for seed clients. Applies a write or delete like Set/Delete; the
     version is assigned by the server (the seed trusted a caller's version).
     """
+    Ping: _grpc.UnaryUnaryMultiCallable[_kv_pb2.PingRequest, _kv_pb2.PingResponse]
+    """Answers at once without touching storage: a liveness and latency probe."""
 
 @_typing.type_check_only
 class KeyValueAsyncStub(KeyValueStub):
@@ -56,6 +58,8 @@ class KeyValueAsyncStub(KeyValueStub):
     """Kept for seed clients. Applies a write or delete like Set/Delete; the
     version is assigned by the server (the seed trusted a caller's version).
     """
+    Ping: _aio.UnaryUnaryMultiCallable[_kv_pb2.PingRequest, _kv_pb2.PingResponse]  # type: ignore[assignment]
+    """Answers at once without touching storage: a liveness and latency probe."""
 
 class KeyValueServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -88,6 +92,14 @@ class KeyValueServicer(metaclass=_abc_1.ABCMeta):
         """Kept for seed clients. Applies a write or delete like Set/Delete; the
         version is assigned by the server (the seed trusted a caller's version).
         """
+
+    @_abc_1.abstractmethod
+    def Ping(
+        self,
+        request: _kv_pb2.PingRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_kv_pb2.PingResponse, _abc.Awaitable[_kv_pb2.PingResponse]]:
+        """Answers at once without touching storage: a liveness and latency probe."""
 
 def add_KeyValueServicer_to_server(servicer: KeyValueServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 

@@ -77,7 +77,7 @@ def config_from(args: argparse.Namespace) -> NodeConfig:
     """The node configuration the parsed flags describe."""
     return NodeConfig(
         node_id=args.id,
-        listen=HostPort.parse(args.addr, what="-addr"),
+        listen=HostPort.parse(args.addr, what="-addr", allow_port_zero=True),
         advertise=(
             HostPort.parse(args.advertise_addr, what="--advertise-addr")
             if args.advertise_addr

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, TypeAlias, TypeVar
 
 import grpc
 
-from ringkv.api import kv_pb2_grpc
+from ringkv.api import kv_pb2, kv_pb2_grpc
 from ringkv.client import requests
 from ringkv.client.channels import ChannelPool
 from ringkv.client.requests import CHANNEL_OPTIONS, DEFAULT_ENDPOINT, Entry, Level
@@ -92,6 +92,11 @@ class AsyncClient:
         """Delete a key; returns whether a live value was deleted."""
         request = requests.delete_request(key, if_version, consistency)
         return (await self._call(lambda stub: stub.Delete, request, timeout)).found
+
+    async def ping(self, *, timeout: float | None = None) -> str:
+        """The id of the node that answered a no-op call."""
+        request = kv_pb2.PingRequest()
+        return (await self._call(lambda stub: stub.Ping, request, timeout)).node_id
 
     async def close(self) -> None:
         """Close every channel."""

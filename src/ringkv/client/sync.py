@@ -10,7 +10,7 @@ from typing import TypeAlias, TypeVar
 
 import grpc
 
-from ringkv.api import kv_pb2_grpc
+from ringkv.api import kv_pb2, kv_pb2_grpc
 from ringkv.client import requests
 from ringkv.client.channels import ChannelPool
 from ringkv.client.requests import CHANNEL_OPTIONS, DEFAULT_ENDPOINT, Entry, Level
@@ -97,6 +97,11 @@ class Client:
         """Delete a key; returns whether a live value was deleted."""
         request = requests.delete_request(key, if_version, consistency)
         return self._call(lambda stub: stub.Delete, request, timeout).found
+
+    def ping(self, *, timeout: float | None = None) -> str:
+        """The id of the node that answered a no-op call."""
+        request = kv_pb2.PingRequest()
+        return self._call(lambda stub: stub.Ping, request, timeout).node_id
 
     def close(self) -> None:
         """Close every channel."""

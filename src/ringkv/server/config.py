@@ -25,8 +25,11 @@ class HostPort:
     port: int
 
     @classmethod
-    def parse(cls, text: str, *, what: str = "address") -> HostPort:
-        """Parse ``host:port``, ``[v6]:port`` or ``:port``."""
+    def parse(cls, text: str, *, what: str = "address", allow_port_zero: bool = False) -> HostPort:
+        """Parse ``host:port``, ``[v6]:port`` or ``:port``.
+
+        Port 0 (any free port) only where ``allow_port_zero``: a listen address.
+        """
         host, sep, port_text = text.strip().rpartition(":")
         if not sep:
             raise ConfigError(f"{what} {text!r} is not host:port")
@@ -35,8 +38,9 @@ class HostPort:
             _check_ipv6(host, text, what)
         elif ":" in host:
             raise ConfigError(f"{what} {text!r}: write an IPv6 host in brackets, [{host}]:port")
-        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-            raise ConfigError(f"{what} {text!r} has no valid port (1-65535)")
+        lowest = 0 if allow_port_zero else 1
+        if not port_text.isdigit() or not lowest <= int(port_text) < 65536:
+            raise ConfigError(f"{what} {text!r} has no valid port ({lowest}-65535)")
         if any(c.isspace() or c in "/,=@" for c in host):
             raise ConfigError(f"{what} {text!r} has an invalid host")
         return cls(host, int(port_text))

@@ -19,7 +19,8 @@ class KeyValueService:
 
     name = "kv.KeyValue"
 
-    def __init__(self, store: LocalStore, limits: Limits) -> None:
+    def __init__(self, node_id: str, store: LocalStore, limits: Limits) -> None:
+        self._node_id = node_id
         self._store = store
         self._limits = limits
 
@@ -29,6 +30,7 @@ class KeyValueService:
             "Set": Method(kv_pb2.SetRequest, self.set),
             "Delete": Method(kv_pb2.DeleteRequest, self.delete),
             "Replicate": Method(kv_pb2.ReplicateRequest, self.replicate),
+            "Ping": Method(kv_pb2.PingRequest, self.ping),
         }
 
     async def get(self, request: kv_pb2.GetRequest, _: Context) -> kv_pb2.GetResponse:
@@ -69,3 +71,6 @@ class KeyValueService:
         value = b"" if request.is_delete else self._limits.value(request.value)
         await self._store.write(key, value, tombstone=request.is_delete)
         return kv_pb2.ReplicateResponse(ok=True)
+
+    async def ping(self, _request: kv_pb2.PingRequest, _: Context) -> kv_pb2.PingResponse:
+        return kv_pb2.PingResponse(node_id=self._node_id)

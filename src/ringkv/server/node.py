@@ -17,7 +17,7 @@ from ringkv.core.hlc import HybridLogicalClock
 from ringkv.server import rpc
 from ringkv.server.cluster_service import ClusterService
 from ringkv.server.commit import DEFAULT_MAX_BATCH, CommitQueue
-from ringkv.server.config import NodeConfig
+from ringkv.server.config import HostPort, NodeConfig
 from ringkv.server.kv_service import KeyValueService
 from ringkv.server.local_store import LocalStore
 from ringkv.storage import FsyncMode, open_engine
@@ -72,9 +72,14 @@ async def _serve_until_stopped(
             ("grpc.so_reuseport", 0),
         ]
     )
+    try:
+        port = server.add_insecure_port(config.bind_address)
+    except RuntimeError:
+        raise Unavailable(f"cannot listen on {config.bind_address}") from None
+    advertised = HostPort(config.advertised.host, config.advertised.port or port)
     services: list[rpc.Service] = [
-        KeyValueService(store, config.limits),
-        ClusterService(config.node_id, str(config.advertised)),
+        KeyValueService(config.node_id, store, config.limits),
+        ClusterService(config.node_id, str(advertised)),
     ]
     server.add_generic_rpc_handlers([rpc.generic_handler(s) for s in services])
     health_servicer = health.aio.HealthServicer()
@@ -82,10 +87,6 @@ async def _serve_until_stopped(
     reflection.enable_server_reflection(
         [s.name for s in services] + [health.SERVICE_NAME, reflection.SERVICE_NAME], server
     )
-    try:
-        port = server.add_insecure_port(config.bind_address)
-    except RuntimeError:
-        raise Unavailable(f"cannot listen on {config.bind_address}") from None
     await server.start()
     for name in ["", *(s.name for s in services)]:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
