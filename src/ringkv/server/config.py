@@ -39,9 +39,12 @@ class HostPort:
         elif ":" in host:
             raise ConfigError(f"{what} {text!r}: write an IPv6 host in brackets, [{host}]:port")
         lowest = 0 if allow_port_zero else 1
-        if not port_text.isdigit() or not lowest <= int(port_text) < 65536:
+        if (
+            not (port_text.isascii() and port_text.isdigit())
+            or not lowest <= int(port_text) < 65536
+        ):
             raise ConfigError(f"{what} {text!r} has no valid port ({lowest}-65535)")
-        if any(c.isspace() or c in "/,=@" for c in host):
+        if any(c.isspace() or c in "/,=@[]" for c in host):
             raise ConfigError(f"{what} {text!r} has an invalid host")
         return cls(host, int(port_text))
 

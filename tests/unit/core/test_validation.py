@@ -1,0 +1,190 @@
+"""Tests for ringkv.core.validation: limits on keys, values and request fields."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ringkv.core.errors import InvalidArgument, ResourceExhausted, ValueTooLarge
+from ringkv.core.records import EXPECT_ABSENT
+from ringkv.core.validation import (
+    DEFAULT_MAX_VALUE_BYTES,
+    MAX_KEY_BYTES,
+    Limits,
+    expected_version,
+    ttl_ms,
+)
+
+PROPERTY = settings(max_examples=200, deadline=None)
+
+
+def test_defaults() -> None:
+    assert MAX_KEY_BYTES == 4096
+    assert DEFAULT_MAX_VALUE_BYTES == 1 << 20
+    limits = Limits()
+    assert limits.max_key_bytes == MAX_KEY_BYTES
+    assert limits.max_value_bytes == DEFAULT_MAX_VALUE_BYTES
+
+
+# --- keys ------------------------------------------------------------------------
+
+
+def test_key_is_returned_as_utf8() -> None:
+    assert Limits().key("user:42") == b"user:42"
+    assert Limits().key("ключ") == "ключ".encode()
+    assert Limits().key("\x00") == b"\x00"
+
+
+def test_empty_key_is_rejected() -> None:
+    with pytest.raises(InvalidArgument) as info:
+        Limits().key("")
+    assert info.value.reason == "EMPTY_KEY"
+    assert info.value.metadata == {}
+
+
+@pytest.mark.parametrize(
+    ("key", "size"),
+    [
+        ("a" * 4096, 4096),
+        ("é" * 2048, 4096),  # 2 bytes each
+        ("€" * 1365 + "a", 4096),  # 3 bytes each
+        ("😀" * 1024, 4096),  # 4 bytes each
+    ],
+    ids=["ascii", "2-byte", "3-byte", "4-byte"],
+)
+def test_key_of_exactly_the_limit_is_accepted(key: str, size: int) -> None:
+    encoded = Limits().key(key)
+    assert len(encoded) == size
+    assert encoded == key.encode("utf-8")
+
+
+@pytest.mark.parametrize(
+    ("key", "size"),
+    [
+        ("a" * 4097, 4097),
+        ("é" * 2048 + "a", 4097),
+        ("é" * 4096, 8192),  # 4096 characters, but too many bytes
+        ("😀" * 1025, 4100),
+        ("a" * 4095 + "é", 4097),  # a multi-byte character straddling the limit
+    ],
+    ids=["ascii", "2-byte-plus-one", "chars-at-limit", "4-byte", "straddling"],
+)
+def test_key_over_the_limit_is_rejected(key: str, size: int) -> None:
+    with pytest.raises(InvalidArgument) as info:
+        Limits().key(key)
+    assert info.value.reason == "KEY_TOO_LARGE"
+    assert info.value.metadata == {"size": str(size), "limit": "4096"}
+    assert str(size) in info.value.message
+
+
+def test_key_limit_is_configurable() -> None:
+    limits = Limits(max_key_bytes=3)
+    assert limits.key("abc") == b"abc"
+    with pytest.raises(InvalidArgument) as info:
+        limits.key("ab€")
+    assert info.value.reason == "KEY_TOO_LARGE"
+    assert info.value.metadata == {"size": "5", "limit": "3"}
+
+
+@pytest.mark.parametrize("key", ["\ud800", "a\udfffb", "\udc80" * 10, "😀\ud83d"])
+def test_lone_surrogates_are_invalid_utf8(key: str) -> None:
+    with pytest.raises(InvalidArgument) as info:
+        Limits().key(key)
+    assert info.value.reason == "INVALID_UTF8"
+    assert isinstance(info.value.__cause__, UnicodeEncodeError)
+
+
+@given(key=st.text(min_size=1, max_size=64))
+@PROPERTY
+def test_any_short_valid_key_round_trips(key: str) -> None:
+    encoded = Limits().key(key)
+    assert encoded == key.encode("utf-8")
+    assert encoded.decode("utf-8") == key
+
+
+@given(key=st.text(min_size=1, max_size=40), limit=st.integers(min_value=1, max_value=100))
+@PROPERTY
+def test_key_limit_counts_utf8_bytes(key: str, limit: int) -> None:
+    size = len(key.encode("utf-8"))
+    limits = Limits(max_key_bytes=limit)
+    if size <= limit:
+        assert limits.key(key) == key.encode("utf-8")
+    else:
+        with pytest.raises(InvalidArgument) as info:
+            limits.key(key)
+        assert info.value.reason == "KEY_TOO_LARGE"
+        assert info.value.metadata == {"size": str(size), "limit": str(limit)}
+
+
+# --- values ------------------------------------------------------------------------
+
+
+def test_value_up_to_the_limit_is_returned() -> None:
+    limits = Limits(max_value_bytes=8)
+    assert limits.value(b"") == b""
+    assert limits.value(b"12345678") == b"12345678"
+
+
+def test_value_of_the_default_limit_is_accepted() -> None:
+    value = bytes(DEFAULT_MAX_VALUE_BYTES)
+    assert Limits().value(value) is value
+
+
+@pytest.mark.parametrize("size", [9, 10, 1000])
+def test_value_over_the_limit_is_rejected(size: int) -> None:
+    with pytest.raises(ValueTooLarge) as info:
+        Limits(max_value_bytes=8).value(bytes(size))
+    assert info.value.reason == "VALUE_TOO_LARGE"
+    assert info.value.metadata == {"size": str(size), "limit": "8"}
+    assert isinstance(info.value, ResourceExhausted)
+
+
+def test_value_one_over_the_default_limit_is_rejected() -> None:
+    with pytest.raises(ValueTooLarge) as info:
+        Limits().value(bytes(DEFAULT_MAX_VALUE_BYTES + 1))
+    assert info.value.metadata == {
+        "size": str(DEFAULT_MAX_VALUE_BYTES + 1),
+        "limit": str(DEFAULT_MAX_VALUE_BYTES),
+    }
+
+
+# --- ttl -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ttl", [0, 1, 60_000, 1 << 40])
+def test_ttl_non_negative_passes(ttl: int) -> None:
+    assert ttl_ms(ttl) == ttl
+
+
+@pytest.mark.parametrize("ttl", [-1, -1000, -(1 << 63)])
+def test_ttl_negative_is_rejected(ttl: int) -> None:
+    with pytest.raises(InvalidArgument) as info:
+        ttl_ms(ttl)
+    assert info.value.reason == "NEGATIVE_TTL"
+    assert str(ttl) in info.value.message
+
+
+# --- expected version ------------------------------------------------------------------
+
+
+def test_version_zero_is_unconditional() -> None:
+    assert expected_version(0) is None
+
+
+def test_version_minus_one_expects_absent() -> None:
+    assert expected_version(-1) == EXPECT_ABSENT == -1
+
+
+@given(version=st.integers(min_value=1, max_value=(1 << 63) - 1))
+@PROPERTY
+def test_positive_version_passes(version: int) -> None:
+    assert expected_version(version) == version
+
+
+@given(version=st.integers(max_value=-2, min_value=-(1 << 63)))
+@PROPERTY
+def test_version_below_minus_one_is_rejected(version: int) -> None:
+    with pytest.raises(InvalidArgument) as info:
+        expected_version(version)
+    assert info.value.reason == "INVALID_VERSION"
