@@ -44,6 +44,9 @@ class Mutation:
     Otherwise the timestamp the live value's version must have."""
     now_ms: int = 0
     """When the write was made; decides whether the stored value is live."""
+    hint_for: str | None = None
+    """Hold the record as a hint for this (down) node instead of storing it
+    as this node's own replica."""
 
     def precondition_holds(self, current: Record | None) -> bool:
         """Whether the condition accepts the currently stored record."""

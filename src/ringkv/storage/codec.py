@@ -9,6 +9,7 @@ from ringkv.core.records import Record
 from ringkv.core.tokens import token_of
 
 _TOKEN = struct.Struct(">Q")
+_KEY_LENGTH = struct.Struct(">H")
 # flags, version timestamp, expiry, length of the version's node id
 _HEADER = struct.Struct(">BqqH")
 _TOMBSTONE = 0x01
@@ -22,6 +23,21 @@ def storage_key(key: bytes) -> bytes:
 def token_bound(token: int) -> bytes:
     """The smallest engine key whose token is ``token``."""
     return _TOKEN.pack(token)
+
+
+def hint_prefix(key: bytes) -> bytes:
+    """The common prefix of every hint for ``key``, whatever node it is for."""
+    return storage_key_length_prefixed(key)
+
+
+def hint_key(key: bytes, node_id: str) -> bytes:
+    """The engine key of a hint: the key's (token, length, key), then the node id."""
+    return storage_key_length_prefixed(key) + node_id.encode("utf-8")
+
+
+def storage_key_length_prefixed(key: bytes) -> bytes:
+    # The length keeps "ab"+"c" and "a"+"bc" apart when a node id follows.
+    return _TOKEN.pack(token_of(key)) + _KEY_LENGTH.pack(len(key)) + key
 
 
 def user_key(stored_key: bytes) -> bytes:

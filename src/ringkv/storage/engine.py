@@ -43,8 +43,15 @@ class Engine(Protocol):
         """The newest stored record of a key, tombstones and expired values included."""
         ...
 
+    def get_hints(self, key: bytes) -> list[Record]:
+        """The hints held for ``key``, one per node they are held for."""
+        ...
+
     def apply(self, mutations: Sequence[Mutation]) -> list[ApplyResult]:
         """Store each mutation whose version is newer and whose condition holds.
+
+        A mutation with ``hint_for`` is compared with, and replaces, the hint
+        held for that node, not the record.
 
         All mutations commit in one transaction, in order, durably as the
         engine's fsync mode says, before this returns. Raises StorageFull when

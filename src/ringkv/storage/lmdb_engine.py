@@ -20,6 +20,8 @@ from ringkv.core.records import ApplyResult, Mutation, Outcome, Record, resolve
 from ringkv.storage.codec import (
     decode_record,
     encode_record,
+    hint_key,
+    hint_prefix,
     storage_key,
     token_bound,
     user_key,
@@ -54,6 +56,7 @@ class LmdbEngine:
             metasync=fsync is not FsyncMode.NEVER,
         )
         self._records = self._env.open_db(b"records")
+        self._hints = self._env.open_db(b"hints")
         # Growing the map needs every transaction of this process closed;
         # readers hold the lock for one short transaction, the resize holds it
         # while it swaps the map.
@@ -63,6 +66,19 @@ class LmdbEngine:
         with self._map_lock, self._env.begin(db=self._records, buffers=True) as txn:
             data = txn.get(storage_key(key))
             return None if data is None else decode_record(key, data)
+
+    def get_hints(self, key: bytes) -> list[Record]:
+        prefix = hint_prefix(key)
+        with self._map_lock, self._env.begin(db=self._hints, buffers=True) as txn:
+            cursor = txn.cursor()
+            if not cursor.set_range(prefix):
+                return []
+            hints = []
+            for stored_key, data in cursor:
+                if not bytes(stored_key).startswith(prefix):
+                    break
+                hints.append(decode_record(key, data))
+            return hints
 
     def apply(self, mutations: Sequence[Mutation]) -> list[ApplyResult]:
         while True:
@@ -75,15 +91,18 @@ class LmdbEngine:
 
     def _apply_once(self, mutations: Sequence[Mutation]) -> list[ApplyResult]:
         results = []
-        with self._env.begin(write=True, db=self._records, buffers=True) as txn:
+        with self._env.begin(write=True, buffers=True) as txn:
             for mutation in mutations:
                 record = mutation.record
-                stored_key = storage_key(record.key)
-                data = txn.get(stored_key)
+                if mutation.hint_for is None:
+                    db, stored_key = self._records, storage_key(record.key)
+                else:
+                    db, stored_key = self._hints, hint_key(record.key, mutation.hint_for)
+                data = txn.get(stored_key, db=db)
                 current = None if data is None else decode_record(record.key, data)
                 result = resolve(mutation, current)
                 if result.outcome is Outcome.APPLIED:
-                    txn.put(stored_key, encode_record(record))
+                    txn.put(stored_key, encode_record(record), db=db)
                 results.append(result)
         return results
 

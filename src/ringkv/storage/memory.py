@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 from ringkv.core.records import ApplyResult, Mutation, Outcome, Record, resolve
 from ringkv.core.tokens import token_of
@@ -15,20 +16,29 @@ class MemoryEngine:
 
     def __init__(self) -> None:
         self._records: dict[bytes, Record] = {}
+        self._hints: dict[tuple[bytes, str], Record] = {}
         self._lock = threading.Lock()
 
     def get(self, key: bytes) -> Record | None:
         with self._lock:
             return self._records.get(key)
 
+    def get_hints(self, key: bytes) -> list[Record]:
+        with self._lock:
+            return [record for (hinted, _), record in self._hints.items() if hinted == key]
+
     def apply(self, mutations: Sequence[Mutation]) -> list[ApplyResult]:
         results = []
         with self._lock:
             for mutation in mutations:
                 key = mutation.record.key
-                result = resolve(mutation, self._records.get(key))
+                store: dict[Any, Record] = self._records
+                slot: Any = key
+                if mutation.hint_for is not None:
+                    store, slot = self._hints, (key, mutation.hint_for)
+                result = resolve(mutation, store.get(slot))
                 if result.outcome is Outcome.APPLIED:
-                    self._records[key] = mutation.record
+                    store[slot] = mutation.record
                 results.append(result)
         return results
 
@@ -50,3 +60,4 @@ class MemoryEngine:
     def close(self) -> None:
         with self._lock:
             self._records.clear()
+            self._hints.clear()

@@ -1,0 +1,132 @@
+"""The other members: one long-lived channel each, replica calls, and liveness.
+
+Liveness here is what calls observe: a peer that fails a call with
+UNAVAILABLE or a deadline is marked down and probed with Ping until it
+answers again. The membership layer refines this with heartbeats.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+
+import grpc
+
+from ringkv.api import kv_pb2, kv_pb2_grpc, replica_pb2, replica_pb2_grpc
+from ringkv.core.errors import Unavailable
+from ringkv.core.hlc import HybridLogicalClock
+from ringkv.core.records import Record
+from ringkv.server.batching import Batcher
+from ringkv.server.wire import record_from_wire, record_to_wire
+
+log = logging.getLogger(__name__)
+
+CHANNEL_OPTIONS = [
+    ("grpc.max_send_message_length", 256 << 20),
+    ("grpc.max_receive_message_length", 256 << 20),
+    # Reconnect quickly after a peer comes back.
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+]
+MAX_RECORDS_PER_WRITE = 512
+_DOWN_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+
+
+class Peer:
+    """Another member, reached over one channel."""
+
+    def __init__(
+        self, node_id: str, address: str, clock: HybridLogicalClock, timeout_s: float
+    ) -> None:
+        self.node_id = node_id
+        self.address = address
+        self.alive = True
+        self._clock = clock
+        self._timeout_s = timeout_s
+        self._channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+        self._replica = replica_pb2_grpc.ReplicaStub(self._channel)
+        self.kv = kv_pb2_grpc.KeyValueStub(self._channel)
+        self._writers: dict[str, Batcher[Record, bool]] = {}
+
+    def _failed(self, error: grpc.aio.AioRpcError, what: str) -> Unavailable:
+        if error.code() in _DOWN_CODES and self.alive:
+            self.alive = False
+            log.warning("peer down", extra={"peer": self.node_id, "during": what})
+        return Unavailable(f"{what} on {self.node_id} failed: {error.code().name}")
+
+    def mark_down(self) -> None:
+        """Note a failure seen on a call made outside this class (forwarding)."""
+        if self.alive:
+            self.alive = False
+            log.warning("peer down", extra={"peer": self.node_id, "during": "forward"})
+
+    async def read(self, keys: Sequence[bytes]) -> list[Record | None]:
+        """The peer's newest version of each key (None where it holds nothing)."""
+        request = replica_pb2.ReadRequest(keys=list(keys), clock=self._clock.last)
+        try:
+            response = await self._replica.Read(request, timeout=self._timeout_s)
+        except grpc.aio.AioRpcError as error:
+            raise self._failed(error, "replica read") from None
+        self._clock.observe(response.clock)
+        return [record_from_wire(r.record) if r.found else None for r in response.results]
+
+    async def write(self, record: Record, *, hint_for: str | None = None) -> bool:
+        """Send one record; concurrent writes to this peer share one call."""
+        target = hint_for or ""
+        writer = self._writers.get(target)
+        if writer is None:
+            writer = self._writers[target] = Batcher(
+                lambda records: self._write_batch(records, target),
+                max_batch=MAX_RECORDS_PER_WRITE,
+                name=f"writes to {self.node_id}",
+            )
+        return await writer.submit(record)
+
+    async def _write_batch(self, records: list[Record], hint_for: str) -> list[bool]:
+        request = replica_pb2.WriteRequest(
+            records=[record_to_wire(r) for r in records], hint_for=hint_for, clock=self._clock.last
+        )
+        try:
+            response = await self._replica.Write(request, timeout=self._timeout_s)
+        except grpc.aio.AioRpcError as error:
+            raise self._failed(error, "replica write") from None
+        self._clock.observe(response.clock)
+        return list(response.stored)
+
+    async def probe(self) -> bool:
+        """Ping the peer; mark it alive again if it answers."""
+        try:
+            await self.kv.Ping(kv_pb2.PingRequest(), timeout=min(1.0, self._timeout_s))
+        except grpc.aio.AioRpcError:
+            return False
+        if not self.alive:
+            self.alive = True
+            log.info("peer up", extra={"peer": self.node_id})
+        return True
+
+    async def close(self) -> None:
+        for writer in self._writers.values():
+            await writer.close()
+        await self._channel.close()
+
+
+class PeerProber:
+    """Pings every down peer periodically so it is used again once it is back."""
+
+    def __init__(self, peers: Sequence[Peer], interval_s: float) -> None:
+        self._peers = peers
+        self._interval_s = interval_s
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="peer-prober")
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.gather(*(peer.probe() for peer in self._peers if not peer.alive))
+            await asyncio.sleep(self._interval_s)
+
+    async def close(self) -> None:
+        self._task.cancel()
+        try:
+            await self._task
+        except asyncio.CancelledError:
+            pass
