@@ -1,66 +1,84 @@
-"""How records are laid out as bytes: (token, key) keys and versioned values."""
+"""How records are laid out as bytes: (token, key) keys and versioned values.
+
+An engine key is the key's big-endian token followed by the key, so a token
+range is one contiguous cursor scan. LMDB keys are at most 511 bytes, while
+ringkv keys may have 4096: a key longer than ``INLINE_KEY_BYTES`` is stored
+under its token, a 0xFF marker and a BLAKE2b digest, with the whole key kept
+in the value. 0xFF never occurs in UTF-8, so the two forms cannot collide.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import struct
 
 from ringkv.core.hlc import Version
 from ringkv.core.records import Record
-from ringkv.core.tokens import token_of
+from ringkv.core.tokens import MAX_TOKEN, token_of
 
+INLINE_KEY_BYTES = 256
+_DIGEST_MARKER = b"\xff"
 _TOKEN = struct.Struct(">Q")
 _KEY_LENGTH = struct.Struct(">H")
 # flags, version timestamp, expiry, length of the version's node id
 _HEADER = struct.Struct(">BqqH")
 _TOMBSTONE = 0x01
+_KEY_IN_VALUE = 0x02
+
+
+def _key_part(key: bytes) -> bytes:
+    if len(key) <= INLINE_KEY_BYTES:
+        return key
+    return _DIGEST_MARKER + hashlib.blake2b(key, digest_size=32).digest()
 
 
 def storage_key(key: bytes) -> bytes:
-    """The engine key: big-endian token then the key, so a token range is contiguous."""
-    return _TOKEN.pack(token_of(key)) + key
-
-
-def token_bound(token: int) -> bytes:
-    """The smallest engine key whose token is ``token``."""
-    return _TOKEN.pack(token)
+    """The engine key of ``key``: its token, then the key (or its digest)."""
+    return _TOKEN.pack(token_of(key)) + _key_part(key)
 
 
 def hint_prefix(key: bytes) -> bytes:
-    """The common prefix of every hint for ``key``, whatever node it is for."""
-    return storage_key_length_prefixed(key)
+    """The common prefix of the hints for ``key``, whatever node each is for."""
+    part = _key_part(key)
+    return _TOKEN.pack(token_of(key)) + _KEY_LENGTH.pack(len(part)) + part
 
 
 def hint_key(key: bytes, node_id: str) -> bytes:
-    """The engine key of a hint: the key's (token, length, key), then the node id."""
-    return storage_key_length_prefixed(key) + node_id.encode("utf-8")
+    """The engine key of a hint: the key's prefix, then the node it is held for."""
+    return hint_prefix(key) + node_id.encode("utf-8")
 
 
-def storage_key_length_prefixed(key: bytes) -> bytes:
-    # The length keeps "ab"+"c" and "a"+"bc" apart when a node id follows.
-    return _TOKEN.pack(token_of(key)) + _KEY_LENGTH.pack(len(key)) + key
+def token_bound(token: int) -> bytes:
+    """The smallest engine key whose token is ``token`` (clamped to the token space)."""
+    return _TOKEN.pack(min(max(token, 0), MAX_TOKEN))
 
 
-def user_key(stored_key: bytes) -> bytes:
-    """The key part of an engine key."""
-    return stored_key[_TOKEN.size :]
+def stored_user_key(stored_key: bytes, data: bytes | memoryview) -> bytes:
+    """The key of a stored record, from its engine key or, if long, its value."""
+    if data[0] & _KEY_IN_VALUE:
+        (length,) = _KEY_LENGTH.unpack_from(data, _HEADER.size)
+        start = _HEADER.size + _KEY_LENGTH.size
+        return bytes(data[start : start + length])
+    return bytes(stored_key[_TOKEN.size :])
 
 
 def encode_record(record: Record) -> bytes:
     """The stored form of a record's version, flags, expiry and value."""
     node = record.version.node_id.encode("utf-8")
-    header = _HEADER.pack(
-        _TOMBSTONE if record.tombstone else 0,
-        record.version.timestamp,
-        record.expires_at_ms,
-        len(node),
-    )
-    return header + node + record.value
+    long_key = len(record.key) > INLINE_KEY_BYTES
+    flags = (_TOMBSTONE if record.tombstone else 0) | (_KEY_IN_VALUE if long_key else 0)
+    header = _HEADER.pack(flags, record.version.timestamp, record.expires_at_ms, len(node))
+    key = _KEY_LENGTH.pack(len(record.key)) + record.key if long_key else b""
+    return header + key + node + record.value
 
 
 def decode_record(key: bytes, data: bytes | memoryview) -> Record:
     """The record stored under ``key`` (the user key) as ``data``."""
     flags, timestamp, expires_at_ms, node_len = _HEADER.unpack_from(data)
     start = _HEADER.size
+    if flags & _KEY_IN_VALUE:
+        (key_len,) = _KEY_LENGTH.unpack_from(data, start)
+        start += _KEY_LENGTH.size + key_len
     node_id = bytes(data[start : start + node_len]).decode("utf-8")
     return Record(
         key=key,

@@ -17,14 +17,15 @@ import lmdb
 
 from ringkv.core.errors import StorageFull, Unavailable
 from ringkv.core.records import ApplyResult, Mutation, Outcome, Record, resolve
+from ringkv.core.tokens import MAX_TOKEN
 from ringkv.storage.codec import (
     decode_record,
     encode_record,
     hint_key,
     hint_prefix,
     storage_key,
+    stored_user_key,
     token_bound,
-    user_key,
 )
 from ringkv.storage.engine import EngineStats, FsyncMode
 
@@ -46,17 +47,22 @@ class LmdbEngine:
         max_map_bytes: int = DEFAULT_MAX_MAP_BYTES,
     ) -> None:
         path.mkdir(parents=True, exist_ok=True)
+        self._path = path
         self._dir_lock = _lock_data_dir(path)
         self._max_map_bytes = max_map_bytes
-        self._env = lmdb.open(
-            str(path),
-            map_size=initial_map_bytes,
-            max_dbs=4,
-            sync=fsync is not FsyncMode.NEVER,
-            metasync=fsync is not FsyncMode.NEVER,
-        )
-        self._records = self._env.open_db(b"records")
-        self._hints = self._env.open_db(b"hints")
+        try:
+            self._env = lmdb.open(
+                str(path),
+                map_size=initial_map_bytes,
+                max_dbs=4,
+                sync=fsync is not FsyncMode.NEVER,
+                metasync=fsync is not FsyncMode.NEVER,
+            )
+            self._records = self._env.open_db(b"records")
+            self._hints = self._env.open_db(b"hints")
+        except BaseException:
+            os.close(self._dir_lock)
+            raise
         # Growing the map needs every transaction of this process closed;
         # readers hold the lock for one short transaction, the resize holds it
         # while it swaps the map.
@@ -88,6 +94,12 @@ class LmdbEngine:
                 self._grow_map()
             except lmdb.DiskError as exc:
                 raise StorageFull(f"the disk is full: {exc}") from None
+            except lmdb.Error as exc:
+                # A write cut short by a filling disk reports EIO ("short
+                # write, filesystem full?"), not ENOSPC.
+                if _disk_nearly_full(self._path):
+                    raise StorageFull(f"the disk is full: {exc}") from None
+                raise
 
     def _apply_once(self, mutations: Sequence[Mutation]) -> list[ApplyResult]:
         results = []
@@ -116,8 +128,10 @@ class LmdbEngine:
     def scan(self, start_token: int, end_token: int) -> Iterator[Record]:
         # Chunks of short transactions: a long-lived reader would stop LMDB
         # from reusing pages freed by the writes that go on meanwhile.
+        if start_token >= end_token or start_token > MAX_TOKEN:
+            return
         position = token_bound(start_token)
-        end = token_bound(end_token) if end_token <= 0xFFFF_FFFF_FFFF_FFFF else None
+        end = token_bound(end_token) if end_token <= MAX_TOKEN else None
         skip_first = False
         while True:
             chunk = self._scan_chunk(position, end, skip_first)
@@ -139,7 +153,8 @@ class LmdbEngine:
                     break
                 if skip_first and stored_key == position:
                     continue
-                chunk.append((stored_key, decode_record(user_key(stored_key), data)))
+                key = stored_user_key(stored_key, data)
+                chunk.append((stored_key, decode_record(key, data)))
                 if len(chunk) == _SCAN_CHUNK:
                     break
         return chunk
@@ -155,6 +170,12 @@ class LmdbEngine:
             self._env.sync(True)
             self._env.close()
         os.close(self._dir_lock)
+
+
+def _disk_nearly_full(path: Path) -> bool:
+    """Whether the filesystem of ``path`` has less than 1 MiB left."""
+    stat = os.statvfs(path)
+    return stat.f_bavail * stat.f_frsize < 1 << 20
 
 
 def _lock_data_dir(path: Path) -> int:
