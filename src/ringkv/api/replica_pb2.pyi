@@ -180,24 +180,24 @@ Global___WriteRequest: _TypeAlias = WriteRequest  # noqa: Y015
 class WriteResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
-    STORED_FIELD_NUMBER: _builtins.int
+    REPLACED_LIVE_FIELD_NUMBER: _builtins.int
     CLOCK_FIELD_NUMBER: _builtins.int
     clock: _builtins.int
     @_builtins.property
-    def stored(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bool]:
-        """One per record, in order: whether this node now holds that version or a
-        newer one (false only when a precondition-free write could not be kept).
+    def replaced_live(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bool]:
+        """One per record, in order: whether a live value stood before the write
+        (so a coordinated delete can say whether it deleted anything).
         """
 
     def __init__(
         self,
         *,
-        stored: _abc.Iterable[_builtins.bool] | None = ...,
+        replaced_live: _abc.Iterable[_builtins.bool] | None = ...,
         clock: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["clock", b"clock", "stored", b"stored"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clock", b"clock", "replaced_live", b"replaced_live"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

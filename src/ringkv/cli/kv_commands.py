@@ -12,12 +12,11 @@ from typing import Any
 from ringkv.cli.args import ArgumentParser, Commands
 from ringkv.client import Client, Entry
 from ringkv.client.requests import DEFAULT_ENDPOINT
-from ringkv.core.consistency import Consistency
+from ringkv.core.consistency import LEVEL_NAMES
 from ringkv.core.errors import RingkvError
 
 EXIT_NOT_FOUND = 1
 EXIT_ERROR = 3
-LEVELS = [level.name.lower() for level in Consistency if level is not Consistency.DEFAULT]
 
 
 def add_parsers(commands: Commands) -> None:
@@ -30,7 +29,7 @@ def add_parsers(commands: Commands) -> None:
         help="host:port of one or more nodes, comma-separated "
         f"(default: $RINGKV_ENDPOINTS or {DEFAULT_ENDPOINT})",
     )
-    common.add_argument("--consistency", choices=LEVELS, help="default: the node's level")
+    common.add_argument("--consistency", choices=LEVEL_NAMES, help="default: the node's level")
     common.add_argument("--timeout", type=float, default=5.0, help="seconds (default: 5)")
     common.add_argument("--json", action="store_true", help="print one JSON object")
 

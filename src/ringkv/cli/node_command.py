@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from ringkv.cli.args import Commands
+from ringkv.core.consistency import LEVEL_NAMES, Consistency
 from ringkv.core.errors import RingkvError
 from ringkv.core.validation import DEFAULT_MAX_VALUE_BYTES, Limits
 from ringkv.server.config import (
@@ -62,6 +63,29 @@ def add_parser(commands: Commands) -> None:
         default=DEFAULT_MAX_VALUE_BYTES,
         help=f"largest value accepted (default: {DEFAULT_MAX_VALUE_BYTES})",
     )
+    parser.add_argument(
+        "--read-level", choices=LEVEL_NAMES, default="quorum", help="default read consistency"
+    )
+    parser.add_argument(
+        "--write-level", choices=LEVEL_NAMES, default="quorum", help="default write consistency"
+    )
+    parser.add_argument(
+        "--vnodes", type=int, default=128, help="virtual nodes per member (default: 128)"
+    )
+    parser.add_argument(
+        "--request-timeout",
+        type=float,
+        default=5.0,
+        help="longest a coordinated request may take, in seconds (default: 5)",
+    )
+    parser.add_argument(
+        "--peer-timeout",
+        type=float,
+        default=2.0,
+        help="deadline of one call to another node, in seconds (default: 2)",
+    )
+    # For tests of clock skew only.
+    parser.add_argument("--clock-offset-ms", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--log-format", choices=LOG_FORMATS, default="text")
     parser.add_argument("--log-level", choices=LOG_LEVELS, default="info")
     parser.add_argument(
@@ -89,6 +113,12 @@ def config_from(args: argparse.Namespace) -> NodeConfig:
         data_dir=args.data_dir,
         fsync=FsyncMode(args.fsync),
         limits=Limits(max_value_bytes=args.max_value_bytes),
+        read_level=Consistency.from_name(args.read_level),
+        write_level=Consistency.from_name(args.write_level),
+        vnodes=args.vnodes,
+        request_timeout_s=args.request_timeout,
+        peer_timeout_s=args.peer_timeout,
+        clock_offset_ms=args.clock_offset_ms,
         log_format=args.log_format,
         log_level=args.log_level,
         shutdown_grace_s=args.shutdown_grace,

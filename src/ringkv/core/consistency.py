@@ -37,3 +37,7 @@ class Consistency(enum.IntEnum):
                 f"unknown consistency level {name!r} (choose from {choices})",
                 reason="INVALID_CONSISTENCY",
             ) from None
+
+
+LEVEL_NAMES = tuple(level.name.lower() for level in Consistency if level is not Consistency.DEFAULT)
+"""The names a person chooses a level by: one, quorum, all, linearizable."""

@@ -1,14 +1,14 @@
-"""Records and the writes that change them."""
+"""Records, the writes that change them, and the rules that order them."""
 
 from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
 
+from ringkv.core.errors import PreconditionFailed
 from ringkv.core.hlc import Version
 
 NO_EXPIRY = 0
-EXPECT_ANY: int | None = None
 EXPECT_ABSENT = -1
 
 
@@ -36,26 +36,12 @@ class Record:
 
 @dataclass(frozen=True, slots=True)
 class Mutation:
-    """A record to store if it is newer than the stored one, under a condition."""
+    """A record to store if it is newer than the stored one."""
 
     record: Record
-    expected: int | None = EXPECT_ANY
-    """None: unconditional. EXPECT_ABSENT: only if no live value exists.
-    Otherwise the timestamp the live value's version must have."""
-    now_ms: int = 0
-    """When the write was made; decides whether the stored value is live."""
     hint_for: str | None = None
     """Hold the record as a hint for this (down) node instead of storing it
     as this node's own replica."""
-
-    def precondition_holds(self, current: Record | None) -> bool:
-        """Whether the condition accepts the currently stored record."""
-        if self.expected is EXPECT_ANY:
-            return True
-        live = current is not None and current.is_live(self.now_ms)
-        if self.expected == EXPECT_ABSENT:
-            return not live
-        return live and current is not None and current.version.timestamp == self.expected
 
 
 class Outcome(enum.Enum):
@@ -65,8 +51,6 @@ class Outcome(enum.Enum):
     """The record is now the key's newest version."""
     STALE = "stale"
     """A newer (or equal) version was already stored; nothing changed."""
-    PRECONDITION_FAILED = "precondition_failed"
-    """The mutation's condition rejected the stored record; nothing changed."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,8 +68,31 @@ class ApplyResult:
 
 def resolve(mutation: Mutation, current: Record | None) -> ApplyResult:
     """Decide a mutation against the stored record: the rule every engine applies."""
-    if not mutation.precondition_holds(current):
-        return ApplyResult(Outcome.PRECONDITION_FAILED, current)
     if current is not None and current.version >= mutation.record.version:
         return ApplyResult(Outcome.STALE, current)
     return ApplyResult(Outcome.APPLIED, current)
+
+
+def check_precondition(expected: int | None, current: Record | None, now_ms: int) -> None:
+    """Raise PreconditionFailed unless the newest record satisfies a conditional write.
+
+    ``expected`` None: unconditional. EXPECT_ABSENT: no live value may exist.
+    Otherwise the live value's version timestamp must equal it. Expired values
+    and tombstones count as absent.
+    """
+    if expected is None:
+        return
+    live = current if current is not None and current.is_live(now_ms) else None
+    if expected == EXPECT_ABSENT and live is None:
+        return
+    if live is not None and live.version.timestamp == expected:
+        return
+    wanted = "absent" if expected == EXPECT_ABSENT else f"version {expected}"
+    found = f"version {live.version.timestamp}" if live is not None else "absent"
+    raise PreconditionFailed(
+        f"expected the key {wanted}, found it {found}",
+        metadata={
+            "expected": str(expected),
+            "actual": str(live.version.timestamp if live is not None else 0),
+        },
+    )

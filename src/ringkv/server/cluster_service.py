@@ -1,24 +1,29 @@
 """The seed's membership API, service ``kv.Cluster``.
 
-A node without a cluster is a cluster of one: it is its own leader at term 0.
-It answers the seed's heartbeats and votes without joining anything; the
-membership issue gives these RPCs their real work.
+``GetClusterState`` reports every member, its address and state, the ring's
+epoch and token ranges: what a token-aware client routes by. Until the bully
+election lands, the leader reported is the member it will pick (the highest
+id among those alive) and the term stays 0; Heartbeat and RequestVote answer
+without changing anything.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from ringkv.api import kv_pb2
+from ringkv.server.cluster_view import ClusterView
 from ringkv.server.rpc import Context, Method
 
 
 class ClusterService:
-    """Handlers of ``kv.Cluster`` for a standalone node."""
+    """Handlers of ``kv.Cluster``."""
 
     name = "kv.Cluster"
 
-    def __init__(self, node_id: str, address: str) -> None:
-        self._node_id = node_id
-        self._address = address
+    def __init__(self, view: ClusterView, address: str, peer_addresses: Mapping[str, str]) -> None:
+        self._view = view
+        self._addresses = {view.node_id: address, **peer_addresses}
         self._term = 0
 
     def methods(self) -> dict[str, Method]:
@@ -41,9 +46,28 @@ class ClusterService:
     async def get_cluster_state(
         self, _request: kv_pb2.GetClusterStateRequest, _: Context
     ) -> kv_pb2.GetClusterStateResponse:
+        view = self._view
+        ring = view.ring
+        node_ids = list(ring.nodes)
+        alive = [node for node in node_ids if view.is_live(node)]
         return kv_pb2.GetClusterStateResponse(
-            node_ids=[self._node_id],
-            addresses=[self._address],
-            leader_id=self._node_id,
+            node_ids=node_ids,
+            addresses=[self._addresses[node] for node in node_ids],
+            leader_id=max(alive),
             term=self._term,
+            epoch=ring.epoch,
+            replicas=view.replicas,
+            vnodes=ring.vnodes,
+            members=[
+                kv_pb2.Member(
+                    node_id=node,
+                    address=self._addresses[node],
+                    state="alive" if view.is_live(node) else "down",
+                )
+                for node in node_ids
+            ],
+            ranges=[
+                kv_pb2.TokenRange(start=r.start, end=r.end, replicas=list(r.replicas))
+                for r in ring.ranges(view.replicas)
+            ],
         )

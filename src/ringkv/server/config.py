@@ -6,6 +6,7 @@ import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ringkv.core.consistency import Consistency
 from ringkv.core.validation import DEFAULT_MAX_VALUE_BYTES, Limits
 from ringkv.storage import ENGINE_KINDS, FsyncMode
 
@@ -124,6 +125,16 @@ class NodeConfig:
     """Where the lmdb engine keeps its files; defaults to ``./data/<node-id>``."""
     fsync: FsyncMode = FsyncMode.BATCH
     limits: Limits = field(default_factory=Limits)
+    read_level: Consistency = Consistency.QUORUM
+    write_level: Consistency = Consistency.QUORUM
+    vnodes: int = 128
+    """Virtual nodes per member on the ring."""
+    request_timeout_s: float = 5.0
+    """The longest a coordinated request may take, whatever the caller's deadline."""
+    peer_timeout_s: float = 2.0
+    """The deadline of one call to a peer."""
+    clock_offset_ms: int = 0
+    """Added to the wall clock: lets tests give nodes skewed clocks."""
     log_format: str = "text"
     log_level: str = "info"
     shutdown_grace_s: float = 5.0
@@ -142,6 +153,12 @@ class NodeConfig:
             raise ConfigError(f"log level {self.log_level!r} is not one of {LOG_LEVELS}")
         if not 0 < self.limits.max_value_bytes <= 64 << 20:
             raise ConfigError("max value bytes must be between 1 and 64 MiB")
+        if Consistency.DEFAULT in (self.read_level, self.write_level):
+            raise ConfigError("the default read and write levels must name a level")
+        if not 1 <= self.vnodes <= 4096:
+            raise ConfigError(f"vnodes must be between 1 and 4096, got {self.vnodes}")
+        if self.request_timeout_s <= 0 or self.peer_timeout_s <= 0:
+            raise ConfigError("timeouts must be positive")
         if self.shutdown_grace_s < 0:
             raise ConfigError("the shutdown grace period must not be negative")
 

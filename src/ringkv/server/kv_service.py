@@ -1,17 +1,34 @@
-"""The client API, service ``kv.KeyValue``: validate, call the store, answer.
+"""The client API, service ``kv.KeyValue``: validate, route, coordinate, answer.
 
 Every check runs before anything is written, so a rejected request changes
-nothing. Until the cluster issues land every level is met by this node's
-own replica; levels are still validated so clients see the final contract.
+nothing. Reads are coordinated by the node that receives them. Writes are
+coordinated by the key's owner (its first live replica), as in the seed:
+another node forwards the request there, with a hop limit and the caller's
+remaining deadline, and coordinates it itself if the owner cannot be reached.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar
+
+import grpc
+
 from ringkv.api import kv_pb2
 from ringkv.core.consistency import Consistency
 from ringkv.core.validation import Limits, expected_version, ttl_ms
-from ringkv.server.local_store import LocalStore
-from ringkv.server.rpc import Context, Method
+from ringkv.server.cluster_view import ClusterView
+from ringkv.server.coordinator import Coordinator
+from ringkv.server.rpc import Context, Method, RelayedError
+
+if TYPE_CHECKING:  # the async stub type exists only in the generated .pyi
+    from ringkv.api.kv_pb2_grpc import KeyValueAsyncStub
+
+RequestT = TypeVar("RequestT")
+ResponseT = TypeVar("ResponseT")
+Forwardable = grpc.aio.UnaryUnaryMultiCallable
+HOPS_HEADER = "ringkv-hops"
+MAX_HOPS = 1
 
 
 class KeyValueService:
@@ -19,10 +36,22 @@ class KeyValueService:
 
     name = "kv.KeyValue"
 
-    def __init__(self, node_id: str, store: LocalStore, limits: Limits) -> None:
-        self._node_id = node_id
-        self._store = store
+    def __init__(
+        self,
+        view: ClusterView,
+        coordinator: Coordinator,
+        limits: Limits,
+        *,
+        read_level: Consistency,
+        write_level: Consistency,
+        request_timeout_s: float,
+    ) -> None:
+        self._view = view
+        self._coordinator = coordinator
         self._limits = limits
+        self._read_level = read_level
+        self._write_level = write_level
+        self._request_timeout_s = request_timeout_s
 
     def methods(self) -> dict[str, Method]:
         return {
@@ -33,10 +62,23 @@ class KeyValueService:
             "Ping": Method(kv_pb2.PingRequest, self.ping),
         }
 
-    async def get(self, request: kv_pb2.GetRequest, _: Context) -> kv_pb2.GetResponse:
+    def _timeout(self, context: Context) -> float:
+        remaining = context.time_remaining()
+        return (
+            self._request_timeout_s
+            if remaining is None
+            else min(remaining, self._request_timeout_s)
+        )
+
+    @staticmethod
+    def _level(requested: int, default: Consistency) -> Consistency:
+        level = Consistency.from_wire(requested)
+        return default if level is Consistency.DEFAULT else level
+
+    async def get(self, request: kv_pb2.GetRequest, context: Context) -> kv_pb2.GetResponse:
         key = self._limits.key(request.key)
-        Consistency.from_wire(request.consistency)
-        record = self._store.read(key)
+        level = self._level(request.consistency, self._read_level)
+        record = await self._coordinator.read(key, level, self._timeout(context))
         if record is None:
             return kv_pb2.GetResponse(found=False)
         return kv_pb2.GetResponse(
@@ -46,31 +88,100 @@ class KeyValueService:
             expires_at_ms=record.expires_at_ms,
         )
 
-    async def set(self, request: kv_pb2.SetRequest, _: Context) -> kv_pb2.SetResponse:
+    async def set(self, request: kv_pb2.SetRequest, context: Context) -> kv_pb2.SetResponse:
         key = self._limits.key(request.key)
         value = self._limits.value(request.value)
         expected = expected_version(request.version)
         ttl = ttl_ms(request.ttl_ms)
-        Consistency.from_wire(request.consistency)
-        written = await self._store.write(key, value, ttl_ms=ttl, expected=expected)
+        level = self._level(request.consistency, self._write_level)
+        forwarded = await self._forward(key, lambda kv: kv.Set, request, context)
+        if forwarded is not None:
+            return forwarded
+        timeout = self._timeout(context)
+        written = await self._coordinator.write(
+            key, value, level=level, timeout_s=timeout, ttl_ms=ttl, expected=expected
+        )
         return kv_pb2.SetResponse(ok=True, version=written.record.version.timestamp)
 
-    async def delete(self, request: kv_pb2.DeleteRequest, _: Context) -> kv_pb2.DeleteResponse:
+    async def delete(
+        self, request: kv_pb2.DeleteRequest, context: Context
+    ) -> kv_pb2.DeleteResponse:
         key = self._limits.key(request.key)
         expected = expected_version(request.version)
-        Consistency.from_wire(request.consistency)
-        written = await self._store.write(key, b"", tombstone=True, expected=expected)
+        level = self._level(request.consistency, self._write_level)
+        forwarded = await self._forward(key, lambda kv: kv.Delete, request, context)
+        if forwarded is not None:
+            return forwarded
+        written = await self._coordinator.write(
+            key,
+            b"",
+            level=level,
+            timeout_s=self._timeout(context),
+            tombstone=True,
+            expected=expected,
+        )
         return kv_pb2.DeleteResponse(
             ok=True, version=written.record.version.timestamp, found=written.replaced_live
         )
 
     async def replicate(
-        self, request: kv_pb2.ReplicateRequest, _: Context
+        self, request: kv_pb2.ReplicateRequest, context: Context
     ) -> kv_pb2.ReplicateResponse:
         key = self._limits.key(request.key)
         value = b"" if request.is_delete else self._limits.value(request.value)
-        await self._store.write(key, value, tombstone=request.is_delete)
+        forwarded = await self._forward(key, lambda kv: kv.Replicate, request, context)
+        if forwarded is not None:
+            return forwarded
+        await self._coordinator.write(
+            key,
+            value,
+            level=self._write_level,
+            timeout_s=self._timeout(context),
+            tombstone=request.is_delete,
+        )
         return kv_pb2.ReplicateResponse(ok=True)
 
     async def ping(self, _request: kv_pb2.PingRequest, _: Context) -> kv_pb2.PingResponse:
-        return kv_pb2.PingResponse(node_id=self._node_id)
+        return kv_pb2.PingResponse(node_id=self._view.node_id)
+
+    async def _forward(
+        self,
+        key: bytes,
+        method: Callable[
+            [KeyValueAsyncStub], grpc.aio.UnaryUnaryMultiCallable[RequestT, ResponseT]
+        ],
+        request: RequestT,
+        context: Context,
+    ) -> ResponseT | None:
+        """The owner's answer when the write belongs there; None to coordinate here."""
+        owner = self._view.owner(key)
+        hops = _hops(context)
+        if owner is None or owner == self._view.node_id or hops >= MAX_HOPS:
+            return None
+        peer = self._view.peers[owner]
+        try:
+            return await method(peer.kv)(
+                request,
+                timeout=self._timeout(context),
+                metadata=((HOPS_HEADER, str(hops + 1)),),
+            )
+        except grpc.aio.AioRpcError as error:
+            if _from_ringkv(error):
+                raise RelayedError(error) from None
+            # The owner is unreachable: any replica may coordinate instead.
+            peer.mark_down()
+            return None
+
+
+def _hops(context: Context) -> int:
+    for key, value in context.invocation_metadata() or ():
+        if key == HOPS_HEADER:
+            return int(value) if str(value).isdigit() else MAX_HOPS
+    return 0
+
+
+def _from_ringkv(error: grpc.aio.AioRpcError) -> bool:
+    """Whether the error is an answer from a ringkv node, not a transport failure."""
+    return error.code() != grpc.StatusCode.UNAVAILABLE or any(
+        key == "grpc-status-details-bin" for key, _ in error.trailing_metadata() or ()
+    )

@@ -25,8 +25,6 @@ class LocalStore:
         record = self._engine.get(key)
         return newest([record, *hints]) if hints else record
 
-    async def apply(
-        self, record: Record, *, hint_for: str | None = None, now_ms: int = 0
-    ) -> ApplyResult:
+    async def apply(self, record: Record, *, hint_for: str | None = None) -> ApplyResult:
         """Store a record if it is newer than the one held (or the hint, with ``hint_for``)."""
-        return await self._commits.submit(Mutation(record, now_ms=now_ms, hint_for=hint_for))
+        return await self._commits.submit(Mutation(record, hint_for=hint_for))

@@ -1,4 +1,4 @@
-"""A ringkv node: storage, services and the gRPC server, from start to clean stop."""
+"""A ringkv node: storage, peers, services and the gRPC server, from start to clean stop."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import asyncio
 import logging
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
+from contextlib import AsyncExitStack
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -14,57 +15,93 @@ from grpc_reflection.v1alpha import reflection
 
 from ringkv.core.errors import Unavailable
 from ringkv.core.hlc import HybridLogicalClock
+from ringkv.core.ring import Ring
 from ringkv.server import rpc
 from ringkv.server.cluster_service import ClusterService
+from ringkv.server.cluster_view import ClusterView
 from ringkv.server.commit import DEFAULT_MAX_BATCH, CommitQueue
 from ringkv.server.config import HostPort, NodeConfig
+from ringkv.server.coordinator import Coordinator
 from ringkv.server.kv_service import KeyValueService
 from ringkv.server.local_store import LocalStore
+from ringkv.server.peers import Peer, PeerProber
+from ringkv.server.replica_service import ReplicaService
 from ringkv.storage import FsyncMode, open_engine
 
 log = logging.getLogger("ringkv.node")
 
 # Room for a key, a value at the limit and the rest of a request.
 _MESSAGE_OVERHEAD_BYTES = 64 << 10
+_PROBE_INTERVAL_S = 0.5
 
 
-def wall_clock_ms() -> int:
-    """Unix time in milliseconds."""
-    return time.time_ns() // 1_000_000
+def wall_clock(offset_ms: int = 0) -> Callable[[], int]:
+    """Unix time in milliseconds, shifted by ``offset_ms``."""
+
+    def now_ms() -> int:
+        return time.time_ns() // 1_000_000 + offset_ms
+
+    return now_ms
 
 
 async def serve(
     config: NodeConfig,
     *,
     stop: asyncio.Event | None = None,
-    on_ready: Callable[[int], Awaitable[None]] | None = None,
 ) -> None:
     """Run a node until SIGTERM or SIGINT (or ``stop``), then shut down cleanly.
 
-    In-flight requests get ``shutdown_grace_s`` to finish; pending writes are
-    committed and the engine is closed before this returns.
+    In-flight requests get ``shutdown_grace_s`` to finish; then background
+    replication ends, pending writes are committed and the engine is closed.
     """
-    engine = open_engine(config.engine, config.data_path, config.fsync)
-    try:
+    async with AsyncExitStack() as resources:
+        engine = open_engine(config.engine, config.data_path, config.fsync)
+        resources.callback(engine.close)
         max_batch = 1 if config.fsync is FsyncMode.ALWAYS else DEFAULT_MAX_BATCH
         commits = CommitQueue(engine, max_batch=max_batch)
-        store = LocalStore(engine, commits, HybridLogicalClock(config.node_id), wall_clock_ms)
-        try:
-            await _serve_until_stopped(config, store, stop or _stop_on_signals(), on_ready)
-        finally:
-            await commits.close()
-    finally:
-        engine.close()
+        resources.push_async_callback(commits.close)
+        store = LocalStore(engine, commits)
+        clock = HybridLogicalClock(config.node_id)
+        now_ms = wall_clock(config.clock_offset_ms)
+
+        peers = {
+            peer.node_id: Peer(peer.node_id, str(peer.address), clock, config.peer_timeout_s)
+            for peer in config.peers
+        }
+        for peer in peers.values():
+            resources.push_async_callback(peer.close)
+        prober = PeerProber(list(peers.values()), _PROBE_INTERVAL_S)
+        resources.push_async_callback(prober.close)
+        ring = Ring([config.node_id, *peers], vnodes=config.vnodes)
+        view = ClusterView(config.node_id, peers, ring, config.replicas)
+        coordinator = Coordinator(view, store, clock, now_ms)
+        resources.push_async_callback(coordinator.close)
+
+        server, port = _bind(config)
+        peer_addresses = {peer.node_id: str(peer.address) for peer in config.peers}
+        advertised = HostPort(config.advertised.host, config.advertised.port or port)
+        services: list[rpc.Service] = [
+            KeyValueService(
+                view,
+                coordinator,
+                config.limits,
+                read_level=config.read_level,
+                write_level=config.write_level,
+                request_timeout_s=config.request_timeout_s,
+            ),
+            ClusterService(
+                view, str(advertised), {p.node_id: str(p.address) for p in config.peers}
+            ),
+            ReplicaService(store, clock, now_ms),
+        ]
+        await _serve_until_stopped(config, server, port, services, stop or _stop_on_signals())
     log.info("stopped")
 
 
-async def _serve_until_stopped(
-    config: NodeConfig,
-    store: LocalStore,
-    stop: asyncio.Event,
-    on_ready: Callable[[int], Awaitable[None]] | None,
-) -> None:
+def _bind(config: NodeConfig) -> tuple[grpc.aio.Server, int]:
     limit = config.limits.max_key_bytes + config.limits.max_value_bytes + _MESSAGE_OVERHEAD_BYTES
+    # Peers batch many records per call, so messages may exceed one value.
+    limit = max(limit, 256 << 20)
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", limit),
@@ -76,11 +113,16 @@ async def _serve_until_stopped(
         port = server.add_insecure_port(config.bind_address)
     except RuntimeError:
         raise Unavailable(f"cannot listen on {config.bind_address}") from None
-    advertised = HostPort(config.advertised.host, config.advertised.port or port)
-    services: list[rpc.Service] = [
-        KeyValueService(config.node_id, store, config.limits),
-        ClusterService(config.node_id, str(advertised)),
-    ]
+    return server, port
+
+
+async def _serve_until_stopped(
+    config: NodeConfig,
+    server: grpc.aio.Server,
+    port: int,
+    services: list[rpc.Service],
+    stop: asyncio.Event,
+) -> None:
     server.add_generic_rpc_handlers([rpc.generic_handler(s) for s in services])
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -99,10 +141,9 @@ async def _serve_until_stopped(
             "data_dir": str(config.data_path) if config.engine == "lmdb" else None,
             "fsync": config.fsync.value,
             "peers": ",".join(p.node_id for p in config.peers) or None,
+            "replicas": config.replicas,
         },
     )
-    if on_ready is not None:
-        await on_ready(port)
     await stop.wait()
     log.info("shutting down", extra={"grace_s": config.shutdown_grace_s})
     await health_servicer.enter_graceful_shutdown()

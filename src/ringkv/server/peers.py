@@ -48,6 +48,7 @@ class Peer:
         self._channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
         self._replica = replica_pb2_grpc.ReplicaStub(self._channel)
         self.kv = kv_pb2_grpc.KeyValueStub(self._channel)
+        """The peer's client API, for forwarding writes to it."""
         self._writers: dict[str, Batcher[Record, bool]] = {}
 
     def _failed(self, error: grpc.aio.AioRpcError, what: str) -> Unavailable:
@@ -73,7 +74,10 @@ class Peer:
         return [record_from_wire(r.record) if r.found else None for r in response.results]
 
     async def write(self, record: Record, *, hint_for: str | None = None) -> bool:
-        """Send one record; concurrent writes to this peer share one call."""
+        """Send one record; whether it replaced a live value there.
+
+        Concurrent writes to this peer share one call.
+        """
         target = hint_for or ""
         writer = self._writers.get(target)
         if writer is None:
@@ -93,7 +97,7 @@ class Peer:
         except grpc.aio.AioRpcError as error:
             raise self._failed(error, "replica write") from None
         self._clock.observe(response.clock)
-        return list(response.stored)
+        return list(response.replaced_live)
 
     async def probe(self) -> bool:
         """Ping the peer; mark it alive again if it answers."""

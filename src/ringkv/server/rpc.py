@@ -43,6 +43,14 @@ class Service(Protocol):
         ...
 
 
+class RelayedError(Exception):
+    """Another node's error answer, passed on to the caller unchanged."""
+
+    def __init__(self, error: grpc.aio.AioRpcError) -> None:
+        super().__init__(error.details())
+        self.error = error
+
+
 def parse_request(request_type: type[Message], raw: bytes) -> Message:
     """Parse a request, or InvalidArgument saying what is wrong with it."""
     try:
@@ -64,6 +72,11 @@ def _serve(method: Method, full_name: str) -> Callable[[bytes, Context], Awaitab
             response = await method.handler(request, context)
         except RingkvError as error:
             await abort_with(context, error)
+        except RelayedError as relayed:
+            answer = relayed.error
+            await context.abort(
+                answer.code(), answer.details() or "", trailing_metadata=answer.trailing_metadata()
+            )
         except Exception:
             log.exception("unexpected error in %s", full_name)
             await abort_with(context, InternalError(f"internal error in {full_name}"))

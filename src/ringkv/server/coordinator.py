@@ -1,0 +1,251 @@
+"""Coordinating a request across a key's replicas.
+
+Reads go to the key's live replicas (stand-ins too, at sloppy levels) and
+return once the level's quorum answered; the newest version wins and stale
+replicas are repaired. Writes are stamped here with this node's hybrid
+logical clock and return once the level's quorum stored them; the remaining
+replicas keep receiving them in the background. LINEARIZABLE follows ABD:
+a write first learns the newest version from a quorum and writes a larger
+one; a read whose quorum disagrees writes the winner back before answering.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable, Coroutine
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from ringkv.core import quorum
+from ringkv.core.consistency import Consistency
+from ringkv.core.errors import RingkvError, Unavailable
+from ringkv.core.hlc import HybridLogicalClock
+from ringkv.core.quorum import Target
+from ringkv.core.records import NO_EXPIRY, Record, check_precondition
+from ringkv.server.cluster_view import ClusterView
+from ringkv.server.local_store import LocalStore
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Written:
+    """A write that reached its consistency level."""
+
+    record: Record
+    replaced_live: bool
+    """Whether a replica that acknowledged held a live value before."""
+
+
+class Coordinator:
+    """Runs reads and writes at a consistency level over the cluster view."""
+
+    def __init__(
+        self,
+        view: ClusterView,
+        store: LocalStore,
+        clock: HybridLogicalClock,
+        now_ms: Callable[[], int],
+    ) -> None:
+        self._view = view
+        self._store = store
+        self._clock = clock
+        self._now_ms = now_ms
+        self._background: set[asyncio.Task[Any]] = set()
+        # Conditional and linearizable writes of one key run one at a time on
+        # this node (their coordinator, the key's owner), so read-check-write
+        # is not interleaved with another such write.
+        self._key_locks = KeyLocks()
+
+    # -- reads ---------------------------------------------------------------
+
+    async def read(self, key: bytes, level: Consistency, timeout_s: float) -> Record | None:
+        """The key's live value at ``level``, or None."""
+        winner = await self._read_newest(key, level, timeout_s)
+        return winner if winner is not None and winner.is_live(self._now_ms()) else None
+
+    async def _read_newest(self, key: bytes, level: Consistency, timeout_s: float) -> Record | None:
+        """The newest version a quorum at ``level`` holds, tombstones included."""
+        n, targets = self._targets(key, level)
+        needed = quorum.required_replies(level, n)
+        calls = {target: self._read_one(target, key) for target in targets}
+        replies, late = await self._gather(calls, needed, timeout_s, "read")
+        winner = quorum.newest(replies.values())
+        replicas_replies = {t.node_id: r for t, r in replies.items() if t.stands_in_for is None}
+        stale = quorum.stale_replicas(replicas_replies, winner)
+        if winner is not None and stale:
+            if level is Consistency.LINEARIZABLE:
+                # ABD: make the winner durable at a quorum before anyone sees it.
+                await self._replicate(winner, level, timeout_s)
+            else:
+                self._spawn(self._repair(winner, stale))
+        if winner is not None and late:
+            self._spawn(self._repair_late(winner, late))
+        return winner
+
+    async def _read_one(self, target: Target, key: bytes) -> Record | None:
+        if target.node_id == self._view.node_id:
+            return self._store.read(key)
+        return (await self._view.peers[target.node_id].read([key]))[0]
+
+    async def _repair(self, winner: Record, nodes: list[str]) -> None:
+        await asyncio.gather(
+            *(self._write_one(Target(node), winner) for node in nodes), return_exceptions=True
+        )
+
+    async def _repair_late(
+        self, winner: Record, late: dict[asyncio.Task[Record | None], Target]
+    ) -> None:
+        done, _ = await asyncio.wait(late, timeout=5.0)
+        replies = {
+            late[task].node_id: task.result()
+            for task in done
+            if late[task].stands_in_for is None and task.exception() is None
+        }
+        stale = quorum.stale_replicas(replies, winner)
+        if stale:
+            await self._repair(winner, stale)
+
+    # -- writes --------------------------------------------------------------
+
+    async def write(
+        self,
+        key: bytes,
+        value: bytes,
+        *,
+        level: Consistency,
+        timeout_s: float,
+        tombstone: bool = False,
+        ttl_ms: int = 0,
+        expected: int | None = None,
+    ) -> Written:
+        """Write a new version of a key at ``level``."""
+        if expected is None and level is not Consistency.LINEARIZABLE:
+            record = self._stamp(key, value, tombstone, ttl_ms)
+            return await self._replicate(record, level, timeout_s)
+        async with self._key_locks.hold(key):
+            current = await self._read_newest(key, level, timeout_s)
+            check_precondition(expected, current, self._now_ms())
+            if current is not None:
+                self._clock.observe(current.version.timestamp)
+            record = self._stamp(key, value, tombstone, ttl_ms)
+            return await self._replicate(record, level, timeout_s)
+
+    def _stamp(self, key: bytes, value: bytes, tombstone: bool, ttl_ms: int) -> Record:
+        now = self._now_ms()
+        return Record(
+            key=key,
+            value=value,
+            version=self._clock.tick(now),
+            tombstone=tombstone,
+            expires_at_ms=now + ttl_ms if ttl_ms else NO_EXPIRY,
+        )
+
+    async def _replicate(self, record: Record, level: Consistency, timeout_s: float) -> Written:
+        """Send a stamped record to the key's targets; return once the level is met."""
+        n, targets = self._targets(record.key, level)
+        needed = quorum.required_replies(level, n)
+        calls = {target: self._write_one(target, record) for target in targets}
+        acks, _ = await self._gather(calls, needed, timeout_s, "write")
+        return Written(record, any(acks.values()))
+
+    async def _write_one(self, target: Target, record: Record) -> bool:
+        if target.node_id == self._view.node_id:
+            result = await self._store.apply(record, hint_for=target.stands_in_for)
+            return result.previous_was_live(self._now_ms())
+        peer = self._view.peers[target.node_id]
+        return await peer.write(record, hint_for=target.stands_in_for)
+
+    # -- shared ----------------------------------------------------------------
+
+    def _targets(self, key: bytes, level: Consistency) -> tuple[int, list[Target]]:
+        n = self._view.replicas
+        targets = quorum.targets(self._view.clockwise(key), n, self._view.is_live, level)
+        counting = [t for t in targets if t.stands_in_for is None or level in quorum.SLOPPY_LEVELS]
+        quorum.check_reachable(level, n, len(counting))
+        return n, targets
+
+    async def _gather(
+        self,
+        calls: dict[Target, Coroutine[Any, Any, T]],
+        needed: int,
+        timeout_s: float,
+        what: str,
+    ) -> tuple[dict[Target, T], dict[asyncio.Task[T], Target]]:
+        """Run the calls until ``needed`` succeed; the rest go on in the background.
+
+        Returns the successful results and the calls still running.
+        """
+        loop = asyncio.get_running_loop()
+        tasks = {loop.create_task(call): target for target, call in calls.items()}
+        results: dict[Target, T] = {}
+        errors: list[BaseException] = []
+        pending = set(tasks)
+        deadline = loop.time() + timeout_s
+        while pending and len(results) < needed:
+            done, pending = await asyncio.wait(
+                pending, timeout=deadline - loop.time(), return_when=asyncio.FIRST_COMPLETED
+            )
+            if not done:
+                break
+            for task in done:
+                error = task.exception()
+                if error is None:
+                    results[tasks[task]] = task.result()
+                else:
+                    errors.append(error)
+        for task in pending:
+            self._track(task)
+        if len(results) < needed:
+            reasons = "; ".join(str(e) for e in errors if isinstance(e, RingkvError))
+            raise Unavailable(
+                f"{what}: {len(results)} of {needed} required replicas answered"
+                + (f" ({reasons})" if reasons else ""),
+                reason="NOT_ENOUGH_REPLICAS",
+                metadata={"needed": str(needed), "answered": str(len(results))},
+            )
+        return results, {task: tasks[task] for task in pending}
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        self._track(asyncio.get_running_loop().create_task(work))
+
+    def _track(self, task: asyncio.Task[Any]) -> None:
+        self._background.add(task)
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[Any]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.debug("background replica call failed", extra={"error": str(task.exception())})
+
+    async def close(self) -> None:
+        """Let background replica calls finish (bounded), then drop them."""
+        if self._background:
+            await asyncio.wait(set(self._background), timeout=5.0)
+        for task in list(self._background):
+            task.cancel()
+
+
+class KeyLocks:
+    """One asyncio lock per key, kept only while someone holds or awaits it."""
+
+    def __init__(self) -> None:
+        self._locks: dict[bytes, tuple[asyncio.Lock, int]] = {}
+
+    @asynccontextmanager
+    async def hold(self, key: bytes) -> AsyncIterator[None]:
+        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users == 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)

@@ -1,0 +1,111 @@
+"""Quorum arithmetic: targets, sloppy stand-ins, fail-fast and read repair choices."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ringkv.core.consistency import Consistency
+from ringkv.core.errors import Unavailable
+from ringkv.core.hlc import Version
+from ringkv.core.quorum import (
+    Target,
+    check_reachable,
+    newest,
+    required_replies,
+    stale_replicas,
+    targets,
+)
+from ringkv.core.records import Record
+
+NODES = ("a", "b", "c", "d", "e")
+
+
+def rec(timestamp: int, node: str = "n") -> Record:
+    return Record(b"k", b"v%d" % timestamp, Version(timestamp, node))
+
+
+@pytest.mark.parametrize(
+    ("level", "n", "needed"),
+    [
+        (Consistency.ONE, 3, 1),
+        (Consistency.QUORUM, 1, 1),
+        (Consistency.QUORUM, 2, 2),
+        (Consistency.QUORUM, 3, 2),
+        (Consistency.QUORUM, 5, 3),
+        (Consistency.ALL, 3, 3),
+        (Consistency.LINEARIZABLE, 3, 2),
+        (Consistency.LINEARIZABLE, 4, 3),
+    ],
+)
+def test_required_replies(level: Consistency, n: int, needed: int) -> None:
+    assert required_replies(level, n) == needed
+
+
+def test_default_level_has_no_quorum() -> None:
+    with pytest.raises(ValueError, match="DEFAULT"):
+        required_replies(Consistency.DEFAULT, 3)
+
+
+def test_all_live_targets_are_the_preference_list() -> None:
+    chosen = targets(NODES, 3, lambda _: True, Consistency.QUORUM)
+    assert chosen == [Target("a"), Target("b"), Target("c")]
+
+
+def test_a_down_replica_gets_the_next_live_stand_in_at_sloppy_levels() -> None:
+    live = {"a", "c", "e"}
+    chosen = targets(NODES, 3, live.__contains__, Consistency.QUORUM)
+    assert chosen == [Target("a"), Target("c"), Target("e", stands_in_for="b")]
+
+
+@pytest.mark.parametrize("level", [Consistency.ALL, Consistency.LINEARIZABLE])
+def test_strict_levels_never_use_stand_ins(level: Consistency) -> None:
+    live = {"a", "c", "d", "e"}
+    assert targets(NODES, 3, live.__contains__, level) == [Target("a"), Target("c")]
+
+
+def test_stand_ins_run_out() -> None:
+    live = {"a", "d"}
+    chosen = targets(NODES, 3, live.__contains__, Consistency.ONE)
+    assert chosen == [Target("a"), Target("d", stands_in_for="b")]
+
+
+@given(
+    live=st.sets(st.sampled_from(NODES)),
+    n=st.integers(1, 5),
+    level=st.sampled_from([Consistency.ONE, Consistency.QUORUM, Consistency.ALL]),
+)
+def test_targets_are_distinct_live_and_at_most_n(
+    live: set[str], n: int, level: Consistency
+) -> None:
+    chosen = targets(NODES, n, live.__contains__, level)
+    nodes = [t.node_id for t in chosen]
+    assert len(nodes) == len(set(nodes)) <= n
+    assert all(node in live for node in nodes)
+    real = [t.node_id for t in chosen if t.stands_in_for is None]
+    assert real == [node for node in NODES[:n] if node in live]
+    for t in chosen:
+        if t.stands_in_for is not None:
+            assert t.stands_in_for in NODES[:n]
+            assert t.stands_in_for not in live
+            assert t.node_id not in NODES[:n]
+
+
+def test_fail_fast_says_how_many_are_reachable() -> None:
+    check_reachable(Consistency.QUORUM, 3, 2)
+    with pytest.raises(Unavailable, match="QUORUM needs 2 of 3 replicas, only 1 reachable") as e:
+        check_reachable(Consistency.QUORUM, 3, 1)
+    assert e.value.metadata == {"needed": "2", "reachable": "1"}
+
+
+def test_newest_wins_and_ties_break_by_node() -> None:
+    assert newest([None, rec(1), rec(3), rec(2)]) == rec(3)
+    assert newest([rec(5, "a"), rec(5, "b")]) == rec(5, "b")
+    assert newest([None, None]) is None
+
+
+def test_stale_replicas_are_older_or_empty() -> None:
+    replies = {"a": rec(3), "b": rec(1), "c": None}
+    assert stale_replicas(replies, rec(3)) == ["b", "c"]
+    assert stale_replicas({"a": None}, None) == []
