@@ -488,29 +488,27 @@ Global___Member: _TypeAlias = Member  # noqa: Y015
 
 @_typing.final
 class TokenRange(_message.Message):
-    """Tokens t with start < t <= end belong to the range (it wraps past 2^64-1
-    when start >= end). Tokens are unsigned 64-bit.
-    """
+    """The tokens t with start <= t <= last (unsigned 64-bit) and their replicas."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     START_FIELD_NUMBER: _builtins.int
-    END_FIELD_NUMBER: _builtins.int
+    LAST_FIELD_NUMBER: _builtins.int
     REPLICAS_FIELD_NUMBER: _builtins.int
     start: _builtins.int
-    end: _builtins.int
+    last: _builtins.int
     @_builtins.property
     def replicas(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
         self,
         *,
         start: _builtins.int = ...,
-        end: _builtins.int = ...,
+        last: _builtins.int = ...,
         replicas: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["end", b"end", "replicas", b"replicas", "start", b"start"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["last", b"last", "replicas", b"replicas", "start", b"start"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from ringkv.cli.args import Commands
 from ringkv.core.consistency import LEVEL_NAMES, Consistency
 from ringkv.core.errors import RingkvError
+from ringkv.core.ring import DEFAULT_VNODES_PER_NODE
 from ringkv.core.validation import DEFAULT_MAX_VALUE_BYTES, Limits
 from ringkv.server.config import (
     LOG_FORMATS,
@@ -70,7 +71,11 @@ def add_parser(commands: Commands) -> None:
         "--write-level", choices=LEVEL_NAMES, default="quorum", help="default write consistency"
     )
     parser.add_argument(
-        "--vnodes", type=int, default=128, help="virtual nodes per member (default: 128)"
+        "--vnodes",
+        type=int,
+        default=DEFAULT_VNODES_PER_NODE,
+        help="virtual nodes per member, the same on every node "
+        f"(default: {DEFAULT_VNODES_PER_NODE})",
     )
     parser.add_argument(
         "--request-timeout",

@@ -57,7 +57,7 @@ class ClusterService:
             term=self._term,
             epoch=ring.epoch,
             replicas=view.replicas,
-            vnodes=ring.vnodes,
+            vnodes=ring.vnodes_per_node,
             members=[
                 kv_pb2.Member(
                     node_id=node,
@@ -67,7 +67,7 @@ class ClusterService:
                 for node in node_ids
             ],
             ranges=[
-                kv_pb2.TokenRange(start=r.start, end=r.end, replicas=list(r.replicas))
+                kv_pb2.TokenRange(start=r.start, last=r.end - 1, replicas=list(r.replicas))
                 for r in ring.ranges(view.replicas)
             ],
         )

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ringkv.core.consistency import Consistency
+from ringkv.core.ring import DEFAULT_VNODES_PER_NODE
 from ringkv.core.validation import DEFAULT_MAX_VALUE_BYTES, Limits
 from ringkv.storage import ENGINE_KINDS, FsyncMode
 
@@ -127,7 +128,7 @@ class NodeConfig:
     limits: Limits = field(default_factory=Limits)
     read_level: Consistency = Consistency.QUORUM
     write_level: Consistency = Consistency.QUORUM
-    vnodes: int = 128
+    vnodes: int = DEFAULT_VNODES_PER_NODE
     """Virtual nodes per member on the ring."""
     request_timeout_s: float = 5.0
     """The longest a coordinated request may take, whatever the caller's deadline."""

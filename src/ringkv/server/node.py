@@ -72,7 +72,7 @@ async def serve(
             resources.push_async_callback(peer.close)
         prober = PeerProber(list(peers.values()), _PROBE_INTERVAL_S)
         resources.push_async_callback(prober.close)
-        ring = Ring([config.node_id, *peers], vnodes=config.vnodes)
+        ring = Ring((config.node_id, *peers), epoch=1, vnodes_per_node=config.vnodes)
         view = ClusterView(config.node_id, peers, ring, config.replicas)
         coordinator = Coordinator(view, store, clock, now_ms)
         resources.push_async_callback(coordinator.close)
@@ -89,9 +89,7 @@ async def serve(
                 write_level=config.write_level,
                 request_timeout_s=config.request_timeout_s,
             ),
-            ClusterService(
-                view, str(advertised), {p.node_id: str(p.address) for p in config.peers}
-            ),
+            ClusterService(view, str(advertised), peer_addresses),
             ReplicaService(store, clock, now_ms),
         ]
         await _serve_until_stopped(config, server, port, services, stop or _stop_on_signals())
