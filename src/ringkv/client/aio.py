@@ -48,10 +48,11 @@ class AsyncClient:
         self, method: Method[RequestT, ResponseT], request: RequestT, timeout: float | None
     ) -> ResponseT:
         attempts = Attempts(self._retry, self._rng)
+        timeout = self._timeout if timeout is None else timeout
         while True:
             stub = kv_pb2_grpc.KeyValueStub(self._pool.current())
             try:
-                return await method(stub)(request, timeout=timeout or self._timeout)
+                return await method(stub)(request, timeout=timeout)
             except grpc.RpcError as error:
                 delay = attempts.failed(error)
             self._pool.advance()

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from ringkv.api import kv_pb2
 from ringkv.core.consistency import Consistency
+from ringkv.core.errors import InvalidArgument
 
 DEFAULT_ENDPOINT = "127.0.0.1:50051"
 Level = Consistency | str | None
@@ -40,7 +41,11 @@ def level(consistency: Level) -> kv_pb2.Consistency.ValueType:
 
 def ttl_ms(ttl: float | None) -> int:
     """Seconds to whole milliseconds, rounded up so a short TTL is never 'none'."""
-    return 0 if ttl is None else math.ceil(ttl * 1000)
+    if ttl is None:
+        return 0
+    if ttl <= 0:
+        raise InvalidArgument(f"ttl must be positive seconds, got {ttl}", reason="NEGATIVE_TTL")
+    return math.ceil(ttl * 1000)
 
 
 def expected(if_version: int | None, if_absent: bool) -> int:
