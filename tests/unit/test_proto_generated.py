@@ -12,7 +12,12 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 GEN_PROTO = ROOT / "scripts" / "gen-proto"
 COMMITTED = ROOT / "src" / "ringkv" / "api"
-GENERATED_FILES = ("kv_pb2.py", "kv_pb2.pyi", "kv_pb2_grpc.py", "kv_pb2_grpc.pyi")
+PROTOS = ("kv", "replica")
+GENERATED_FILES = tuple(
+    f"{proto}{suffix}"
+    for proto in PROTOS
+    for suffix in ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py", "_pb2_grpc.pyi")
+)
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +41,9 @@ def test_committed_code_is_up_to_date(generated: Path, name: str) -> None:
     fresh = generated / name
     assert fresh.is_file(), f"scripts/gen-proto did not write {name}"
     up_to_date = (COMMITTED / name).read_bytes() == fresh.read_bytes()  # no byte diff dump
-    assert up_to_date, f"src/ringkv/api/{name} is out of date with kv.proto: run scripts/gen-proto"
+    assert up_to_date, (
+        f"src/ringkv/api/{name} is out of date with its .proto: run scripts/gen-proto"
+    )
 
 
 def test_nothing_else_is_generated(generated: Path) -> None:

@@ -1,4 +1,4 @@
-"""The endpoints a client talks to, one lazily opened channel each."""
+"""One lazily opened channel per address a client talks to."""
 
 from __future__ import annotations
 
@@ -9,31 +9,30 @@ ChannelT = TypeVar("ChannelT")
 
 
 class ChannelPool(Generic[ChannelT]):
-    """Endpoints in order; calls use the current one until it fails."""
+    """Long-lived channels by address."""
 
-    def __init__(self, endpoints: str | Sequence[str], open_channel: Callable[[str], ChannelT]):
-        items = endpoints.split(",") if isinstance(endpoints, str) else list(endpoints)
-        self.endpoints = [item.strip() for item in items if item.strip()]
-        if not self.endpoints:
-            raise ValueError("at least one endpoint is needed")
+    def __init__(self, open_channel: Callable[[str], ChannelT]) -> None:
         self._open_channel = open_channel
         self._channels: dict[str, ChannelT] = {}
-        self._current = 0
 
-    def current(self) -> ChannelT:
-        """The channel to the current endpoint, opened on first use."""
-        endpoint = self.endpoints[self._current]
-        channel = self._channels.get(endpoint)
+    def get(self, address: str) -> ChannelT:
+        """The channel to ``address``, opened on first use."""
+        channel = self._channels.get(address)
         if channel is None:
-            channel = self._channels[endpoint] = self._open_channel(endpoint)
+            channel = self._channels[address] = self._open_channel(address)
         return channel
-
-    def advance(self) -> None:
-        """Move on to the next endpoint, after the current one failed."""
-        self._current = (self._current + 1) % len(self.endpoints)
 
     def take_all(self) -> list[ChannelT]:
         """Every open channel, forgotten by the pool (for closing)."""
         channels = list(self._channels.values())
         self._channels.clear()
         return channels
+
+
+def endpoint_list(endpoints: str | Sequence[str]) -> list[str]:
+    """Endpoints from a comma-separated string or a sequence."""
+    items = endpoints.split(",") if isinstance(endpoints, str) else list(endpoints)
+    cleaned = [item.strip() for item in items if item.strip()]
+    if not cleaned:
+        raise ValueError("at least one endpoint is needed")
+    return cleaned

@@ -9,9 +9,8 @@ import grpc
 from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
 
+from ringkv.api.headers import STATUS_DETAILS
 from ringkv.core import errors
-
-STATUS_DETAILS_KEY = "grpc-status-details-bin"
 
 ERROR_CLASSES: dict[grpc.StatusCode, type[errors.RingkvError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: errors.InvalidArgument,
@@ -42,7 +41,7 @@ def from_rpc_error(error: grpc.RpcError) -> errors.RingkvError:
 def _error_info(trailing_metadata: Iterable[Any] | None) -> error_details_pb2.ErrorInfo:
     info = error_details_pb2.ErrorInfo()
     for key, value in trailing_metadata or ():
-        if key != STATUS_DETAILS_KEY:
+        if key != STATUS_DETAILS:
             continue
         try:
             status = status_pb2.Status.FromString(bytes(value))

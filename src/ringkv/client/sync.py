@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -12,9 +13,10 @@ import grpc
 
 from ringkv.api import kv_pb2, kv_pb2_grpc
 from ringkv.client import requests
-from ringkv.client.channels import ChannelPool
+from ringkv.client.channels import ChannelPool, endpoint_list
 from ringkv.client.requests import CHANNEL_OPTIONS, DEFAULT_ENDPOINT, Entry, Level
 from ringkv.client.retry import Attempts, RetryPolicy
+from ringkv.client.routing import Router, token_key, topology_from
 
 RequestT = TypeVar("RequestT")
 ResponseT = TypeVar("ResponseT")
@@ -37,34 +39,64 @@ class Client:
         timeout: float = 5.0,
         retry: RetryPolicy | None = None,
         rng: random.Random | None = None,
+        token_aware: bool = True,
     ) -> None:
         self._pool = ChannelPool(
-            endpoints, lambda target: grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
+            lambda target: grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
         )
+        self._router = Router(endpoint_list(endpoints))
+        self._token_aware = token_aware
         self._timeout = timeout
         self._retry = retry or RetryPolicy()
         self._rng = rng or random.Random()
 
     def _call(
-        self, method: Method[RequestT, ResponseT], request: RequestT, timeout: float | None
+        self,
+        method: Method[RequestT, ResponseT],
+        request: RequestT,
+        timeout: float | None,
+        key: str | None = None,
     ) -> ResponseT:
-        attempts = Attempts(self._retry, self._rng)
+        if self._token_aware and key is not None:
+            self._refresh_topology()
         timeout = self._timeout if timeout is None else timeout
-        while True:
-            stub = kv_pb2_grpc.KeyValueStub(self._pool.current())
+        attempts = Attempts(self._retry, self._rng)
+        routing_key = None if key is None else token_key(key)
+        candidates = self._router.candidates(routing_key, time.monotonic())
+        for address in itertools.cycle(candidates):
+            stub = kv_pb2_grpc.KeyValueStub(self._pool.get(address))
             try:
-                return method(stub)(request, timeout=timeout)
+                response, call = method(stub).with_call(request, timeout=timeout)
+                self._router.observe(call.trailing_metadata(), time.monotonic())
+                return response
             except grpc.RpcError as error:
                 delay = attempts.failed(error)
-            self._pool.advance()
+            self._router.failed(address, time.monotonic())
             time.sleep(delay)
+        raise AssertionError("unreachable: cycle() never ends")
+
+    def _refresh_topology(self) -> None:
+        """Learn the ring from the first node that describes it (at most every 30 s)."""
+        if not self._router.needs_refresh(time.monotonic()):
+            return
+        topology = None
+        for address in self._router.candidates(None, time.monotonic()):
+            stub = kv_pb2_grpc.ClusterStub(self._pool.get(address))
+            try:
+                state = stub.GetClusterState(kv_pb2.GetClusterStateRequest(), timeout=1.0)
+            except grpc.RpcError:
+                self._router.failed(address, time.monotonic())
+                continue
+            topology = topology_from(state)
+            break
+        self._router.refreshed(topology, time.monotonic())
 
     def get(
         self, key: str, *, consistency: Level = None, timeout: float | None = None
     ) -> Entry | None:
         """The key's value and version, or None if it is absent."""
         request = requests.get_request(key, consistency)
-        return requests.entry(self._call(lambda stub: stub.Get, request, timeout))
+        return requests.entry(self._call(lambda stub: stub.Get, request, timeout, key))
 
     def set(
         self,
@@ -85,7 +117,7 @@ class Client:
         request = requests.set_request(
             key, value, ttl=ttl, if_version=if_version, if_absent=if_absent, consistency=consistency
         )
-        return self._call(lambda stub: stub.Set, request, timeout).version
+        return self._call(lambda stub: stub.Set, request, timeout, key).version
 
     def delete(
         self,
@@ -97,7 +129,7 @@ class Client:
     ) -> bool:
         """Delete a key; returns whether a live value was deleted."""
         request = requests.delete_request(key, if_version, consistency)
-        return self._call(lambda stub: stub.Delete, request, timeout).found
+        return self._call(lambda stub: stub.Delete, request, timeout, key).found
 
     def ping(self, *, timeout: float | None = None) -> str:
         """The id of the node that answered a no-op call."""

@@ -8,6 +8,7 @@ import grpc
 from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 
+from ringkv.api.headers import STATUS_DETAILS
 from ringkv.core.errors import (
     DeadlineExceeded,
     InternalError,
@@ -20,7 +21,6 @@ from ringkv.core.errors import (
 )
 
 ERROR_DOMAIN = "ringkv"
-STATUS_DETAILS_KEY = "grpc-status-details-bin"
 
 STATUS_CODES: dict[type[RingkvError], grpc.StatusCode] = {
     InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
@@ -60,6 +60,6 @@ async def abort_with(
     await context.abort(
         code,
         error.message,
-        trailing_metadata=((STATUS_DETAILS_KEY, status_details(error, code)),),
+        trailing_metadata=((STATUS_DETAILS, status_details(error, code)),),
     )
     raise AssertionError("context.abort returned")  # pragma: no cover

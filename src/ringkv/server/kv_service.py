@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, TypeVar
 import grpc
 
 from ringkv.api import kv_pb2
+from ringkv.api.headers import FORWARD_HOPS, RING_EPOCH, STATUS_DETAILS
 from ringkv.core.consistency import Consistency
 from ringkv.core.validation import Limits, expected_version, ttl_ms
 from ringkv.server.cluster_view import ClusterView
@@ -27,7 +28,6 @@ if TYPE_CHECKING:  # the async stub type exists only in the generated .pyi
 RequestT = TypeVar("RequestT")
 ResponseT = TypeVar("ResponseT")
 Forwardable = grpc.aio.UnaryUnaryMultiCallable
-HOPS_HEADER = "ringkv-hops"
 MAX_HOPS = 1
 
 
@@ -62,6 +62,10 @@ class KeyValueService:
             "Ping": Method(kv_pb2.PingRequest, self.ping),
         }
 
+    def _answer(self, context: Context) -> None:
+        """Tell the caller our ring epoch, so a token-aware client knows when to refresh."""
+        context.set_trailing_metadata(((RING_EPOCH, str(self._view.ring.epoch)),))
+
     def _timeout(self, context: Context) -> float:
         remaining = context.time_remaining()
         return (
@@ -76,6 +80,7 @@ class KeyValueService:
         return default if level is Consistency.DEFAULT else level
 
     async def get(self, request: kv_pb2.GetRequest, context: Context) -> kv_pb2.GetResponse:
+        self._answer(context)
         key = self._limits.key(request.key)
         level = self._level(request.consistency, self._read_level)
         record = await self._coordinator.read(key, level, self._timeout(context))
@@ -89,6 +94,7 @@ class KeyValueService:
         )
 
     async def set(self, request: kv_pb2.SetRequest, context: Context) -> kv_pb2.SetResponse:
+        self._answer(context)
         key = self._limits.key(request.key)
         value = self._limits.value(request.value)
         expected = expected_version(request.version)
@@ -106,6 +112,7 @@ class KeyValueService:
     async def delete(
         self, request: kv_pb2.DeleteRequest, context: Context
     ) -> kv_pb2.DeleteResponse:
+        self._answer(context)
         key = self._limits.key(request.key)
         expected = expected_version(request.version)
         level = self._level(request.consistency, self._write_level)
@@ -163,7 +170,7 @@ class KeyValueService:
             return await method(peer.kv)(
                 request,
                 timeout=self._timeout(context),
-                metadata=((HOPS_HEADER, str(hops + 1)),),
+                metadata=((FORWARD_HOPS, str(hops + 1)),),
             )
         except grpc.aio.AioRpcError as error:
             if _from_ringkv(error):
@@ -175,7 +182,7 @@ class KeyValueService:
 
 def _hops(context: Context) -> int:
     for key, value in context.invocation_metadata() or ():
-        if key == HOPS_HEADER:
+        if key == FORWARD_HOPS:
             return int(value) if str(value).isdigit() else MAX_HOPS
     return 0
 
@@ -183,5 +190,5 @@ def _hops(context: Context) -> int:
 def _from_ringkv(error: grpc.aio.AioRpcError) -> bool:
     """Whether the error is an answer from a ringkv node, not a transport failure."""
     return error.code() != grpc.StatusCode.UNAVAILABLE or any(
-        key == "grpc-status-details-bin" for key, _ in error.trailing_metadata() or ()
+        key == STATUS_DETAILS for key, _ in error.trailing_metadata() or ()
     )
