@@ -296,6 +296,11 @@ class ClusterStub:
                 request_serializer=ringkv_dot_api_dot_kv__pb2.GetClusterStateRequest.SerializeToString,
                 response_deserializer=ringkv_dot_api_dot_kv__pb2.GetClusterStateResponse.FromString,
                 _registered_method=True)
+        self.GetNodeStats = channel.unary_unary(
+                '/kv.Cluster/GetNodeStats',
+                request_serializer=ringkv_dot_api_dot_kv__pb2.GetNodeStatsRequest.SerializeToString,
+                response_deserializer=ringkv_dot_api_dot_kv__pb2.GetNodeStatsResponse.FromString,
+                _registered_method=True)
 
 
 class ClusterServicer:
@@ -319,6 +324,13 @@ class ClusterServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetNodeStats(self, request, context):
+        """Added: what the answering node stores.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ClusterServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -336,6 +348,11 @@ def add_ClusterServicer_to_server(servicer, server):
                     servicer.GetClusterState,
                     request_deserializer=ringkv_dot_api_dot_kv__pb2.GetClusterStateRequest.FromString,
                     response_serializer=ringkv_dot_api_dot_kv__pb2.GetClusterStateResponse.SerializeToString,
+            ),
+            'GetNodeStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetNodeStats,
+                    request_deserializer=ringkv_dot_api_dot_kv__pb2.GetNodeStatsRequest.FromString,
+                    response_serializer=ringkv_dot_api_dot_kv__pb2.GetNodeStatsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -419,6 +436,33 @@ class Cluster:
             '/kv.Cluster/GetClusterState',
             ringkv_dot_api_dot_kv__pb2.GetClusterStateRequest.SerializeToString,
             ringkv_dot_api_dot_kv__pb2.GetClusterStateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetNodeStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kv.Cluster/GetNodeStats',
+            ringkv_dot_api_dot_kv__pb2.GetNodeStatsRequest.SerializeToString,
+            ringkv_dot_api_dot_kv__pb2.GetNodeStatsResponse.FromString,
             options,
             channel_credentials,
             insecure,

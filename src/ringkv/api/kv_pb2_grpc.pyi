@@ -111,6 +111,8 @@ class ClusterStub:
     Heartbeat: _grpc.UnaryUnaryMultiCallable[_kv_pb2.HeartbeatRequest, _kv_pb2.HeartbeatResponse]
     RequestVote: _grpc.UnaryUnaryMultiCallable[_kv_pb2.RequestVoteRequest, _kv_pb2.RequestVoteResponse]
     GetClusterState: _grpc.UnaryUnaryMultiCallable[_kv_pb2.GetClusterStateRequest, _kv_pb2.GetClusterStateResponse]
+    GetNodeStats: _grpc.UnaryUnaryMultiCallable[_kv_pb2.GetNodeStatsRequest, _kv_pb2.GetNodeStatsResponse]
+    """Added: what the answering node stores."""
 
 @_typing.type_check_only
 class ClusterAsyncStub(ClusterStub):
@@ -118,6 +120,8 @@ class ClusterAsyncStub(ClusterStub):
     Heartbeat: _aio.UnaryUnaryMultiCallable[_kv_pb2.HeartbeatRequest, _kv_pb2.HeartbeatResponse]  # type: ignore[assignment]
     RequestVote: _aio.UnaryUnaryMultiCallable[_kv_pb2.RequestVoteRequest, _kv_pb2.RequestVoteResponse]  # type: ignore[assignment]
     GetClusterState: _aio.UnaryUnaryMultiCallable[_kv_pb2.GetClusterStateRequest, _kv_pb2.GetClusterStateResponse]  # type: ignore[assignment]
+    GetNodeStats: _aio.UnaryUnaryMultiCallable[_kv_pb2.GetNodeStatsRequest, _kv_pb2.GetNodeStatsResponse]  # type: ignore[assignment]
+    """Added: what the answering node stores."""
 
 class ClusterServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -140,5 +144,13 @@ class ClusterServicer(metaclass=_abc_1.ABCMeta):
         request: _kv_pb2.GetClusterStateRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_kv_pb2.GetClusterStateResponse, _abc.Awaitable[_kv_pb2.GetClusterStateResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def GetNodeStats(
+        self,
+        request: _kv_pb2.GetNodeStatsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_kv_pb2.GetNodeStatsResponse, _abc.Awaitable[_kv_pb2.GetNodeStatsResponse]]:
+        """Added: what the answering node stores."""
 
 def add_ClusterServicer_to_server(servicer: ClusterServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -5,13 +5,11 @@ from __future__ import annotations
 import argparse
 import base64
 import json
-import os
 import sys
 from typing import Any
 
-from ringkv.cli.args import ArgumentParser, Commands
+from ringkv.cli.args import ArgumentParser, Commands, add_endpoint_option
 from ringkv.client import Client, Entry
-from ringkv.client.requests import DEFAULT_ENDPOINT
 from ringkv.core.consistency import LEVEL_NAMES
 from ringkv.core.errors import RingkvError
 
@@ -21,14 +19,7 @@ EXIT_ERROR = 3
 
 def add_parsers(commands: Commands) -> None:
     common = ArgumentParser(add_help=False)
-    common.add_argument(
-        "--endpoint",
-        "--endpoints",
-        dest="endpoints",
-        default=os.environ.get("RINGKV_ENDPOINTS", DEFAULT_ENDPOINT),
-        help="host:port of one or more nodes, comma-separated "
-        f"(default: $RINGKV_ENDPOINTS or {DEFAULT_ENDPOINT})",
-    )
+    add_endpoint_option(common)
     common.add_argument("--consistency", choices=LEVEL_NAMES, help="default: the node's level")
     common.add_argument("--timeout", type=float, default=5.0, help="seconds (default: 5)")
     common.add_argument("--json", action="store_true", help="print one JSON object")

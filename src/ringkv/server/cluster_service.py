@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from ringkv.api import kv_pb2
 from ringkv.server.cluster_view import ClusterView
 from ringkv.server.rpc import Context, Method
+from ringkv.storage import Engine
 
 
 class ClusterService:
@@ -21,8 +22,15 @@ class ClusterService:
 
     name = "kv.Cluster"
 
-    def __init__(self, view: ClusterView, address: str, peer_addresses: Mapping[str, str]) -> None:
+    def __init__(
+        self,
+        view: ClusterView,
+        engine: Engine,
+        address: str,
+        peer_addresses: Mapping[str, str],
+    ) -> None:
         self._view = view
+        self._engine = engine
         self._addresses = {view.node_id: address, **peer_addresses}
         self._term = 0
 
@@ -31,6 +39,7 @@ class ClusterService:
             "Heartbeat": Method(kv_pb2.HeartbeatRequest, self.heartbeat),
             "RequestVote": Method(kv_pb2.RequestVoteRequest, self.request_vote),
             "GetClusterState": Method(kv_pb2.GetClusterStateRequest, self.get_cluster_state),
+            "GetNodeStats": Method(kv_pb2.GetNodeStatsRequest, self.get_node_stats),
         }
 
     async def heartbeat(
@@ -70,4 +79,15 @@ class ClusterService:
                 kv_pb2.TokenRange(start=r.start, last=r.end - 1, replicas=list(r.replicas))
                 for r in ring.ranges(view.replicas)
             ],
+        )
+
+    async def get_node_stats(
+        self, _request: kv_pb2.GetNodeStatsRequest, _: Context
+    ) -> kv_pb2.GetNodeStatsResponse:
+        stats = self._engine.stats()
+        return kv_pb2.GetNodeStatsResponse(
+            node_id=self._view.node_id,
+            records=stats.records,
+            bytes_used=stats.bytes_used,
+            epoch=self._view.ring.epoch,
         )

@@ -89,7 +89,7 @@ async def serve(
                 write_level=config.write_level,
                 request_timeout_s=config.request_timeout_s,
             ),
-            ClusterService(view, str(advertised), peer_addresses),
+            ClusterService(view, engine, str(advertised), peer_addresses),
             ReplicaService(store, clock, now_ms),
         ]
         await _serve_until_stopped(config, server, port, services, stop or _stop_on_signals())
