@@ -59,6 +59,16 @@ class KeyValueStub:
                 request_serializer=ringkv_dot_api_dot_kv__pb2.PingRequest.SerializeToString,
                 response_deserializer=ringkv_dot_api_dot_kv__pb2.PingResponse.FromString,
                 _registered_method=True)
+        self.MultiGet = channel.unary_unary(
+                '/kv.KeyValue/MultiGet',
+                request_serializer=ringkv_dot_api_dot_kv__pb2.MultiGetRequest.SerializeToString,
+                response_deserializer=ringkv_dot_api_dot_kv__pb2.MultiGetResponse.FromString,
+                _registered_method=True)
+        self.MultiSet = channel.unary_unary(
+                '/kv.KeyValue/MultiSet',
+                request_serializer=ringkv_dot_api_dot_kv__pb2.MultiSetRequest.SerializeToString,
+                response_deserializer=ringkv_dot_api_dot_kv__pb2.MultiSetResponse.FromString,
+                _registered_method=True)
 
 
 class KeyValueServicer:
@@ -97,6 +107,21 @@ class KeyValueServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def MultiGet(self, request, context):
+        """Reads of many keys in one call; each key is read as Get would.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def MultiSet(self, request, context):
+        """Unconditional writes of many keys in one call; each is written as Set
+        would (not atomically: some may land and others fail).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_KeyValueServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -124,6 +149,16 @@ def add_KeyValueServicer_to_server(servicer, server):
                     servicer.Ping,
                     request_deserializer=ringkv_dot_api_dot_kv__pb2.PingRequest.FromString,
                     response_serializer=ringkv_dot_api_dot_kv__pb2.PingResponse.SerializeToString,
+            ),
+            'MultiGet': grpc.unary_unary_rpc_method_handler(
+                    servicer.MultiGet,
+                    request_deserializer=ringkv_dot_api_dot_kv__pb2.MultiGetRequest.FromString,
+                    response_serializer=ringkv_dot_api_dot_kv__pb2.MultiGetResponse.SerializeToString,
+            ),
+            'MultiSet': grpc.unary_unary_rpc_method_handler(
+                    servicer.MultiSet,
+                    request_deserializer=ringkv_dot_api_dot_kv__pb2.MultiSetRequest.FromString,
+                    response_serializer=ringkv_dot_api_dot_kv__pb2.MultiSetResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -261,6 +296,60 @@ class KeyValue:
             '/kv.KeyValue/Ping',
             ringkv_dot_api_dot_kv__pb2.PingRequest.SerializeToString,
             ringkv_dot_api_dot_kv__pb2.PingResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MultiGet(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kv.KeyValue/MultiGet',
+            ringkv_dot_api_dot_kv__pb2.MultiGetRequest.SerializeToString,
+            ringkv_dot_api_dot_kv__pb2.MultiGetResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MultiSet(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kv.KeyValue/MultiSet',
+            ringkv_dot_api_dot_kv__pb2.MultiSetRequest.SerializeToString,
+            ringkv_dot_api_dot_kv__pb2.MultiSetResponse.FromString,
             options,
             channel_credentials,
             insecure,

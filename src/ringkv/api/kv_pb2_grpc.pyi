@@ -47,6 +47,12 @@ class KeyValueStub:
     """
     Ping: _grpc.UnaryUnaryMultiCallable[_kv_pb2.PingRequest, _kv_pb2.PingResponse]
     """Answers at once without touching storage: a liveness and latency probe."""
+    MultiGet: _grpc.UnaryUnaryMultiCallable[_kv_pb2.MultiGetRequest, _kv_pb2.MultiGetResponse]
+    """Reads of many keys in one call; each key is read as Get would."""
+    MultiSet: _grpc.UnaryUnaryMultiCallable[_kv_pb2.MultiSetRequest, _kv_pb2.MultiSetResponse]
+    """Unconditional writes of many keys in one call; each is written as Set
+    would (not atomically: some may land and others fail).
+    """
 
 @_typing.type_check_only
 class KeyValueAsyncStub(KeyValueStub):
@@ -60,6 +66,12 @@ class KeyValueAsyncStub(KeyValueStub):
     """
     Ping: _aio.UnaryUnaryMultiCallable[_kv_pb2.PingRequest, _kv_pb2.PingResponse]  # type: ignore[assignment]
     """Answers at once without touching storage: a liveness and latency probe."""
+    MultiGet: _aio.UnaryUnaryMultiCallable[_kv_pb2.MultiGetRequest, _kv_pb2.MultiGetResponse]  # type: ignore[assignment]
+    """Reads of many keys in one call; each key is read as Get would."""
+    MultiSet: _aio.UnaryUnaryMultiCallable[_kv_pb2.MultiSetRequest, _kv_pb2.MultiSetResponse]  # type: ignore[assignment]
+    """Unconditional writes of many keys in one call; each is written as Set
+    would (not atomically: some may land and others fail).
+    """
 
 class KeyValueServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -100,6 +112,24 @@ class KeyValueServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_kv_pb2.PingResponse, _abc.Awaitable[_kv_pb2.PingResponse]]:
         """Answers at once without touching storage: a liveness and latency probe."""
+
+    @_abc_1.abstractmethod
+    def MultiGet(
+        self,
+        request: _kv_pb2.MultiGetRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_kv_pb2.MultiGetResponse, _abc.Awaitable[_kv_pb2.MultiGetResponse]]:
+        """Reads of many keys in one call; each key is read as Get would."""
+
+    @_abc_1.abstractmethod
+    def MultiSet(
+        self,
+        request: _kv_pb2.MultiSetRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_kv_pb2.MultiSetResponse, _abc.Awaitable[_kv_pb2.MultiSetResponse]]:
+        """Unconditional writes of many keys in one call; each is written as Set
+        would (not atomically: some may land and others fail).
+        """
 
 def add_KeyValueServicer_to_server(servicer: KeyValueServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 

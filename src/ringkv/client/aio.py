@@ -6,7 +6,7 @@ import asyncio
 import itertools
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, TypeAlias, TypeVar
 
@@ -127,6 +127,27 @@ class AsyncClient:
         """Delete a key; returns whether a live value was deleted."""
         request = requests.delete_request(key, if_version, consistency)
         return (await self._call(lambda stub: stub.Delete, request, timeout, key)).found
+
+    async def get_many(
+        self, keys: Sequence[str], *, consistency: Level = None, timeout: float | None = None
+    ) -> dict[str, Entry | None]:
+        """Many keys in one call: each key with its entry, or None where absent."""
+        request = requests.multi_get_request(keys, consistency)
+        response = await self._call(lambda stub: stub.MultiGet, request, timeout)
+        return requests.entries(keys, response)
+
+    async def set_many(
+        self,
+        items: Mapping[str, bytes | str],
+        *,
+        ttl: float | None = None,
+        consistency: Level = None,
+        timeout: float | None = None,
+    ) -> dict[str, int]:
+        """Many unconditional writes in one call (not atomic); each key's version."""
+        request = requests.multi_set_request(items, ttl, consistency)
+        response = await self._call(lambda stub: stub.MultiSet, request, timeout)
+        return {key: r.version for key, r in zip(items, response.results, strict=True)}
 
     async def ping(self, *, timeout: float | None = None) -> str:
         """The id of the node that answered a no-op call."""

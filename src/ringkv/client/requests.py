@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from ringkv.api import kv_pb2
@@ -70,7 +71,7 @@ def set_request(
 ) -> kv_pb2.SetRequest:
     return kv_pb2.SetRequest(
         key=key,
-        value=value.encode() if isinstance(value, str) else value,
+        value=_bytes(value),
         version=expected(if_version, if_absent),
         consistency=level(consistency),
         ttl_ms=ttl_ms(ttl),
@@ -90,3 +91,29 @@ def entry(response: kv_pb2.GetResponse) -> Entry | None:
     if not response.found:
         return None
     return Entry(response.value, response.version, response.expires_at_ms)
+
+
+def multi_get_request(keys: Sequence[str], consistency: Level) -> kv_pb2.MultiGetRequest:
+    return kv_pb2.MultiGetRequest(keys=list(keys), consistency=level(consistency))
+
+
+def entries(keys: Sequence[str], response: kv_pb2.MultiGetResponse) -> dict[str, Entry | None]:
+    """Each requested key with its entry, or None where it is absent."""
+    return {key: entry(result) for key, result in zip(keys, response.results, strict=True)}
+
+
+def multi_set_request(
+    items: Mapping[str, bytes | str], ttl: float | None, consistency: Level
+) -> kv_pb2.MultiSetRequest:
+    ttl = ttl_ms(ttl)
+    return kv_pb2.MultiSetRequest(
+        entries=[
+            kv_pb2.SetRequest(key=key, value=_bytes(value), ttl_ms=ttl)
+            for key, value in items.items()
+        ],
+        consistency=level(consistency),
+    )
+
+
+def _bytes(value: bytes | str) -> bytes:
+    return value.encode() if isinstance(value, str) else value

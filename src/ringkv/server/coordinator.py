@@ -90,7 +90,7 @@ class Coordinator:
     async def _read_one(self, target: Target, key: bytes) -> Record | None:
         if target.node_id == self._view.node_id:
             return self._store.read(key)
-        return (await self._view.peers[target.node_id].read([key]))[0]
+        return await self._view.peers[target.node_id].read(key)
 
     async def _repair(self, winner: Record, nodes: list[str]) -> None:
         await asyncio.gather(

@@ -9,6 +9,7 @@ remaining deadline, and coordinates it itself if the owner cannot be reached.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
 
@@ -17,6 +18,8 @@ import grpc
 from ringkv.api import kv_pb2
 from ringkv.api.headers import FORWARD_HOPS, RING_EPOCH, STATUS_DETAILS
 from ringkv.core.consistency import Consistency
+from ringkv.core.errors import InvalidArgument
+from ringkv.core.records import Record
 from ringkv.core.validation import Limits, expected_version, ttl_ms
 from ringkv.server.cluster_view import ClusterView
 from ringkv.server.coordinator import Coordinator
@@ -29,6 +32,7 @@ RequestT = TypeVar("RequestT")
 ResponseT = TypeVar("ResponseT")
 Forwardable = grpc.aio.UnaryUnaryMultiCallable
 MAX_HOPS = 1
+MAX_KEYS_PER_CALL = 1000
 
 
 class KeyValueService:
@@ -60,6 +64,8 @@ class KeyValueService:
             "Delete": Method(kv_pb2.DeleteRequest, self.delete),
             "Replicate": Method(kv_pb2.ReplicateRequest, self.replicate),
             "Ping": Method(kv_pb2.PingRequest, self.ping),
+            "MultiGet": Method(kv_pb2.MultiGetRequest, self.multi_get),
+            "MultiSet": Method(kv_pb2.MultiSetRequest, self.multi_set),
         }
 
     def _answer(self, context: Context) -> None:
@@ -83,15 +89,7 @@ class KeyValueService:
         self._answer(context)
         key = self._limits.key(request.key)
         level = self._level(request.consistency, self._read_level)
-        record = await self._coordinator.read(key, level, self._timeout(context))
-        if record is None:
-            return kv_pb2.GetResponse(found=False)
-        return kv_pb2.GetResponse(
-            value=record.value,
-            found=True,
-            version=record.version.timestamp,
-            expires_at_ms=record.expires_at_ms,
-        )
+        return _get_response(await self._coordinator.read(key, level, self._timeout(context)))
 
     async def set(self, request: kv_pb2.SetRequest, context: Context) -> kv_pb2.SetResponse:
         self._answer(context)
@@ -148,6 +146,46 @@ class KeyValueService:
         )
         return kv_pb2.ReplicateResponse(ok=True)
 
+    async def multi_get(
+        self, request: kv_pb2.MultiGetRequest, context: Context
+    ) -> kv_pb2.MultiGetResponse:
+        self._answer(context)
+        _check_batch_size(len(request.keys))
+        keys = [self._limits.key(key) for key in request.keys]
+        level = self._level(request.consistency, self._read_level)
+        timeout = self._timeout(context)
+        records = await asyncio.gather(*(self._coordinator.read(k, level, timeout) for k in keys))
+        return kv_pb2.MultiGetResponse(results=[_get_response(r) for r in records])
+
+    async def multi_set(
+        self, request: kv_pb2.MultiSetRequest, context: Context
+    ) -> kv_pb2.MultiSetResponse:
+        self._answer(context)
+        _check_batch_size(len(request.entries))
+        level = self._level(request.consistency, self._write_level)
+        entries = []
+        for entry in request.entries:
+            if entry.version or entry.consistency:
+                raise InvalidArgument(
+                    "MultiSet entries take no version or consistency of their own",
+                    reason="UNSUPPORTED_IN_BATCH",
+                )
+            entries.append(
+                (self._limits.key(entry.key), self._limits.value(entry.value), ttl_ms(entry.ttl_ms))
+            )
+        timeout = self._timeout(context)
+        written = await asyncio.gather(
+            *(
+                self._coordinator.write(key, value, level=level, timeout_s=timeout, ttl_ms=ttl)
+                for key, value, ttl in entries
+            )
+        )
+        return kv_pb2.MultiSetResponse(
+            results=[
+                kv_pb2.SetResponse(ok=True, version=w.record.version.timestamp) for w in written
+            ]
+        )
+
     async def ping(self, _request: kv_pb2.PingRequest, _: Context) -> kv_pb2.PingResponse:
         return kv_pb2.PingResponse(node_id=self._view.node_id)
 
@@ -178,6 +216,26 @@ class KeyValueService:
             # The owner is unreachable: any replica may coordinate instead.
             peer.mark_down()
             return None
+
+
+def _get_response(record: Record | None) -> kv_pb2.GetResponse:
+    if record is None:
+        return kv_pb2.GetResponse(found=False)
+    return kv_pb2.GetResponse(
+        value=record.value,
+        found=True,
+        version=record.version.timestamp,
+        expires_at_ms=record.expires_at_ms,
+    )
+
+
+def _check_batch_size(count: int) -> None:
+    if count > MAX_KEYS_PER_CALL:
+        raise InvalidArgument(
+            f"{count} keys in one call, the limit is {MAX_KEYS_PER_CALL}",
+            reason="TOO_MANY_KEYS",
+            metadata={"count": str(count), "limit": str(MAX_KEYS_PER_CALL)},
+        )
 
 
 def _hops(context: Context) -> int:

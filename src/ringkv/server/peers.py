@@ -30,7 +30,7 @@ CHANNEL_OPTIONS = [
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 1000),
 ]
-MAX_RECORDS_PER_WRITE = 512
+MAX_RECORDS_PER_CALL = 512
 _DOWN_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 
 
@@ -50,6 +50,7 @@ class Peer:
         self.kv = kv_pb2_grpc.KeyValueStub(self._channel)
         """The peer's client API, for forwarding writes to it."""
         self._writers: dict[str, Batcher[Record, bool]] = {}
+        self._reader: Batcher[bytes, Record | None] | None = None
 
     def _failed(self, error: grpc.aio.AioRpcError, what: str) -> Unavailable:
         if error.code() in _DOWN_CODES and self.alive:
@@ -63,9 +64,19 @@ class Peer:
             self.alive = False
             log.warning("peer down", extra={"peer": self.node_id, "during": "forward"})
 
-    async def read(self, keys: Sequence[bytes]) -> list[Record | None]:
-        """The peer's newest version of each key (None where it holds nothing)."""
-        request = replica_pb2.ReadRequest(keys=list(keys), clock=self._clock.last)
+    async def read(self, key: bytes) -> Record | None:
+        """The peer's newest version of a key (None if it holds nothing).
+
+        Concurrent reads from this peer share one call.
+        """
+        if self._reader is None:
+            self._reader = Batcher(
+                self._read_batch, max_batch=MAX_RECORDS_PER_CALL, name=f"reads from {self.node_id}"
+            )
+        return await self._reader.submit(key)
+
+    async def _read_batch(self, keys: list[bytes]) -> list[Record | None]:
+        request = replica_pb2.ReadRequest(keys=keys, clock=self._clock.last)
         try:
             response = await self._replica.Read(request, timeout=self._timeout_s)
         except grpc.aio.AioRpcError as error:
@@ -83,7 +94,7 @@ class Peer:
         if writer is None:
             writer = self._writers[target] = Batcher(
                 lambda records: self._write_batch(records, target),
-                max_batch=MAX_RECORDS_PER_WRITE,
+                max_batch=MAX_RECORDS_PER_CALL,
                 name=f"writes to {self.node_id}",
             )
         return await writer.submit(record)
@@ -113,6 +124,8 @@ class Peer:
     async def close(self) -> None:
         for writer in self._writers.values():
             await writer.close()
+        if self._reader is not None:
+            await self._reader.close()
         await self._channel.close()
 
 
