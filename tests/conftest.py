@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.nodes import NodeFactory
+from tests.support.nodes import ClusterFactory, NodeFactory
 
 
 @pytest.fixture
@@ -18,3 +18,9 @@ def nodes(tmp_path: Path) -> Iterator[NodeFactory]:
         yield factory
     finally:
         factory.cleanup()
+
+
+@pytest.fixture
+def cluster(nodes: NodeFactory) -> ClusterFactory:
+    """Start clusters of real node processes that name each other as peers."""
+    return ClusterFactory(nodes)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -69,6 +70,11 @@ class NodeProcess:
 
     def start(self, timeout: float = START_TIMEOUT_S) -> None:
         """Start the process and wait until it serves."""
+        self.launch()
+        self.wait_serving(timeout)
+
+    def launch(self) -> None:
+        """Start the process without waiting for it."""
         assert self.process is None or self.process.poll() is not None, "already running"
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.starts += 1
@@ -76,6 +82,9 @@ class NodeProcess:
             self.process = subprocess.Popen(
                 self.command(), stdout=log, stderr=subprocess.STDOUT, env=_child_env()
             )
+
+    def wait_serving(self, timeout: float = START_TIMEOUT_S) -> None:
+        """Wait until the launched process serves."""
         serving = self._wait_for_event("serving", timeout)
         self.port = int(serving["port"])
         if not wait_until_serving(self.address, timeout=timeout):
@@ -153,3 +162,49 @@ class NodeFactory:
     def cleanup(self) -> None:
         for node in self.nodes:
             node.kill()
+
+
+def free_ports(count: int) -> list[int]:
+    """Ports free on 127.0.0.1 right now (held together so they are distinct)."""
+    sockets = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.bind(("127.0.0.1", 0))
+            sockets.append(sock)
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+class ClusterFactory:
+    """Starts clusters of nodes that name each other as peers, as the seed's
+    command lines do; every node is killed when the test ends."""
+
+    def __init__(self, nodes: NodeFactory) -> None:
+        self._nodes = nodes
+
+    def __call__(
+        self, size: int = 3, *args: str, replicas: int = 3, start: bool = True
+    ) -> list[NodeProcess]:
+        ports = free_ports(size)
+        ids = [f"node{i + 1}" for i in range(size)]
+        members = []
+        for node_id, port in zip(ids, ports, strict=True):
+            peers = ",".join(
+                f"{peer}=127.0.0.1:{peer_port}"
+                for peer, peer_port in zip(ids, ports, strict=True)
+                if peer != node_id
+            )
+            node = self._nodes(
+                node_id, "-peers", peers, "-replicas", str(replicas), *args, start=False
+            )
+            node.port = port
+            members.append(node)
+        if start:
+            for node in members:
+                node.launch()
+            for node in members:
+                node.wait_serving()
+        return members
