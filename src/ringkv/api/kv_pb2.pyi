@@ -629,12 +629,18 @@ class GetNodeStatsResponse(_message.Message):
     RECORDS_FIELD_NUMBER: _builtins.int
     BYTES_USED_FIELD_NUMBER: _builtins.int
     EPOCH_FIELD_NUMBER: _builtins.int
+    FORWARDED_WRITES_FIELD_NUMBER: _builtins.int
+    READ_REPAIRS_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
     records: _builtins.int
     """Records stored, tombstones and expired values included (hints excluded)."""
     bytes_used: _builtins.int
     """Bytes the records occupy in the storage engine."""
     epoch: _builtins.int
+    forwarded_writes: _builtins.int
+    """Writes this node passed on to the key's owner since it started."""
+    read_repairs: _builtins.int
+    """Stale replicas this node repaired after reads since it started."""
     def __init__(
         self,
         *,
@@ -642,10 +648,12 @@ class GetNodeStatsResponse(_message.Message):
         records: _builtins.int = ...,
         bytes_used: _builtins.int = ...,
         epoch: _builtins.int = ...,
+        forwarded_writes: _builtins.int = ...,
+        read_repairs: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes_used", b"bytes_used", "epoch", b"epoch", "node_id", b"node_id", "records", b"records"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes_used", b"bytes_used", "epoch", b"epoch", "forwarded_writes", b"forwarded_writes", "node_id", b"node_id", "read_repairs", b"read_repairs", "records", b"records"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -198,18 +198,21 @@ class Workload:
     """Operation name (read, update, insert, rmw) to its share; the shares sum to 1."""
     latest: bool = False
     """Reads prefer recently inserted records (YCSB's requestdistribution=latest)."""
+    _operations: tuple[str, ...] = field(init=False, repr=False, compare=False)
     _cumulative: tuple[float, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not math.isclose(sum(self.mix.values()), 1.0):
             raise ValueError(f"workload {self.name}: the proportions must sum to 1")
+        # Frozen, so the lookup tables are set through object.__setattr__.
+        object.__setattr__(self, "_operations", tuple(self.mix))
         object.__setattr__(self, "_cumulative", tuple(accumulate(self.mix.values())))
 
     def choose(self, rng: random.Random) -> str:
         """The next operation, drawn by proportion."""
         index = bisect_right(self._cumulative, rng.random() * self._cumulative[-1])
         # A draw equal to the (rounded) total would fall one past the end.
-        return list(self.mix)[min(index, len(self.mix) - 1)]
+        return self._operations[min(index, len(self._operations) - 1)]
 
 
 WORKLOADS: dict[str, Workload] = {

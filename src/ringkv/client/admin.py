@@ -43,6 +43,8 @@ class NodeStats:
     records: int
     bytes_used: int
     epoch: int
+    forwarded_writes: int
+    read_repairs: int
 
 
 def cluster_state(endpoints: str | Sequence[str], *, timeout: float = 2.0) -> ClusterState:
@@ -84,4 +86,11 @@ def node_stats(address: str, *, timeout: float = 2.0) -> NodeStats:
             )
         except grpc.RpcError as error:
             raise from_rpc_error(error) from None
-    return NodeStats(stats.node_id, stats.records, stats.bytes_used, stats.epoch)
+    return NodeStats(
+        stats.node_id,
+        stats.records,
+        stats.bytes_used,
+        stats.epoch,
+        stats.forwarded_writes,
+        stats.read_repairs,
+    )

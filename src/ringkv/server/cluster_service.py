@@ -13,6 +13,7 @@ from collections.abc import Mapping
 
 from ringkv.api import kv_pb2
 from ringkv.server.cluster_view import ClusterView
+from ringkv.server.counters import Counters
 from ringkv.server.rpc import Context, Method
 from ringkv.storage import Engine
 
@@ -26,9 +27,11 @@ class ClusterService:
         self,
         view: ClusterView,
         engine: Engine,
+        counters: Counters,
         address: str,
         peer_addresses: Mapping[str, str],
     ) -> None:
+        self._counters = counters
         self._view = view
         self._engine = engine
         self._addresses = {view.node_id: address, **peer_addresses}
@@ -90,4 +93,6 @@ class ClusterService:
             records=stats.records,
             bytes_used=stats.bytes_used,
             epoch=self._view.ring.epoch,
+            forwarded_writes=self._counters.forwarded_writes,
+            read_repairs=self._counters.read_repairs,
         )

@@ -25,6 +25,7 @@ from ringkv.core.hlc import HybridLogicalClock
 from ringkv.core.quorum import Target
 from ringkv.core.records import NO_EXPIRY, Record, check_precondition
 from ringkv.server.cluster_view import ClusterView
+from ringkv.server.counters import Counters
 from ringkv.server.local_store import LocalStore
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,9 @@ class Coordinator:
         store: LocalStore,
         clock: HybridLogicalClock,
         now_ms: Callable[[], int],
+        counters: Counters,
     ) -> None:
+        self._counters = counters
         self._view = view
         self._store = store
         self._clock = clock
@@ -93,6 +96,7 @@ class Coordinator:
         return await self._view.peers[target.node_id].read(key)
 
     async def _repair(self, winner: Record, nodes: list[str]) -> None:
+        self._counters.read_repairs += len(nodes)
         await asyncio.gather(
             *(self._write_one(Target(node), winner) for node in nodes), return_exceptions=True
         )

@@ -23,6 +23,7 @@ from ringkv.core.records import Record
 from ringkv.core.validation import Limits, expected_version, ttl_ms
 from ringkv.server.cluster_view import ClusterView
 from ringkv.server.coordinator import Coordinator
+from ringkv.server.counters import Counters
 from ringkv.server.rpc import Context, Method, RelayedError
 
 if TYPE_CHECKING:  # the async stub type exists only in the generated .pyi
@@ -49,7 +50,9 @@ class KeyValueService:
         read_level: Consistency,
         write_level: Consistency,
         request_timeout_s: float,
+        counters: Counters,
     ) -> None:
+        self._counters = counters
         self._view = view
         self._coordinator = coordinator
         self._limits = limits
@@ -204,6 +207,7 @@ class KeyValueService:
         if owner is None or owner == self._view.node_id or hops >= MAX_HOPS:
             return None
         peer = self._view.peers[owner]
+        self._counters.forwarded_writes += 1
         try:
             return await method(peer.kv)(
                 request,

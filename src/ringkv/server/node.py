@@ -22,6 +22,7 @@ from ringkv.server.cluster_view import ClusterView
 from ringkv.server.commit import DEFAULT_MAX_BATCH, CommitQueue
 from ringkv.server.config import HostPort, NodeConfig
 from ringkv.server.coordinator import Coordinator
+from ringkv.server.counters import Counters
 from ringkv.server.kv_service import KeyValueService
 from ringkv.server.local_store import LocalStore
 from ringkv.server.peers import Peer, PeerProber
@@ -74,7 +75,8 @@ async def serve(
         resources.push_async_callback(prober.close)
         ring = Ring((config.node_id, *peers), epoch=1, vnodes_per_node=config.vnodes)
         view = ClusterView(config.node_id, peers, ring, config.replicas)
-        coordinator = Coordinator(view, store, clock, now_ms)
+        counters = Counters()
+        coordinator = Coordinator(view, store, clock, now_ms, counters)
         resources.push_async_callback(coordinator.close)
 
         server, port = _bind(config)
@@ -88,8 +90,9 @@ async def serve(
                 read_level=config.read_level,
                 write_level=config.write_level,
                 request_timeout_s=config.request_timeout_s,
+                counters=counters,
             ),
-            ClusterService(view, engine, str(advertised), peer_addresses),
+            ClusterService(view, engine, counters, str(advertised), peer_addresses),
             ReplicaService(store, clock, now_ms),
         ]
         await _serve_until_stopped(config, server, port, services, stop or _stop_on_signals())
