@@ -8,15 +8,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ringkv.core import records as records_module
+from ringkv.core.errors import PreconditionFailed
 from ringkv.core.hlc import Version
 from ringkv.core.records import (
     EXPECT_ABSENT,
-    EXPECT_ANY,
     NO_EXPIRY,
     ApplyResult,
     Mutation,
     Outcome,
     Record,
+    check_precondition,
     resolve,
 )
 
@@ -45,8 +47,9 @@ def record(
 
 def test_constants() -> None:
     assert NO_EXPIRY == 0
-    assert EXPECT_ANY is None
     assert EXPECT_ABSENT == -1
+    # None means unconditional; there is no EXPECT_ANY constant any more.
+    assert not hasattr(records_module, "EXPECT_ANY")
 
 
 def test_record_defaults() -> None:
@@ -103,7 +106,7 @@ def test_is_live_rule(expires_at_ms: int, now_ms: int, tombstone: bool) -> None:
     assert r.is_live(now_ms) is expected
 
 
-# --- Mutation.precondition_holds ---------------------------------------------
+# --- check_precondition ------------------------------------------------------
 
 
 LIVE = record(timestamp=42)
@@ -112,23 +115,28 @@ EXPIRING_LATER = record(timestamp=42, expires_at_ms=NOW + 1)
 TOMBSTONE = record(timestamp=42, tombstone=True)
 
 
-def mutation(expected: int | None, *, now_ms: int = NOW, timestamp: int = 100) -> Mutation:
-    return Mutation(record(timestamp=timestamp, node_id="w"), expected=expected, now_ms=now_ms)
+def holds(expected: int | None, current: Record | None, now_ms: int = NOW) -> bool:
+    try:
+        check_precondition(expected, current, now_ms)
+    except PreconditionFailed:
+        return False
+    return True
 
 
-def test_mutation_defaults_are_unconditional() -> None:
-    m = Mutation(record())
-    assert m.expected is EXPECT_ANY
-    assert m.now_ms == 0
+def failure(expected: int | None, current: Record | None, now_ms: int = NOW) -> PreconditionFailed:
+    with pytest.raises(PreconditionFailed) as raised:
+        check_precondition(expected, current, now_ms)
+    return raised.value
 
 
 @pytest.mark.parametrize("current", [None, LIVE, EXPIRED, EXPIRING_LATER, TOMBSTONE])
-def test_expect_any_accepts_anything(current: Record | None) -> None:
-    assert mutation(EXPECT_ANY).precondition_holds(current)
+@pytest.mark.parametrize("now_ms", [0, NOW, 1 << 62])
+def test_no_expectation_is_unconditional(current: Record | None, now_ms: int) -> None:
+    check_precondition(None, current, now_ms)  # raises nothing
 
 
 @pytest.mark.parametrize(
-    ("current", "holds"),
+    ("current", "expected_holds"),
     [
         (None, True),
         (TOMBSTONE, True),
@@ -138,18 +146,20 @@ def test_expect_any_accepts_anything(current: Record | None) -> None:
     ],
     ids=["missing", "tombstone", "expired", "expiring-later", "live"],
 )
-def test_expect_absent(current: Record | None, holds: bool) -> None:
-    assert mutation(EXPECT_ABSENT).precondition_holds(current) is holds
+def test_expect_absent(current: Record | None, expected_holds: bool) -> None:
+    assert holds(EXPECT_ABSENT, current) is expected_holds
 
 
 @pytest.mark.parametrize(
-    ("current", "expected", "holds"),
+    ("current", "expected", "expected_holds"),
     [
         (LIVE, 42, True),
         (EXPIRING_LATER, 42, True),
         (LIVE, 41, False),
         (LIVE, 43, False),
+        (LIVE, 0, False),
         (None, 42, False),
+        (None, 0, False),  # absent is not "version 0"
         (TOMBSTONE, 42, False),  # the tombstone's own timestamp does not match
         (EXPIRED, 42, False),  # nor does an expired value's
     ],
@@ -158,46 +168,127 @@ def test_expect_absent(current: Record | None, holds: bool) -> None:
         "expiring-later-match",
         "live-lower",
         "live-higher",
+        "live-zero",
         "missing",
+        "missing-zero",
         "tombstone",
         "expired",
     ],
 )
-def test_expect_exact_timestamp(current: Record | None, expected: int, holds: bool) -> None:
-    assert mutation(expected).precondition_holds(current) is holds
+def test_expect_exact_timestamp(
+    current: Record | None, expected: int, expected_holds: bool
+) -> None:
+    assert holds(expected, current) is expected_holds
+
+
+def test_a_zero_timestamp_matches_a_live_value_of_timestamp_zero() -> None:
+    assert holds(0, record(timestamp=0))
 
 
 def test_exact_precondition_ignores_node_id() -> None:
     """The request's version field carries the timestamp only."""
     current = record(timestamp=42, node_id="some-other-node")
-    assert mutation(42).precondition_holds(current)
+    assert holds(42, current)
 
 
-def test_liveness_is_judged_at_the_mutations_time() -> None:
+def test_liveness_is_judged_at_the_given_time() -> None:
     current = record(timestamp=42, expires_at_ms=NOW)
-    assert mutation(42, now_ms=NOW - 1).precondition_holds(current)
-    assert not mutation(42, now_ms=NOW).precondition_holds(current)
-    assert not mutation(EXPECT_ABSENT, now_ms=NOW - 1).precondition_holds(current)
-    assert mutation(EXPECT_ABSENT, now_ms=NOW).precondition_holds(current)
+    assert holds(42, current, now_ms=NOW - 1)
+    assert not holds(42, current, now_ms=NOW)
+    assert not holds(EXPECT_ABSENT, current, now_ms=NOW - 1)
+    assert holds(EXPECT_ABSENT, current, now_ms=NOW)
 
 
-# --- resolve -------------------------------------------------------------------
+def test_mismatch_reports_the_expected_and_the_live_version() -> None:
+    error = failure(41, LIVE)
+    assert error.reason == "VERSION_MISMATCH"
+    assert error.metadata == {"expected": "41", "actual": "42"}
+    assert "41" in error.message
+    assert "42" in error.message
+
+
+def test_expect_absent_over_a_live_value_reports_its_version() -> None:
+    error = failure(EXPECT_ABSENT, EXPIRING_LATER)
+    assert error.reason == "VERSION_MISMATCH"
+    assert error.metadata == {"expected": str(EXPECT_ABSENT), "actual": "42"}
+    assert "absent" in error.message
+
+
+@pytest.mark.parametrize(
+    "current", [None, TOMBSTONE, EXPIRED], ids=["missing", "tombstone", "expired"]
+)
+def test_an_absent_key_is_reported_as_actual_zero(current: Record | None) -> None:
+    """Tombstones and expired values report no version: they count as absent."""
+    error = failure(42, current)
+    assert error.metadata == {"expected": "42", "actual": "0"}
+    assert "absent" in error.message
+
+
+@given(
+    current=st.one_of(
+        st.none(),
+        st.builds(
+            Record,
+            key=st.just(KEY),
+            value=st.binary(max_size=4),
+            version=st.builds(Version, st.integers(0, 20), st.sampled_from(["n1", "n2"])),
+            tombstone=st.booleans(),
+            expires_at_ms=st.sampled_from([NO_EXPIRY, NOW - 1, NOW, NOW + 1]),
+        ),
+    ),
+    expected=st.one_of(st.none(), st.just(EXPECT_ABSENT), st.integers(0, 20)),
+    now_ms=st.sampled_from([0, NOW - 1, NOW, NOW + 1]),
+)
+@PROPERTY
+def test_check_precondition_rule(current: Record | None, expected: int | None, now_ms: int) -> None:
+    live = (
+        current is not None
+        and not current.tombstone
+        and (current.expires_at_ms == NO_EXPIRY or now_ms < current.expires_at_ms)
+    )
+    if expected is None:
+        should_hold = True
+    elif expected == EXPECT_ABSENT:
+        should_hold = not live
+    else:
+        should_hold = live and current is not None and current.version.timestamp == expected
+    assert holds(expected, current, now_ms) is should_hold
+    if not should_hold:
+        actual = current.version.timestamp if live and current is not None else 0
+        error = failure(expected, current, now_ms)
+        assert error.metadata == {"expected": str(expected), "actual": str(actual)}
+
+
+# --- Mutation and resolve ---------------------------------------------------------
+
+
+def mutation(timestamp: int = 100) -> Mutation:
+    return Mutation(record(timestamp=timestamp, node_id="w"))
+
+
+def test_mutation_defaults_to_the_nodes_own_replica() -> None:
+    m = Mutation(record())
+    assert m.hint_for is None
+    assert Mutation(record(), hint_for="n2").hint_for == "n2"
+
+
+def test_outcomes_are_only_applied_and_stale() -> None:
+    assert set(Outcome) == {Outcome.APPLIED, Outcome.STALE}
 
 
 def test_resolve_applies_to_a_missing_key() -> None:
-    m = mutation(EXPECT_ANY)
-    assert resolve(m, None) == ApplyResult(Outcome.APPLIED, None)
+    assert resolve(mutation(), None) == ApplyResult(Outcome.APPLIED, None)
 
 
 def test_resolve_applies_a_newer_version() -> None:
     current = record(timestamp=10)
-    result = resolve(mutation(EXPECT_ANY, timestamp=11), current)
+    result = resolve(mutation(timestamp=11), current)
     assert result == ApplyResult(Outcome.APPLIED, current)
 
 
 def test_resolve_older_version_is_stale() -> None:
     current = record(timestamp=10)
-    result = resolve(mutation(EXPECT_ANY, timestamp=9), current)
+    result = resolve(mutation(timestamp=9), current)
     assert result == ApplyResult(Outcome.STALE, current)
 
 
@@ -225,38 +316,21 @@ def test_resolve_a_value_loses_to_a_newer_tombstone() -> None:
     assert resolve(Mutation(record(timestamp=10)), current).outcome is Outcome.STALE
 
 
-def test_resolve_checks_the_precondition_before_staleness() -> None:
-    """A conditional write that is both stale and mismatched reports the mismatch."""
-    current = record(timestamp=50)
-    stale_and_mismatched = mutation(49, timestamp=10)
-    assert resolve(stale_and_mismatched, current) == ApplyResult(
-        Outcome.PRECONDITION_FAILED, current
-    )
-    stale_absent = mutation(EXPECT_ABSENT, timestamp=10)
-    assert resolve(stale_absent, current).outcome is Outcome.PRECONDITION_FAILED
+@pytest.mark.parametrize("current", [EXPIRED, TOMBSTONE], ids=["expired", "tombstone"])
+def test_resolve_ignores_liveness(current: Record) -> None:
+    """Expired values and tombstones still order writes by their version."""
+    assert resolve(mutation(timestamp=41), current) == ApplyResult(Outcome.STALE, current)
+    assert resolve(mutation(timestamp=43), current) == ApplyResult(Outcome.APPLIED, current)
 
 
-def test_resolve_stale_even_when_the_precondition_holds() -> None:
-    current = record(timestamp=50)
-    same_version = Mutation(record(timestamp=50, value=b"other"), expected=50, now_ms=NOW)
-    assert resolve(same_version, current) == ApplyResult(Outcome.STALE, current)
-    assert resolve(mutation(50, timestamp=49), current).outcome is Outcome.STALE
-
-
-def test_resolve_conditional_write_applies_on_match() -> None:
-    current = record(timestamp=50)
-    assert resolve(mutation(50, timestamp=51), current) == ApplyResult(Outcome.APPLIED, current)
-
-
-def test_resolve_expect_absent_over_an_expired_value_applies() -> None:
-    current = record(timestamp=50, expires_at_ms=NOW)
-    result = resolve(mutation(EXPECT_ABSENT, timestamp=60), current)
-    assert result == ApplyResult(Outcome.APPLIED, current)
-    assert not result.previous_was_live(NOW)
-
-
-def test_resolve_precondition_failure_on_missing_key() -> None:
-    assert resolve(mutation(42), None) == ApplyResult(Outcome.PRECONDITION_FAILED, None)
+def test_resolve_ignores_hint_for() -> None:
+    """A hint is ordered against the hint it may replace exactly like a record."""
+    current = record(timestamp=10)
+    newer = Mutation(record(timestamp=11), hint_for="n2")
+    older = Mutation(record(timestamp=9), hint_for="n2")
+    assert resolve(newer, current) == ApplyResult(Outcome.APPLIED, current)
+    assert resolve(older, current) == ApplyResult(Outcome.STALE, current)
+    assert resolve(newer, None) == ApplyResult(Outcome.APPLIED, None)
 
 
 records = st.builds(
@@ -267,27 +341,18 @@ records = st.builds(
     tombstone=st.booleans(),
     expires_at_ms=st.sampled_from([NO_EXPIRY, NOW - 1, NOW, NOW + 1]),
 )
-expectations = st.one_of(
-    st.none(), st.just(EXPECT_ABSENT), st.integers(0, 20), st.integers(min_value=1)
-)
 
 
 @given(
     new=records,
     current=st.one_of(st.none(), records),
-    expected=expectations,
-    now_ms=st.sampled_from([0, NOW - 1, NOW, NOW + 1]),
+    hint_for=st.one_of(st.none(), st.sampled_from(["n1", "n2"])),
 )
 @PROPERTY
-def test_resolve_rule(
-    new: Record, current: Record | None, expected: int | None, now_ms: int
-) -> None:
-    m = Mutation(new, expected=expected, now_ms=now_ms)
-    result = resolve(m, current)
+def test_resolve_rule(new: Record, current: Record | None, hint_for: str | None) -> None:
+    result = resolve(Mutation(new, hint_for=hint_for), current)
     assert result.previous is current
-    if not m.precondition_holds(current):
-        assert result.outcome is Outcome.PRECONDITION_FAILED
-    elif current is None or new.version > current.version:
+    if current is None or new.version > current.version:
         assert result.outcome is Outcome.APPLIED
     else:
         assert result.outcome is Outcome.STALE
@@ -330,9 +395,7 @@ def apply_all(mutations: list[Mutation], start: Record | None) -> Record | None:
     return functools.reduce(step, mutations, start)
 
 
-def _write(
-    version: Version, value: bytes, tombstone: bool, expires_at_ms: int, now_ms: int
-) -> Mutation:
+def _write(version: Version, value: bytes, tombstone: bool, expires_at_ms: int) -> Mutation:
     record = Record(
         KEY,
         b"" if tombstone else value,
@@ -340,19 +403,18 @@ def _write(
         tombstone=tombstone,
         expires_at_ms=expires_at_ms,
     )
-    return Mutation(record, now_ms=now_ms)
+    return Mutation(record)
 
 
-# Unconditional writes to one key, each under its own version (as the HLC
+# Writes to one key, each under its own version (as the HLC
 # guarantees), mixing values, deletes and expiring values.
-unconditional_writes = st.lists(
+one_key_writes = st.lists(
     st.builds(
         _write,
         version=st.builds(Version, st.integers(0, 30), st.sampled_from(["n1", "n2", "n3", "n4"])),
         value=st.binary(max_size=3),
         tombstone=st.booleans(),
         expires_at_ms=st.sampled_from([NO_EXPIRY, NOW - 1, NOW, NOW + 1]),
-        now_ms=st.sampled_from([0, NOW]),
     ),
     min_size=1,
     max_size=12,
@@ -360,9 +422,9 @@ unconditional_writes = st.lists(
 )
 
 
-@given(writes=unconditional_writes, data=st.data())
+@given(writes=one_key_writes, data=st.data())
 @PROPERTY
-def test_any_order_of_unconditional_writes_converges_to_the_newest(
+def test_any_order_of_writes_converges_to_the_newest(
     writes: list[Mutation], data: st.DataObject
 ) -> None:
     newest = max((m.record for m in writes), key=lambda r: r.version)
@@ -376,7 +438,7 @@ def test_any_order_of_unconditional_writes_converges_to_the_newest(
     assert apply_all([*first, *replayed], None) == newest
 
 
-@given(writes=unconditional_writes, data=st.data())
+@given(writes=one_key_writes, data=st.data())
 @PROPERTY
 def test_convergence_from_an_existing_record(writes: list[Mutation], data: st.DataObject) -> None:
     existing = record(timestamp=15, node_id="n0", value=b"old")

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ringkv.core.hlc import Version
-from ringkv.core.records import EXPECT_ANY, NO_EXPIRY, Mutation, Record
+from ringkv.core.records import NO_EXPIRY, Mutation, Record
 from ringkv.core.tokens import token_of
 from ringkv.storage.engine import Engine, FsyncMode
 from ringkv.storage.lmdb_engine import LmdbEngine
@@ -67,9 +67,19 @@ def rec(
     )
 
 
-def put(record: Record, expected: int | None = EXPECT_ANY, now_ms: int = 0) -> Mutation:
-    """A mutation that stores ``record`` under ``expected``."""
-    return Mutation(record=record, expected=expected, now_ms=now_ms)
+def put(record: Record) -> Mutation:
+    """A mutation that stores ``record`` as this node's replica."""
+    return Mutation(record=record)
+
+
+def hint(record: Record, node: str) -> Mutation:
+    """A mutation that holds ``record`` as a hint for ``node``."""
+    return Mutation(record=record, hint_for=node)
+
+
+def by_version(records: Iterable[Record]) -> list[Record]:
+    """Records in a canonical order, for comparing lists of hints (whose order is unspecified)."""
+    return sorted(records, key=lambda r: (r.version, r.value, r.tombstone, r.expires_at_ms))
 
 
 def in_scan_order(records: Iterable[Record]) -> list[Record]:

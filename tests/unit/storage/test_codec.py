@@ -14,6 +14,8 @@ from ringkv.storage.codec import (
     INLINE_KEY_BYTES,
     decode_record,
     encode_record,
+    hint_key,
+    hint_prefix,
     storage_key,
     stored_user_key,
     token_bound,
@@ -121,3 +123,88 @@ def test_token_bound_splits_keys_by_token(key: bytes, token: int) -> None:
 def test_token_bounds_sort_like_tokens(a: int, b: int) -> None:
     assert (token_bound(a) < token_bound(b)) == (a < b)
     assert len(token_bound(a)) == 8
+
+
+# --- hint keys ---------------------------------------------------------------
+
+NODE_IDS = st.text(min_size=1, max_size=64)
+
+
+@PROPERTY
+@given(key=st.binary(max_size=600), node=NODE_IDS)
+def test_a_hint_key_starts_with_the_hint_prefix_of_its_key(key: bytes, node: str) -> None:
+    prefix = hint_prefix(key)
+    stored = hint_key(key, node)
+
+    assert stored.startswith(prefix)
+    assert stored == prefix + node.encode("utf-8")
+    # The token comes first, as for records.
+    assert prefix[:8] == token_bound(token_of(key))
+
+
+def test_hint_prefix_layout() -> None:
+    key = b"ab"
+    assert hint_prefix(key) == struct.pack(">Q", token_of(key)) + b"\x00\x02" + b"ab"
+    assert hint_key(key, "n\u00e9") == hint_prefix(key) + "n\u00e9".encode()
+
+
+def test_a_long_keys_hint_prefix_holds_its_digest() -> None:
+    key = b"k" * (INLINE_KEY_BYTES + 1)
+    prefix = hint_prefix(key)
+
+    assert len(prefix) == 8 + 2 + 1 + 32
+    assert prefix[8:10] == b"\x00\x21"  # the length of the marker and digest
+    assert prefix[8 + 2 :] == storage_key(key)[8:]
+    assert hint_prefix(b"k" * INLINE_KEY_BYTES) == (
+        storage_key(b"k" * INLINE_KEY_BYTES)[:8]
+        + struct.pack(">H", INLINE_KEY_BYTES)
+        + b"k" * INLINE_KEY_BYTES
+    )
+
+
+def _without_token(stored: bytes) -> bytes:
+    return stored[8:]
+
+
+@PROPERTY
+@given(
+    key=st.binary(max_size=20),
+    extension=st.binary(min_size=1, max_size=20),
+    node=NODE_IDS,
+)
+def test_the_hint_prefix_of_a_key_is_no_prefix_of_a_longer_keys_hints(
+    key: bytes, extension: bytes, node: str
+) -> None:
+    # "ab" vs "abc": keys that extend each other differ in their length
+    # prefix, even if their tokens were equal (only the part after the token
+    # is compared here).
+    longer = key + extension
+    assert not _without_token(hint_key(longer, node)).startswith(_without_token(hint_prefix(key)))
+    assert not _without_token(hint_key(key, node)).startswith(_without_token(hint_prefix(longer)))
+
+
+def test_ab_and_abc_hints_do_not_collide() -> None:
+    for node in ("n", "c", "cn", "\x00"):
+        assert not hint_key(b"abc", node).startswith(hint_prefix(b"ab"))
+        assert not hint_key(b"abc", node)[8:].startswith(hint_prefix(b"ab")[8:])
+        # Nor can any node id make a hint of "ab" look like one of "abc".
+        assert hint_key(b"ab", "c" + node)[8:] != hint_key(b"abc", node)[8:]
+
+
+@PROPERTY
+@given(
+    keys=st.tuples(st.binary(max_size=300), st.binary(max_size=300)).filter(lambda p: p[0] != p[1]),
+    node=NODE_IDS,
+)
+def test_hint_prefixes_of_distinct_keys_never_prefix_each_others_hints(
+    keys: tuple[bytes, bytes], node: str
+) -> None:
+    first, second = keys
+    assert not _without_token(hint_key(second, node)).startswith(_without_token(hint_prefix(first)))
+
+
+@PROPERTY
+@given(key=st.binary(max_size=300), nodes=st.tuples(NODE_IDS, NODE_IDS))
+def test_hint_keys_of_distinct_nodes_differ(key: bytes, nodes: tuple[str, str]) -> None:
+    first, second = nodes
+    assert (hint_key(key, first) == hint_key(key, second)) == (first == second)

@@ -8,22 +8,34 @@ from pathlib import Path
 
 import pytest
 
-from ringkv.core.records import EXPECT_ABSENT, ApplyResult, Outcome, Record
+from ringkv.core.records import ApplyResult, Mutation, Outcome, Record
 from ringkv.core.tokens import MAX_TOKEN, token_of
 from ringkv.core.validation import MAX_KEY_BYTES
+from ringkv.storage.codec import INLINE_KEY_BYTES
 from ringkv.storage.engine import Engine
 
-from .helpers import ENGINE_KINDS, FULL_RANGE, in_scan_order, make_engine, put, rec, scan_all
+from .helpers import (
+    ENGINE_KINDS,
+    FULL_RANGE,
+    by_version,
+    hint,
+    in_scan_order,
+    make_engine,
+    put,
+    rec,
+    scan_all,
+)
 
 APPLIED = Outcome.APPLIED
 STALE = Outcome.STALE
-FAILED = Outcome.PRECONDITION_FAILED
 
 
-def apply_one(
-    engine: Engine, record: Record, expected: int | None = None, now_ms: int = 0
-) -> ApplyResult:
-    results = engine.apply([put(record, expected, now_ms)])
+def apply_one(engine: Engine, record: Record) -> ApplyResult:
+    return apply_mutation(engine, put(record))
+
+
+def apply_mutation(engine: Engine, mutation: Mutation) -> ApplyResult:
+    results = engine.apply([mutation])
     assert len(results) == 1
     return results[0]
 
@@ -78,7 +90,7 @@ def test_keys_up_to_the_validated_limit_are_stored(engine: Engine) -> None:
 
 def test_expired_values_are_still_returned_by_get(engine: Engine) -> None:
     record = rec(b"k", 1, b"old", expires_at_ms=10)
-    apply_one(engine, record, now_ms=1_000_000)  # stored even though already expired
+    apply_one(engine, record)  # stored even though long expired
 
     assert engine.get(b"k") == record
 
@@ -160,109 +172,6 @@ def test_tombstone_of_a_missing_key_is_stored(engine: Engine) -> None:
     assert engine.stats().records == 1
 
 
-# --- preconditions -----------------------------------------------------------
-
-
-def test_expect_absent_applies_to_a_missing_key(engine: Engine) -> None:
-    record = rec(b"k", 1)
-    assert apply_one(engine, record, EXPECT_ABSENT) == ApplyResult(APPLIED, None)
-    assert engine.get(b"k") == record
-
-
-def test_expect_absent_fails_on_a_live_value_and_writes_nothing(engine: Engine) -> None:
-    live = rec(b"k", 1, b"live", expires_at_ms=100)
-    apply_one(engine, live)
-
-    result = apply_one(engine, rec(b"k", 2, b"new"), EXPECT_ABSENT, now_ms=99)
-
-    assert result == ApplyResult(FAILED, live)
-    assert engine.get(b"k") == live
-
-
-def test_expect_absent_applies_over_a_tombstone(engine: Engine) -> None:
-    tombstone = rec(b"k", 1, tombstone=True)
-    apply_one(engine, tombstone)
-    record = rec(b"k", 2, b"new")
-
-    assert apply_one(engine, record, EXPECT_ABSENT) == ApplyResult(APPLIED, tombstone)
-    assert engine.get(b"k") == record
-
-
-@pytest.mark.parametrize("now_ms", [100, 101, 1 << 50])
-def test_expect_absent_treats_an_expired_value_as_absent(engine: Engine, now_ms: int) -> None:
-    expired = rec(b"k", 1, b"old", expires_at_ms=100)
-    apply_one(engine, expired)
-    record = rec(b"k", 2, b"new")
-
-    assert apply_one(engine, record, EXPECT_ABSENT, now_ms) == ApplyResult(APPLIED, expired)
-    assert engine.get(b"k") == record
-
-
-def test_expected_timestamp_applies_when_it_matches(engine: Engine) -> None:
-    current = rec(b"k", 41, b"old", node="node-z")
-    apply_one(engine, current)
-    record = rec(b"k", 42, b"new")
-
-    # Only the timestamp is compared, not the node id.
-    assert apply_one(engine, record, expected=41) == ApplyResult(APPLIED, current)
-    assert engine.get(b"k") == record
-
-
-@pytest.mark.parametrize("expected", [0, 40, 42, 1 << 62])
-def test_expected_timestamp_mismatch_fails_and_writes_nothing(
-    engine: Engine, expected: int
-) -> None:
-    current = rec(b"k", 41, b"old")
-    apply_one(engine, current)
-
-    result = apply_one(engine, rec(b"k", 50, b"new"), expected=expected)
-
-    assert result == ApplyResult(FAILED, current)
-    assert engine.get(b"k") == current
-    assert engine.stats().records == 1
-
-
-def test_expected_timestamp_fails_on_a_missing_key(engine: Engine) -> None:
-    assert apply_one(engine, rec(b"k", 5), expected=1) == ApplyResult(FAILED, None)
-    assert engine.get(b"k") is None
-    assert engine.stats().records == 0
-
-
-def test_expected_timestamp_fails_on_a_tombstone_of_that_timestamp(engine: Engine) -> None:
-    tombstone = rec(b"k", 7, tombstone=True)
-    apply_one(engine, tombstone)
-
-    assert apply_one(engine, rec(b"k", 8), expected=7) == ApplyResult(FAILED, tombstone)
-    assert engine.get(b"k") == tombstone
-
-
-@pytest.mark.parametrize(
-    ("now_ms", "outcome"),
-    [(99, APPLIED), (100, FAILED), (101, FAILED)],
-)
-def test_expected_timestamp_sees_an_expired_value_as_absent(
-    engine: Engine, now_ms: int, outcome: Outcome
-) -> None:
-    current = rec(b"k", 7, b"ttl", expires_at_ms=100)
-    apply_one(engine, current)
-    record = rec(b"k", 8, b"new")
-
-    assert apply_one(engine, record, expected=7, now_ms=now_ms) == ApplyResult(outcome, current)
-    assert engine.get(b"k") == (record if outcome is APPLIED else current)
-
-
-def test_precondition_is_checked_before_the_version(engine: Engine) -> None:
-    current = rec(b"k", 10, b"current")
-    apply_one(engine, current)
-
-    # Precondition fails and the version is stale: the precondition is reported.
-    assert apply_one(engine, rec(b"k", 5), expected=3) == ApplyResult(FAILED, current)
-    # Precondition holds but the version is stale.
-    assert apply_one(engine, rec(b"k", 5), expected=10) == ApplyResult(STALE, current)
-    assert apply_one(engine, rec(b"k", 5), EXPECT_ABSENT, now_ms=0) == ApplyResult(FAILED, current)
-    assert engine.get(b"k") == current
-
-
 # --- batches -----------------------------------------------------------------
 
 
@@ -279,12 +188,12 @@ def test_mutations_of_one_key_in_a_batch_apply_in_order(engine: Engine) -> None:
 
     results = engine.apply(
         [
-            put(v1, EXPECT_ABSENT),  # applied: nothing stored yet
-            put(v2, expected=1),  # sees v1, written earlier in this batch
+            put(v1),  # applied: nothing stored yet
+            put(v2),  # sees v1, written earlier in this batch
             put(v1),  # stale against v2
-            put(rec(b"k", 9), EXPECT_ABSENT),  # v2 is live
-            put(v3, expected=2),  # deletes v2
-            put(v4, EXPECT_ABSENT),  # the tombstone counts as absent
+            put(v3),  # deletes v2
+            put(rec(b"k", 2, b"late")),  # stale against the tombstone
+            put(v4),  # revives the key
             put(rec(b"k", 4, b"tie")),  # equal version: stale
         ]
     )
@@ -293,8 +202,8 @@ def test_mutations_of_one_key_in_a_batch_apply_in_order(engine: Engine) -> None:
         ApplyResult(APPLIED, None),
         ApplyResult(APPLIED, v1),
         ApplyResult(STALE, v2),
-        ApplyResult(FAILED, v2),
         ApplyResult(APPLIED, v2),
+        ApplyResult(STALE, v3),
         ApplyResult(APPLIED, v3),
         ApplyResult(STALE, v4),
     ]
@@ -311,16 +220,16 @@ def test_batch_results_follow_the_mutations_across_keys(engine: Engine) -> None:
     b2 = rec(b"b", 2)
     results = engine.apply(
         [
-            put(rec(b"a", 2), expected=99),  # fails, and fails only itself
+            put(rec(b"a", 0)),  # stale, and stale only itself
             put(b1),
-            put(c1, EXPECT_ABSENT),
-            put(rec(b"a", 0)),  # stale
-            put(b2, expected=1),
+            put(c1),
+            put(rec(b"a", 1, b"tie")),  # equal version: stale
+            put(b2),
         ]
     )
 
     assert results == [
-        ApplyResult(FAILED, a1),
+        ApplyResult(STALE, a1),
         ApplyResult(APPLIED, None),
         ApplyResult(APPLIED, None),
         ApplyResult(STALE, a1),
@@ -330,6 +239,263 @@ def test_batch_results_follow_the_mutations_across_keys(engine: Engine) -> None:
     assert engine.get(b"b") == b2
     assert engine.get(b"c") == c1
     assert scan_all(engine) == in_scan_order([a1, b2, c1])
+
+
+# --- hints -------------------------------------------------------------------
+
+OTHER = "node-b"
+THIRD = "node-c"
+
+
+def test_a_hint_is_held_apart_from_the_record(engine: Engine) -> None:
+    held = rec(b"k", 5, b"for-b")
+
+    assert apply_mutation(engine, hint(held, OTHER)) == ApplyResult(APPLIED, None)
+
+    assert engine.get(b"k") is None
+    assert engine.get_hints(b"k") == [held]
+    assert scan_all(engine) == []
+    assert engine.stats().records == 0
+
+
+def test_get_hints_of_a_key_without_hints_is_empty(engine: Engine) -> None:
+    assert engine.get_hints(b"missing") == []
+    apply_one(engine, rec(b"record-only", 1))
+    apply_mutation(engine, hint(rec(b"hinted", 1), OTHER))
+
+    assert engine.get_hints(b"record-only") == []
+    assert engine.get_hints(b"missing") == []
+    assert engine.get_hints(b"hinte") == []
+    assert engine.get_hints(b"hinted\x00") == []
+
+
+@pytest.mark.parametrize(
+    "held",
+    [
+        pytest.param(rec(b"k", 1, b"hello"), id="plain"),
+        pytest.param(rec(b"k", 7, b""), id="empty-value"),
+        pytest.param(rec(b"k", 3, bytes(range(256)) * 400), id="100KB-value"),
+        pytest.param(rec(b"k", 4, tombstone=True), id="tombstone"),
+        pytest.param(rec(b"k", 5, b"v", expires_at_ms=10), id="expired"),
+        pytest.param(rec(b"k", 9, b"v", node="n\u00f6de-\U0001f600"), id="unicode-writer"),
+        pytest.param(rec(b"", 9, b"v"), id="empty-key"),
+        pytest.param(rec(b"\x00\xff", 9, b"v"), id="binary-key"),
+    ],
+)
+def test_hints_round_trip(engine: Engine, held: Record) -> None:
+    assert apply_mutation(engine, hint(held, OTHER)) == ApplyResult(APPLIED, None)
+    assert engine.get_hints(held.key) == [held]
+    assert engine.get(held.key) is None
+
+
+def test_hints_for_different_nodes_of_one_key_coexist(engine: Engine) -> None:
+    for_b = rec(b"k", 5, b"b")
+    for_c = rec(b"k", 3, b"c")  # older than the hint for b, and applied all the same
+    same = rec(b"k", 5, b"b")
+
+    assert apply_mutation(engine, hint(for_b, OTHER)) == ApplyResult(APPLIED, None)
+    assert apply_mutation(engine, hint(for_c, THIRD)) == ApplyResult(APPLIED, None)
+    # The same record for a third node is a third hint.
+    assert apply_mutation(engine, hint(same, "node-d")) == ApplyResult(APPLIED, None)
+
+    assert by_version(engine.get_hints(b"k")) == by_version([for_b, for_c, same])
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        pytest.param("node-b", "node-bb", id="prefix-ids"),
+        pytest.param("b", "c", id="one-char"),
+        pytest.param("n\u00f6de", "node", id="unicode-id"),
+    ],
+)
+def test_hints_for_node_ids_that_look_alike_stay_apart(
+    engine: Engine, first: str, second: str
+) -> None:
+    one = rec(b"k", 1, first.encode())
+    two = rec(b"k", 2, second.encode())
+    engine.apply([hint(one, first), hint(two, second)])
+
+    assert by_version(engine.get_hints(b"k")) == [one, two]
+    # Each is compared with its own node's hint only.
+    assert apply_mutation(engine, hint(rec(b"k", 0), first)) == ApplyResult(STALE, one)
+    assert apply_mutation(engine, hint(rec(b"k", 1), second)) == ApplyResult(STALE, two)
+
+
+def test_a_newer_hint_replaces_the_older_one_for_that_node(engine: Engine) -> None:
+    v1 = rec(b"k", 1, b"one")
+    v2 = rec(b"k", 2, b"two")
+    v3 = rec(b"k", 3, tombstone=True)
+
+    assert apply_mutation(engine, hint(v1, OTHER)) == ApplyResult(APPLIED, None)
+    assert apply_mutation(engine, hint(v2, OTHER)) == ApplyResult(APPLIED, v1)
+    assert engine.get_hints(b"k") == [v2]
+    assert apply_mutation(engine, hint(v3, OTHER)) == ApplyResult(APPLIED, v2)
+    assert engine.get_hints(b"k") == [v3]
+
+
+@pytest.mark.parametrize(
+    "loser",
+    [
+        pytest.param(rec(b"k", 9, b"older"), id="older-timestamp"),
+        pytest.param(rec(b"k", 10, b"same-version-other-value"), id="equal-version"),
+        pytest.param(rec(b"k", 10, b"x", node="node-0"), id="equal-timestamp-smaller-node"),
+        pytest.param(rec(b"k", 0, tombstone=True), id="older-tombstone"),
+    ],
+)
+def test_an_older_or_equal_hint_is_stale_and_changes_nothing(engine: Engine, loser: Record) -> None:
+    winner = rec(b"k", 10, b"winner", expires_at_ms=123)
+    apply_mutation(engine, hint(winner, OTHER))
+
+    assert apply_mutation(engine, hint(loser, OTHER)) == ApplyResult(STALE, winner)
+    assert engine.get_hints(b"k") == [winner]
+
+
+def test_node_id_of_the_version_breaks_ties_between_hints(engine: Engine) -> None:
+    from_a = rec(b"k", 10, b"a", node="node-a")
+    from_z = rec(b"k", 10, b"z", node="node-z")
+
+    assert apply_mutation(engine, hint(from_a, OTHER)) == ApplyResult(APPLIED, None)
+    assert apply_mutation(engine, hint(from_z, OTHER)) == ApplyResult(APPLIED, from_a)
+    assert apply_mutation(engine, hint(from_a, OTHER)) == ApplyResult(STALE, from_z)
+    assert engine.get_hints(b"k") == [from_z]
+
+
+def test_records_and_hints_of_one_key_are_independent(engine: Engine) -> None:
+    r5 = rec(b"k", 5, b"record-5")
+    h1 = rec(b"k", 1, b"hint-1")
+    h9 = rec(b"k", 9, b"hint-9")
+    r7 = rec(b"k", 7, b"record-7")
+
+    assert apply_one(engine, r5) == ApplyResult(APPLIED, None)
+    # Older than the record, but compared with the (missing) hint only.
+    assert apply_mutation(engine, hint(h1, OTHER)) == ApplyResult(APPLIED, None)
+    assert apply_mutation(engine, hint(h9, OTHER)) == ApplyResult(APPLIED, h1)
+    # Older than the hint, but compared with the record only.
+    assert apply_one(engine, r7) == ApplyResult(APPLIED, r5)
+    assert apply_one(engine, rec(b"k", 6)) == ApplyResult(STALE, r7)
+
+    assert engine.get(b"k") == r7
+    assert engine.get_hints(b"k") == [h9]
+    assert scan_all(engine) == [r7]
+    assert engine.stats().records == 1
+
+
+def test_a_batch_of_records_and_hints_applies_in_order(engine: Engine) -> None:
+    r1 = rec(b"k", 1, b"r1")
+    h2 = rec(b"k", 2, b"h2")
+    h3 = rec(b"k", 3, b"h3")
+    other = rec(b"other", 4, b"o")
+
+    results = engine.apply(
+        [
+            hint(h2, OTHER),
+            put(r1),
+            hint(h3, OTHER),  # sees h2, written earlier in this batch
+            hint(h2, OTHER),  # stale against h3
+            hint(h2, THIRD),
+            put(rec(b"k", 1, b"tie")),  # stale against r1, not against a hint
+            hint(other, OTHER),
+        ]
+    )
+
+    assert results == [
+        ApplyResult(APPLIED, None),
+        ApplyResult(APPLIED, None),
+        ApplyResult(APPLIED, h2),
+        ApplyResult(STALE, h3),
+        ApplyResult(APPLIED, None),
+        ApplyResult(STALE, r1),
+        ApplyResult(APPLIED, None),
+    ]
+    assert engine.get(b"k") == r1
+    assert by_version(engine.get_hints(b"k")) == [h2, h3]
+    assert engine.get_hints(b"other") == [other]
+    assert engine.get(b"other") is None
+
+
+def long_key(size: int, tail: bytes = b"") -> bytes:
+    return (b"%d:" % size).ljust(size - len(tail), b"k") + tail
+
+
+LONG_KEYS = [
+    long_key(INLINE_KEY_BYTES),  # the longest key stored inline
+    long_key(INLINE_KEY_BYTES + 1),  # the shortest stored by digest
+    long_key(1000, b"1"),
+    long_key(1000, b"2"),  # differs from the one before in its last byte only
+    long_key(1000, b"2") + b"3",  # has the one before as its prefix
+    long_key(MAX_KEY_BYTES),
+]
+
+
+def test_hints_for_long_keys_stay_apart(engine: Engine) -> None:
+    """Keys over INLINE_KEY_BYTES are stored by digest; their hints keep the whole key."""
+    assert len(set(LONG_KEYS)) == len(LONG_KEYS)
+    expected: dict[bytes, list[Record]] = {}
+    for index, key in enumerate(LONG_KEYS):
+        held = [rec(key, index, b"%d-b" % index), rec(key, 100 + index, b"%d-c" % index)]
+        results = engine.apply([hint(held[0], OTHER), hint(held[1], THIRD)])
+        assert results == [ApplyResult(APPLIED, None)] * 2
+        expected[key] = held
+
+    for key, held in expected.items():
+        hints = engine.get_hints(key)
+        assert by_version(hints) == held
+        assert all(h.key == key for h in hints)
+        assert engine.get(key) is None
+    assert engine.get_hints(long_key(1000)) == []
+
+    # Versions are compared per (key, node) for long keys too.
+    key = LONG_KEYS[3]
+    assert apply_mutation(engine, hint(rec(key, 0), OTHER)) == ApplyResult(STALE, expected[key][0])
+
+
+def test_a_long_key_with_a_long_node_id_fits(engine: Engine) -> None:
+    """The longest inline key with the longest valid (64 character) node id."""
+    key = long_key(INLINE_KEY_BYTES)
+    node = "n" * 64
+    held = rec(key, 1, b"v")
+
+    assert apply_mutation(engine, hint(held, node)) == ApplyResult(APPLIED, None)
+    assert engine.get_hints(key) == [held]
+
+
+PREFIX_KEYS = [b"", b"a", b"ab", b"abc", b"ab\x00", b"ab\x00\x00", b"abd", b"b"]
+
+
+def _hint_every_prefix_key(engine: Engine) -> dict[bytes, list[Record]]:
+    expected: dict[bytes, list[Record]] = {}
+    for index, key in enumerate(PREFIX_KEYS):
+        held = [rec(key, index + 1, b"b:" + key), rec(key, index + 50, b"bb:" + key)]
+        # Node ids that are prefixes of each other, too.
+        engine.apply([hint(held[0], "node-b"), hint(held[1], "node-bb")])
+        expected[key] = held
+    return expected
+
+
+def test_hints_for_keys_that_are_prefixes_of_each_other_stay_apart(engine: Engine) -> None:
+    expected = _hint_every_prefix_key(engine)
+
+    for key, held in expected.items():
+        assert by_version(engine.get_hints(key)) == held, key
+    assert engine.get_hints(b"abcd") == []
+
+
+def test_hints_stay_apart_even_when_tokens_collide(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every key under one token: only the key's length prefix keeps "ab" from "abc"."""
+    monkeypatch.setattr("ringkv.storage.codec.token_of", lambda key: 7)
+    expected = _hint_every_prefix_key(engine)
+    long_keys = LONG_KEYS[1:4]
+    for index, key in enumerate(long_keys):
+        long_hint = rec(key, index + 1, b"long")
+        engine.apply([hint(long_hint, "node-b")])
+        expected[key] = [long_hint]
+
+    for key, held in expected.items():
+        assert by_version(engine.get_hints(key)) == held, key
+    assert engine.get_hints(b"abcd") == []
 
 
 # --- stats -------------------------------------------------------------------
@@ -343,10 +509,11 @@ def test_stats_count_records(engine: Engine) -> None:
     assert engine.stats().records == 50
     assert engine.stats().bytes_used > 0
 
-    # Overwrites, stale writes and failed preconditions add no record.
+    # Overwrites, stale writes and hints add no record.
     engine.apply([put(rec(b"k%d" % i, 2)) for i in range(10)])
     engine.apply([put(rec(b"k%d" % i, 0)) for i in range(10)])
-    engine.apply([put(rec(b"new%d" % i, 1), expected=5) for i in range(10)])
+    engine.apply([hint(rec(b"new%d" % i, 1), "node-b") for i in range(10)])
+    engine.apply([hint(rec(b"k%d" % i, 5), "node-b") for i in range(10)])
     assert engine.stats().records == 50
 
     # Tombstones and expired values are records too.

@@ -1,15 +1,17 @@
-"""Property: every engine ends in the state of a simple last-writer-wins model."""
+"""Property: every engine's records and hints end as a simple last-writer-wins model says."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ringkv.core.hlc import Version
-from ringkv.core.records import EXPECT_ABSENT, ApplyResult, Mutation, Outcome, Record
+from ringkv.core.records import ApplyResult, Mutation, Outcome, Record
 
-from .helpers import ENGINE_KINDS, FULL_RANGE, fresh_engine, in_scan_order
+from .helpers import ENGINE_KINDS, FULL_RANGE, by_version, fresh_engine, in_scan_order
 
 KEYS = (b"a", b"b", b"c", b"\x00", "\u00e9".encode())
 NODES = ("n1", "n2")
@@ -31,41 +33,41 @@ def records(draw: st.DrawFn) -> Record:
 mutations = st.builds(
     Mutation,
     record=records(),
-    expected=st.one_of(st.none(), st.just(EXPECT_ABSENT), TIMESTAMPS),
-    now_ms=st.sampled_from([0, 4, 5, 6, 10, 11]),
+    # Mostly records; hints for node ids that are prefixes of each other, too.
+    hint_for=st.sampled_from((None, None, None, "n1", "n3", "n33")),
 )
 batches = st.lists(st.lists(mutations, max_size=5), max_size=6)
 
 
 class Model:
-    """A dict of each key's winning record, written independently of ringkv.core.records."""
+    """Each key's winning record, and each (key, node)'s winning hint, in dicts.
+
+    Written independently of ringkv.core.records.
+    """
 
     def __init__(self) -> None:
         self.records: dict[bytes, Record] = {}
+        self.hints: dict[tuple[bytes, str], Record] = {}
 
     def apply(self, mutation: Mutation) -> ApplyResult:
         record = mutation.record
-        current = self.records.get(record.key)
-        live = (
-            current is not None
-            and not current.tombstone
-            and (current.expires_at_ms == 0 or mutation.now_ms < current.expires_at_ms)
-        )
-        if mutation.expected is None:
-            holds = True
-        elif mutation.expected == EXPECT_ABSENT:
-            holds = not live
-        else:
-            holds = live and current is not None and current.version.timestamp == mutation.expected
-        if not holds:
-            return ApplyResult(Outcome.PRECONDITION_FAILED, current)
+        if mutation.hint_for is None:
+            return self._store(self.records, record.key, record)
+        return self._store(self.hints, (record.key, mutation.hint_for), record)
+
+    @staticmethod
+    def _store(store: dict[Any, Record], slot: object, record: Record) -> ApplyResult:
+        current = store.get(slot)
         if current is not None and (current.version.timestamp, current.version.node_id) >= (
             record.version.timestamp,
             record.version.node_id,
         ):
             return ApplyResult(Outcome.STALE, current)
-        self.records[record.key] = record
+        store[slot] = record
         return ApplyResult(Outcome.APPLIED, current)
+
+    def hints_of(self, key: bytes) -> list[Record]:
+        return [record for (hinted, _), record in self.hints.items() if hinted == key]
 
 
 @pytest.mark.parametrize("kind", ENGINE_KINDS)
@@ -80,5 +82,6 @@ def test_engine_matches_the_model(kind: str, batches: list[list[Mutation]]) -> N
 
         for key in KEYS:
             assert engine.get(key) == model.records.get(key)
+            assert by_version(engine.get_hints(key)) == by_version(model.hints_of(key))
         assert list(engine.scan(*FULL_RANGE)) == in_scan_order(model.records.values())
         assert engine.stats().records == len(model.records)

@@ -14,12 +14,12 @@ import lmdb
 import pytest
 
 from ringkv.core.errors import StorageFull, Unavailable
-from ringkv.core.records import EXPECT_ABSENT, ApplyResult, Outcome, Record
+from ringkv.core.records import ApplyResult, Outcome, Record
 from ringkv.core.tokens import token_of
 from ringkv.storage.engine import FsyncMode
 from ringkv.storage.lmdb_engine import LmdbEngine
 
-from .helpers import in_scan_order, put, rec, scan_all
+from .helpers import by_version, hint, in_scan_order, put, rec, scan_all
 
 MIB = 1 << 20
 
@@ -95,6 +95,42 @@ def test_reopen_with_another_fsync_mode(tmp_path: Path) -> None:
     reopened = LmdbEngine(tmp_path)
     try:
         assert_holds_exactly(reopened, [first, second])
+    finally:
+        reopened.close()
+
+
+@pytest.mark.parametrize("fsync", list(FsyncMode))
+def test_hints_survive_close_and_reopen(tmp_path: Path, fsync: FsyncMode) -> None:
+    long_key = b"long-".ljust(600, b"k")
+    record = rec(b"k", 1, b"record")
+    for_b = rec(b"k", 5, b"for-b")
+    for_c = rec(b"k", 3, tombstone=True)
+    expiring = rec(b"k2", 4, b"v", expires_at_ms=12_345)
+    long_hint = rec(long_key, 6, b"long")
+    many = [rec(b"h%04d" % i, 10 + i, value_of(i, 300)) for i in range(500)]
+
+    engine = LmdbEngine(tmp_path, fsync)
+    engine.apply([put(record), hint(for_b, "node-b"), hint(for_c, "node-c")])
+    engine.apply([hint(expiring, "node-b"), hint(long_hint, "node-b")])
+    for start in range(0, len(many), 100):  # many transactions
+        engine.apply([hint(r, "node-b") for r in many[start : start + 100]])
+    engine.close()
+
+    reopened = LmdbEngine(tmp_path, fsync)
+    try:
+        assert_holds_exactly(reopened, [record])
+        assert by_version(reopened.get_hints(b"k")) == [for_c, for_b]
+        assert reopened.get_hints(b"k2") == [expiring]
+        assert reopened.get_hints(long_key) == [long_hint]
+        for r in many:
+            assert reopened.get_hints(r.key) == [r]
+            assert reopened.get(r.key) is None
+        # Hint versions survive too: an old hint is still stale after the reopen.
+        stale = reopened.apply([hint(rec(b"k", 4, b"old"), "node-b")])
+        assert stale == [ApplyResult(Outcome.STALE, for_b)]
+        newer = rec(b"k", 6, b"newer")
+        assert reopened.apply([hint(newer, "node-c")]) == [ApplyResult(Outcome.APPLIED, for_c)]
+        assert by_version(reopened.get_hints(b"k")) == [for_b, newer]
     finally:
         reopened.close()
 
@@ -331,7 +367,7 @@ def test_a_data_dir_opens_in_one_engine_at_a_time(tmp_path: Path) -> None:
         # The failed open did not disturb the engine that holds the dir.
         assert first.get(b"k") == record
         second_record = rec(b"k2", 1, b"v2")
-        assert first.apply([put(second_record, EXPECT_ABSENT)])[0].outcome is Outcome.APPLIED
+        assert first.apply([put(second_record)])[0].outcome is Outcome.APPLIED
     finally:
         first.close()
 
