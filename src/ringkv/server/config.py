@@ -100,13 +100,16 @@ def parse_peers(text: str, *, self_id: str) -> tuple[Peer, ...]:
 
 
 def validate_node_id(node_id: str) -> str:
-    """A node id: 1-64 printable characters without spaces, commas or '='."""
+    """A node id: 1-64 printable ASCII characters without spaces, commas or '='.
+
+    ASCII keeps ids at 64 bytes, which bounds the storage keys they are part of.
+    """
     if not 0 < len(node_id) <= 64 or any(c.isspace() or c in ",=" for c in node_id):
         raise ConfigError(
             f"node id {node_id!r} must be 1-64 characters without spaces, commas or '='"
         )
-    if not node_id.isprintable():
-        raise ConfigError(f"node id {node_id!r} must be printable")
+    if not (node_id.isascii() and node_id.isprintable()):
+        raise ConfigError(f"node id {node_id!r} must be printable ASCII")
     return node_id
 
 

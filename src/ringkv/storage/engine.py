@@ -44,11 +44,11 @@ class Engine(Protocol):
         ...
 
     def get_hints(self, key: bytes) -> list[Record]:
-        """The hints held for ``key``, one per node they are held for."""
+        """The hints held for ``key``, one per node they are held for, by node id."""
         ...
 
     def apply(self, mutations: Sequence[Mutation]) -> list[ApplyResult]:
-        """Store each mutation whose version is newer and whose condition holds.
+        """Store each mutation whose version is newer than the one stored.
 
         A mutation with ``hint_for`` is compared with, and replaces, the hint
         held for that node, not the record.

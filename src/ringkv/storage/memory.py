@@ -25,7 +25,10 @@ class MemoryEngine:
 
     def get_hints(self, key: bytes) -> list[Record]:
         with self._lock:
-            return [record for (hinted, _), record in self._hints.items() if hinted == key]
+            held = [
+                (node, record) for (hinted, node), record in self._hints.items() if hinted == key
+            ]
+        return [record for _, record in sorted(held, key=lambda item: item[0])]
 
     def apply(self, mutations: Sequence[Mutation]) -> list[ApplyResult]:
         results = []

@@ -218,13 +218,13 @@ def test_ports_above_65535_are_rejected(host: str, port: int) -> None:
 # --- node ids ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("node_id", ["n", "node1", "x" * 64, "127.0.0.1:50052", "[::1]:5", "nœud"])
+@pytest.mark.parametrize("node_id", ["n", "node1", "x" * 64, "127.0.0.1:50052", "[::1]:5"])
 def test_valid_node_ids(node_id: str) -> None:
     assert validate_node_id(node_id) == node_id
 
 
 @pytest.mark.parametrize(
-    "node_id", ["", "x" * 65, "a b", " a", "a\t", "a,b", "a=b", "a\x07", "a\u200b"]
+    "node_id", ["", "x" * 65, "a b", " a", "a\t", "a,b", "a=b", "a\x07", "a\u200b", "nœud"]
 )
 def test_invalid_node_ids(node_id: str) -> None:
     with pytest.raises(ConfigError, match="node id"):
