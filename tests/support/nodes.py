@@ -80,7 +80,7 @@ class NodeProcess:
         self.starts += 1
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
-                self.command(), stdout=log, stderr=subprocess.STDOUT, env=_child_env()
+                self.command(), stdout=log, stderr=subprocess.STDOUT, env=child_env()
             )
 
     def wait_serving(self, timeout: float = START_TIMEOUT_S) -> None:
@@ -137,7 +137,7 @@ class NodeProcess:
         return self.wait(timeout)
 
 
-def _child_env() -> dict[str, str]:
+def child_env() -> dict[str, str]:
     env = dict(os.environ)
     # The child imports ringkv from this checkout even without an install.
     src = str(Path(__file__).resolve().parents[2] / "src")

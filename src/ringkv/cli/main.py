@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from ringkv.cli import cluster_commands, kv_commands, local_cluster, node_command
+from ringkv.cli import bench, cluster_commands, kv_commands, local_cluster, node_command
 from ringkv.cli.args import ArgumentParser
 
 
@@ -20,6 +20,7 @@ def build_parser() -> ArgumentParser:
     kv_commands.add_parsers(commands)
     local_cluster.add_parser(commands)
     cluster_commands.add_parser(commands)
+    bench.add_parser(commands)
     return parser
 
 

@@ -97,7 +97,8 @@ class ZipfianGenerator:
         if self._items <= 2:
             # Ranks 0 and 1 are answered before eta is needed, and the formula divides by zero.
             return 0.0
-        numerator = 1.0 - (2.0 / self._items) ** (1.0 - self._theta)
+        # float(): typeshed types float ** float as Any (a negative base gives a complex).
+        numerator = 1.0 - float((2.0 / self._items) ** (1.0 - self._theta))
         return numerator / (1.0 - self._zeta2 / self._zetan)
 
     def next(self, items: int | None = None) -> int:
@@ -298,16 +299,18 @@ class Histogram:
         """The nearest-rank percentile: the smallest value with ``percent``% at or below it.
 
         Reported as the top of its bucket (HDR's "highest equivalent value"),
-        clamped to the smallest and largest values actually seen.
+        clamped to the largest value seen; the first rank is the smallest value seen.
         """
         if self.count == 0:
             raise ValueError("no values recorded")
         if not 0 <= percent <= 100:
             raise ValueError("percent must be between 0 and 100")
         rank = max(1, math.ceil(percent / 100 * self.count))
+        if rank == 1:
+            return self.min
         seen = 0
         for index in sorted(self._counts):
             seen += self._counts[index]
             if seen >= rank:
-                return min(max(self.bucket_bounds(index)[1], self.min), self.max)
+                return min(self.bucket_bounds(index)[1], self.max)
         raise AssertionError("unreachable: the counts sum to count")

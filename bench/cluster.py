@@ -1,0 +1,162 @@
+"""YCSB A, B and C against a local 3-node cluster with replication factor 3.
+
+Starts the seed's three ``ringkv node`` command lines on three consecutive
+free ports with their data in a temporary directory, waits until each serves,
+then runs ``ringkv bench --workload A,B,C --baseline --consistency quorum``
+against all three endpoints and prints its table and the exact command. The
+cluster is always stopped (SIGTERM, then SIGKILL after a timeout) and the
+data removed, on success, failure or Ctrl-C.
+
+    PYTHONPATH=src .venv/bin/python bench/cluster.py --duration 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import random
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import FrameType
+
+from ringkv.cli.local_cluster import node_command_lines
+from ringkv.client.health import wait_until_serving
+
+NODES = 3
+REPLICAS = 3
+STARTUP_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 15.0
+# Below Linux's ephemeral range (32768-60999), where outgoing connections take ports.
+PORT_RANGE = range(20_000, 32_000)
+
+
+def free_base_port(count: int, attempts: int = 100) -> int:
+    """A port p such that p..p+count-1 can all be bound on every interface now."""
+    rng = random.Random()
+    for _ in range(attempts):
+        base = rng.randrange(PORT_RANGE.start, PORT_RANGE.stop - count)
+        if all(_can_bind(base + offset) for offset in range(count)):
+            return base
+    raise SystemExit(f"no {count} consecutive free ports found in {PORT_RANGE}")
+
+
+def _can_bind(port: int) -> bool:
+    # The nodes listen on 0.0.0.0 (the seed's command lines), so check that.
+    with socket.socket() as probe:
+        try:
+            probe.bind(("0.0.0.0", port))
+        except OSError:
+            return False
+    return True
+
+
+def _child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    # The children import ringkv from this checkout even without an install.
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
+    return env
+
+
+@contextlib.contextmanager
+def local_cluster(workdir: Path, base_port: int) -> Iterator[list[str]]:
+    """Run the cluster while the block runs; yields the nodes' addresses."""
+    lines = node_command_lines(NODES, base_port, REPLICAS, workdir / "data", "lmdb")
+    addresses = [f"127.0.0.1:{base_port + index}" for index in range(NODES)]
+    logs = [workdir / f"node{index + 1}.log" for index in range(NODES)]
+    children: list[subprocess.Popen[bytes]] = []
+    try:
+        for line, log_path in zip(lines, logs, strict=True):
+            with log_path.open("wb") as log:
+                # A session of their own: Ctrl-C reaches this script, which then
+                # stops the nodes in order, rather than every process at once.
+                children.append(
+                    subprocess.Popen(
+                        line,
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        env=_child_env(),
+                        start_new_session=True,
+                    )
+                )
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        for child, address, log_path in zip(children, addresses, logs, strict=True):
+            if child.poll() is not None or not wait_until_serving(
+                address, timeout=deadline - time.monotonic()
+            ):
+                tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-20:])
+                raise SystemExit(f"the node at {address} did not start:\n{tail}")
+        yield addresses
+    finally:
+        _stop(children)
+
+
+def _stop(children: list[subprocess.Popen[bytes]]) -> None:
+    # A second Ctrl-C must not cut the shutdown short and leave nodes running.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for child in children:
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+    for child in children:
+        try:
+            child.wait(timeout=STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+
+
+def bench_command(addresses: list[str], args: argparse.Namespace) -> list[str]:
+    """The ``ringkv bench`` command line this script runs."""
+    return [
+        sys.executable, "-m", "ringkv", "bench",
+        "--endpoints", ",".join(addresses),
+        "--workload", "A,B,C",
+        "--baseline",
+        "--consistency", "quorum",
+        "--duration", f"{args.duration:g}",
+        "--records", str(args.records),
+        "--concurrency", str(args.concurrency),
+    ]  # fmt: skip
+
+
+def _exit_on_sigterm(signum: int, _frame: FrameType | None) -> None:
+    # Unwinds through the finally blocks, so the cluster still stops.
+    raise SystemExit(128 + signum)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per workload")
+    parser.add_argument("--records", type=int, default=10_000, help="records loaded")
+    parser.add_argument("--concurrency", type=int, default=64, help="requests in flight")
+    args = parser.parse_args()
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+
+    workdir = Path(tempfile.mkdtemp(prefix="ringkv-bench-cluster-"))
+    try:
+        base_port = free_base_port(NODES)
+        with local_cluster(workdir, base_port) as addresses:
+            print(f"cluster: {NODES} nodes, replication factor {REPLICAS}, {', '.join(addresses)}")
+            command = bench_command(addresses, args)
+            env = _child_env()
+            shown = shlex.join(command)
+            print(f"command: PYTHONPATH={shlex.quote(env['PYTHONPATH'])} {shown}", flush=True)
+            return subprocess.run(command, env=env, check=False).returncode
+    except KeyboardInterrupt:
+        print("interrupted; the cluster is stopped", file=sys.stderr)
+        return 130
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
