@@ -75,8 +75,17 @@ class Coordinator:
         """The newest version a quorum at ``level`` holds, tombstones included."""
         n, targets = self._targets(key, level)
         needed = quorum.required_replies(level, n)
-        calls = {target: self._read_one(target, key) for target in targets}
-        replies, late = await self._gather(calls, needed, timeout_s, "read")
+        # Ask just enough replicas, this node first (its answer is local);
+        # each failure brings in the next one.
+        targets.sort(key=lambda target: target.node_id != self._view.node_id)
+        replies, late = await self._gather(
+            targets,
+            lambda target: self._read_one(target, key),
+            needed,
+            timeout_s,
+            "read",
+            launch=needed,
+        )
         winner = quorum.newest(replies.values())
         replicas_replies = {t.node_id: r for t, r in replies.items() if t.stands_in_for is None}
         stale = quorum.stale_replicas(replicas_replies, winner)
@@ -153,8 +162,14 @@ class Coordinator:
         """Send a stamped record to the key's targets; return once the level is met."""
         n, targets = self._targets(record.key, level)
         needed = quorum.required_replies(level, n)
-        calls = {target: self._write_one(target, record) for target in targets}
-        acks, _ = await self._gather(calls, needed, timeout_s, "write")
+        acks, _ = await self._gather(
+            targets,
+            lambda target: self._write_one(target, record),
+            needed,
+            timeout_s,
+            "write",
+            launch=len(targets),
+        )
         return Written(record, any(acks.values()))
 
     async def _write_one(self, target: Target, record: Record) -> bool:
@@ -175,34 +190,48 @@ class Coordinator:
 
     async def _gather(
         self,
-        calls: dict[Target, Coroutine[Any, Any, T]],
+        targets: list[Target],
+        call: Callable[[Target], Coroutine[Any, Any, T]],
         needed: int,
         timeout_s: float,
         what: str,
+        *,
+        launch: int,
     ) -> tuple[dict[Target, T], dict[asyncio.Task[T], Target]]:
-        """Run the calls until ``needed`` succeed; the rest go on in the background.
+        """Call the first ``launch`` targets, and one more for each failure,
+        until ``needed`` succeed; calls still running go on in the background.
 
         Returns the successful results and the calls still running.
         """
         loop = asyncio.get_running_loop()
-        tasks = {loop.create_task(call): target for target, call in calls.items()}
+        waiting = iter(targets)
+        running: dict[asyncio.Task[T], Target] = {}
+
+        def start_next() -> None:
+            target = next(waiting, None)
+            if target is not None:
+                running[loop.create_task(call(target))] = target
+
+        for _ in range(launch):
+            start_next()
         results: dict[Target, T] = {}
         errors: list[BaseException] = []
-        pending = set(tasks)
         deadline = loop.time() + timeout_s
-        while pending and len(results) < needed:
-            done, pending = await asyncio.wait(
-                pending, timeout=deadline - loop.time(), return_when=asyncio.FIRST_COMPLETED
+        while running and len(results) < needed:
+            done, _ = await asyncio.wait(
+                running, timeout=deadline - loop.time(), return_when=asyncio.FIRST_COMPLETED
             )
             if not done:
                 break
             for task in done:
+                target = running.pop(task)
                 error = task.exception()
                 if error is None:
-                    results[tasks[task]] = task.result()
+                    results[target] = task.result()
                 else:
                     errors.append(error)
-        for task in pending:
+                    start_next()
+        for task in running:
             self._track(task)
         if len(results) < needed:
             reasons = "; ".join(str(e) for e in errors if isinstance(e, RingkvError))
@@ -212,7 +241,7 @@ class Coordinator:
                 reason="NOT_ENOUGH_REPLICAS",
                 metadata={"needed": str(needed), "answered": str(len(results))},
             )
-        return results, {task: tasks[task] for task in pending}
+        return results, running
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         self._track(asyncio.get_running_loop().create_task(work))
