@@ -8,9 +8,10 @@ from hypothesis import strategies as st
 
 from ringkv.core.errors import InvalidArgument, ResourceExhausted, ValueTooLarge
 from ringkv.core.records import EXPECT_ABSENT
-from ringkv.core.validation import MAX_TTL_MS, (
+from ringkv.core.validation import (
     DEFAULT_MAX_VALUE_BYTES,
     MAX_KEY_BYTES,
+    MAX_TTL_MS,
     Limits,
     expected_version,
     ttl_ms,
