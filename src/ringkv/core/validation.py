@@ -9,6 +9,8 @@ from ringkv.core.records import EXPECT_ABSENT
 
 MAX_KEY_BYTES = 4096
 DEFAULT_MAX_VALUE_BYTES = 1 << 20
+# Keeps now + ttl far inside the int64 an expiry is stored as.
+MAX_TTL_MS = 100 * 365_25 * 24 * 3600 * 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +51,12 @@ def ttl_ms(ttl: int) -> int:
     """A validated time to live in milliseconds (0 means none)."""
     if ttl < 0:
         raise InvalidArgument(f"ttl_ms must not be negative, got {ttl}", reason="NEGATIVE_TTL")
+    if ttl > MAX_TTL_MS:
+        raise InvalidArgument(
+            f"ttl_ms must be at most {MAX_TTL_MS} (100 years), got {ttl}",
+            reason="TTL_TOO_LARGE",
+            metadata={"limit": str(MAX_TTL_MS)},
+        )
     return ttl
 
 

@@ -11,6 +11,7 @@ from ringkv.core.records import EXPECT_ABSENT
 from ringkv.core.validation import (
     DEFAULT_MAX_VALUE_BYTES,
     MAX_KEY_BYTES,
+    MAX_TTL_MS,
     Limits,
     expected_version,
     ttl_ms,
@@ -152,9 +153,18 @@ def test_value_one_over_the_default_limit_is_rejected() -> None:
 # --- ttl -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("ttl", [0, 1, 60_000, 1 << 40])
-def test_ttl_non_negative_passes(ttl: int) -> None:
+@pytest.mark.parametrize("ttl", [0, 1, 60_000, 1 << 40, MAX_TTL_MS])
+def test_ttl_up_to_the_limit_passes(ttl: int) -> None:
     assert ttl_ms(ttl) == ttl
+
+
+@pytest.mark.parametrize("ttl", [MAX_TTL_MS + 1, (1 << 63) - 1])
+def test_ttl_past_the_limit_is_rejected(ttl: int) -> None:
+    """now + ttl must stay far inside the int64 an expiry is stored as."""
+    with pytest.raises(InvalidArgument) as info:
+        ttl_ms(ttl)
+    assert info.value.reason == "TTL_TOO_LARGE"
+    assert info.value.metadata == {"limit": str(MAX_TTL_MS)}
 
 
 @pytest.mark.parametrize("ttl", [-1, -1000, -(1 << 63)])
