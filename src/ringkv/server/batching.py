@@ -8,7 +8,7 @@ carries many items, with no timer and no added latency.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
 from ringkv.core.errors import Unavailable
@@ -21,12 +21,13 @@ class Batcher(Generic[ItemT, ResultT]):
     """Feeds items to ``flush`` in order, as many per call as have queued up.
 
     ``flush`` gets a list of items and returns one result per item, in order;
-    if it raises, every item of that batch fails with the error.
+    an exception in that list fails its item alone, an exception raised fails
+    every item of the batch.
     """
 
     def __init__(
         self,
-        flush: Callable[[list[ItemT]], Awaitable[list[ResultT]]],
+        flush: Callable[[list[ItemT]], Awaitable[Sequence[ResultT | Exception]]],
         *,
         max_batch: int,
         name: str,
@@ -66,7 +67,12 @@ class Batcher(Generic[ItemT, ResultT]):
                             future.exception()  # retrieved: a caller may have gone
                     continue
                 for (_, future), result in zip(batch, results, strict=True):
-                    if not future.done():
+                    if future.done():
+                        continue
+                    if isinstance(result, Exception):
+                        future.set_exception(result)
+                        future.exception()  # retrieved: a caller may have gone
+                    else:
                         future.set_result(result)
 
     async def close(self) -> None:

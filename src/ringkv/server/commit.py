@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from concurrent.futures import ThreadPoolExecutor
 
+from ringkv.core.errors import StorageFull
 from ringkv.core.records import ApplyResult, Mutation
 from ringkv.server.batching import Batcher
 from ringkv.storage import Engine
@@ -26,9 +27,26 @@ class CommitQueue:
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ringkv-commit")
         self._batcher = Batcher(self._commit, max_batch=max_batch, name="the commit queue")
 
-    async def _commit(self, mutations: list[Mutation]) -> list[ApplyResult]:
+    async def _commit(self, mutations: list[Mutation]) -> list[ApplyResult | Exception]:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._thread, self._engine.apply, mutations)
+        try:
+            return list(await loop.run_in_executor(self._thread, self._engine.apply, mutations))
+        except StorageFull:
+            raise
+        except Exception:
+            if len(mutations) == 1:
+                raise
+        # One bad write must not fail the others that shared its (aborted)
+        # transaction: commit each alone, so only the bad one fails.
+        results: list[ApplyResult | Exception] = []
+        for mutation in mutations:
+            try:
+                (result,) = await loop.run_in_executor(self._thread, self._engine.apply, [mutation])
+            except Exception as error:
+                results.append(error)
+            else:
+                results.append(result)
+        return results
 
     async def submit(self, mutation: Mutation) -> ApplyResult:
         """Apply one mutation; returns once it is durable as the fsync mode says."""
