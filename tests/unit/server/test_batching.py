@@ -1,0 +1,103 @@
+"""Batcher: items queued while a flush runs form the next batch."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import pytest
+
+from ringkv.core.errors import Unavailable
+from ringkv.server.batching import Batcher
+
+
+class Recorder:
+    """A flush that records its batches and can be held open."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[int]] = []
+        self.gate = asyncio.Event()
+        self.gate.set()
+
+    async def flush(self, items: list[int]) -> Sequence[int | Exception]:
+        self.batches.append(items)
+        await self.gate.wait()
+        return [ValueError(f"bad {i}") if i < 0 else i * 10 for i in items]
+
+
+def test_items_queued_during_a_flush_share_the_next_batch() -> None:
+    async def scenario() -> list[list[int]]:
+        recorder = Recorder()
+        recorder.gate.clear()
+        batcher = Batcher(recorder.flush, max_batch=100, name="test")
+        first = asyncio.ensure_future(batcher.submit(1))
+        await asyncio.sleep(0)  # the first flush starts and waits on the gate
+        rest = [asyncio.ensure_future(batcher.submit(i)) for i in range(2, 6)]
+        await asyncio.sleep(0)
+        recorder.gate.set()
+        assert await first == 10
+        assert await asyncio.gather(*rest) == [20, 30, 40, 50]
+        await batcher.close()
+        return recorder.batches
+
+    assert asyncio.run(scenario()) == [[1], [2, 3, 4, 5]]
+
+
+def test_batches_are_capped() -> None:
+    async def scenario() -> list[list[int]]:
+        recorder = Recorder()
+        batcher = Batcher(recorder.flush, max_batch=2, name="test")
+        await asyncio.gather(*(batcher.submit(i) for i in range(5)))
+        await batcher.close()
+        return recorder.batches
+
+    assert all(len(batch) <= 2 for batch in asyncio.run(scenario()))
+
+
+def test_an_exception_result_fails_its_item_alone() -> None:
+    async def scenario() -> list[int | BaseException]:
+        batcher = Batcher(Recorder().flush, max_batch=10, name="test")
+        results = await asyncio.gather(
+            *(batcher.submit(i) for i in (1, -2, 3)), return_exceptions=True
+        )
+        await batcher.close()
+        return results
+
+    first, second, third = asyncio.run(scenario())
+    assert (first, third) == (10, 30)
+    assert isinstance(second, ValueError)
+
+
+def test_a_raising_flush_fails_the_batch_and_the_batcher_goes_on() -> None:
+    calls = 0
+
+    async def flaky(items: list[int]) -> Sequence[int]:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise OSError("disk on fire")
+        return items
+
+    async def scenario() -> int:
+        batcher = Batcher(flaky, max_batch=10, name="test")
+        with pytest.raises(OSError, match="disk on fire"):
+            await batcher.submit(1)
+        result = await batcher.submit(2)
+        await batcher.close()
+        return result
+
+    assert asyncio.run(scenario()) == 2
+
+
+def test_close_flushes_what_is_pending_then_refuses() -> None:
+    async def scenario() -> None:
+        recorder = Recorder()
+        batcher = Batcher(recorder.flush, max_batch=10, name="the test queue")
+        pending = asyncio.ensure_future(batcher.submit(7))
+        await asyncio.sleep(0)
+        await batcher.close()
+        assert await pending == 70
+        with pytest.raises(Unavailable, match="the test queue is shutting down"):
+            await batcher.submit(8)
+
+    asyncio.run(scenario())
