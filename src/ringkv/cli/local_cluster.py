@@ -20,7 +20,6 @@ from rich.table import Table
 
 from ringkv.cli.args import Commands
 from ringkv.client.health import wait_until_serving
-from ringkv.client.requests import DEFAULT_ENDPOINT
 
 _STARTUP_TIMEOUT_S = 30.0
 
@@ -92,7 +91,8 @@ def handle(args: argparse.Namespace) -> int:
             console.print("[red]a node did not start; stopping the cluster[/]")
             return 1
         console.print(
-            f"Try: ringkv set hello world --endpoint {DEFAULT_ENDPOINT}  (Ctrl-C stops the cluster)"
+            f"Try: ringkv set hello world --endpoint 127.0.0.1:{args.base_port}"
+            "  (Ctrl-C stops the cluster)"
         )
         while not stopping and all(child.poll() is None for child in children):
             time.sleep(0.2)

@@ -16,7 +16,7 @@ from ringkv.api import kv_pb2, kv_pb2_grpc
 from ringkv.client import requests
 from ringkv.client.channels import ChannelPool, endpoint_list
 from ringkv.client.requests import CHANNEL_OPTIONS, DEFAULT_ENDPOINT, Entry, Level
-from ringkv.client.retry import Attempts, RetryPolicy
+from ringkv.client.retry import RETRYABLE_CODES, Attempts, RetryPolicy
 from ringkv.client.routing import Router, token_key, topology_from
 
 if TYPE_CHECKING:  # the async stub type exists only in the generated .pyi
@@ -71,8 +71,9 @@ class AsyncClient:
                 self._router.observe(await call.trailing_metadata(), time.monotonic())
                 return response
             except grpc.RpcError as error:
+                if error.code() in RETRYABLE_CODES:
+                    self._router.failed(address, time.monotonic())
                 delay = attempts.failed(error)
-            self._router.failed(address, time.monotonic())
             await asyncio.sleep(delay)
         raise AssertionError("unreachable: cycle() never ends")
 

@@ -17,6 +17,13 @@ Level = Consistency | str | None
 CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", 65 << 20),
     ("grpc.max_receive_message_length", 65 << 20),
+    # By default channels share connections, and their reconnect backoff, per
+    # process: a fresh client would wait out another's backoff after a node
+    # restarts. Own connections, quick reconnects.
+    ("grpc.use_local_subchannel_pool", 1),
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
 ]
 
 

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 from ringkv.core import quorum
 from ringkv.core.consistency import Consistency
 from ringkv.core.errors import RingkvError, Unavailable
-from ringkv.core.hlc import HybridLogicalClock
+from ringkv.core.hlc import HybridLogicalClock, physical_ms
 from ringkv.core.quorum import Target
 from ringkv.core.records import NO_EXPIRY, Record, check_precondition
 from ringkv.server.cluster_view import ClusterView
@@ -31,6 +31,8 @@ from ringkv.server.local_store import LocalStore
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+StandInFinder = Callable[[Target, set[str]], Target | None]
+"""Given a failed target and the nodes in use, the node to try in its place."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +87,7 @@ class Coordinator:
             timeout_s,
             "read",
             launch=needed,
+            stand_in=self._stand_in_finder(key, level),
         )
         winner = quorum.newest(replies.values())
         replicas_replies = {t.node_id: r for t, r in replies.items() if t.stands_in_for is None}
@@ -149,14 +152,12 @@ class Coordinator:
             return await self._replicate(record, level, timeout_s)
 
     def _stamp(self, key: bytes, value: bytes, tombstone: bool, ttl_ms: int) -> Record:
-        now = self._now_ms()
-        return Record(
-            key=key,
-            value=value,
-            version=self._clock.tick(now),
-            tombstone=tombstone,
-            expires_at_ms=now + ttl_ms if ttl_ms else NO_EXPIRY,
-        )
+        version = self._clock.tick(self._now_ms())
+        # Expiry counts from the version's time, not this node's wall clock:
+        # the clock has caught up with every peer it heard from, so a node
+        # whose wall clock lags does not write values that are born expired.
+        expires_at_ms = physical_ms(version.timestamp) + ttl_ms if ttl_ms else NO_EXPIRY
+        return Record(key, value, version, tombstone=tombstone, expires_at_ms=expires_at_ms)
 
     async def _replicate(self, record: Record, level: Consistency, timeout_s: float) -> Written:
         """Send a stamped record to the key's targets; return once the level is met."""
@@ -169,6 +170,7 @@ class Coordinator:
             timeout_s,
             "write",
             launch=len(targets),
+            stand_in=self._stand_in_finder(record.key, level),
         )
         return Written(record, any(acks.values()))
 
@@ -197,20 +199,30 @@ class Coordinator:
         what: str,
         *,
         launch: int,
+        stand_in: StandInFinder | None,
     ) -> tuple[dict[Target, T], dict[asyncio.Task[T], Target]]:
         """Call the first ``launch`` targets, and one more for each failure,
         until ``needed`` succeed; calls still running go on in the background.
 
+        When the targets run out, a failed replica is replaced by a stand-in
+        (at sloppy levels), so the call that finds a node down need not fail.
         Returns the successful results and the calls still running.
         """
         loop = asyncio.get_running_loop()
         waiting = iter(targets)
         running: dict[asyncio.Task[T], Target] = {}
+        used = {target.node_id for target in targets}
 
-        def start_next() -> None:
+        def start(target: Target) -> None:
+            used.add(target.node_id)
+            running[loop.create_task(call(target))] = target
+
+        def start_next(failed: Target | None = None) -> None:
             target = next(waiting, None)
+            if target is None and failed is not None and stand_in is not None:
+                target = stand_in(failed, used)
             if target is not None:
-                running[loop.create_task(call(target))] = target
+                start(target)
 
         for _ in range(launch):
             start_next()
@@ -230,7 +242,7 @@ class Coordinator:
                     results[target] = task.result()
                 else:
                     errors.append(error)
-                    start_next()
+                    start_next(failed=target)
         for task in running:
             self._track(task)
         if len(results) < needed:
@@ -242,6 +254,20 @@ class Coordinator:
                 metadata={"needed": str(needed), "answered": str(len(results))},
             )
         return results, running
+
+    def _stand_in_finder(self, key: bytes, level: Consistency) -> StandInFinder | None:
+        """How to replace a replica that failed a call, at levels that allow it."""
+        if level not in quorum.SLOPPY_LEVELS:
+            return None
+        past_preference = self._view.clockwise(key)[self._view.replicas :]
+
+        def find(failed: Target, used: set[str]) -> Target | None:
+            for node in past_preference:
+                if node not in used and self._view.is_live(node):
+                    return Target(node, stands_in_for=failed.stands_in_for or failed.node_id)
+            return None
+
+        return find
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         self._track(asyncio.get_running_loop().create_task(work))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import socket
 import time
 from collections.abc import Callable
 from contextlib import AsyncExitStack
@@ -55,6 +56,8 @@ async def serve(
     In-flight requests get ``shutdown_grace_s`` to finish; then background
     replication ends, pending writes are committed and the engine is closed.
     """
+    # Bind first: a node that cannot listen should not touch its data dir.
+    server, port = _bind(config)
     async with AsyncExitStack() as resources:
         engine = open_engine(config.engine, config.data_path, config.fsync)
         resources.callback(engine.close)
@@ -79,7 +82,6 @@ async def serve(
         coordinator = Coordinator(view, store, clock, now_ms, counters)
         resources.push_async_callback(coordinator.close)
 
-        server, port = _bind(config)
         peer_addresses = {peer.node_id: str(peer.address) for peer in config.peers}
         advertised = HostPort(config.advertised.host, config.advertised.port or port)
         services: list[rpc.Service] = [
@@ -100,6 +102,7 @@ async def serve(
 
 
 def _bind(config: NodeConfig) -> tuple[grpc.aio.Server, int]:
+    _check_address_free(config)
     limit = config.limits.max_key_bytes + config.limits.max_value_bytes + _MESSAGE_OVERHEAD_BYTES
     # Peers batch many records per call, so messages may exceed one value.
     limit = max(limit, 256 << 20)
@@ -117,6 +120,19 @@ def _bind(config: NodeConfig) -> tuple[grpc.aio.Server, int]:
     return server, port
 
 
+def _check_address_free(config: NodeConfig) -> None:
+    """Fail with the OS's reason (grpc would only log its own line) if the port is taken."""
+    host = config.listen.host or "0.0.0.0"
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, config.listen.port))
+        except OSError as error:
+            reason = error.strerror or str(error)
+            raise Unavailable(f"cannot listen on {config.bind_address}: {reason}") from None
+
+
 async def _serve_until_stopped(
     config: NodeConfig,
     server: grpc.aio.Server,
@@ -124,7 +140,8 @@ async def _serve_until_stopped(
     services: list[rpc.Service],
     stop: asyncio.Event,
 ) -> None:
-    server.add_generic_rpc_handlers([rpc.generic_handler(s) for s in services])
+    gate = rpc.Gate()
+    server.add_generic_rpc_handlers([rpc.generic_handler(s, gate) for s in services])
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -147,8 +164,11 @@ async def _serve_until_stopped(
     )
     await stop.wait()
     log.info("shutting down", extra={"grace_s": config.shutdown_grace_s})
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + config.shutdown_grace_s
     await health_servicer.enter_graceful_shutdown()
-    await server.stop(config.shutdown_grace_s)
+    await gate.drain(config.shutdown_grace_s)
+    await server.stop(max(0.0, deadline - loop.time()))
 
 
 def _stop_on_signals() -> asyncio.Event:

@@ -28,6 +28,7 @@ CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", 256 << 20),
     # Reconnect quickly after a peer comes back.
     ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 1000),
 ]
 MAX_RECORDS_PER_CALL = 512

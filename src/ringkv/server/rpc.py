@@ -7,6 +7,7 @@ INVALID_ARGUMENT with a reason instead of grpc's opaque INTERNAL.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ from typing import Any, Protocol, TypeAlias
 import grpc
 from google.protobuf.message import DecodeError, Message
 
-from ringkv.core.errors import InternalError, InvalidArgument, RingkvError
+from ringkv.core.errors import InternalError, InvalidArgument, RingkvError, Unavailable
 from ringkv.server.errors import abort_with
 
 log = logging.getLogger(__name__)
@@ -65,8 +66,49 @@ def parse_request(request_type: type[Message], raw: bytes) -> Message:
         ) from None
 
 
-def _serve(method: Method, full_name: str) -> Callable[[bytes, Context], Awaitable[bytes]]:
+class Gate:
+    """Counts calls inside handlers; once closed it refuses new calls.
+
+    A node that is shutting down closes the gate and waits for it to drain
+    before stopping the gRPC server: calls that arrive meanwhile get a
+    retryable UNAVAILABLE instead of being cancelled mid-way by the stop.
+    """
+
+    def __init__(self) -> None:
+        self._active = 0
+        self._closed = False
+        self._arrivals = 0
+
+    def enter(self) -> None:
+        self._arrivals += 1
+        if self._closed:
+            raise Unavailable("the node is shutting down")
+        self._active += 1
+
+    def leave(self) -> None:
+        self._active -= 1
+
+    async def drain(self, timeout_s: float, *, quiet_s: float = 0.05) -> None:
+        """Close, then wait (at most ``timeout_s``) until no call is inside a
+        handler and none arrived for ``quiet_s``."""
+        self._closed = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while loop.time() < deadline:
+            arrivals = self._arrivals
+            await asyncio.sleep(quiet_s)
+            if self._active == 0 and self._arrivals == arrivals:
+                return
+
+
+def _serve(
+    method: Method, full_name: str, gate: Gate
+) -> Callable[[bytes, Context], Awaitable[bytes]]:
     async def serve(raw: bytes, context: Context) -> bytes:
+        try:
+            gate.enter()
+        except Unavailable as error:
+            await abort_with(context, error)
         try:
             request = parse_request(method.request_type, raw)
             response = await method.handler(request, context)
@@ -75,21 +117,25 @@ def _serve(method: Method, full_name: str) -> Callable[[bytes, Context], Awaitab
         except RelayedError as relayed:
             answer = relayed.error
             await context.abort(
-                answer.code(), answer.details() or "", trailing_metadata=answer.trailing_metadata()
+                answer.code(),
+                answer.details() or "",
+                trailing_metadata=tuple(answer.trailing_metadata() or ()),
             )
         except Exception:
             log.exception("unexpected error in %s", full_name)
             await abort_with(context, InternalError(f"internal error in {full_name}"))
+        finally:
+            gate.leave()
         return response.SerializeToString()
 
     return serve
 
 
-def generic_handler(service: Service) -> grpc.GenericRpcHandler:
-    """A grpc handler that serves ``service``."""
+def generic_handler(service: Service, gate: Gate) -> grpc.GenericRpcHandler:
+    """A grpc handler that serves ``service`` through ``gate``."""
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
         method_name: grpc.unary_unary_rpc_method_handler(
-            _serve(method, f"{service.name}/{method_name}")
+            _serve(method, f"{service.name}/{method_name}", gate)
         )
         for method_name, method in service.methods().items()
     }
