@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import itertools
 import random
-import time
 from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, TypeAlias, TypeVar
@@ -14,10 +12,10 @@ import grpc
 
 from ringkv.api import kv_pb2, kv_pb2_grpc
 from ringkv.client import requests
-from ringkv.client.channels import ChannelPool, endpoint_list
+from ringkv.client.calls import TOPOLOGY_TIMEOUT_S, CallPolicy
+from ringkv.client.channels import ChannelPool
 from ringkv.client.requests import CHANNEL_OPTIONS, DEFAULT_ENDPOINT, Entry, Level
-from ringkv.client.retry import RETRYABLE_CODES, Attempts, RetryPolicy
-from ringkv.client.routing import Router, token_key, topology_from
+from ringkv.client.retry import RetryPolicy
 
 if TYPE_CHECKING:  # the async stub type exists only in the generated .pyi
     from ringkv.api.kv_pb2_grpc import KeyValueAsyncStub
@@ -44,11 +42,9 @@ class AsyncClient:
         self._pool = ChannelPool(
             lambda target: grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
         )
-        self._router = Router(endpoint_list(endpoints))
-        self._token_aware = token_aware
-        self._timeout = timeout
-        self._retry = retry or RetryPolicy()
-        self._rng = rng or random.Random()
+        self._policy = CallPolicy(
+            endpoints, timeout=timeout, retry=retry, rng=rng, token_aware=token_aware
+        )
 
     async def _call(
         self,
@@ -57,41 +53,34 @@ class AsyncClient:
         timeout: float | None,
         key: str | None = None,
     ) -> ResponseT:
-        if self._token_aware and key is not None:
-            await self._refresh_topology()
-        timeout = self._timeout if timeout is None else timeout
-        attempts = Attempts(self._retry, self._rng)
-        routing_key = None if key is None else token_key(key)
-        candidates = self._router.candidates(routing_key, time.monotonic())
-        for address in itertools.cycle(candidates):
+        if self._policy.needs_topology(key):
+            await self._learn_topology()
+        call = self._policy.start(key, timeout)
+        for address in call.addresses:
             stub = kv_pb2_grpc.KeyValueStub(self._pool.get(address))
             try:
-                call = method(stub)(request, timeout=timeout)
-                response = await call
-                self._router.observe(await call.trailing_metadata(), time.monotonic())
+                pending = method(stub)(request, timeout=call.timeout)
+                response = await pending
+                call.answered(await pending.trailing_metadata())
                 return response
             except grpc.RpcError as error:
-                if error.code() in RETRYABLE_CODES:
-                    self._router.failed(address, time.monotonic())
-                delay = attempts.failed(error)
+                delay = call.failed(address, error)
             await asyncio.sleep(delay)
-        raise AssertionError("unreachable: cycle() never ends")
+        raise AssertionError("unreachable: the addresses cycle forever")
 
-    async def _refresh_topology(self) -> None:
-        """Learn the ring from the first node that describes it (at most every 30 s)."""
-        if not self._router.needs_refresh(time.monotonic()):
-            return
-        topology = None
-        for address in self._router.candidates(None, time.monotonic()):
+    async def _learn_topology(self) -> None:
+        """Learn the ring from the first node that describes it."""
+        for address in self._policy.topology_sources():
             stub = kv_pb2_grpc.ClusterStub(self._pool.get(address))
+            request = kv_pb2.GetClusterStateRequest()
             try:
-                state = await stub.GetClusterState(kv_pb2.GetClusterStateRequest(), timeout=1.0)
+                state = await stub.GetClusterState(request, timeout=TOPOLOGY_TIMEOUT_S)
             except grpc.RpcError:
-                self._router.failed(address, time.monotonic())
+                self._policy.topology_failed(address)
                 continue
-            topology = topology_from(state)
-            break
-        self._router.refreshed(topology, time.monotonic())
+            self._policy.topology_learnt(state)
+            return
+        self._policy.topology_learnt(None)
 
     async def get(
         self, key: str, *, consistency: Level = None, timeout: float | None = None

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -13,10 +12,10 @@ import grpc
 
 from ringkv.api import kv_pb2, kv_pb2_grpc
 from ringkv.client import requests
-from ringkv.client.channels import ChannelPool, endpoint_list
+from ringkv.client.calls import TOPOLOGY_TIMEOUT_S, CallPolicy
+from ringkv.client.channels import ChannelPool
 from ringkv.client.requests import CHANNEL_OPTIONS, DEFAULT_ENDPOINT, Entry, Level
-from ringkv.client.retry import RETRYABLE_CODES, Attempts, RetryPolicy
-from ringkv.client.routing import Router, token_key, topology_from
+from ringkv.client.retry import RetryPolicy
 
 RequestT = TypeVar("RequestT")
 ResponseT = TypeVar("ResponseT")
@@ -44,11 +43,9 @@ class Client:
         self._pool = ChannelPool(
             lambda target: grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
         )
-        self._router = Router(endpoint_list(endpoints))
-        self._token_aware = token_aware
-        self._timeout = timeout
-        self._retry = retry or RetryPolicy()
-        self._rng = rng or random.Random()
+        self._policy = CallPolicy(
+            endpoints, timeout=timeout, retry=retry, rng=rng, token_aware=token_aware
+        )
 
     def _call(
         self,
@@ -57,40 +54,33 @@ class Client:
         timeout: float | None,
         key: str | None = None,
     ) -> ResponseT:
-        if self._token_aware and key is not None:
-            self._refresh_topology()
-        timeout = self._timeout if timeout is None else timeout
-        attempts = Attempts(self._retry, self._rng)
-        routing_key = None if key is None else token_key(key)
-        candidates = self._router.candidates(routing_key, time.monotonic())
-        for address in itertools.cycle(candidates):
+        if self._policy.needs_topology(key):
+            self._learn_topology()
+        call = self._policy.start(key, timeout)
+        for address in call.addresses:
             stub = kv_pb2_grpc.KeyValueStub(self._pool.get(address))
             try:
-                response, call = method(stub).with_call(request, timeout=timeout)
-                self._router.observe(call.trailing_metadata(), time.monotonic())
+                response, rpc = method(stub).with_call(request, timeout=call.timeout)
+                call.answered(rpc.trailing_metadata())
                 return response
             except grpc.RpcError as error:
-                if error.code() in RETRYABLE_CODES:
-                    self._router.failed(address, time.monotonic())
-                delay = attempts.failed(error)
+                delay = call.failed(address, error)
             time.sleep(delay)
-        raise AssertionError("unreachable: cycle() never ends")
+        raise AssertionError("unreachable: the addresses cycle forever")
 
-    def _refresh_topology(self) -> None:
-        """Learn the ring from the first node that describes it (at most every 30 s)."""
-        if not self._router.needs_refresh(time.monotonic()):
-            return
-        topology = None
-        for address in self._router.candidates(None, time.monotonic()):
+    def _learn_topology(self) -> None:
+        """Learn the ring from the first node that describes it."""
+        for address in self._policy.topology_sources():
             stub = kv_pb2_grpc.ClusterStub(self._pool.get(address))
+            request = kv_pb2.GetClusterStateRequest()
             try:
-                state = stub.GetClusterState(kv_pb2.GetClusterStateRequest(), timeout=1.0)
+                state = stub.GetClusterState(request, timeout=TOPOLOGY_TIMEOUT_S)
             except grpc.RpcError:
-                self._router.failed(address, time.monotonic())
+                self._policy.topology_failed(address)
                 continue
-            topology = topology_from(state)
-            break
-        self._router.refreshed(topology, time.monotonic())
+            self._policy.topology_learnt(state)
+            return
+        self._policy.topology_learnt(None)
 
     def get(
         self, key: str, *, consistency: Level = None, timeout: float | None = None
