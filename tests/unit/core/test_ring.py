@@ -66,11 +66,19 @@ replica_counts = st.integers(min_value=1, max_value=6)
 small_vnode_counts = st.integers(min_value=1, max_value=8)
 
 
+def sorted_vnodes(nodes: Sequence[str], vnodes_per_node: int) -> list[tuple[int, str]]:
+    return sorted((vnode_token(node, i), node) for node in nodes for i in range(vnodes_per_node))
+
+
 def reference_preference_list(
     nodes: Sequence[str], vnodes_per_node: int, token: int, n: int
 ) -> tuple[str, ...]:
     """The preference list as the definition says it, with no cleverness."""
-    vnodes = sorted((vnode_token(node, i), node) for node in nodes for i in range(vnodes_per_node))
+    return walk_clockwise(sorted_vnodes(nodes, vnodes_per_node), token, n)
+
+
+def walk_clockwise(vnodes: Sequence[tuple[int, str]], token: int, n: int) -> tuple[str, ...]:
+    """The first n distinct nodes of sorted (token, node) vnodes, from ``token`` on."""
     if not vnodes:
         return ()
     first = next((i for i, (vnode, _) in enumerate(vnodes) if vnode >= token), 0)
@@ -79,7 +87,9 @@ def reference_preference_list(
         node = vnodes[(first + step) % len(vnodes)][1]
         if node not in found:
             found.append(node)
-    return tuple(found[:n])
+            if len(found) == n:
+                break
+    return tuple(found)
 
 
 def range_containing(ranges: Sequence[TokenRange], token: int) -> TokenRange:
@@ -252,12 +262,31 @@ def test_preference_list_of_more_nodes_than_the_ring_has() -> None:
         assert ring.preference_list(token, 2) == everyone[:2]
 
 
-def test_long_preference_lists_walk_past_the_cache() -> None:
+def test_lists_longer_than_the_cache() -> None:
     nodes = [f"node-{i}" for i in range(9)]
     ring = Ring(tuple(nodes), vnodes_per_node=5)
     for token in probe_tokens(ring):
-        for n in (4, 7, 9):
+        for n in (4, 7, 9, 12):
             assert ring.preference_list(token, n) == reference_preference_list(nodes, 5, token, n)
+    # The clockwise orders built for them are a cache, not part of the value.
+    assert ring == Ring(tuple(nodes), vnodes_per_node=5)
+    assert hash(ring) == hash(Ring(tuple(nodes), vnodes_per_node=5))
+    assert ring.with_node("node-9").preference_list(0, 10) == reference_preference_list(
+        [*nodes, "node-9"], 5, 0, 10
+    )
+
+
+def test_every_node_in_clockwise_order_on_a_default_ring() -> None:
+    # The server asks for all members (replicas, then stand-ins) on every request.
+    nodes = [f"node-{i}" for i in range(16)]
+    ring = Ring(tuple(nodes))
+    vnodes = sorted_vnodes(nodes, DEFAULT_VNODES_PER_NODE)
+    probes = [*KEY_TOKENS[:300], 0, MAX_TOKEN, vnodes[0][0], vnodes[-1][0], vnodes[-1][0] + 1]
+    for token in probes:
+        everyone = ring.preference_list(token, len(nodes))
+        assert everyone == walk_clockwise(vnodes, token, len(nodes))
+        assert ring.preference_list(token, 5) == everyone[:5]
+        assert ring.preference_list(token, 3) == everyone[:3]
 
 
 @pytest.mark.parametrize("token", [-1, TOKEN_SPACE, TOKEN_SPACE + 5])
