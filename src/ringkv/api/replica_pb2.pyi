@@ -182,6 +182,8 @@ class WriteResponse(_message.Message):
 
     REPLACED_LIVE_FIELD_NUMBER: _builtins.int
     CLOCK_FIELD_NUMBER: _builtins.int
+    NEWER_FIELD_NUMBER: _builtins.int
+    FAILED_FIELD_NUMBER: _builtins.int
     clock: _builtins.int
     @_builtins.property
     def replaced_live(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bool]:
@@ -189,15 +191,27 @@ class WriteResponse(_message.Message):
         (so a coordinated delete can say whether it deleted anything).
         """
 
+    @_builtins.property
+    def newer(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """One per record: 0 if stored; otherwise the timestamp of the equal or
+        newer version already held, which the coordinator must write past.
+        """
+
+    @_builtins.property
+    def failed(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bool]:
+        """One per record: the record could not be stored (the others were)."""
+
     def __init__(
         self,
         *,
         replaced_live: _abc.Iterable[_builtins.bool] | None = ...,
         clock: _builtins.int = ...,
+        newer: _abc.Iterable[_builtins.int] | None = ...,
+        failed: _abc.Iterable[_builtins.bool] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["clock", b"clock", "replaced_live", b"replaced_live"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clock", b"clock", "failed", b"failed", "newer", b"newer", "replaced_live", b"replaced_live"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

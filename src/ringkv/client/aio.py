@@ -52,10 +52,12 @@ class AsyncClient:
         request: RequestT,
         timeout: float | None,
         key: str | None = None,
+        *,
+        retry: bool = True,
     ) -> ResponseT:
         if self._policy.needs_topology(key):
             await self._learn_topology()
-        call = self._policy.start(key, timeout)
+        call = self._policy.start(key, timeout, retry=retry)
         for address in call.addresses:
             stub = kv_pb2_grpc.KeyValueStub(self._pool.get(address))
             try:
@@ -104,7 +106,13 @@ class AsyncClient:
         request = requests.set_request(
             key, value, ttl=ttl, if_version=if_version, if_absent=if_absent, consistency=consistency
         )
-        return (await self._call(lambda stub: stub.Set, request, timeout, key)).version
+        # A conditional write must not be sent twice: a retry could fail on
+        # the very write the first attempt made.
+        conditional = if_version is not None or if_absent
+        response = await self._call(
+            lambda stub: stub.Set, request, timeout, key, retry=not conditional
+        )
+        return response.version
 
     async def delete(
         self,
@@ -116,7 +124,10 @@ class AsyncClient:
     ) -> bool:
         """Delete a key; returns whether a live value was deleted."""
         request = requests.delete_request(key, if_version, consistency)
-        return (await self._call(lambda stub: stub.Delete, request, timeout, key)).found
+        response = await self._call(
+            lambda stub: stub.Delete, request, timeout, key, retry=if_version is None
+        )
+        return response.found
 
     async def get_many(
         self, keys: Sequence[str], *, consistency: Level = None, timeout: float | None = None

@@ -17,10 +17,13 @@ import grpc
 
 from ringkv.api import kv_pb2
 from ringkv.client.channels import endpoint_list
-from ringkv.client.retry import RETRYABLE_CODES, Attempts, RetryPolicy
+from ringkv.client.retry import Attempts, RetryPolicy
 from ringkv.client.routing import Router, token_key, topology_from
 
 TOPOLOGY_TIMEOUT_S = 1.0
+# Codes after which the next calls should try other nodes first. A deadline
+# is not retried (the write may have happened) but says the node may be hung.
+NODE_TROUBLE_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 
 
 class CallPolicy:
@@ -45,11 +48,12 @@ class CallPolicy:
         """Whether to (re)learn the ring before a call for ``key``."""
         return self.token_aware and key is not None and self.router.needs_refresh(time.monotonic())
 
-    def start(self, key: str | None, timeout: float | None) -> Call:
-        """The plan of one call."""
+    def start(self, key: str | None, timeout: float | None, *, retry: bool = True) -> Call:
+        """The plan of one call; ``retry=False`` for calls that must not run twice."""
         routing_key = None if key is None else token_key(key)
         candidates = self.router.candidates(routing_key, time.monotonic())
-        return Call(self, candidates, self.timeout if timeout is None else timeout)
+        retry_policy = self.retry if retry else RetryPolicy(attempts=1)
+        return Call(self, candidates, self.timeout if timeout is None else timeout, retry_policy)
 
     def topology_sources(self) -> list[str]:
         return self.router.candidates(None, time.monotonic())
@@ -65,9 +69,11 @@ class CallPolicy:
 class Call:
     """The attempts of one call: addresses in order, retries with backoff."""
 
-    def __init__(self, policy: CallPolicy, candidates: list[str], timeout: float) -> None:
+    def __init__(
+        self, policy: CallPolicy, candidates: list[str], timeout: float, retry: RetryPolicy
+    ) -> None:
         self._policy = policy
-        self._attempts = Attempts(policy.retry, policy.rng)
+        self._attempts = Attempts(retry, policy.rng)
         self.addresses: Iterator[str] = itertools.cycle(candidates)
         self.timeout = timeout
 
@@ -76,6 +82,6 @@ class Call:
 
     def failed(self, address: str, error: grpc.RpcError) -> float:
         """Seconds to pause before the next attempt; raises the typed error when done."""
-        if error.code() in RETRYABLE_CODES:
+        if error.code() in NODE_TROUBLE_CODES:
             self._policy.router.failed(address, time.monotonic())
         return self._attempts.failed(error)

@@ -66,6 +66,30 @@ class ApplyResult:
         return self.previous is not None and self.previous.is_live(now_ms)
 
 
+@dataclass(frozen=True, slots=True)
+class ReplicaAck:
+    """A replica's answer to a coordinated write."""
+
+    replaced_live: bool
+    """Whether a live value stood before the write."""
+    newer: int = 0
+    """0 if the record is now held; otherwise the timestamp of the newer
+    version that beat it, which the coordinator must write past."""
+
+
+def ack(record: Record, result: ApplyResult, now_ms: int) -> ReplicaAck:
+    """The answer a replica gives for ``record`` after applying it.
+
+    An equal version is the same write arriving again: it counts as held.
+    """
+    previous = result.previous
+    beaten = previous is not None and previous.version > record.version
+    return ReplicaAck(
+        replaced_live=result.previous_was_live(now_ms),
+        newer=previous.version.timestamp if beaten and previous is not None else 0,
+    )
+
+
 def resolve(mutation: Mutation, current: Record | None) -> ApplyResult:
     """Decide a mutation against the stored record: the rule every engine applies."""
     if current is not None and current.version >= mutation.record.version:

@@ -42,7 +42,7 @@ class Batcher(Generic[ItemT, ResultT]):
 
     async def submit(self, item: ItemT) -> ResultT:
         """The item's result, once the batch that carried it is done."""
-        if self._closing:
+        if self._closing or self._task.done():
             raise Unavailable(f"{self._name} is shutting down")
         future: asyncio.Future[ResultT] = asyncio.get_running_loop().create_future()
         self._pending.append((item, future))
@@ -60,6 +60,8 @@ class Batcher(Generic[ItemT, ResultT]):
                 del self._pending[: self._max_batch]
                 try:
                     results = await self._flush([item for item, _ in batch])
+                    if len(results) != len(batch):
+                        raise ValueError(f"{len(results)} results for {len(batch)} items")
                 except Exception as error:  # fail this batch, keep serving the next
                     for _, future in batch:
                         if not future.done():

@@ -15,15 +15,21 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from ringkv.core import quorum
 from ringkv.core.consistency import Consistency
-from ringkv.core.errors import RingkvError, Unavailable
+from ringkv.core.errors import (
+    DeadlineExceeded,
+    InternalError,
+    PreconditionFailed,
+    RingkvError,
+    Unavailable,
+)
 from ringkv.core.hlc import HybridLogicalClock, physical_ms
 from ringkv.core.quorum import Target
-from ringkv.core.records import NO_EXPIRY, Record, check_precondition
+from ringkv.core.records import NO_EXPIRY, Record, ReplicaAck, ack, check_precondition
 from ringkv.server.cluster_view import ClusterView
 from ringkv.server.counters import Counters
 from ringkv.server.local_store import LocalStore
@@ -31,6 +37,8 @@ from ringkv.server.local_store import LocalStore
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+_MAX_STAMPS = 3
+"""Rounds a write is stamped again past newer versions before giving up."""
 StandInFinder = Callable[[Target, set[str]], Target | None]
 """Given a failed target and the nodes in use, the node to try in its place."""
 
@@ -70,10 +78,10 @@ class Coordinator:
 
     async def read(self, key: bytes, level: Consistency, timeout_s: float) -> Record | None:
         """The key's live value at ``level``, or None."""
-        winner = await self._read_newest(key, level, timeout_s)
+        winner = await self._read_newest(key, level, _deadline(timeout_s))
         return winner if winner is not None and winner.is_live(self._now_ms()) else None
 
-    async def _read_newest(self, key: bytes, level: Consistency, timeout_s: float) -> Record | None:
+    async def _read_newest(self, key: bytes, level: Consistency, deadline: float) -> Record | None:
         """The newest version a quorum at ``level`` holds, tombstones included."""
         n, targets = self._targets(key, level)
         needed = quorum.required_replies(level, n)
@@ -84,7 +92,7 @@ class Coordinator:
             targets,
             lambda target: self._read_one(target, key),
             needed,
-            timeout_s,
+            deadline,
             "read",
             launch=needed,
             stand_in=self._stand_in_finder(key, level),
@@ -95,7 +103,7 @@ class Coordinator:
         if winner is not None and stale:
             if level is Consistency.LINEARIZABLE:
                 # ABD: make the winner durable at a quorum before anyone sees it.
-                await self._replicate(winner, level, timeout_s)
+                await self._send(winner, level, deadline)
             else:
                 self._spawn(self._repair(winner, stale))
         if winner is not None and late:
@@ -139,19 +147,33 @@ class Coordinator:
         ttl_ms: int = 0,
         expected: int | None = None,
     ) -> Written:
-        """Write a new version of a key at ``level``."""
-        if expected is None and level is not Consistency.LINEARIZABLE:
+        """Write a new version of a key at ``level``.
+
+        Raises Unavailable when the level cannot be met and nothing was sent
+        (safe to retry), DeadlineExceeded when the write was sent but too few
+        replicas confirmed it in time (it may or may not become visible).
+        """
+        deadline = _deadline(timeout_s)
+        conditional = expected is not None or level is Consistency.LINEARIZABLE
+        if not conditional and not self._key_locks.held(key):
             record = self._stamp(key, value, tombstone, ttl_ms)
-            return await self._replicate(record, level, timeout_s)
+            return await self._replicate(record, level, deadline)
+        # Conditional writes read, check and write under the key's lock; plain
+        # writes queue behind them so they cannot slip between check and write.
         async with self._key_locks.hold(key):
-            current = await self._read_newest(key, level, timeout_s)
-            check_precondition(expected, current, self._now_ms())
-            if current is not None:
-                self._clock.observe(current.version.timestamp)
+            if conditional:
+                current = await self._read_newest(key, level, deadline)
+                check_precondition(expected, current, self._now_ms())
+                if current is not None:
+                    self._clock.observe(current.version.timestamp)
             record = self._stamp(key, value, tombstone, ttl_ms)
-            return await self._replicate(record, level, timeout_s)
+            return await self._replicate(record, level, deadline, restamp=not conditional)
 
     def _stamp(self, key: bytes, value: bytes, tombstone: bool, ttl_ms: int) -> Record:
+        # Past the local copy first: the clock restarts at 0 with the process.
+        local = self._store.read(key)
+        if local is not None:
+            self._clock.observe(local.version.timestamp)
         version = self._clock.tick(self._now_ms())
         # Expiry counts from the version's time, not this node's wall clock:
         # the clock has caught up with every peer it heard from, so a node
@@ -159,25 +181,55 @@ class Coordinator:
         expires_at_ms = physical_ms(version.timestamp) + ttl_ms if ttl_ms else NO_EXPIRY
         return Record(key, value, version, tombstone=tombstone, expires_at_ms=expires_at_ms)
 
-    async def _replicate(self, record: Record, level: Consistency, timeout_s: float) -> Written:
-        """Send a stamped record to the key's targets; return once the level is met."""
-        n, targets = self._targets(record.key, level)
-        needed = quorum.required_replies(level, n)
-        acks, _ = await self._gather(
-            targets,
-            lambda target: self._write_one(target, record),
-            needed,
-            timeout_s,
-            "write",
-            launch=len(targets),
-            stand_in=self._stand_in_finder(record.key, level),
-        )
-        return Written(record, any(acks.values()))
+    async def _replicate(
+        self, record: Record, level: Consistency, deadline: float, *, restamp: bool = True
+    ) -> Written:
+        """Send a stamped record to the key's targets; return once the level is met.
 
-    async def _write_one(self, target: Target, record: Record) -> bool:
+        A replica holding a newer version (a coordinator whose clock ran
+        ahead) answers with its timestamp: the record is stamped again past it
+        and resent, so an acknowledged write is never silently lost to skew.
+        A conditional write does not do that: the key moved on since its check.
+        """
+        for _ in range(_MAX_STAMPS):
+            acks = await self._send(record, level, deadline)
+            newer = max(answer.newer for answer in acks)
+            if not newer:
+                return Written(record, any(answer.replaced_live for answer in acks))
+            if not restamp:
+                raise PreconditionFailed(
+                    "a newer version of the key appeared while the write was made",
+                    metadata={"expected": str(record.version.timestamp), "actual": str(newer)},
+                )
+            self._clock.observe(newer)
+            record = replace(record, version=self._clock.tick(self._now_ms()))
+        raise InternalError(f"could not write past newer versions in {_MAX_STAMPS} rounds")
+
+    async def _send(self, record: Record, level: Consistency, deadline: float) -> list[ReplicaAck]:
+        """The answers of a quorum at ``level`` to one record."""
+        n, targets = self._targets(record.key, level)
+        try:
+            acks, _ = await self._gather(
+                targets,
+                lambda target: self._write_one(target, record),
+                quorum.required_replies(level, n),
+                deadline,
+                "write",
+                launch=len(targets),
+                stand_in=self._stand_in_finder(record.key, level),
+            )
+        except Unavailable as error:
+            raise DeadlineExceeded(
+                f"{error.message}; the write may or may not become visible",
+                reason="WRITE_UNCERTAIN",
+                metadata=error.metadata,
+            ) from None
+        return list(acks.values())
+
+    async def _write_one(self, target: Target, record: Record) -> ReplicaAck:
         if target.node_id == self._view.node_id:
             result = await self._store.apply(record, hint_for=target.stands_in_for)
-            return result.previous_was_live(self._now_ms())
+            return ack(record, result, self._now_ms())
         peer = self._view.peers[target.node_id]
         return await peer.write(record, hint_for=target.stands_in_for)
 
@@ -195,7 +247,7 @@ class Coordinator:
         targets: list[Target],
         call: Callable[[Target], Coroutine[Any, Any, T]],
         needed: int,
-        timeout_s: float,
+        deadline: float,
         what: str,
         *,
         launch: int,
@@ -228,23 +280,26 @@ class Coordinator:
             start_next()
         results: dict[Target, T] = {}
         errors: list[BaseException] = []
-        deadline = loop.time() + timeout_s
-        while running and len(results) < needed:
-            done, _ = await asyncio.wait(
-                running, timeout=deadline - loop.time(), return_when=asyncio.FIRST_COMPLETED
-            )
-            if not done:
-                break
-            for task in done:
-                target = running.pop(task)
-                error = task.exception()
-                if error is None:
-                    results[target] = task.result()
-                else:
-                    errors.append(error)
-                    start_next(failed=target)
-        for task in running:
-            self._track(task)
+        try:
+            while running and len(results) < needed:
+                done, _ = await asyncio.wait(
+                    running, timeout=deadline - loop.time(), return_when=asyncio.FIRST_COMPLETED
+                )
+                if not done:
+                    break
+                for task in done:
+                    target = running.pop(task)
+                    error = task.exception()
+                    if error is None:
+                        results[target] = task.result()
+                    else:
+                        errors.append(error)
+                        start_next(failed=target)
+        finally:
+            # Calls still running (or orphaned by a cancelled request) finish
+            # in the background; close() waits for them.
+            for task in running:
+                self._track(task)
         if len(results) < needed:
             reasons = "; ".join(str(e) for e in errors if isinstance(e, RingkvError))
             raise Unavailable(
@@ -289,11 +344,20 @@ class Coordinator:
             task.cancel()
 
 
+def _deadline(timeout_s: float) -> float:
+    """The event loop time by which a request must be done."""
+    return asyncio.get_running_loop().time() + timeout_s
+
+
 class KeyLocks:
     """One asyncio lock per key, kept only while someone holds or awaits it."""
 
     def __init__(self) -> None:
         self._locks: dict[bytes, tuple[asyncio.Lock, int]] = {}
+
+    def held(self, key: bytes) -> bool:
+        """Whether someone holds or awaits the key's lock."""
+        return key in self._locks
 
     @asynccontextmanager
     async def hold(self, key: bytes) -> AsyncIterator[None]:

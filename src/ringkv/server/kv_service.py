@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, TypeVar
 import grpc
 
 from ringkv.api import kv_pb2
-from ringkv.api.headers import FORWARD_HOPS, RING_EPOCH, STATUS_DETAILS
+from ringkv.api.headers import FORWARD_HOPS, RING_EPOCH
 from ringkv.core.consistency import Consistency
 from ringkv.core.errors import InvalidArgument
 from ringkv.core.records import Record
@@ -24,7 +24,8 @@ from ringkv.core.validation import Limits, expected_version, ttl_ms
 from ringkv.server.cluster_view import ClusterView
 from ringkv.server.coordinator import Coordinator
 from ringkv.server.counters import Counters
-from ringkv.server.rpc import Context, Method, RelayedError
+from ringkv.server.errors import error_reason
+from ringkv.server.rpc import SHUTTING_DOWN, Context, Method, RelayedError
 
 if TYPE_CHECKING:  # the async stub type exists only in the generated .pyi
     from ringkv.api.kv_pb2_grpc import KeyValueAsyncStub
@@ -215,11 +216,19 @@ class KeyValueService:
                 metadata=((FORWARD_HOPS, str(hops + 1)),),
             )
         except grpc.aio.AioRpcError as error:
-            if _from_ringkv(error):
-                raise RelayedError(error) from None
-            # The owner is unreachable: any replica may coordinate instead.
-            peer.mark_down()
-            return None
+            reason = error_reason(error.trailing_metadata())
+            if reason == SHUTTING_DOWN or (
+                reason is None and error.code() == grpc.StatusCode.UNAVAILABLE
+            ):
+                # Nothing ran on the owner: it is unreachable or closing, and
+                # any replica may coordinate instead.
+                peer.mark_down()
+                return None
+            if reason is None and error.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                # A hung owner: it may have run the write, so its outcome is
+                # unknown to the caller, but later writes go elsewhere.
+                peer.mark_down()
+            raise RelayedError(error) from None
 
 
 def _get_response(record: Record | None) -> kv_pb2.GetResponse:
@@ -247,10 +256,3 @@ def _hops(context: Context) -> int:
         if key == FORWARD_HOPS:
             return int(value) if str(value).isdigit() else MAX_HOPS
     return 0
-
-
-def _from_ringkv(error: grpc.aio.AioRpcError) -> bool:
-    """Whether the error is an answer from a ringkv node, not a transport failure."""
-    return error.code() != grpc.StatusCode.UNAVAILABLE or any(
-        key == STATUS_DETAILS for key, _ in error.trailing_metadata() or ()
-    )

@@ -15,9 +15,9 @@ from collections.abc import Sequence
 import grpc
 
 from ringkv.api import kv_pb2, kv_pb2_grpc, replica_pb2, replica_pb2_grpc
-from ringkv.core.errors import Unavailable
+from ringkv.core.errors import InternalError, Unavailable
 from ringkv.core.hlc import HybridLogicalClock
-from ringkv.core.records import Record
+from ringkv.core.records import Record, ReplicaAck
 from ringkv.server.batching import Batcher
 from ringkv.server.wire import record_from_wire, record_to_wire
 
@@ -50,7 +50,7 @@ class Peer:
         self._replica = replica_pb2_grpc.ReplicaStub(self._channel)
         self.kv = kv_pb2_grpc.KeyValueStub(self._channel)
         """The peer's client API, for forwarding writes to it."""
-        self._writers: dict[str, Batcher[Record, bool]] = {}
+        self._writers: dict[str, Batcher[Record, ReplicaAck]] = {}
         self._reader: Batcher[bytes, Record | None] | None = None
 
     def _failed(self, error: grpc.aio.AioRpcError, what: str) -> Unavailable:
@@ -85,8 +85,8 @@ class Peer:
         self._clock.observe(response.clock)
         return [record_from_wire(r.record) if r.found else None for r in response.results]
 
-    async def write(self, record: Record, *, hint_for: str | None = None) -> bool:
-        """Send one record; whether it replaced a live value there.
+    async def write(self, record: Record, *, hint_for: str | None = None) -> ReplicaAck:
+        """Send one record; the replica's answer.
 
         Concurrent writes to this peer share one call.
         """
@@ -100,7 +100,9 @@ class Peer:
             )
         return await writer.submit(record)
 
-    async def _write_batch(self, records: list[Record], hint_for: str) -> list[bool]:
+    async def _write_batch(
+        self, records: list[Record], hint_for: str
+    ) -> list[ReplicaAck | Exception]:
         request = replica_pb2.WriteRequest(
             records=[record_to_wire(r) for r in records], hint_for=hint_for, clock=self._clock.last
         )
@@ -109,7 +111,14 @@ class Peer:
         except grpc.aio.AioRpcError as error:
             raise self._failed(error, "replica write") from None
         self._clock.observe(response.clock)
-        return list(response.replaced_live)
+        if not len(response.replaced_live) == len(response.newer) == len(records):
+            raise InternalError(f"{self.node_id} answered a write of {len(records)} records oddly")
+        return [
+            InternalError(f"{self.node_id} could not store the record")
+            if i < len(response.failed) and response.failed[i]
+            else ReplicaAck(response.replaced_live[i], response.newer[i])
+            for i in range(len(records))
+        ]
 
     async def probe(self) -> bool:
         """Ping the peer; mark it alive again if it answers."""

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 
 from ringkv.api import replica_pb2
 from ringkv.core.hlc import HybridLogicalClock
+from ringkv.core.records import ack
 from ringkv.server.local_store import LocalStore
 from ringkv.server.rpc import Context, Method
 from ringkv.server.wire import record_from_wire, record_to_wire
+
+log = logging.getLogger(__name__)
 
 
 class ReplicaService:
@@ -47,11 +51,23 @@ class ReplicaService:
     ) -> replica_pb2.WriteResponse:
         self._clock.observe(request.clock)
         hint_for = request.hint_for or None
+        records = [record_from_wire(r) for r in request.records]
+        # One record that cannot be stored must not fail the others in the call.
         applied = await asyncio.gather(
-            *(self._store.apply(record_from_wire(r), hint_for=hint_for) for r in request.records)
+            *(self._store.apply(record, hint_for=hint_for) for record in records),
+            return_exceptions=True,
         )
         now = self._now_ms()
-        return replica_pb2.WriteResponse(
-            replaced_live=[result.previous_was_live(now) for result in applied],
-            clock=self._clock.last,
-        )
+        response = replica_pb2.WriteResponse(clock=self._clock.last)
+        for record, result in zip(records, applied, strict=True):
+            if isinstance(result, BaseException):
+                log.warning("replica write failed", extra={"error": str(result)})
+                response.replaced_live.append(False)
+                response.newer.append(0)
+                response.failed.append(True)
+                continue
+            answer = ack(record, result, now)
+            response.replaced_live.append(answer.replaced_live)
+            response.newer.append(answer.newer)
+            response.failed.append(False)
+        return response

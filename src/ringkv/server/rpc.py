@@ -21,6 +21,9 @@ from ringkv.server.errors import abort_with
 
 log = logging.getLogger(__name__)
 
+SHUTTING_DOWN = "SHUTTING_DOWN"
+"""The reason a closing node gives: nothing of the request ran there."""
+
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 Handler = Callable[[Any, Context], Awaitable[Message]]
 
@@ -71,7 +74,8 @@ class Gate:
 
     A node that is shutting down closes the gate and waits for it to drain
     before stopping the gRPC server: calls that arrive meanwhile get a
-    retryable UNAVAILABLE instead of being cancelled mid-way by the stop.
+    retryable UNAVAILABLE (reason SHUTTING_DOWN) instead of being cancelled
+    mid-way by the stop.
     """
 
     def __init__(self) -> None:
@@ -82,7 +86,7 @@ class Gate:
     def enter(self) -> None:
         self._arrivals += 1
         if self._closed:
-            raise Unavailable("the node is shutting down")
+            raise Unavailable("the node is shutting down", reason=SHUTTING_DOWN)
         self._active += 1
 
     def leave(self) -> None:
@@ -90,7 +94,12 @@ class Gate:
 
     async def drain(self, timeout_s: float, *, quiet_s: float = 0.05) -> None:
         """Close, then wait (at most ``timeout_s``) until no call is inside a
-        handler and none arrived for ``quiet_s``."""
+        handler and none arrived for ``quiet_s``.
+
+        Calls already on their way when the gate closes still reach a handler
+        and are refused there; the quiet period lets them. Refused callers
+        retry elsewhere, so the arrivals stop.
+        """
         self._closed = True
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
