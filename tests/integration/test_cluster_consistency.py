@@ -335,3 +335,38 @@ def test_linearizable_history_survives_a_node_killed_midway(cluster: ClusterFact
     assert before_kill >= 20, "too little happened before the kill to judge"
     assert after_kill >= 20, "the two survivors served too little to judge"
     workload.check(min_completed=60)
+
+
+# -- writes are never lost to a lagging clock ---------------------------------------
+
+
+def test_a_write_from_a_lagging_coordinator_is_stamped_past_the_newer_version(
+    cluster: ClusterFactory,
+) -> None:
+    """node1 runs a minute ahead and is the only coordinator of keys that node3
+    does not replicate, so node3's clock never heard of node1's. A later write
+    coordinated by node3 reaches replicas holding node1's newer version: they
+    say so, node3 stamps the write again past it, and the acknowledged write is
+    what everyone reads."""
+    members = cluster(3, replicas=2, start=False)
+    members[0].extra_args += ["--clock-offset-ms", "+60000"]
+    for node in members:
+        node.launch()
+    for node in members:
+        node.wait_serving()
+    first, _, third = members
+    ring = ring_of(members)
+    keys = [key_with_replicas(ring, f"skewed-{i}-", ("node1", "node2")) for i in range(5)]
+    with (
+        ringkv.Client(first.address, token_aware=False) as ahead,
+        ringkv.Client(third.address, token_aware=False) as behind,
+    ):
+        old = {key: ahead.set(key, "old") for key in keys}
+        # MultiSet is coordinated by the node that receives it, owner or not.
+        new = behind.set_many(dict.fromkeys(keys, "new"))
+        for key in keys:
+            assert new[key] > old[key], key
+            for client in (ahead, behind):
+                entry = client.get(key)
+                assert entry is not None and entry.value == b"new", key
+    stop_all(members)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -225,3 +226,39 @@ def test_get_cluster_state_fills_the_seed_fields_and_covers_the_ring_once(
         ]
     # Every node describes the same cluster.
     assert all(state == answers[0] for state in answers)
+
+
+def test_a_hung_owner_is_routed_around(cluster: ClusterFactory) -> None:
+    """SIGSTOP the owner of some keys: the node is up but answers nothing. After
+    at most a few deadlines (whose writes may or may not have happened, so they
+    are not retried), the client and the other nodes route around it and
+    every write succeeds through a stand-in."""
+    members = cluster(3, "--peer-timeout", "0.5", replicas=2)
+    owner = members[0]
+    ring = ring_of(members)
+    keys = [
+        k for k in (f"hung-{i}" for i in range(400)) if ring.replicas(k.encode(), 2)[0] == "node1"
+    ]
+    assert owner.process is not None
+    owner.signal(signal.SIGSTOP)
+    try:
+        deadlines = 0
+        with ringkv.Client(addresses(members), timeout=2.0) as client:
+            started = time.monotonic()
+            for key in keys[:30]:
+                for _ in range(5):  # bounded: a few deadlines at most per key
+                    try:
+                        client.set(key, b"written while the owner hung")
+                        break
+                    except ringkv.errors.DeadlineExceeded:
+                        deadlines += 1
+                else:
+                    raise AssertionError(f"{key} never got written")
+            took = time.monotonic() - started
+            for key in keys[:30]:
+                assert value_of(client.get(key)) == b"written while the owner hung"
+        print(f"30 writes with the owner hung: {deadlines} deadlines, {took:.1f}s")
+        assert deadlines <= 5
+    finally:
+        owner.signal(signal.SIGCONT)
+        owner.kill()
