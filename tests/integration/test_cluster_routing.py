@@ -239,11 +239,12 @@ def test_a_hung_owner_is_routed_around(cluster: ClusterFactory) -> None:
     keys = [
         k for k in (f"hung-{i}" for i in range(400)) if ring.replicas(k.encode(), 2)[0] == "node1"
     ]
-    assert owner.process is not None
-    owner.signal(signal.SIGSTOP)
     try:
         deadlines = 0
         with ringkv.Client(addresses(members), timeout=2.0) as client:
+            for key in keys[:30]:  # every channel to the owner is open and in use
+                client.set(key, b"before")
+            owner.signal(signal.SIGSTOP)
             started = time.monotonic()
             for key in keys[:30]:
                 for _ in range(5):  # bounded: a few deadlines at most per key
