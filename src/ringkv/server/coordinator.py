@@ -167,7 +167,7 @@ class Coordinator:
                 if current is not None:
                     self._clock.observe(current.version.timestamp)
             record = self._stamp(key, value, tombstone, ttl_ms)
-            return await self._replicate(record, level, deadline, restamp=not conditional)
+            return await self._replicate(record, level, deadline, restamp=expected is None)
 
     def _stamp(self, key: bytes, value: bytes, tombstone: bool, ttl_ms: int) -> Record:
         # Past the local copy first: the clock restarts at 0 with the process.
