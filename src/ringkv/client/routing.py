@@ -76,9 +76,12 @@ class Router:
 
     def observe(self, trailing_metadata: Iterable[Any] | None, now: float) -> None:
         """Schedule a refresh at once if the server's ring is newer than ours."""
+        known = self.topology
         for key, value in trailing_metadata or ():
-            known = self.topology
-            if key == RING_EPOCH and known is not None and int(value) > known.ring.epoch:
+            if key != RING_EPOCH or known is None:
+                continue
+            epoch = str(value)
+            if epoch.isdigit() and int(epoch) > known.ring.epoch:
                 self._refresh_at = now
 
 
