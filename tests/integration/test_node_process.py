@@ -27,6 +27,7 @@ from ringkv.client.health import check, wait_until_serving
 from ringkv.core.errors import RingkvError, Unavailable
 from tests.support.load import ConcurrentWriter, assert_all_present
 from tests.support.nodes import NodeFactory, NodeProcess, child_env, wait_for
+from tests.support.tmpfs import small_tmpfs
 
 RINGKV = [sys.executable, "-m", "ringkv"]
 SEED_PEERS = "node2=127.0.0.1:50052,node3=127.0.0.1:50053"
@@ -440,3 +441,41 @@ def test_default_data_dir_is_data_slash_node_id_in_the_working_dir(
     assert (workdir / "data" / "nodeX" / "data.mdb").is_file()
     assert sorted(p.name for p in workdir.iterdir()) == ["data"]
     assert sorted(p.name for p in (workdir / "data").iterdir()) == ["nodeX"]
+
+
+# A full disk
+
+
+@pytest.mark.needs_root
+def test_a_full_disk_is_resource_exhausted_and_the_node_keeps_serving(
+    nodes: NodeFactory, tmp_path: Path
+) -> None:
+    """Writes fail with RESOURCE_EXHAUSTED (STORAGE_FULL) once the disk is full;
+    the node neither crashes nor loses what it stored, and still reads."""
+    with small_tmpfs(tmp_path / "disk", size="2m") as disk:
+        node = nodes("node1", "--data-dir", str(disk / "data"))
+        try:
+            value = bytes(range(256)) * 256  # 64 KiB
+            stored: list[str] = []
+            full: ringkv.errors.StorageFull | None = None
+            with ringkv.Client(node.address, token_aware=False) as client:
+                for i in range(200):  # 12.5 MiB: far past a 2 MiB disk
+                    try:
+                        client.set(f"fill/{i:03d}", value)
+                    except ringkv.errors.StorageFull as error:
+                        full = error
+                        break
+                    stored.append(f"fill/{i:03d}")
+                assert full is not None, "200 writes of 64 KiB fitted on a 2 MiB disk"
+                assert full.reason == "STORAGE_FULL"
+                assert stored, "not even one write fitted"
+                assert client.ping() == "node1"
+                for key in stored:
+                    entry = client.get(key)
+                    assert entry is not None
+                    assert entry.value == value
+            assert node.process is not None
+            assert node.process.poll() is None
+            assert node.stop() == 0, node.log_text()
+        finally:
+            node.kill()  # before the disk is unmounted under it

@@ -24,6 +24,7 @@ from ringkv.core.errors import (
     DeadlineExceeded,
     InternalError,
     PreconditionFailed,
+    ResourceExhausted,
     RingkvError,
     Unavailable,
 )
@@ -218,11 +219,18 @@ class Coordinator:
                 launch=len(targets),
                 stand_in=self._stand_in_finder(record.key, level),
             )
-        except Unavailable as error:
+        except QuorumFailed as failure:
+            if (
+                not failure.answered
+                and failure.errors
+                and all(isinstance(error, ResourceExhausted) for error in failure.errors)
+            ):
+                # Every replica refused it (full disks): it is stored nowhere.
+                raise failure.errors[0] from None
             raise DeadlineExceeded(
-                f"{error.message}; the write may or may not become visible",
+                f"{failure.message}; the write may or may not become visible",
                 reason="WRITE_UNCERTAIN",
-                metadata=error.metadata,
+                metadata=failure.metadata,
             ) from None
         return list(acks.values())
 
@@ -301,13 +309,7 @@ class Coordinator:
             for task in running:
                 self._track(task)
         if len(results) < needed:
-            reasons = "; ".join(str(e) for e in errors if isinstance(e, RingkvError))
-            raise Unavailable(
-                f"{what}: {len(results)} of {needed} required replicas answered"
-                + (f" ({reasons})" if reasons else ""),
-                reason="NOT_ENOUGH_REPLICAS",
-                metadata={"needed": str(needed), "answered": str(len(results))},
-            )
+            raise QuorumFailed(what, needed, len(results), errors)
         return results, running
 
     def _stand_in_finder(self, key: bytes, level: Consistency) -> StandInFinder | None:
@@ -347,6 +349,21 @@ class Coordinator:
 def _deadline(timeout_s: float) -> float:
     """The event loop time by which a request must be done."""
     return asyncio.get_running_loop().time() + timeout_s
+
+
+class QuorumFailed(Unavailable):
+    """Too few replicas answered a request in time."""
+
+    def __init__(self, what: str, needed: int, answered: int, errors: list[BaseException]) -> None:
+        reasons = "; ".join(str(e) for e in errors if isinstance(e, RingkvError))
+        super().__init__(
+            f"{what}: {answered} of {needed} required replicas answered"
+            + (f" ({reasons})" if reasons else ""),
+            reason="NOT_ENOUGH_REPLICAS",
+            metadata={"needed": str(needed), "answered": str(answered)},
+        )
+        self.answered = answered
+        self.errors = errors
 
 
 class KeyLocks:

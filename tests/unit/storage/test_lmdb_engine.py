@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
 import threading
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -18,6 +15,7 @@ from ringkv.core.records import ApplyResult, Outcome, Record
 from ringkv.core.tokens import token_of
 from ringkv.storage.engine import FsyncMode
 from ringkv.storage.lmdb_engine import LmdbEngine
+from tests.support.tmpfs import small_tmpfs
 
 from .helpers import by_version, hint, in_scan_order, put, rec, scan_all
 
@@ -275,43 +273,11 @@ def test_reads_run_while_writes_grow_the_map(tmp_path: Path) -> None:
 # --- (d) a full disk ---------------------------------------------------------
 
 
-def _cannot_run(reason: str) -> None:
-    """Skip, except in CI, which runs as root and must run these tests."""
-    if os.environ.get("CI"):
-        pytest.fail(f"{reason}; CI must run this test")
-    pytest.skip(reason)
-
-
 @pytest.fixture
 def tiny_tmpfs(tmp_path: Path) -> Iterator[Path]:
     """A mounted 2 MiB tmpfs, unmounted afterwards."""
-    if os.geteuid() != 0:
-        _cannot_run("needs root to mount a 2 MiB tmpfs")
-    mount, umount = shutil.which("mount"), shutil.which("umount")
-    if mount is None or umount is None:
-        _cannot_run("needs the mount and umount commands")
-    assert mount is not None
-    assert umount is not None
-    mountpoint = tmp_path / "tmpfs"
-    mountpoint.mkdir()
-    mounted = subprocess.run(
-        [mount, "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mountpoint)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if mounted.returncode != 0:
-        _cannot_run(f"cannot mount a tmpfs: {mounted.stderr.strip()}")
-    try:
+    with small_tmpfs(tmp_path / "tmpfs") as mountpoint:
         yield mountpoint
-    finally:
-        unmounted = subprocess.run(
-            [umount, str(mountpoint)], capture_output=True, text=True, check=False
-        )
-        if unmounted.returncode != 0:
-            # Detach it anyway so it does not outlive the test, then report.
-            subprocess.run([umount, "--lazy", str(mountpoint)], check=False)
-            pytest.fail(f"umount {mountpoint} failed: {unmounted.stderr.strip()}")
 
 
 @pytest.mark.needs_root
