@@ -423,3 +423,46 @@ def test_a_conditional_write_through_a_non_owner_is_forwarded_and_honoured(
         for reader in clients:
             assert seen(reader.get(key)) == (b"e", v3)
     assert node_stats(entry_node.address).forwarded_writes - before == 8
+
+
+# -- hinted handoff ------------------------------------------------------------------
+
+
+def test_hints_are_handed_off_when_the_node_is_back_then_dropped(
+    cluster: ClusterFactory,
+) -> None:
+    """RF 2 with node1 down: its writes go to a stand-in as hints. Once node1
+    is back, the stand-in hands them off and forgets them; node1 then holds
+    every write it missed, without any read repairing it."""
+    members = cluster(3, "--hint-replay-interval", "0.2", replicas=2)
+    first, second, third = members
+    ring = Ring(tuple(node.node_id for node in members))
+    keys = [
+        k for k in (f"handoff-{i}" for i in range(300)) if "node1" in ring.replicas(k.encode(), 2)
+    ]
+    keys = keys[:40]
+    first.kill()
+    with ringkv.Client(second.address, token_aware=False) as client:
+        for key in keys:
+            client.set(key, f"missed-{key}")
+    pending = sum(node_stats(node.address).hints_pending for node in (second, third))
+    assert pending == len(keys), pending
+    first.start()
+    wait_for(
+        lambda: sum(node_stats(n.address).hints_pending for n in (second, third)) == 0,
+        timeout=20,
+        what="every hint handed off",
+    )
+    replayed = sum(node_stats(node.address).hints_replayed for node in (second, third))
+    assert replayed == len(keys)
+    assert node_stats(first.address).read_repairs == 0
+    for node in members:
+        assert node.stop() == 0, node.log_text()
+    engine = LmdbEngine(first.data_dir)
+    try:
+        for key in keys:
+            record = engine.get(key.encode())
+            assert record is not None, key
+            assert record.value == f"missed-{key}".encode()
+    finally:
+        engine.close()

@@ -631,6 +631,8 @@ class GetNodeStatsResponse(_message.Message):
     EPOCH_FIELD_NUMBER: _builtins.int
     FORWARDED_WRITES_FIELD_NUMBER: _builtins.int
     READ_REPAIRS_FIELD_NUMBER: _builtins.int
+    HINTS_PENDING_FIELD_NUMBER: _builtins.int
+    HINTS_REPLAYED_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
     records: _builtins.int
     """Records stored, tombstones and expired values included (hints excluded)."""
@@ -641,6 +643,10 @@ class GetNodeStatsResponse(_message.Message):
     """Writes this node passed on to the key's owner since it started."""
     read_repairs: _builtins.int
     """Stale replicas this node repaired after reads since it started."""
+    hints_pending: _builtins.int
+    """Hints this node holds for nodes that were down."""
+    hints_replayed: _builtins.int
+    """Hints delivered to their node since this node started."""
     def __init__(
         self,
         *,
@@ -650,10 +656,12 @@ class GetNodeStatsResponse(_message.Message):
         epoch: _builtins.int = ...,
         forwarded_writes: _builtins.int = ...,
         read_repairs: _builtins.int = ...,
+        hints_pending: _builtins.int = ...,
+        hints_replayed: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes_used", b"bytes_used", "epoch", b"epoch", "forwarded_writes", b"forwarded_writes", "node_id", b"node_id", "read_repairs", b"read_repairs", "records", b"records"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes_used", b"bytes_used", "epoch", b"epoch", "forwarded_writes", b"forwarded_writes", "hints_pending", b"hints_pending", "hints_replayed", b"hints_replayed", "node_id", b"node_id", "read_repairs", b"read_repairs", "records", b"records"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

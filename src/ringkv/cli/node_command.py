@@ -89,6 +89,18 @@ def add_parser(commands: Commands) -> None:
         default=2.0,
         help="deadline of one call to another node, in seconds (default: 2)",
     )
+    parser.add_argument(
+        "--hint-ttl",
+        type=float,
+        default=3 * 3600.0,
+        help="seconds a hint for a down node is kept (default: 10800, 3 h)",
+    )
+    parser.add_argument(
+        "--hint-replay-interval",
+        type=float,
+        default=1.0,
+        help="seconds between offers of held hints to nodes that are back (default: 1)",
+    )
     # For tests of clock skew only.
     parser.add_argument("--clock-offset-ms", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--log-format", choices=LOG_FORMATS, default="text")
@@ -123,6 +135,8 @@ def config_from(args: argparse.Namespace) -> NodeConfig:
         vnodes=args.vnodes,
         request_timeout_s=args.request_timeout,
         peer_timeout_s=args.peer_timeout,
+        hint_ttl_s=args.hint_ttl,
+        hint_replay_interval_s=args.hint_replay_interval,
         clock_offset_ms=args.clock_offset_ms,
         log_format=args.log_format,
         log_level=args.log_level,

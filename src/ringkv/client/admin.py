@@ -45,6 +45,8 @@ class NodeStats:
     epoch: int
     forwarded_writes: int
     read_repairs: int
+    hints_pending: int
+    hints_replayed: int
 
 
 def cluster_state(endpoints: str | Sequence[str], *, timeout: float = 2.0) -> ClusterState:
@@ -93,4 +95,6 @@ def node_stats(address: str, *, timeout: float = 2.0) -> NodeStats:
         stats.epoch,
         stats.forwarded_writes,
         stats.read_repairs,
+        stats.hints_pending,
+        stats.hints_replayed,
     )

@@ -42,13 +42,17 @@ class Mutation:
     hint_for: str | None = None
     """Hold the record as a hint for this (down) node instead of storing it
     as this node's own replica."""
+    delivered: bool = False
+    """With ``hint_for``: the hint reached its node, so drop it if it is still
+    this version (a newer hint that arrived meanwhile stays)."""
 
 
 class Outcome(enum.Enum):
     """What a storage engine did with one mutation."""
 
     APPLIED = "applied"
-    """The record is now the key's newest version."""
+    """The record is now the key's newest version (for a delivered hint: the
+    hint is gone)."""
     STALE = "stale"
     """A newer (or equal) version was already stored; nothing changed."""
 
@@ -92,6 +96,9 @@ def ack(record: Record, result: ApplyResult, now_ms: int) -> ReplicaAck:
 
 def resolve(mutation: Mutation, current: Record | None) -> ApplyResult:
     """Decide a mutation against the stored record: the rule every engine applies."""
+    if mutation.delivered:
+        same = current is not None and current.version == mutation.record.version
+        return ApplyResult(Outcome.APPLIED if same else Outcome.STALE, current)
     if current is not None and current.version >= mutation.record.version:
         return ApplyResult(Outcome.STALE, current)
     return ApplyResult(Outcome.APPLIED, current)

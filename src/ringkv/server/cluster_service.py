@@ -95,4 +95,6 @@ class ClusterService:
             epoch=self._view.ring.epoch,
             forwarded_writes=self._counters.forwarded_writes,
             read_repairs=self._counters.read_repairs,
+            hints_pending=stats.hints,
+            hints_replayed=self._counters.hints_replayed,
         )

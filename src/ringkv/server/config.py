@@ -137,6 +137,10 @@ class NodeConfig:
     """The longest a coordinated request may take, whatever the caller's deadline."""
     peer_timeout_s: float = 2.0
     """The deadline of one call to a peer."""
+    hint_ttl_s: float = 3 * 3600.0
+    """How long a stand-in keeps a hint for a node that stays down."""
+    hint_replay_interval_s: float = 1.0
+    """How often hints are offered to the nodes that are back."""
     clock_offset_ms: int = 0
     """Added to the wall clock: lets tests give nodes skewed clocks."""
     log_format: str = "text"
@@ -163,6 +167,8 @@ class NodeConfig:
             raise ConfigError(f"vnodes must be between 1 and 4096, got {self.vnodes}")
         if self.request_timeout_s <= 0 or self.peer_timeout_s <= 0:
             raise ConfigError("timeouts must be positive")
+        if self.hint_ttl_s <= 0 or self.hint_replay_interval_s <= 0:
+            raise ConfigError("the hint TTL and replay interval must be positive")
         if self.shutdown_grace_s < 0:
             raise ConfigError("the shutdown grace period must not be negative")
 

@@ -11,3 +11,7 @@ class Counters:
     """Writes passed on to their key's owner."""
     read_repairs: int = 0
     """Stale replicas sent the newest version after a read."""
+    hints_replayed: int = 0
+    """Hints delivered to the node they were held for."""
+    hints_expired: int = 0
+    """Hints dropped unsent after the hint TTL."""

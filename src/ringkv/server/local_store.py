@@ -28,3 +28,7 @@ class LocalStore:
     async def apply(self, record: Record, *, hint_for: str | None = None) -> ApplyResult:
         """Store a record if it is newer than the one held (or the hint, with ``hint_for``)."""
         return await self._commits.submit(Mutation(record, hint_for=hint_for))
+
+    async def drop_hint(self, record: Record, node_id: str) -> None:
+        """Forget a hint held for ``node_id`` if it is still this version."""
+        await self._commits.submit(Mutation(record, hint_for=node_id, delivered=True))

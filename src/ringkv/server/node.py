@@ -24,6 +24,7 @@ from ringkv.server.commit import DEFAULT_MAX_BATCH, CommitQueue
 from ringkv.server.config import HostPort, NodeConfig
 from ringkv.server.coordinator import Coordinator
 from ringkv.server.counters import Counters
+from ringkv.server.hints import HintReplayer
 from ringkv.server.kv_service import KeyValueService
 from ringkv.server.local_store import LocalStore
 from ringkv.server.peers import Peer, PeerProber
@@ -81,6 +82,16 @@ async def serve(
         counters = Counters()
         coordinator = Coordinator(view, store, clock, now_ms, counters)
         resources.push_async_callback(coordinator.close)
+        replayer = HintReplayer(
+            engine,
+            store,
+            peers,
+            counters,
+            now_ms,
+            hint_ttl_ms=int(config.hint_ttl_s * 1000),
+            interval_s=config.hint_replay_interval_s,
+        )
+        resources.push_async_callback(replayer.close)
 
         peer_addresses = {peer.node_id: str(peer.address) for peer in config.peers}
         advertised = HostPort(config.advertised.host, config.advertised.port or port)

@@ -62,6 +62,16 @@ def stored_user_key(stored_key: bytes, data: bytes | memoryview) -> bytes:
     return bytes(stored_key[_TOKEN.size :])
 
 
+def hint_parts(stored_key: bytes, data: bytes | memoryview) -> tuple[bytes, str]:
+    """The key and the node a stored hint is for."""
+    (part_length,) = _KEY_LENGTH.unpack_from(stored_key, _TOKEN.size)
+    node_start = _TOKEN.size + _KEY_LENGTH.size + part_length
+    node_id = bytes(stored_key[node_start:]).decode("utf-8")
+    if data[0] & _KEY_IN_VALUE:
+        return stored_user_key(stored_key, data), node_id
+    return bytes(stored_key[_TOKEN.size + _KEY_LENGTH.size : node_start]), node_id
+
+
 def encode_record(record: Record) -> bytes:
     """The stored form of a record's version, flags, expiry and value."""
     node = record.version.node_id.encode("utf-8")

@@ -30,6 +30,8 @@ class EngineStats:
     """Stored records, tombstones and expired values included."""
     bytes_used: int
     """Bytes the records occupy (pages in use for LMDB)."""
+    hints: int = 0
+    """Hints held for other nodes."""
 
 
 class Engine(Protocol):
@@ -61,6 +63,10 @@ class Engine(Protocol):
 
     def scan(self, start_token: int, end_token: int) -> Iterator[Record]:
         """Records with ``start_token <= token < end_token``, in (token, key) order."""
+        ...
+
+    def scan_hints(self) -> Iterator[tuple[str, Record]]:
+        """Every hint held, with the node it is for."""
         ...
 
     def stats(self) -> EngineStats:

@@ -12,6 +12,7 @@ import os
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import lmdb
 
@@ -22,6 +23,7 @@ from ringkv.storage.codec import (
     decode_record,
     encode_record,
     hint_key,
+    hint_parts,
     hint_prefix,
     storage_key,
     stored_user_key,
@@ -114,7 +116,10 @@ class LmdbEngine:
                 current = None if data is None else decode_record(record.key, data)
                 result = resolve(mutation, current)
                 if result.outcome is Outcome.APPLIED:
-                    txn.put(stored_key, encode_record(record), db=db)
+                    if mutation.delivered:
+                        txn.delete(stored_key, db=db)
+                    else:
+                        txn.put(stored_key, encode_record(record), db=db)
                 results.append(result)
         return results
 
@@ -126,25 +131,33 @@ class LmdbEngine:
             self._env.set_mapsize(min(size * 2, self._max_map_bytes))
 
     def scan(self, start_token: int, end_token: int) -> Iterator[Record]:
-        # Chunks of short transactions: a long-lived reader would stop LMDB
-        # from reusing pages freed by the writes that go on meanwhile.
         if start_token >= end_token or start_token > MAX_TOKEN:
             return
-        position = token_bound(start_token)
         end = token_bound(end_token) if end_token <= MAX_TOKEN else None
-        skip_first = False
+        for stored_key, data in self._scan(self._records, token_bound(start_token), end):
+            yield decode_record(stored_user_key(stored_key, data), data)
+
+    def scan_hints(self) -> Iterator[tuple[str, Record]]:
+        for stored_key, data in self._scan(self._hints, b"", None):
+            key, node_id = hint_parts(stored_key, data)
+            yield node_id, decode_record(key, data)
+
+    def _scan(self, db: Any, start: bytes, end: bytes | None) -> Iterator[tuple[bytes, bytes]]:
+        # Chunks of short transactions: a long-lived reader would stop LMDB
+        # from reusing pages freed by the writes that go on meanwhile.
+        position, skip_first = start, False
         while True:
-            chunk = self._scan_chunk(position, end, skip_first)
-            yield from (record for _, record in chunk)
+            chunk = self._scan_chunk(db, position, end, skip_first)
+            yield from chunk
             if len(chunk) < _SCAN_CHUNK:
                 return
             position, skip_first = chunk[-1][0], True
 
     def _scan_chunk(
-        self, position: bytes, end: bytes | None, skip_first: bool
-    ) -> list[tuple[bytes, Record]]:
-        chunk: list[tuple[bytes, Record]] = []
-        with self._map_lock, self._env.begin(db=self._records) as txn:
+        self, db: Any, position: bytes, end: bytes | None, skip_first: bool
+    ) -> list[tuple[bytes, bytes]]:
+        chunk: list[tuple[bytes, bytes]] = []
+        with self._map_lock, self._env.begin(db=db) as txn:
             cursor = txn.cursor()
             if not cursor.set_range(position):
                 return chunk
@@ -153,8 +166,7 @@ class LmdbEngine:
                     break
                 if skip_first and stored_key == position:
                     continue
-                key = stored_user_key(stored_key, data)
-                chunk.append((stored_key, decode_record(key, data)))
+                chunk.append((stored_key, data))
                 if len(chunk) == _SCAN_CHUNK:
                     break
         return chunk
@@ -162,8 +174,11 @@ class LmdbEngine:
     def stats(self) -> EngineStats:
         with self._map_lock, self._env.begin() as txn:
             stat = txn.stat(self._records)
+            hints = txn.stat(self._hints)["entries"]
         pages = stat["branch_pages"] + stat["leaf_pages"] + stat["overflow_pages"]
-        return EngineStats(records=int(stat["entries"]), bytes_used=int(pages * stat["psize"]))
+        return EngineStats(
+            records=int(stat["entries"]), bytes_used=int(pages * stat["psize"]), hints=int(hints)
+        )
 
     def close(self) -> None:
         with self._map_lock:

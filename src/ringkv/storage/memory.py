@@ -40,7 +40,9 @@ class MemoryEngine:
                 if mutation.hint_for is not None:
                     store, slot = self._hints, (key, mutation.hint_for)
                 result = resolve(mutation, store.get(slot))
-                if result.outcome is Outcome.APPLIED:
+                if result.outcome is Outcome.APPLIED and mutation.delivered:
+                    del store[slot]
+                elif result.outcome is Outcome.APPLIED:
                     store[slot] = mutation.record
                 results.append(result)
         return results
@@ -55,10 +57,15 @@ class MemoryEngine:
         in_range.sort(key=lambda item: (item[0], item[1]))
         return iter([record for _, _, record in in_range])
 
+    def scan_hints(self) -> Iterator[tuple[str, Record]]:
+        with self._lock:
+            held = sorted(self._hints.items(), key=lambda item: (item[0][1], item[0][0]))
+        return iter([(node, record) for (_, node), record in held])
+
     def stats(self) -> EngineStats:
         with self._lock:
             size = sum(len(r.key) + len(r.value) for r in self._records.values())
-            return EngineStats(records=len(self._records), bytes_used=size)
+            return EngineStats(records=len(self._records), bytes_used=size, hints=len(self._hints))
 
     def close(self) -> None:
         with self._lock:

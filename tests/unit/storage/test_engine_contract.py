@@ -666,3 +666,43 @@ def test_engines_agree_on_every_scan(tmp_path: Path) -> None:
     finally:
         for engine in engines:
             engine.close()
+
+
+# --- hinted handoff: listing and dropping hints ----------------------------------------
+
+
+def delivered(record: Record, node: str) -> Mutation:
+    """The mutation that drops a hint its node acknowledged."""
+    return Mutation(record=record, hint_for=node, delivered=True)
+
+
+def test_scan_hints_lists_every_hint_with_its_node(engine: Engine) -> None:
+    long_key = b"L" * 600
+    held = {
+        (OTHER, rec(b"a", 1)),
+        (THIRD, rec(b"a", 2)),
+        (OTHER, rec(long_key, 3, b"long")),
+        (THIRD, rec(b"b", 4, tombstone=True)),
+    }
+    engine.apply([hint(record, node) for node, record in held])
+    engine.apply([put(rec(b"a", 9))])
+
+    assert set(engine.scan_hints()) == held
+    assert engine.stats().hints == len(held)
+    assert engine.stats().records == 1
+
+
+def test_a_delivered_hint_is_dropped_only_if_it_is_still_that_version(engine: Engine) -> None:
+    old, new = rec(b"k", 1, b"old"), rec(b"k", 2, b"new")
+    engine.apply([hint(old, OTHER), hint(new, OTHER), hint(old, THIRD)])
+
+    # A newer hint arrived after the old one was sent: it stays.
+    assert apply_mutation(engine, delivered(old, OTHER)).outcome is STALE
+    assert by_version(engine.get_hints(b"k")) == [old, new]
+    # The version that was sent is the one held: it goes, and only for that node.
+    assert apply_mutation(engine, delivered(new, OTHER)).outcome is APPLIED
+    assert engine.get_hints(b"k") == [old]
+    assert list(engine.scan_hints()) == [(THIRD, old)]
+    assert apply_mutation(engine, delivered(old, THIRD)).outcome is APPLIED
+    assert engine.stats().hints == 0
+    assert apply_mutation(engine, delivered(old, THIRD)).outcome is STALE

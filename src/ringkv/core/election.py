@@ -1,0 +1,457 @@
+"""Bully leader election for one node, as a sans-I/O state machine.
+
+Priority is id order: of the members that can reach a majority, the one with
+the highest id leads. The node does no I/O: :meth:`ElectionNode.start`,
+:meth:`~ElectionNode.receive` and :meth:`~ElectionNode.tick` return an
+:class:`Output` with the messages to send and the time ``tick`` must next be
+called; the caller owns the sockets and the clock.
+
+The protocol
+------------
+* The leader sends :class:`Heartbeat` to every member each
+  ``heartbeat_interval_ms``; members reply :class:`HeartbeatAck`.
+* A follower that hears no acceptable heartbeat for ``election_timeout_ms``
+  (plus a little random jitter, so followers do not all move at once) starts
+  an election: it sends :class:`Election` to every member with a higher id.
+* A member that gets an :class:`Election` from a lower id replies
+  :class:`Answer` and starts its own election (a leader instead reasserts
+  itself with a heartbeat). A candidate that gets an answer waits
+  ``election_timeout_ms`` for someone higher to take over, then tries again.
+* A candidate that gets no answer within ``answer_timeout_ms`` announces
+  :class:`Coordinator` with a new term (one past the largest term it has
+  seen) to every member. It becomes leader only once a majority, itself
+  included, has accepted that term with a :class:`CoordinatorAck`.
+
+Why at most one leader per term
+-------------------------------
+A member accepts a leader for a term only if the term is at least its
+current term, and it remembers the one leader it accepted for its current
+term (a candidate accepts itself for the term it announces). Terms a member
+has moved past are rejected outright, so a member accepts at most one leader
+per term. Two leaders of one term would need two majorities that each
+accepted a different leader; majorities intersect, so that cannot happen.
+
+Why the highest reachable id wins
+---------------------------------
+A member never accepts a leader with a lower id than its own: it rejects the
+claim and starts its own election, which it wins if it reaches a majority
+(the "bully" take-over when a higher node comes back). A leader keeps its
+role only while a majority acknowledged a heartbeat within the last
+``election_timeout_ms``; a leader cut off from the majority steps down.
+
+Terms are kept in memory only. A node that restarts must not be given a
+fresh state with a lower term unless it stays out of elections for a term's
+lifetime; persisting ``term`` and the accepted leader avoids that.
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+_NEVER = 1 << 62
+"""A time no timer reaches: the wake-up time when nothing is due."""
+
+# ---------------------------------------------------------------------------
+# Messages
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    """The leader's periodic "I am still leading"."""
+
+    leader: str
+    """The node that leads."""
+    term: int
+    """The term it leads."""
+
+
+@dataclass(frozen=True, slots=True)
+class HeartbeatAck:
+    """A member's reply to a :class:`Heartbeat`."""
+
+    sender: str
+    """The member that replies."""
+    term: int
+    """The heartbeat's term if accepted, else the member's own current term."""
+    accepted: bool
+    """Whether the member follows the heartbeat's leader in that term."""
+
+
+@dataclass(frozen=True, slots=True)
+class Election:
+    """A candidate asking every higher-id member whether it is alive."""
+
+    candidate: str
+    """The node that starts the election."""
+    term: int
+    """The candidate's current term."""
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A higher-id member's "I am alive, I take over" reply to an :class:`Election`."""
+
+    responder: str
+    """The member that replies."""
+    term: int
+    """The responder's current term."""
+
+
+@dataclass(frozen=True, slots=True)
+class Coordinator:
+    """A candidate's claim to lead a new term; it leads once a majority accepts."""
+
+    leader: str
+    """The candidate that claims the term."""
+    term: int
+    """The term it claims: one past the largest term it has seen."""
+
+
+@dataclass(frozen=True, slots=True)
+class CoordinatorAck:
+    """A member's reply to a :class:`Coordinator`."""
+
+    sender: str
+    """The member that replies."""
+    term: int
+    """The claimed term if accepted, else the member's own current term."""
+    accepted: bool
+    """Whether the member accepted the claimant as the leader of that term."""
+
+
+Message = Heartbeat | HeartbeatAck | Election | Answer | Coordinator | CoordinatorAck
+"""Every message the election protocol sends."""
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """A message and the member it goes to."""
+
+    to: str
+    """The member to deliver the message to."""
+    message: Message
+    """The message."""
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    """What the caller must do after feeding the node an event."""
+
+    messages: tuple[Envelope, ...]
+    """Messages to send, in order. Losing, delaying or duplicating them is safe."""
+    wake_at_ms: int
+    """When to call :meth:`ElectionNode.tick` next (it may be called earlier too)."""
+
+
+# ---------------------------------------------------------------------------
+# Configuration and state
+
+
+@dataclass(frozen=True, slots=True)
+class ElectionConfig:
+    """Timings of the election protocol. Every member should use the same."""
+
+    heartbeat_interval_ms: int = 1000
+    """How often the leader sends heartbeats."""
+    election_timeout_ms: int = 3000
+    """How long a follower waits without heartbeats before it starts an election,
+    and how long a leader keeps leading without acks from a majority."""
+    answer_timeout_ms: int = 1500
+    """How long a candidate waits for an :class:`Answer` (and for acks of its
+    :class:`Coordinator`) before it moves on."""
+    jitter_ms: int = 300
+    """Up to this much random delay is added to each follower's election timeout."""
+
+    def __post_init__(self) -> None:
+        if self.heartbeat_interval_ms <= 0 or self.answer_timeout_ms <= 0 or self.jitter_ms < 0:
+            raise ValueError(f"timings must be positive: {self!r}")
+        if self.election_timeout_ms <= self.heartbeat_interval_ms:
+            # Otherwise followers time out between two healthy heartbeats.
+            raise ValueError(
+                f"election_timeout_ms ({self.election_timeout_ms}) must exceed "
+                f"heartbeat_interval_ms ({self.heartbeat_interval_ms})"
+            )
+
+
+class Role(enum.Enum):
+    """What a node currently does in the election."""
+
+    FOLLOWER = "follower"
+    """Follows a leader, or waits for one to appear."""
+    CANDIDATE = "candidate"
+    """Runs an election."""
+    LEADER = "leader"
+    """Leads its term, acknowledged by a majority."""
+
+
+class _Phase(enum.Enum):
+    """Where a candidate is in its election."""
+
+    ELECTING = "electing"
+    """Sent :class:`Election` to higher ids; waits for an :class:`Answer`."""
+    AWAITING_COORDINATOR = "awaiting_coordinator"
+    """A higher id answered; waits for it to announce itself."""
+    COORDINATING = "coordinating"
+    """Announced :class:`Coordinator`; waits for a majority of acks."""
+
+
+def majority(members: int) -> int:
+    """The smallest number of members that is more than half of ``members``."""
+    return members // 2 + 1
+
+
+class ElectionNode:
+    """The election state machine of one member. Not thread-safe.
+
+    ``members`` lists every member, this node included; ids compare as
+    strings, and the highest id has the highest priority (so use ids of equal
+    length, or ``"n10"`` loses to ``"n9"``). ``rng`` only adds jitter to the
+    election timeout; seed it for reproducible runs.
+    """
+
+    def __init__(
+        self,
+        node_id: str,
+        members: Sequence[str],
+        config: ElectionConfig,
+        rng: random.Random,
+    ) -> None:
+        if node_id not in members:
+            raise ValueError(f"{node_id!r} is not one of the members {list(members)!r}")
+        self.node_id = node_id
+        self.members: tuple[str, ...] = tuple(sorted(set(members)))
+        self.config = config
+        self._rng = rng
+        self._others = tuple(m for m in self.members if m != node_id)
+        self._higher = tuple(m for m in self.members if m > node_id)
+        self._majority = majority(len(self.members))
+
+        self._role = Role.FOLLOWER
+        self._phase = _Phase.ELECTING
+        self._term = 0
+        # The one leader accepted for ``_term`` (this node itself while it
+        # claims the term). Lower terms are rejected outright, so this is all
+        # that is needed to never accept two leaders in one term.
+        self._term_leader: str | None = None
+        # The largest term seen in any message: a new claim must exceed it.
+        self._max_term_seen = 0
+        self._leader: str | None = None
+        # FOLLOWER: when it starts an election; CANDIDATE: when the phase times out.
+        self._deadline_ms = 0
+        # COORDINATING: the members that accepted the claimed term, self included.
+        self._acks: set[str] = set()
+        # LEADER: when each member last acknowledged this term, and the next heartbeat.
+        self._acked_at: dict[str, int] = {}
+        self._next_heartbeat_ms = 0
+        self._started = False
+
+    # -- observed state ------------------------------------------------------
+
+    @property
+    def role(self) -> Role:
+        """What this node currently does."""
+        return self._role
+
+    @property
+    def leader(self) -> str | None:
+        """The leader this node follows (itself when leading); None while it has none."""
+        return self._leader
+
+    @property
+    def term(self) -> int:
+        """The current term: the latest this node accepted a leader for, or claimed."""
+        return self._term
+
+    # -- events --------------------------------------------------------------
+
+    def start(self, now_ms: int) -> Output:
+        """Join the group: like a bully process that comes up, start an election."""
+        self._started = True
+        out: list[Envelope] = []
+        self._start_election(now_ms, out)
+        return self._output(out)
+
+    def tick(self, now_ms: int) -> Output:
+        """Act on whatever timer has expired by ``now_ms``; a no-op when none has."""
+        out: list[Envelope] = []
+        if not self._started:
+            return self._output(out)
+        if self._role is Role.LEADER:
+            if self._lease_expiry_ms() <= now_ms:
+                # Cut off from the majority: someone else may be elected by now.
+                self._step_down(now_ms)
+            elif self._next_heartbeat_ms <= now_ms:
+                self._send_heartbeats(now_ms, out)
+        elif self._deadline_ms <= now_ms:
+            if self._role is Role.FOLLOWER or self._phase is not _Phase.ELECTING:
+                # No heartbeat in time, no one took over after answering, or
+                # no majority accepted the claim: (re)start the election.
+                self._start_election(now_ms, out)
+            else:
+                # No higher id answered: claim leadership.
+                self._claim(now_ms, out)
+        return self._output(out)
+
+    def receive(self, message: Message, now_ms: int) -> Output:
+        """Handle one message from another member."""
+        out: list[Envelope] = []
+        if self._started:
+            self._max_term_seen = max(self._max_term_seen, message.term)
+            match message:
+                case Heartbeat(leader, term) | Coordinator(leader, term):
+                    if leader == self.node_id:
+                        return self._output(out)  # Our own claim echoed back.
+                    accepted = self._on_claim(leader, term, now_ms, out)
+                    ack_type = HeartbeatAck if isinstance(message, Heartbeat) else CoordinatorAck
+                    ack_term = term if accepted else self._term
+                    out.insert(0, Envelope(leader, ack_type(self.node_id, ack_term, accepted)))
+                case HeartbeatAck(sender, term, accepted) | CoordinatorAck(sender, term, accepted):
+                    self._on_ack(sender, term, accepted, now_ms, out)
+                case Election(candidate, _):
+                    self._on_election(candidate, now_ms, out)
+                case Answer(responder, _):
+                    if (
+                        self._role is Role.CANDIDATE
+                        and self._phase is _Phase.ELECTING
+                        and responder > self.node_id
+                    ):
+                        self._phase = _Phase.AWAITING_COORDINATOR
+                        self._deadline_ms = now_ms + self._election_timeout()
+        return self._output(out)
+
+    # -- handlers ------------------------------------------------------------
+
+    def _on_claim(self, leader: str, term: int, now_ms: int, out: list[Envelope]) -> bool:
+        """A Heartbeat or Coordinator from ``leader`` for ``term``: follow it or not."""
+        if leader < self.node_id:
+            # Bully: a lower id never leads us. We are alive, so we take over.
+            if self._role is not Role.CANDIDATE:
+                self._start_election(now_ms, out)
+            return False
+        if term < self._term or (term == self._term and self._term_leader not in (None, leader)):
+            return False  # A term we moved past, or one we gave to someone else.
+        self._term = term
+        self._term_leader = leader
+        self._role = Role.FOLLOWER
+        self._leader = leader
+        self._acked_at.clear()
+        self._deadline_ms = now_ms + self._election_timeout()
+        return True
+
+    def _on_ack(
+        self, sender: str, term: int, accepted: bool, now_ms: int, out: list[Envelope]
+    ) -> None:
+        """A member's reply to our Heartbeat or Coordinator."""
+        if accepted:
+            if term != self._term or self._term_leader != self.node_id:
+                return  # A reply to an older claim.
+            if self._role is Role.LEADER:
+                self._acked_at[sender] = now_ms
+            elif self._role is Role.CANDIDATE and self._phase is _Phase.COORDINATING:
+                self._acks.add(sender)
+                self._acked_at[sender] = now_ms
+                if len(self._acks) >= self._majority:
+                    self._become_leader(now_ms, out)
+            return
+        if self._role is Role.FOLLOWER or term < self._term:
+            return  # Not claiming anything, or a stale rejection.
+        if self._role is Role.CANDIDATE and self._phase is not _Phase.COORDINATING:
+            return
+        if sender > self.node_id:
+            # A higher id is alive and will take over (bully); wait for it.
+            self._role = Role.CANDIDATE
+            self._phase = _Phase.AWAITING_COORDINATOR
+            self._leader = None
+            self._deadline_ms = now_ms + self._election_timeout()
+        elif term >= self._term:
+            # A lower id follows another leader in this term or a later one:
+            # claim a term past it so that it can follow us.
+            self._claim(now_ms, out)
+
+    def _on_election(self, candidate: str, now_ms: int, out: list[Envelope]) -> None:
+        """A lower id asks whether anyone higher is alive."""
+        if candidate >= self.node_id:
+            return  # Elections only go to higher ids; ignore a misdirected one.
+        out.append(Envelope(candidate, Answer(self.node_id, self._term)))
+        if self._role is Role.LEADER:
+            # Reassert ourselves to the candidate rather than start over.
+            out.append(Envelope(candidate, Heartbeat(self.node_id, self._term)))
+        elif self._role is Role.FOLLOWER:
+            self._start_election(now_ms, out)
+
+    # -- transitions ---------------------------------------------------------
+
+    def _start_election(self, now_ms: int, out: list[Envelope]) -> None:
+        """Ask every higher id whether it is alive; with none, claim at once."""
+        self._role = Role.CANDIDATE
+        self._leader = None
+        self._acked_at.clear()
+        if not self._higher:
+            self._claim(now_ms, out)
+            return
+        self._phase = _Phase.ELECTING
+        self._deadline_ms = now_ms + self.config.answer_timeout_ms
+        out.extend(Envelope(m, Election(self.node_id, self._term)) for m in self._higher)
+
+    def _claim(self, now_ms: int, out: list[Envelope]) -> None:
+        """Announce a new term with ourselves as leader; lead once a majority accepts."""
+        self._role = Role.CANDIDATE
+        self._phase = _Phase.COORDINATING
+        self._leader = None
+        self._term = self._max_term_seen = self._max_term_seen + 1
+        self._term_leader = self.node_id
+        self._acks = {self.node_id}
+        self._acked_at.clear()
+        self._deadline_ms = now_ms + self.config.answer_timeout_ms
+        if len(self._acks) >= self._majority:
+            self._become_leader(now_ms, out)
+            return
+        out.extend(Envelope(m, Coordinator(self.node_id, self._term)) for m in self._others)
+
+    def _become_leader(self, now_ms: int, out: list[Envelope]) -> None:
+        self._role = Role.LEADER
+        self._leader = self.node_id
+        self._acks = set()
+        self._send_heartbeats(now_ms, out)
+
+    def _step_down(self, now_ms: int) -> None:
+        """Stop leading; start an election if no leader shows up in time."""
+        self._role = Role.FOLLOWER
+        self._leader = None
+        self._acked_at.clear()
+        self._deadline_ms = now_ms + self._election_timeout()
+
+    def _send_heartbeats(self, now_ms: int, out: list[Envelope]) -> None:
+        self._next_heartbeat_ms = now_ms + self.config.heartbeat_interval_ms
+        out.extend(Envelope(m, Heartbeat(self.node_id, self._term)) for m in self._others)
+
+    # -- helpers -------------------------------------------------------------
+
+    def _election_timeout(self) -> int:
+        return self.config.election_timeout_ms + self._rng.randint(0, self.config.jitter_ms)
+
+    def _lease_expiry_ms(self) -> int:
+        """When the leader has gone ``election_timeout_ms`` without a majority of acks.
+
+        The lease runs from the oldest of the ``majority - 1`` most recent
+        acks from other members (this node counts for itself).
+        """
+        needed = self._majority - 1
+        if needed == 0:
+            return _NEVER  # A single member is always its own majority.
+        recent = sorted(self._acked_at.values(), reverse=True)
+        if len(recent) < needed:
+            return 0  # Cannot happen after a majority acked; step down to be safe.
+        return recent[needed - 1] + self.config.election_timeout_ms
+
+    def _output(self, out: list[Envelope]) -> Output:
+        if not self._started:
+            wake = _NEVER
+        elif self._role is Role.LEADER:
+            wake = min(self._next_heartbeat_ms, self._lease_expiry_ms())
+        else:
+            wake = self._deadline_ms
+        return Output(tuple(out), wake)
