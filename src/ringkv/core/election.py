@@ -198,6 +198,19 @@ class _Phase(enum.Enum):
     """Announced :class:`Coordinator`; waits for a majority of acks."""
 
 
+def _sender(message: Message) -> str:
+    """The member that sent a message (every message names it)."""
+    match message:
+        case Heartbeat(leader, _) | Coordinator(leader, _):
+            return leader
+        case HeartbeatAck(sender, _, _) | CoordinatorAck(sender, _, _):
+            return sender
+        case Election(candidate, _):
+            return candidate
+        case Answer(responder, _):
+            return responder
+
+
 def majority(members: int) -> int:
     """The smallest number of members that is more than half of ``members``."""
     return members // 2 + 1
@@ -225,6 +238,7 @@ class ElectionNode:
         self.members: tuple[str, ...] = tuple(sorted(set(members)))
         self.config = config
         self._rng = rng
+        self._member_set = frozenset(self.members)
         self._others = tuple(m for m in self.members if m != node_id)
         self._higher = tuple(m for m in self.members if m > node_id)
         self._majority = majority(len(self.members))
@@ -296,9 +310,9 @@ class ElectionNode:
         return self._output(out)
 
     def receive(self, message: Message, now_ms: int) -> Output:
-        """Handle one message from another member."""
+        """Handle one message from another member; messages from non-members are ignored."""
         out: list[Envelope] = []
-        if self._started:
+        if self._started and _sender(message) in self._member_set:
             self._max_term_seen = max(self._max_term_seen, message.term)
             match message:
                 case Heartbeat(leader, term) | Coordinator(leader, term):
@@ -448,6 +462,7 @@ class ElectionNode:
         return recent[needed - 1] + self.config.election_timeout_ms
 
     def _output(self, out: list[Envelope]) -> Output:
+        """The messages to send and the next wake-up, whatever the role."""
         if not self._started:
             wake = _NEVER
         elif self._role is Role.LEADER:

@@ -1,0 +1,327 @@
+"""Bully election: hand-written scenarios on single nodes and small fake clusters."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from ringkv.core.election import (
+    Answer,
+    Coordinator,
+    CoordinatorAck,
+    Election,
+    ElectionConfig,
+    ElectionNode,
+    Envelope,
+    Heartbeat,
+    HeartbeatAck,
+    Role,
+)
+from tests.sim.network import Faults, SimNetwork
+
+CONFIG = ElectionConfig()
+ET = CONFIG.election_timeout_ms
+# Long enough for any election to finish on a healthy network: a timeout with
+# jitter, an unanswered Election, then one Coordinator round trip.
+SETTLE_MS = 2 * ET
+THREE = ("n1", "n2", "n3")
+FIVE = ("n1", "n2", "n3", "n4", "n5")
+
+
+def node(node_id: str = "n2", members: tuple[str, ...] = THREE) -> ElectionNode:
+    return ElectionNode(node_id, members, CONFIG, random.Random(0))
+
+
+def cluster(members: tuple[str, ...] = THREE, seed: int = 0) -> SimNetwork:
+    net = SimNetwork(members, CONFIG, random.Random(seed), Faults(min_delay_ms=5, max_delay_ms=5))
+    net.start()
+    return net
+
+
+def leaders(net: SimNetwork) -> list[str]:
+    return [n for n, state in net.nodes.items() if state.role is Role.LEADER]
+
+
+def follow(state: ElectionNode, leader: str, term: int) -> None:
+    """Make ``state`` a follower of ``leader`` in ``term``."""
+    out = state.receive(Coordinator(leader, term), 0)
+    assert out.messages[0] == Envelope(leader, CoordinatorAck(state.node_id, term, True))
+    assert (state.role, state.leader, state.term) == (Role.FOLLOWER, leader, term)
+
+
+# -- single nodes -------------------------------------------------------------
+
+
+def test_a_single_node_leads_itself_at_once() -> None:
+    alone = node("solo", ("solo",))
+    out = alone.start(100)
+    assert (alone.role, alone.leader, alone.term) == (Role.LEADER, "solo", 1)
+    assert out.messages == ()
+    out = alone.tick(out.wake_at_ms)
+    assert alone.role is Role.LEADER
+    assert alone.tick(10 * ET).messages == ()
+    assert alone.role is Role.LEADER
+
+
+def test_nothing_happens_before_start() -> None:
+    state = node()
+    assert state.tick(10 * ET).messages == ()
+    assert state.receive(Heartbeat("n3", 1), 0).messages == ()
+    assert (state.role, state.leader, state.term) == (Role.FOLLOWER, None, 0)
+
+
+def test_messages_from_non_members_are_ignored() -> None:
+    state = node("n3")
+    state.start(0)
+    # An ack from a stranger must not count towards the majority.
+    assert state.receive(CoordinatorAck("zz", 1, True), 1).messages == ()
+    assert state.receive(Coordinator("zz", 9), 1).messages == ()
+    assert (state.role, state.term) == (Role.CANDIDATE, 1)
+
+
+def test_start_asks_only_higher_ids() -> None:
+    out = node("n2").start(0)
+    assert out.messages == (Envelope("n3", Election("n2", 0)),)
+    assert out.wake_at_ms == CONFIG.answer_timeout_ms
+
+
+def test_the_highest_id_claims_once_no_one_higher_exists() -> None:
+    state = node("n3")
+    out = state.start(0)
+    assert state.role is Role.CANDIDATE
+    assert set(out.messages) == {
+        Envelope("n1", Coordinator("n3", 1)),
+        Envelope("n2", Coordinator("n3", 1)),
+    }
+    # A majority of three is two: one accepted ack besides its own suffices.
+    out = state.receive(CoordinatorAck("n1", 1, True), 10)
+    assert (state.role, state.leader, state.term) == (Role.LEADER, "n3", 1)
+    assert set(out.messages) == {
+        Envelope("n1", Heartbeat("n3", 1)),
+        Envelope("n2", Heartbeat("n3", 1)),
+    }
+
+
+def test_no_answer_then_claim_answer_then_wait() -> None:
+    state = node("n2")
+    out = state.start(0)
+    out = state.tick(out.wake_at_ms)
+    assert set(out.messages) == {
+        Envelope("n1", Coordinator("n2", 1)),
+        Envelope("n3", Coordinator("n2", 1)),
+    }
+
+    other = node("n2")
+    other.start(0)
+    out = other.receive(Answer("n3", 0), 10)
+    assert out.messages == ()
+    assert out.wake_at_ms >= 10 + ET  # Waits for n3 to announce itself.
+    assert other.tick(CONFIG.answer_timeout_ms).messages == ()
+    assert other.role is Role.CANDIDATE
+
+
+def test_a_higher_node_answers_an_election_and_runs_its_own() -> None:
+    state = node("n2")
+    state.start(0)
+    follow(state, "n3", 1)
+    out = state.receive(Election("n1", 1), 50)
+    assert out.messages == (
+        Envelope("n1", Answer("n2", 1)),
+        Envelope("n3", Election("n2", 1)),
+    )
+    assert state.role is Role.CANDIDATE
+
+
+def test_a_leader_answers_an_election_with_a_heartbeat() -> None:
+    state = node("n3")
+    state.start(0)
+    state.receive(CoordinatorAck("n2", 1, True), 1)
+    out = state.receive(Election("n1", 0), 50)
+    assert out.messages == (Envelope("n1", Answer("n3", 1)), Envelope("n1", Heartbeat("n3", 1)))
+    assert state.role is Role.LEADER
+
+
+def test_tick_is_idempotent() -> None:
+    state = node("n3")
+    state.start(0)
+    state.receive(CoordinatorAck("n1", 1, True), 1)
+    state.receive(HeartbeatAck("n1", 1, True), 2)
+    first = state.tick(CONFIG.heartbeat_interval_ms + 1)
+    assert len(first.messages) == 2
+    for _ in range(3):
+        again = state.tick(CONFIG.heartbeat_interval_ms + 1)
+        assert again.messages == ()
+        assert again.wake_at_ms == first.wake_at_ms
+    # A spurious early tick does nothing either.
+    follower = node("n1")
+    follower.start(0)
+    follow(follower, "n3", 1)
+    assert follower.tick(1).messages == ()
+    assert follower.tick(ET - 1).messages == ()
+    assert follower.role is Role.FOLLOWER
+
+
+def test_lower_term_messages_are_rejected() -> None:
+    state = node("n2")
+    state.start(0)
+    follow(state, "n3", 5)
+    out = state.receive(Heartbeat("n3", 4), 10)
+    assert out.messages == (Envelope("n3", HeartbeatAck("n2", 5, False)),)
+    out = state.receive(Coordinator("n3", 3), 10)
+    assert out.messages == (Envelope("n3", CoordinatorAck("n2", 5, False)),)
+    assert (state.leader, state.term) == ("n3", 5)
+
+
+def test_a_node_never_accepts_two_leaders_in_one_term() -> None:
+    state = node("n1", FIVE)
+    state.start(0)
+    follow(state, "n4", 2)
+    for claim in (Coordinator("n5", 2), Heartbeat("n5", 2), Coordinator("n3", 2)):
+        out = state.receive(claim, 10)
+        assert not out.messages[0].message.accepted  # type: ignore[union-attr]
+        assert (state.leader, state.term) == ("n4", 2)
+    # A later term may have another leader.
+    follow(state, "n5", 3)
+
+
+def test_a_candidate_does_not_accept_another_leader_in_its_own_term() -> None:
+    state = node("n2")
+    state.start(0)
+    state.tick(CONFIG.answer_timeout_ms)  # No answer: claims term 1 for itself.
+    assert state.term == 1
+    out = state.receive(Coordinator("n3", 1), 1600)
+    assert out.messages == (Envelope("n3", CoordinatorAck("n2", 1, False)),)
+    follow(state, "n3", 2)
+
+
+def test_a_lower_id_never_leads_a_higher_one() -> None:
+    state = node("n3")
+    state.start(0)
+    state.receive(CoordinatorAck("n1", 1, True), 1)
+    out = state.receive(Heartbeat("n2", 7), 10)
+    # It takes over: as the highest id it claims a term past the one it saw,
+    # and its rejection tells n2 about that term.
+    assert out.messages[0] == Envelope("n2", HeartbeatAck("n3", 8, False))
+    assert Envelope("n1", Coordinator("n3", 8)) in out.messages
+    assert state.role is Role.CANDIDATE
+
+
+def test_a_claimant_rejected_by_a_higher_id_waits_for_it() -> None:
+    state = node("n2")
+    state.start(0)
+    state.tick(CONFIG.answer_timeout_ms)
+    out = state.receive(CoordinatorAck("n3", 1, False), 1600)
+    assert out.messages == ()
+    assert state.role is Role.CANDIDATE
+    assert out.wake_at_ms >= 1600 + ET
+
+
+def test_a_claimant_rejected_for_its_term_claims_a_later_one() -> None:
+    state = node("n3")
+    state.start(0)
+    out = state.receive(CoordinatorAck("n1", 4, False), 10)
+    assert Envelope("n1", Coordinator("n3", 5)) in out.messages
+    assert state.term == 5
+
+
+def test_a_leader_that_sees_a_higher_term_steps_down() -> None:
+    state = node("n2", ("n1", "n2"))
+    state.start(0)
+    assert (state.role, state.term) == (Role.CANDIDATE, 1)
+    state.receive(CoordinatorAck("n1", 1, True), 1)
+    assert state.role is Role.LEADER
+    # n1 now follows someone in a later term (it was told by a higher node).
+    out = state.receive(HeartbeatAck("n1", 3, False), 5)
+    assert state.role is not Role.LEADER
+    assert out.messages == (Envelope("n1", Coordinator("n2", 4)),)
+
+
+def test_a_leader_steps_down_without_acks_from_a_majority() -> None:
+    state = node("n3")
+    out = state.start(0)
+    out = state.receive(CoordinatorAck("n1", 1, True), 0)
+    now = 0
+    while now < ET:
+        now = out.wake_at_ms
+        out = state.tick(now)
+    assert now == ET  # Woken exactly when the lease runs out.
+    assert (state.role, state.leader) == (Role.FOLLOWER, None)
+
+
+def test_config_is_validated() -> None:
+    with pytest.raises(ValueError, match="must exceed"):
+        ElectionConfig(heartbeat_interval_ms=3000, election_timeout_ms=3000)
+    with pytest.raises(ValueError, match="positive"):
+        ElectionConfig(answer_timeout_ms=0)
+    with pytest.raises(ValueError, match="not one of the members"):
+        ElectionNode("x", THREE, CONFIG, random.Random(0))
+
+
+# -- small clusters on a reliable network ---------------------------------------
+
+
+def test_three_nodes_elect_the_highest_id() -> None:
+    net = cluster()
+    net.run_until(SETTLE_MS)
+    assert leaders(net) == ["n3"]
+    assert {n.leader for n in net.nodes.values()} == {"n3"}
+    assert len({n.term for n in net.nodes.values()}) == 1
+    net.run_until(10 * ET)  # And it stays that way.
+    assert leaders(net) == ["n3"]
+    assert {n.leader for n in net.nodes.values()} == {"n3"}
+
+
+def test_when_the_leader_dies_the_next_highest_takes_over() -> None:
+    net = cluster()
+    net.run_until(SETTLE_MS)
+    old_term = net.nodes["n3"].term
+    dead_at = net.now_ms
+    net.isolate("n3")
+    net.run_until(dead_at + ET - 1)
+    assert "n2" not in leaders(net)  # Nobody moves before the election timeout.
+    net.run_until(dead_at + SETTLE_MS)
+    assert net.nodes["n2"].role is Role.LEADER
+    assert net.nodes["n1"].leader == "n2"
+    assert net.nodes["n2"].term > old_term
+    # The cut-off leader lost its majority, so it stepped down.
+    assert net.nodes["n3"].role is not Role.LEADER
+
+
+def test_the_old_leader_returns_and_takes_over_with_a_higher_term() -> None:
+    net = cluster()
+    net.run_until(SETTLE_MS)
+    net.isolate("n3")
+    net.run_until(2 * SETTLE_MS)
+    assert leaders(net) == ["n2"]
+    n2_term = net.nodes["n2"].term
+    net.heal()
+    net.run_until(3 * SETTLE_MS)
+    assert leaders(net) == ["n3"]
+    assert net.nodes["n3"].term > n2_term
+    assert {n.leader for n in net.nodes.values()} == {"n3"}
+
+
+def test_a_minority_partition_never_elects_a_leader() -> None:
+    net = cluster(FIVE)
+    net.partition(("n1", "n2", "n3"), ("n4", "n5"))
+    seen_leading: set[str] = set()
+    net.observers.append(lambda: seen_leading.update(leaders(net)))
+    net.run_until(10 * ET)
+    assert seen_leading == {"n3"}
+    assert net.nodes["n5"].role is Role.CANDIDATE  # It keeps trying, in vain.
+
+
+def test_an_isolated_node_never_becomes_leader() -> None:
+    net = cluster()
+    net.run_until(SETTLE_MS)
+    net.isolate("n1")
+    was_leader: list[bool] = []
+    net.observers.append(lambda: was_leader.append(net.nodes["n1"].role is Role.LEADER))
+    net.run_until(10 * ET)
+    assert not any(was_leader)
+    assert leaders(net) == ["n3"]
+    net.heal()  # Its inflated term must not unseat the rightful leader for long.
+    net.run_until(10 * ET + SETTLE_MS)
+    assert leaders(net) == ["n3"]
+    assert {n.leader for n in net.nodes.values()} == {"n3"}
