@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Any
-
 import grpc
-from google.protobuf.message import DecodeError
-from google.rpc import error_details_pb2, status_pb2
+from google.rpc import error_details_pb2
 
-from ringkv.api.headers import STATUS_DETAILS
+from ringkv.api.status import error_info
 from ringkv.core import errors
 
 ERROR_CLASSES: dict[grpc.StatusCode, type[errors.RingkvError]] = {
@@ -33,21 +29,6 @@ def from_rpc_error(error: grpc.RpcError) -> errors.RingkvError:
     """The typed error for a failed call, with the server's reason and metadata."""
     code: grpc.StatusCode = error.code()
     message: str = error.details() or code.name
-    info = _error_info(error.trailing_metadata())
+    info = error_info(error.trailing_metadata()) or error_details_pb2.ErrorInfo()
     cls = REASON_CLASSES.get(info.reason) or ERROR_CLASSES.get(code, errors.RingkvError)
     return cls(message, reason=info.reason or code.name, metadata=dict(info.metadata))
-
-
-def _error_info(trailing_metadata: Iterable[Any] | None) -> error_details_pb2.ErrorInfo:
-    info = error_details_pb2.ErrorInfo()
-    for key, value in trailing_metadata or ():
-        if key != STATUS_DETAILS:
-            continue
-        try:
-            status = status_pb2.Status.FromString(bytes(value))
-        except DecodeError:
-            return info
-        for detail in status.details:
-            if detail.Unpack(info):
-                return info
-    return info

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Any, NoReturn
+from typing import NoReturn
 
 import grpc
 from google.protobuf import any_pb2
@@ -64,16 +63,3 @@ async def abort_with(
         trailing_metadata=((STATUS_DETAILS, status_details(error, code)),),
     )
     raise AssertionError("context.abort returned")  # pragma: no cover
-
-
-def error_reason(trailing_metadata: Iterable[Any] | None) -> str | None:
-    """The ErrorInfo reason in another node's error answer, if it carries one."""
-    for key, value in trailing_metadata or ():
-        if key != STATUS_DETAILS:
-            continue
-        status = status_pb2.Status.FromString(bytes(value))
-        for detail in status.details:
-            info = error_details_pb2.ErrorInfo()
-            if detail.Unpack(info):
-                return info.reason
-    return None

@@ -17,6 +17,7 @@ import grpc
 
 from ringkv.api import kv_pb2
 from ringkv.api.headers import FORWARD_HOPS, RING_EPOCH
+from ringkv.api.status import error_info
 from ringkv.core.consistency import Consistency
 from ringkv.core.errors import InvalidArgument
 from ringkv.core.records import Record
@@ -24,7 +25,6 @@ from ringkv.core.validation import Limits, expected_version, ttl_ms
 from ringkv.server.cluster_view import ClusterView
 from ringkv.server.coordinator import Coordinator
 from ringkv.server.counters import Counters
-from ringkv.server.errors import error_reason
 from ringkv.server.rpc import SHUTTING_DOWN, Context, Method, RelayedError
 
 if TYPE_CHECKING:  # the async stub type exists only in the generated .pyi
@@ -216,7 +216,8 @@ class KeyValueService:
                 metadata=((FORWARD_HOPS, str(hops + 1)),),
             )
         except grpc.aio.AioRpcError as error:
-            reason = error_reason(error.trailing_metadata())
+            info = error_info(error.trailing_metadata())
+            reason = None if info is None else info.reason
             if reason == SHUTTING_DOWN or (
                 reason is None and error.code() == grpc.StatusCode.UNAVAILABLE
             ):
