@@ -633,8 +633,9 @@ def test_cluster_state_is_a_cluster_of_one(channel: grpc.Channel, node: NodeProc
     state = cluster.GetClusterState(kv_pb2.GetClusterStateRequest(), timeout=CALL_TIMEOUT_S)
     assert list(state.node_ids) == [NODE_ID]
     assert list(state.addresses) == [node.address]
-    assert state.leader_id == NODE_ID
-    assert state.term == 0
+    # A lone node is its own majority: it leads from the start, in term 1.
+    assert (state.leader_id, state.term, state.epoch) == (NODE_ID, 1, 1)
+    assert [(m.node_id, m.state, m.status) for m in state.members] == [(NODE_ID, "alive", "normal")]
 
 
 def test_heartbeat_and_request_vote_answer(channel: grpc.Channel) -> None:

@@ -51,6 +51,8 @@ from ringkv.storage.lmdb_engine import LmdbEngine
 from tests.support.nodes import NodeFactory, NodeProcess
 
 NODE_ID = "fuzz"
+LONE_TERM = 1
+"""The term a lone node elects itself in when it starts with an empty data dir."""
 MAX_KEY_BYTES = 4096
 MAX_VALUE_BYTES = 4096
 INT64_MAX = (1 << 63) - 1
@@ -469,13 +471,17 @@ class Fuzzer:
             case kv_pb2.PingRequest(), kv_pb2.PingResponse():
                 assert response.node_id == NODE_ID
             case kv_pb2.HeartbeatRequest(), kv_pb2.HeartbeatResponse():
-                assert response == kv_pb2.HeartbeatResponse(term=0, accepted=False)
+                # A stranger's heartbeat is refused and changes nothing: the
+                # lone node still leads the term it elected itself in.
+                assert (response.term, response.accepted) == (LONE_TERM, False), response
+                assert [m.node_id for m in response.members.members] == [NODE_ID]
             case kv_pb2.RequestVoteRequest(), kv_pb2.RequestVoteResponse():
-                assert response == kv_pb2.RequestVoteResponse(term=0, vote_granted=False)
+                assert (response.term, response.vote_granted) == (LONE_TERM, False), response
+                assert [m.node_id for m in response.members.members] == [NODE_ID]
             case kv_pb2.GetClusterStateRequest(), kv_pb2.GetClusterStateResponse():
                 assert list(response.node_ids) == [NODE_ID]
                 assert list(response.addresses) == [self._node.address]
-                assert (response.leader_id, response.term) == (NODE_ID, 0)
+                assert (response.leader_id, response.term) == (NODE_ID, LONE_TERM)
             case _:
                 raise AssertionError(f"unexpected reply {response!r} to {request!r}")
         return None
@@ -705,6 +711,7 @@ PROPER_WIRE_TYPE = {
     FieldDescriptor.TYPE_INT64: 0,
     FieldDescriptor.TYPE_ENUM: 0,
     FieldDescriptor.TYPE_BOOL: 0,
+    FieldDescriptor.TYPE_MESSAGE: 2,
 }
 # Built once: constructing strategies inside a draw is what makes hypothesis slow.
 unknown_field_numbers = st.one_of(st.integers(1, 16), st.sampled_from([1000, (1 << 29) - 1]))

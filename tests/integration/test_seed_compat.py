@@ -224,7 +224,7 @@ def test_seed_cluster_service(seed_run: SeedRun, node: NodeProcess) -> None:
         "node_ids": [NODE_ID],
         "addresses": [node.address],
         "leader_id": NODE_ID,
-        "term": 0,
+        "term": 1,  # a lone node elects itself in term 1
     }
     assert set(observed["heartbeat"]) == {"term", "accepted"}  # answered, no error
     assert set(observed["request_vote"]) == {"term", "vote_granted"}

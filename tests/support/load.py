@@ -36,7 +36,9 @@ class ConcurrentWriter:
     A write lands in ``acked`` only after its call returned successfully. Each
     of the ``concurrency`` workers stops at its first failed call (recorded in
     ``failures``), when ``stop`` is called, or when ``max_writes`` writes were
-    started or ``max_seconds`` passed in all.
+    started or ``max_seconds`` passed in all. With ``keep_going`` a worker
+    records a failure and goes on with its next key (steady load through
+    failovers and membership changes).
     """
 
     def __init__(
@@ -49,6 +51,8 @@ class ConcurrentWriter:
         max_writes: int = MAX_WRITES,
         max_seconds: float = MAX_LOAD_SECONDS,
         call_timeout: float = 10.0,
+        keep_going: bool = False,
+        token_aware: bool = True,
     ) -> None:
         self.address = address
         self.prefix = prefix
@@ -57,6 +61,8 @@ class ConcurrentWriter:
         self.max_writes = max_writes
         self.max_seconds = max_seconds
         self.call_timeout = call_timeout
+        self.keep_going = keep_going
+        self.token_aware = token_aware
         self.acked: dict[str, bytes] = {}
         self.attempted: list[str] = []
         self.failures: list[RingkvError] = []
@@ -116,7 +122,7 @@ class ConcurrentWriter:
         deadline = time.monotonic() + self.max_seconds
         retry = ringkv.RetryPolicy(attempts=1)  # a failed call is a failure, not a retry
         async with ringkv.AsyncClient(
-            self.address, timeout=self.call_timeout, retry=retry
+            self.address, timeout=self.call_timeout, retry=retry, token_aware=self.token_aware
         ) as client:
             await asyncio.gather(
                 *(self._worker(client, worker, deadline) for worker in range(self.concurrency))
@@ -139,7 +145,10 @@ class ConcurrentWriter:
                 await client.set(key, value)
             except RingkvError as error:
                 self.failures.append(error)
-                return
+                if not self.keep_going:
+                    return
+                await asyncio.sleep(0.05)
+                continue
             finally:
                 self.in_flight -= 1
             self.acked[key] = value

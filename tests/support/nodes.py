@@ -14,12 +14,14 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ringkv.client.admin import cluster_state
 from ringkv.client.health import wait_until_serving
+from ringkv.core.errors import RingkvError
 
 START_TIMEOUT_S = 30.0
 
@@ -208,3 +210,39 @@ class ClusterFactory:
             for node in members:
                 node.wait_serving()
         return members
+
+
+def agreed_leader(members: Sequence[NodeProcess]) -> tuple[str, int] | None:
+    """The leader and term every given node reports, if they all agree on one."""
+    seen = set()
+    for node in members:
+        try:
+            state = cluster_state(node.address, timeout=1.0)
+        except RingkvError:
+            return None
+        if not state.leader_id:
+            return None
+        seen.add((state.leader_id, state.term))
+    return seen.pop() if len(seen) == 1 else None
+
+
+def wait_for_leader(
+    members: Sequence[NodeProcess], leader: str | None = None, *, timeout: float = 30.0
+) -> tuple[str, int]:
+    """Wait until every node follows one leader (``leader``, if given); it and its term."""
+    found: list[tuple[str, int]] = []
+
+    def agreed() -> bool:
+        result = agreed_leader(members)
+        if result is not None and leader in (None, result[0]):
+            found.append(result)
+            return True
+        return False
+
+    wait_for(
+        agreed,
+        timeout=timeout,
+        interval=0.05,
+        what=f"every node to follow {leader or 'one leader'}",
+    )
+    return found[-1]

@@ -390,16 +390,30 @@ Global___PingResponse: _TypeAlias = PingResponse  # noqa: Y015
 
 @_typing.final
 class HeartbeatRequest(_message.Message):
+    """Bully election and membership travel in Heartbeat and RequestVote:
+    a leader's periodic heartbeat (claim false) or a candidate's claim to a new
+    term (claim true, the bully "Coordinator" message) both carry the member
+    table; RequestVote is the bully "Election" message sent to higher ids.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     NODE_ID_FIELD_NUMBER: _builtins.int
     ADDRESS_FIELD_NUMBER: _builtins.int
     TERM_FIELD_NUMBER: _builtins.int
     IS_LEADER_FIELD_NUMBER: _builtins.int
+    CLAIM_FIELD_NUMBER: _builtins.int
+    MEMBERS_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
     address: _builtins.str
     term: _builtins.int
     is_leader: _builtins.bool
+    claim: _builtins.bool
+    """Added: true when the sender claims the term rather than leads it."""
+    @_builtins.property
+    def members(self) -> Global___MemberTable:
+        """Added: the sender's member table."""
+
     def __init__(
         self,
         *,
@@ -407,10 +421,12 @@ class HeartbeatRequest(_message.Message):
         address: _builtins.str = ...,
         term: _builtins.int = ...,
         is_leader: _builtins.bool = ...,
+        claim: _builtins.bool = ...,
+        members: Global___MemberTable | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["members", b"members"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "is_leader", b"is_leader", "node_id", b"node_id", "term", b"term"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "claim", b"claim", "is_leader", b"is_leader", "members", b"members", "node_id", b"node_id", "term", b"term"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -422,17 +438,32 @@ class HeartbeatResponse(_message.Message):
 
     TERM_FIELD_NUMBER: _builtins.int
     ACCEPTED_FIELD_NUMBER: _builtins.int
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    SYNCED_EPOCH_FIELD_NUMBER: _builtins.int
+    MEMBERS_FIELD_NUMBER: _builtins.int
     term: _builtins.int
     accepted: _builtins.bool
+    """Whether the responder follows the sender in `term`."""
+    node_id: _builtins.str
+    """Added: the responder's id."""
+    synced_epoch: _builtins.int
+    """Added: the latest epoch for which the responder holds every range it gains."""
+    @_builtins.property
+    def members(self) -> Global___MemberTable:
+        """Added: the responder's member table, when newer than the request's."""
+
     def __init__(
         self,
         *,
         term: _builtins.int = ...,
         accepted: _builtins.bool = ...,
+        node_id: _builtins.str = ...,
+        synced_epoch: _builtins.int = ...,
+        members: Global___MemberTable | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["members", b"members"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "term", b"term"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "members", b"members", "node_id", b"node_id", "synced_epoch", b"synced_epoch", "term", b"term"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -448,6 +479,7 @@ class RequestVoteRequest(_message.Message):
     node_id: _builtins.str
     term: _builtins.int
     last_log_index: _builtins.int
+    """Unused (the seed's field)."""
     def __init__(
         self,
         *,
@@ -469,21 +501,193 @@ class RequestVoteResponse(_message.Message):
 
     TERM_FIELD_NUMBER: _builtins.int
     VOTE_GRANTED_FIELD_NUMBER: _builtins.int
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    MEMBERS_FIELD_NUMBER: _builtins.int
     term: _builtins.int
     vote_granted: _builtins.bool
+    """False when the responder has the higher priority and takes over the
+    election (the bully "Answer"); true when it does not object.
+    """
+    node_id: _builtins.str
+    """Added: the responder's id."""
+    @_builtins.property
+    def members(self) -> Global___MemberTable:
+        """Added: the responder's member table when the caller is not in it (a
+        removed node learns that it was removed).
+        """
+
     def __init__(
         self,
         *,
         term: _builtins.int = ...,
         vote_granted: _builtins.bool = ...,
+        node_id: _builtins.str = ...,
+        members: Global___MemberTable | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["members", b"members"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["term", b"term", "vote_granted", b"vote_granted"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["members", b"members", "node_id", b"node_id", "term", b"term", "vote_granted", b"vote_granted"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RequestVoteResponse: _TypeAlias = RequestVoteResponse  # noqa: Y015
+
+@_typing.final
+class MemberTable(_message.Message):
+    """One epoch of the member table, as the leader publishes it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EPOCH_FIELD_NUMBER: _builtins.int
+    TERM_FIELD_NUMBER: _builtins.int
+    MEMBERS_FIELD_NUMBER: _builtins.int
+    epoch: _builtins.int
+    term: _builtins.int
+    """The term of the leader that made this epoch."""
+    @_builtins.property
+    def members(self) -> _containers.RepeatedCompositeFieldContainer[Global___Member]: ...
+    def __init__(
+        self,
+        *,
+        epoch: _builtins.int = ...,
+        term: _builtins.int = ...,
+        members: _abc.Iterable[Global___Member] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["epoch", b"epoch", "members", b"members", "term", b"term"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MemberTable: _TypeAlias = MemberTable  # noqa: Y015
+
+@_typing.final
+class JoinRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    ADDRESS_FIELD_NUMBER: _builtins.int
+    node_id: _builtins.str
+    address: _builtins.str
+    """Where the other members and clients reach the new node."""
+    def __init__(
+        self,
+        *,
+        node_id: _builtins.str = ...,
+        address: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "node_id", b"node_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JoinRequest: _TypeAlias = JoinRequest  # noqa: Y015
+
+@_typing.final
+class JoinResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MEMBERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def members(self) -> Global___MemberTable: ...
+    def __init__(
+        self,
+        *,
+        members: Global___MemberTable | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["members", b"members"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["members", b"members"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JoinResponse: _TypeAlias = JoinResponse  # noqa: Y015
+
+@_typing.final
+class RemoveNodeRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    node_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        node_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["node_id", b"node_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RemoveNodeRequest: _TypeAlias = RemoveNodeRequest  # noqa: Y015
+
+@_typing.final
+class RemoveNodeResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MEMBERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def members(self) -> Global___MemberTable: ...
+    def __init__(
+        self,
+        *,
+        members: Global___MemberTable | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["members", b"members"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["members", b"members"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RemoveNodeResponse: _TypeAlias = RemoveNodeResponse  # noqa: Y015
+
+@_typing.final
+class RepairRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RepairRequest: _TypeAlias = RepairRequest  # noqa: Y015
+
+@_typing.final
+class RepairResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PEERS_FIELD_NUMBER: _builtins.int
+    LEAVES_DIFFERING_FIELD_NUMBER: _builtins.int
+    KEYS_PULLED_FIELD_NUMBER: _builtins.int
+    KEYS_PUSHED_FIELD_NUMBER: _builtins.int
+    peers: _builtins.int
+    """Replicas compared with."""
+    leaves_differing: _builtins.int
+    """Merkle leaves that differed."""
+    keys_pulled: _builtins.int
+    """Keys this node took from a peer, and keys it sent to one."""
+    keys_pushed: _builtins.int
+    def __init__(
+        self,
+        *,
+        peers: _builtins.int = ...,
+        leaves_differing: _builtins.int = ...,
+        keys_pulled: _builtins.int = ...,
+        keys_pushed: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["keys_pulled", b"keys_pulled", "keys_pushed", b"keys_pushed", "leaves_differing", b"leaves_differing", "peers", b"peers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RepairResponse: _TypeAlias = RepairResponse  # noqa: Y015
 
 @_typing.final
 class GetClusterStateRequest(_message.Message):
@@ -513,10 +717,11 @@ class GetClusterStateResponse(_message.Message):
     VNODES_FIELD_NUMBER: _builtins.int
     MEMBERS_FIELD_NUMBER: _builtins.int
     RANGES_FIELD_NUMBER: _builtins.int
+    TABLE_FIELD_NUMBER: _builtins.int
     leader_id: _builtins.str
     term: _builtins.int
     epoch: _builtins.int
-    """The ring's epoch: a client holding an older ring should refresh."""
+    """The membership epoch: a client holding an older ring should refresh."""
     replicas: _builtins.int
     """Copies of each key (the replication factor, capped at the member count)."""
     vnodes: _builtins.int
@@ -531,6 +736,13 @@ class GetClusterStateResponse(_message.Message):
     def ranges(self) -> _containers.RepeatedCompositeFieldContainer[Global___TokenRange]:
         """Every token range with its replicas, in ring order."""
 
+    @_builtins.property
+    def table(self) -> Global___MemberTable:
+        """The member table in effect on the answering node (epoch 0 while the
+        node is still finding its cluster). node_ids and ranges leave out
+        joining members: they serve no reads until their ranges are in.
+        """
+
     def __init__(
         self,
         *,
@@ -543,10 +755,11 @@ class GetClusterStateResponse(_message.Message):
         vnodes: _builtins.int = ...,
         members: _abc.Iterable[Global___Member] | None = ...,
         ranges: _abc.Iterable[Global___TokenRange] | None = ...,
+        table: Global___MemberTable | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["table", b"table"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["addresses", b"addresses", "epoch", b"epoch", "leader_id", b"leader_id", "members", b"members", "node_ids", b"node_ids", "ranges", b"ranges", "replicas", b"replicas", "term", b"term", "vnodes", b"vnodes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["addresses", b"addresses", "epoch", b"epoch", "leader_id", b"leader_id", "members", b"members", "node_ids", b"node_ids", "ranges", b"ranges", "replicas", b"replicas", "table", b"table", "term", b"term", "vnodes", b"vnodes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -559,20 +772,24 @@ class Member(_message.Message):
     NODE_ID_FIELD_NUMBER: _builtins.int
     ADDRESS_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
     address: _builtins.str
     state: _builtins.str
-    """"alive" or "down", as seen by the answering node."""
+    """"alive", "suspect" or "dead", from the leader's heartbeats."""
+    status: _builtins.str
+    """Added: "joining", "normal" or "leaving": the member's place in the ring."""
     def __init__(
         self,
         *,
         node_id: _builtins.str = ...,
         address: _builtins.str = ...,
         state: _builtins.str = ...,
+        status: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "node_id", b"node_id", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "node_id", b"node_id", "state", b"state", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -633,6 +850,15 @@ class GetNodeStatsResponse(_message.Message):
     READ_REPAIRS_FIELD_NUMBER: _builtins.int
     HINTS_PENDING_FIELD_NUMBER: _builtins.int
     HINTS_REPLAYED_FIELD_NUMBER: _builtins.int
+    LEADER_ID_FIELD_NUMBER: _builtins.int
+    TERM_FIELD_NUMBER: _builtins.int
+    SYNCED_EPOCH_FIELD_NUMBER: _builtins.int
+    RANGES_TO_PULL_FIELD_NUMBER: _builtins.int
+    RANGES_PULLED_FIELD_NUMBER: _builtins.int
+    RECORDS_PULLED_FIELD_NUMBER: _builtins.int
+    REPAIR_ROUNDS_FIELD_NUMBER: _builtins.int
+    KEYS_REPAIRED_FIELD_NUMBER: _builtins.int
+    TOMBSTONES_PURGED_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
     records: _builtins.int
     """Records stored, tombstones and expired values included (hints excluded)."""
@@ -647,6 +873,22 @@ class GetNodeStatsResponse(_message.Message):
     """Hints this node holds for nodes that were down."""
     hints_replayed: _builtins.int
     """Hints delivered to their node since this node started."""
+    leader_id: _builtins.str
+    """The leader this node follows, and its term."""
+    term: _builtins.int
+    synced_epoch: _builtins.int
+    """Rebalancing: the latest epoch whose gained ranges this node holds, and
+    the progress of the pull in flight (ranges and records so far).
+    """
+    ranges_to_pull: _builtins.int
+    ranges_pulled: _builtins.int
+    records_pulled: _builtins.int
+    repair_rounds: _builtins.int
+    """Anti-entropy since this node started: rounds run, keys repaired, and
+    tombstones purged after --tombstone-grace.
+    """
+    keys_repaired: _builtins.int
+    tombstones_purged: _builtins.int
     def __init__(
         self,
         *,
@@ -658,10 +900,19 @@ class GetNodeStatsResponse(_message.Message):
         read_repairs: _builtins.int = ...,
         hints_pending: _builtins.int = ...,
         hints_replayed: _builtins.int = ...,
+        leader_id: _builtins.str = ...,
+        term: _builtins.int = ...,
+        synced_epoch: _builtins.int = ...,
+        ranges_to_pull: _builtins.int = ...,
+        ranges_pulled: _builtins.int = ...,
+        records_pulled: _builtins.int = ...,
+        repair_rounds: _builtins.int = ...,
+        keys_repaired: _builtins.int = ...,
+        tombstones_purged: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes_used", b"bytes_used", "epoch", b"epoch", "forwarded_writes", b"forwarded_writes", "hints_pending", b"hints_pending", "hints_replayed", b"hints_replayed", "node_id", b"node_id", "read_repairs", b"read_repairs", "records", b"records"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes_used", b"bytes_used", "epoch", b"epoch", "forwarded_writes", b"forwarded_writes", "hints_pending", b"hints_pending", "hints_replayed", b"hints_replayed", "keys_repaired", b"keys_repaired", "leader_id", b"leader_id", "node_id", b"node_id", "ranges_pulled", b"ranges_pulled", "ranges_to_pull", b"ranges_to_pull", "read_repairs", b"read_repairs", "records", b"records", "records_pulled", b"records_pulled", "repair_rounds", b"repair_rounds", "synced_epoch", b"synced_epoch", "term", b"term", "tombstones_purged", b"tombstones_purged"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

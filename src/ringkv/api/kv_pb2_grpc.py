@@ -390,6 +390,21 @@ class ClusterStub:
                 request_serializer=ringkv_dot_api_dot_kv__pb2.GetNodeStatsRequest.SerializeToString,
                 response_deserializer=ringkv_dot_api_dot_kv__pb2.GetNodeStatsResponse.FromString,
                 _registered_method=True)
+        self.Join = channel.unary_unary(
+                '/kv.Cluster/Join',
+                request_serializer=ringkv_dot_api_dot_kv__pb2.JoinRequest.SerializeToString,
+                response_deserializer=ringkv_dot_api_dot_kv__pb2.JoinResponse.FromString,
+                _registered_method=True)
+        self.RemoveNode = channel.unary_unary(
+                '/kv.Cluster/RemoveNode',
+                request_serializer=ringkv_dot_api_dot_kv__pb2.RemoveNodeRequest.SerializeToString,
+                response_deserializer=ringkv_dot_api_dot_kv__pb2.RemoveNodeResponse.FromString,
+                _registered_method=True)
+        self.Repair = channel.unary_unary(
+                '/kv.Cluster/Repair',
+                request_serializer=ringkv_dot_api_dot_kv__pb2.RepairRequest.SerializeToString,
+                response_deserializer=ringkv_dot_api_dot_kv__pb2.RepairResponse.FromString,
+                _registered_method=True)
 
 
 class ClusterServicer:
@@ -420,6 +435,28 @@ class ClusterServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Join(self, request, context):
+        """Added: admit a new node. Any member passes the request to the leader.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveNode(self, request, context):
+        """Added: decommission a member. Its ranges stream to their new replicas,
+        then it leaves the ring and stops. Any member passes it to the leader.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Repair(self, request, context):
+        """Added: run an anti-entropy round on the answering node now.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ClusterServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -442,6 +479,21 @@ def add_ClusterServicer_to_server(servicer, server):
                     servicer.GetNodeStats,
                     request_deserializer=ringkv_dot_api_dot_kv__pb2.GetNodeStatsRequest.FromString,
                     response_serializer=ringkv_dot_api_dot_kv__pb2.GetNodeStatsResponse.SerializeToString,
+            ),
+            'Join': grpc.unary_unary_rpc_method_handler(
+                    servicer.Join,
+                    request_deserializer=ringkv_dot_api_dot_kv__pb2.JoinRequest.FromString,
+                    response_serializer=ringkv_dot_api_dot_kv__pb2.JoinResponse.SerializeToString,
+            ),
+            'RemoveNode': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveNode,
+                    request_deserializer=ringkv_dot_api_dot_kv__pb2.RemoveNodeRequest.FromString,
+                    response_serializer=ringkv_dot_api_dot_kv__pb2.RemoveNodeResponse.SerializeToString,
+            ),
+            'Repair': grpc.unary_unary_rpc_method_handler(
+                    servicer.Repair,
+                    request_deserializer=ringkv_dot_api_dot_kv__pb2.RepairRequest.FromString,
+                    response_serializer=ringkv_dot_api_dot_kv__pb2.RepairResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -552,6 +604,87 @@ class Cluster:
             '/kv.Cluster/GetNodeStats',
             ringkv_dot_api_dot_kv__pb2.GetNodeStatsRequest.SerializeToString,
             ringkv_dot_api_dot_kv__pb2.GetNodeStatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Join(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kv.Cluster/Join',
+            ringkv_dot_api_dot_kv__pb2.JoinRequest.SerializeToString,
+            ringkv_dot_api_dot_kv__pb2.JoinResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveNode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kv.Cluster/RemoveNode',
+            ringkv_dot_api_dot_kv__pb2.RemoveNodeRequest.SerializeToString,
+            ringkv_dot_api_dot_kv__pb2.RemoveNodeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Repair(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kv.Cluster/Repair',
+            ringkv_dot_api_dot_kv__pb2.RepairRequest.SerializeToString,
+            ringkv_dot_api_dot_kv__pb2.RepairResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -143,6 +143,14 @@ class ClusterStub:
     GetClusterState: _grpc.UnaryUnaryMultiCallable[_kv_pb2.GetClusterStateRequest, _kv_pb2.GetClusterStateResponse]
     GetNodeStats: _grpc.UnaryUnaryMultiCallable[_kv_pb2.GetNodeStatsRequest, _kv_pb2.GetNodeStatsResponse]
     """Added: what the answering node stores."""
+    Join: _grpc.UnaryUnaryMultiCallable[_kv_pb2.JoinRequest, _kv_pb2.JoinResponse]
+    """Added: admit a new node. Any member passes the request to the leader."""
+    RemoveNode: _grpc.UnaryUnaryMultiCallable[_kv_pb2.RemoveNodeRequest, _kv_pb2.RemoveNodeResponse]
+    """Added: decommission a member. Its ranges stream to their new replicas,
+    then it leaves the ring and stops. Any member passes it to the leader.
+    """
+    Repair: _grpc.UnaryUnaryMultiCallable[_kv_pb2.RepairRequest, _kv_pb2.RepairResponse]
+    """Added: run an anti-entropy round on the answering node now."""
 
 @_typing.type_check_only
 class ClusterAsyncStub(ClusterStub):
@@ -152,6 +160,14 @@ class ClusterAsyncStub(ClusterStub):
     GetClusterState: _aio.UnaryUnaryMultiCallable[_kv_pb2.GetClusterStateRequest, _kv_pb2.GetClusterStateResponse]  # type: ignore[assignment]
     GetNodeStats: _aio.UnaryUnaryMultiCallable[_kv_pb2.GetNodeStatsRequest, _kv_pb2.GetNodeStatsResponse]  # type: ignore[assignment]
     """Added: what the answering node stores."""
+    Join: _aio.UnaryUnaryMultiCallable[_kv_pb2.JoinRequest, _kv_pb2.JoinResponse]  # type: ignore[assignment]
+    """Added: admit a new node. Any member passes the request to the leader."""
+    RemoveNode: _aio.UnaryUnaryMultiCallable[_kv_pb2.RemoveNodeRequest, _kv_pb2.RemoveNodeResponse]  # type: ignore[assignment]
+    """Added: decommission a member. Its ranges stream to their new replicas,
+    then it leaves the ring and stops. Any member passes it to the leader.
+    """
+    Repair: _aio.UnaryUnaryMultiCallable[_kv_pb2.RepairRequest, _kv_pb2.RepairResponse]  # type: ignore[assignment]
+    """Added: run an anti-entropy round on the answering node now."""
 
 class ClusterServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -182,5 +198,31 @@ class ClusterServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_kv_pb2.GetNodeStatsResponse, _abc.Awaitable[_kv_pb2.GetNodeStatsResponse]]:
         """Added: what the answering node stores."""
+
+    @_abc_1.abstractmethod
+    def Join(
+        self,
+        request: _kv_pb2.JoinRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_kv_pb2.JoinResponse, _abc.Awaitable[_kv_pb2.JoinResponse]]:
+        """Added: admit a new node. Any member passes the request to the leader."""
+
+    @_abc_1.abstractmethod
+    def RemoveNode(
+        self,
+        request: _kv_pb2.RemoveNodeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_kv_pb2.RemoveNodeResponse, _abc.Awaitable[_kv_pb2.RemoveNodeResponse]]:
+        """Added: decommission a member. Its ranges stream to their new replicas,
+        then it leaves the ring and stops. Any member passes it to the leader.
+        """
+
+    @_abc_1.abstractmethod
+    def Repair(
+        self,
+        request: _kv_pb2.RepairRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_kv_pb2.RepairResponse, _abc.Awaitable[_kv_pb2.RepairResponse]]:
+        """Added: run an anti-entropy round on the answering node now."""
 
 def add_ClusterServicer_to_server(servicer: ClusterServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

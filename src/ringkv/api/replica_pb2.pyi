@@ -216,3 +216,157 @@ class WriteResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WriteResponse: _TypeAlias = WriteResponse  # noqa: Y015
+
+@_typing.final
+class TokenSpan(_message.Message):
+    """The tokens start <= t < end."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    START_FIELD_NUMBER: _builtins.int
+    END_FIELD_NUMBER: _builtins.int
+    TO_END_FIELD_NUMBER: _builtins.int
+    start: _builtins.int
+    end: _builtins.int
+    to_end: _builtins.bool
+    """The span runs to the end of the token space, 2**64, which no uint64
+    holds; `end` is then ignored.
+    """
+    def __init__(
+        self,
+        *,
+        start: _builtins.int = ...,
+        end: _builtins.int = ...,
+        to_end: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end", b"end", "start", b"start", "to_end", b"to_end"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TokenSpan: _TypeAlias = TokenSpan  # noqa: Y015
+
+@_typing.final
+class ScanRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SPAN_FIELD_NUMBER: _builtins.int
+    CURSOR_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    CLOCK_FIELD_NUMBER: _builtins.int
+    cursor: _builtins.bytes
+    """Empty for the first page; then the previous page's next_cursor."""
+    limit: _builtins.int
+    """At most this many records per page (0 or more than 1000: 1000). A page
+    is also cut once its values pass a few MiB, and it never splits the
+    keys of one token, so it may exceed the limit when tokens collide.
+    """
+    clock: _builtins.int
+    @_builtins.property
+    def span(self) -> Global___TokenSpan: ...
+    def __init__(
+        self,
+        *,
+        span: Global___TokenSpan | None = ...,
+        cursor: _builtins.bytes = ...,
+        limit: _builtins.int = ...,
+        clock: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["span", b"span"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clock", b"clock", "cursor", b"cursor", "limit", b"limit", "span", b"span"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ScanRequest: _TypeAlias = ScanRequest  # noqa: Y015
+
+@_typing.final
+class ScanResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECORDS_FIELD_NUMBER: _builtins.int
+    NEXT_CURSOR_FIELD_NUMBER: _builtins.int
+    CLOCK_FIELD_NUMBER: _builtins.int
+    next_cursor: _builtins.bytes
+    """Opaque; empty when the span is done."""
+    clock: _builtins.int
+    @_builtins.property
+    def records(self) -> _containers.RepeatedCompositeFieldContainer[Global___Record]: ...
+    def __init__(
+        self,
+        *,
+        records: _abc.Iterable[Global___Record] | None = ...,
+        next_cursor: _builtins.bytes = ...,
+        clock: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clock", b"clock", "next_cursor", b"next_cursor", "records", b"records"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ScanResponse: _TypeAlias = ScanResponse  # noqa: Y015
+
+@_typing.final
+class MerkleRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SPANS_FIELD_NUMBER: _builtins.int
+    DEPTH_FIELD_NUMBER: _builtins.int
+    PURGE_HORIZON_MS_FIELD_NUMBER: _builtins.int
+    CLOCK_FIELD_NUMBER: _builtins.int
+    depth: _builtins.int
+    """The tree has 2**depth leaves (at most ringkv.core.merkle.MAX_DEPTH)."""
+    purge_horizon_ms: _builtins.int
+    """Leave out the records garbage collection may purge at this Unix time in
+    ms (tombstones written before it, values expired before it): the
+    requester's now minus the tombstone grace period. One horizon for both
+    sides, so a record one replica purged and another still holds does not
+    make their trees differ, whatever their clocks say.
+    """
+    clock: _builtins.int
+    @_builtins.property
+    def spans(self) -> _containers.RepeatedCompositeFieldContainer[Global___TokenSpan]:
+        """The tokens to cover; the leaves outside them are 0."""
+
+    def __init__(
+        self,
+        *,
+        spans: _abc.Iterable[Global___TokenSpan] | None = ...,
+        depth: _builtins.int = ...,
+        purge_horizon_ms: _builtins.int = ...,
+        clock: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clock", b"clock", "depth", b"depth", "purge_horizon_ms", b"purge_horizon_ms", "spans", b"spans"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MerkleRequest: _TypeAlias = MerkleRequest  # noqa: Y015
+
+@_typing.final
+class MerkleResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LEAVES_FIELD_NUMBER: _builtins.int
+    CLOCK_FIELD_NUMBER: _builtins.int
+    clock: _builtins.int
+    @_builtins.property
+    def leaves(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """2**depth leaf hashes."""
+
+    def __init__(
+        self,
+        *,
+        leaves: _abc.Iterable[_builtins.int] | None = ...,
+        clock: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clock", b"clock", "leaves", b"leaves"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MerkleResponse: _TypeAlias = MerkleResponse  # noqa: Y015

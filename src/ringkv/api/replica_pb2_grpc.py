@@ -44,6 +44,16 @@ class ReplicaStub:
                 request_serializer=ringkv_dot_api_dot_replica__pb2.WriteRequest.SerializeToString,
                 response_deserializer=ringkv_dot_api_dot_replica__pb2.WriteResponse.FromString,
                 _registered_method=True)
+        self.Scan = channel.unary_unary(
+                '/ringkv.internal.Replica/Scan',
+                request_serializer=ringkv_dot_api_dot_replica__pb2.ScanRequest.SerializeToString,
+                response_deserializer=ringkv_dot_api_dot_replica__pb2.ScanResponse.FromString,
+                _registered_method=True)
+        self.Merkle = channel.unary_unary(
+                '/ringkv.internal.Replica/Merkle',
+                request_serializer=ringkv_dot_api_dot_replica__pb2.MerkleRequest.SerializeToString,
+                response_deserializer=ringkv_dot_api_dot_replica__pb2.MerkleResponse.FromString,
+                _registered_method=True)
 
 
 class ReplicaServicer:
@@ -64,6 +74,23 @@ class ReplicaServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Scan(self, request, context):
+        """One page of the records in a token span, in token order, tombstones and
+        expired values included: for streaming ranges to a joining node and for
+        comparing the keys of Merkle leaves that differ.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Merkle(self, request, context):
+        """The leaves of a Merkle tree (ringkv.core.merkle) over the records in the
+        given spans, for anti-entropy.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ReplicaServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -76,6 +103,16 @@ def add_ReplicaServicer_to_server(servicer, server):
                     servicer.Write,
                     request_deserializer=ringkv_dot_api_dot_replica__pb2.WriteRequest.FromString,
                     response_serializer=ringkv_dot_api_dot_replica__pb2.WriteResponse.SerializeToString,
+            ),
+            'Scan': grpc.unary_unary_rpc_method_handler(
+                    servicer.Scan,
+                    request_deserializer=ringkv_dot_api_dot_replica__pb2.ScanRequest.FromString,
+                    response_serializer=ringkv_dot_api_dot_replica__pb2.ScanResponse.SerializeToString,
+            ),
+            'Merkle': grpc.unary_unary_rpc_method_handler(
+                    servicer.Merkle,
+                    request_deserializer=ringkv_dot_api_dot_replica__pb2.MerkleRequest.FromString,
+                    response_serializer=ringkv_dot_api_dot_replica__pb2.MerkleResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -132,6 +169,60 @@ class Replica:
             '/ringkv.internal.Replica/Write',
             ringkv_dot_api_dot_replica__pb2.WriteRequest.SerializeToString,
             ringkv_dot_api_dot_replica__pb2.WriteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Scan(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ringkv.internal.Replica/Scan',
+            ringkv_dot_api_dot_replica__pb2.ScanRequest.SerializeToString,
+            ringkv_dot_api_dot_replica__pb2.ScanResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Merkle(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ringkv.internal.Replica/Merkle',
+            ringkv_dot_api_dot_replica__pb2.MerkleRequest.SerializeToString,
+            ringkv_dot_api_dot_replica__pb2.MerkleResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -41,6 +41,15 @@ class ReplicaStub:
     """Store each record if it is newer than the stored one. Records sent with
     hint_for are held as hints for that node (sloppy quorum) instead.
     """
+    Scan: _grpc.UnaryUnaryMultiCallable[_replica_pb2.ScanRequest, _replica_pb2.ScanResponse]
+    """One page of the records in a token span, in token order, tombstones and
+    expired values included: for streaming ranges to a joining node and for
+    comparing the keys of Merkle leaves that differ.
+    """
+    Merkle: _grpc.UnaryUnaryMultiCallable[_replica_pb2.MerkleRequest, _replica_pb2.MerkleResponse]
+    """The leaves of a Merkle tree (ringkv.core.merkle) over the records in the
+    given spans, for anti-entropy.
+    """
 
 @_typing.type_check_only
 class ReplicaAsyncStub(ReplicaStub):
@@ -50,6 +59,15 @@ class ReplicaAsyncStub(ReplicaStub):
     Write: _aio.UnaryUnaryMultiCallable[_replica_pb2.WriteRequest, _replica_pb2.WriteResponse]  # type: ignore[assignment]
     """Store each record if it is newer than the stored one. Records sent with
     hint_for are held as hints for that node (sloppy quorum) instead.
+    """
+    Scan: _aio.UnaryUnaryMultiCallable[_replica_pb2.ScanRequest, _replica_pb2.ScanResponse]  # type: ignore[assignment]
+    """One page of the records in a token span, in token order, tombstones and
+    expired values included: for streaming ranges to a joining node and for
+    comparing the keys of Merkle leaves that differ.
+    """
+    Merkle: _aio.UnaryUnaryMultiCallable[_replica_pb2.MerkleRequest, _replica_pb2.MerkleResponse]  # type: ignore[assignment]
+    """The leaves of a Merkle tree (ringkv.core.merkle) over the records in the
+    given spans, for anti-entropy.
     """
 
 class ReplicaServicer(metaclass=_abc_1.ABCMeta):
@@ -69,6 +87,27 @@ class ReplicaServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_replica_pb2.WriteResponse, _abc.Awaitable[_replica_pb2.WriteResponse]]:
         """Store each record if it is newer than the stored one. Records sent with
         hint_for are held as hints for that node (sloppy quorum) instead.
+        """
+
+    @_abc_1.abstractmethod
+    def Scan(
+        self,
+        request: _replica_pb2.ScanRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_replica_pb2.ScanResponse, _abc.Awaitable[_replica_pb2.ScanResponse]]:
+        """One page of the records in a token span, in token order, tombstones and
+        expired values included: for streaming ranges to a joining node and for
+        comparing the keys of Merkle leaves that differ.
+        """
+
+    @_abc_1.abstractmethod
+    def Merkle(
+        self,
+        request: _replica_pb2.MerkleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_replica_pb2.MerkleResponse, _abc.Awaitable[_replica_pb2.MerkleResponse]]:
+        """The leaves of a Merkle tree (ringkv.core.merkle) over the records in the
+        given spans, for anti-entropy.
         """
 
 def add_ReplicaServicer_to_server(servicer: ReplicaServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

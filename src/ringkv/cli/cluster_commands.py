@@ -1,4 +1,5 @@
-"""``ringkv cluster status``: the members, the leader, the ring and what each node stores."""
+"""``ringkv cluster status|remove|repair``: inspect the cluster, decommission a
+member, run anti-entropy now."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ringkv.cli.args import ArgumentParser, Commands, add_endpoint_option
-from ringkv.client.admin import NodeStats, cluster_state, node_stats
+from ringkv.client.admin import NodeStats, cluster_state, node_stats, remove_node, repair
 from ringkv.core.errors import RingkvError
 
 EXIT_ERROR = 3
@@ -26,6 +27,65 @@ def add_parser(commands: Commands) -> None:
     status.add_argument("--timeout", type=float, default=2.0, help="seconds per call")
     status.add_argument("--json", action="store_true", help="print one JSON object")
     status.set_defaults(handler=status_command)
+
+    remove = actions.add_parser(
+        "remove",
+        help="decommission a member: its ranges move to the others, then it stops",
+    )
+    remove.add_argument("node", metavar="NODE", help="id of the member to remove")
+    add_endpoint_option(remove)
+    remove.add_argument("--timeout", type=float, default=10.0, help="seconds per call")
+    remove.set_defaults(handler=remove_command)
+
+    repair_parser = actions.add_parser(
+        "repair",
+        help="compare Merkle trees with the other replicas now and exchange what differs",
+    )
+    add_endpoint_option(repair_parser)
+    repair_parser.add_argument("--timeout", type=float, default=300.0, help="seconds per node")
+    repair_parser.set_defaults(handler=repair_command)
+
+
+def remove_command(args: argparse.Namespace) -> int:
+    try:
+        epoch = remove_node(args.endpoints, args.node, timeout=args.timeout)
+    except RingkvError as error:
+        Console(stderr=True).print(f"ringkv: {error.reason}: {error.message}")
+        return EXIT_ERROR
+    Console().print(
+        f"{args.node} is leaving (epoch {epoch}); its ranges are streaming to their new "
+        "replicas. Follow it with: ringkv cluster status"
+    )
+    return 0
+
+
+def repair_command(args: argparse.Namespace) -> int:
+    """Every member runs one round against its replicas; a table of what each fixed."""
+    try:
+        state = cluster_state(args.endpoints, timeout=min(args.timeout, 5.0))
+    except RingkvError as error:
+        Console(stderr=True).print(f"ringkv: {error.reason}: {error.message}")
+        return EXIT_ERROR
+    table = Table(title="anti-entropy repair")
+    for column in ("node", "peers", "leaves differing", "keys pulled", "keys pushed"):
+        table.add_column(column, justify="left" if column == "node" else "right")
+    failed = False
+    for member in state.members:
+        try:
+            report = repair(member.address, timeout=args.timeout)
+        except RingkvError as error:
+            failed = True
+            table.add_row(member.node_id, f"[red]{error.reason}[/]", "", "", "")
+            continue
+        table.add_row(
+            member.node_id,
+            str(report.peers),
+            f"{report.leaves_differing:,}",
+            f"{report.keys_pulled:,}",
+            f"{report.keys_pushed:,}",
+        )
+    Console().print(table)
+    return EXIT_ERROR if failed else 0
 
 
 def status_command(args: argparse.Namespace) -> int:
@@ -55,7 +115,7 @@ def status_command(args: argparse.Namespace) -> int:
         f"{state.replicas} replicas, {state.vnodes} vnodes/node; "
         f"as seen by {state.answered_by})"
     )
-    for column in ("node", "address", "state", "leader", "owns", "records", "bytes"):
+    for column in ("node", "address", "state", "ring", "leader", "owns", "records", "bytes"):
         table.add_column(
             column, justify="right" if column in ("owns", "records", "bytes") else "left"
         )
@@ -70,6 +130,7 @@ def status_command(args: argparse.Namespace) -> int:
             member.node_id,
             member.address,
             "[green]alive[/]" if member.state == "alive" else f"[red]{member.state}[/]",
+            _ring_status(member.status, item),
             "*" if member.node_id == state.leader_id else "",
             f"{state.ownership.get(member.node_id, 0.0):.1%}",
             records,
@@ -77,3 +138,15 @@ def status_command(args: argparse.Namespace) -> int:
         )
     console.print(table)
     return 0
+
+
+def _ring_status(status: str, stats: NodeStats | str) -> str:
+    """A member's place in the ring, with the progress of the ranges it pulls."""
+    if not isinstance(stats, NodeStats) or stats.ranges_to_pull == 0:
+        return status
+    if stats.synced_epoch >= stats.epoch:
+        return f"{status} (pulled {stats.records_pulled:,} records)"
+    return (
+        f"{status} (pulling {stats.ranges_pulled}/{stats.ranges_to_pull} ranges, "
+        f"{stats.records_pulled:,} records)"
+    )

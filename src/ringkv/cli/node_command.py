@@ -101,6 +101,39 @@ def add_parser(commands: Commands) -> None:
         default=1.0,
         help="seconds between offers of held hints to nodes that are back (default: 1)",
     )
+    parser.add_argument(
+        "--heartbeat-interval",
+        type=float,
+        default=1.0,
+        help="seconds between the leader's heartbeats (default: 1)",
+    )
+    parser.add_argument(
+        "--election-timeout",
+        type=float,
+        default=3.0,
+        help="seconds without a leader's heartbeat before an election (default: 3)",
+    )
+    parser.add_argument(
+        "--dead-after",
+        type=float,
+        default=60.0,
+        help="seconds a member may stay dead before the leader removes it and its "
+        "ranges are re-replicated (default: 60)",
+    )
+    parser.add_argument(
+        "--anti-entropy-interval",
+        type=float,
+        default=600.0,
+        help="seconds between Merkle-tree comparisons with the other replicas; "
+        "0 turns them off (default: 600)",
+    )
+    parser.add_argument(
+        "--tombstone-grace",
+        type=float,
+        default=10 * 86400.0,
+        help="seconds a tombstone is kept before it may be purged; run a repair "
+        "more often than this (default: 864000, 10 days)",
+    )
     # For tests of clock skew only.
     parser.add_argument("--clock-offset-ms", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--log-format", choices=LOG_FORMATS, default="text")
@@ -137,6 +170,11 @@ def config_from(args: argparse.Namespace) -> NodeConfig:
         peer_timeout_s=args.peer_timeout,
         hint_ttl_s=args.hint_ttl,
         hint_replay_interval_s=args.hint_replay_interval,
+        heartbeat_interval_s=args.heartbeat_interval,
+        election_timeout_s=args.election_timeout,
+        dead_after_s=args.dead_after,
+        anti_entropy_interval_s=args.anti_entropy_interval,
+        tombstone_grace_s=args.tombstone_grace,
         clock_offset_ms=args.clock_offset_ms,
         log_format=args.log_format,
         log_level=args.log_level,

@@ -1,9 +1,10 @@
-"""Cluster introspection for operators: members, ring and per-node storage."""
+"""Cluster operations: members, ring and per-node storage; decommission; repair."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 
@@ -18,7 +19,9 @@ class Member:
     node_id: str
     address: str
     state: str
-    """"alive" or "down", as seen by the node that answered."""
+    """"alive", "suspect" or "dead", from the leader's heartbeats."""
+    status: str = "normal"
+    """"joining", "normal" or "leaving": the member's place in the ring."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +50,26 @@ class NodeStats:
     read_repairs: int
     hints_pending: int
     hints_replayed: int
+    leader_id: str = ""
+    term: int = 0
+    synced_epoch: int = 0
+    ranges_to_pull: int = 0
+    ranges_pulled: int = 0
+    records_pulled: int = 0
+    repair_rounds: int = 0
+    keys_repaired: int = 0
+    tombstones_purged: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class RepairReport:
+    """What one node's anti-entropy round found and fixed."""
+
+    node_id: str
+    peers: int
+    leaves_differing: int
+    keys_pulled: int
+    keys_pushed: int
 
 
 def cluster_state(endpoints: str | Sequence[str], *, timeout: float = 2.0) -> ClusterState:
@@ -68,7 +91,7 @@ def cluster_state(endpoints: str | Sequence[str], *, timeout: float = 2.0) -> Cl
                 ownership[node] += width
         return ClusterState(
             answered_by=endpoint,
-            members=[Member(m.node_id, m.address, m.state) for m in state.members],
+            members=[Member(m.node_id, m.address, m.state, m.status) for m in state.members],
             leader_id=state.leader_id,
             term=state.term,
             epoch=state.epoch,
@@ -80,14 +103,8 @@ def cluster_state(endpoints: str | Sequence[str], *, timeout: float = 2.0) -> Cl
 
 
 def node_stats(address: str, *, timeout: float = 2.0) -> NodeStats:
-    """What the node at ``address`` stores."""
-    with grpc.insecure_channel(address) as channel:
-        try:
-            stats = kv_pb2_grpc.ClusterStub(channel).GetNodeStats(
-                kv_pb2.GetNodeStatsRequest(), timeout=timeout
-            )
-        except grpc.RpcError as error:
-            raise from_rpc_error(error) from None
+    """What the node at ``address`` stores, and where its rebalancing and repair stand."""
+    stats = _call(address, "GetNodeStats", kv_pb2.GetNodeStatsRequest(), timeout)
     return NodeStats(
         stats.node_id,
         stats.records,
@@ -97,4 +114,47 @@ def node_stats(address: str, *, timeout: float = 2.0) -> NodeStats:
         stats.read_repairs,
         stats.hints_pending,
         stats.hints_replayed,
+        stats.leader_id,
+        stats.term,
+        stats.synced_epoch,
+        stats.ranges_to_pull,
+        stats.ranges_pulled,
+        stats.records_pulled,
+        stats.repair_rounds,
+        stats.keys_repaired,
+        stats.tombstones_purged,
     )
+
+
+def remove_node(endpoints: str | Sequence[str], node_id: str, *, timeout: float = 10.0) -> int:
+    """Start decommissioning ``node_id`` (through whichever endpoint answers); the new epoch."""
+    errors = []
+    for endpoint in endpoint_list(endpoints):
+        try:
+            response = _call(
+                endpoint, "RemoveNode", kv_pb2.RemoveNodeRequest(node_id=node_id), timeout
+            )
+        except Unavailable as error:
+            errors.append(f"{endpoint}: {error.message}")
+            continue
+        return int(response.members.epoch)
+    raise Unavailable("no endpoint could remove the node: " + "; ".join(errors))
+
+
+def repair(address: str, *, timeout: float = 300.0) -> RepairReport:
+    """Run one anti-entropy round on the node at ``address`` against its replicas."""
+    stats = _call(address, "GetNodeStats", kv_pb2.GetNodeStatsRequest(), timeout)
+    report = _call(address, "Repair", kv_pb2.RepairRequest(), timeout)
+    return RepairReport(
+        stats.node_id, report.peers, report.leaves_differing, report.keys_pulled, report.keys_pushed
+    )
+
+
+def _call(address: str, method: str, request: Any, timeout: float) -> Any:
+    """One unary call of ``kv.Cluster``, with errors turned into ringkv's."""
+    with grpc.insecure_channel(address) as channel:
+        stub = kv_pb2_grpc.ClusterStub(channel)
+        try:
+            return getattr(stub, method)(request, timeout=timeout)
+        except grpc.RpcError as error:
+            raise from_rpc_error(error) from None

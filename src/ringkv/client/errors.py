@@ -10,6 +10,7 @@ from ringkv.core import errors
 
 ERROR_CLASSES: dict[grpc.StatusCode, type[errors.RingkvError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: errors.InvalidArgument,
+    grpc.StatusCode.NOT_FOUND: errors.NotFound,
     grpc.StatusCode.RESOURCE_EXHAUSTED: errors.ResourceExhausted,
     grpc.StatusCode.FAILED_PRECONDITION: errors.PreconditionFailed,
     grpc.StatusCode.UNAVAILABLE: errors.Unavailable,

@@ -39,9 +39,9 @@ claim and starts its own election, which it wins if it reaches a majority
 role only while a majority acknowledged a heartbeat within the last
 ``election_timeout_ms``; a leader cut off from the majority steps down.
 
-Terms are kept in memory only. A node that restarts must not be given a
-fresh state with a lower term unless it stays out of elections for a term's
-lifetime; persisting ``term`` and the accepted leader avoids that.
+A node that restarts must resume the term and the leader it accepted
+(:attr:`ElectionNode.vote`, passed back to the constructor); the node
+persists both before it answers for a new term.
 """
 
 from __future__ import annotations
@@ -231,38 +231,55 @@ class ElectionNode:
         members: Sequence[str],
         config: ElectionConfig,
         rng: random.Random,
+        *,
+        term: int = 0,
+        term_leader: str | None = None,
     ) -> None:
-        if node_id not in members:
-            raise ValueError(f"{node_id!r} is not one of the members {list(members)!r}")
         self.node_id = node_id
-        self.members: tuple[str, ...] = tuple(sorted(set(members)))
         self.config = config
         self._rng = rng
-        self._member_set = frozenset(self.members)
-        self._others = tuple(m for m in self.members if m != node_id)
-        self._higher = tuple(m for m in self.members if m > node_id)
-        self._majority = majority(len(self.members))
+        # LEADER: when each member last acknowledged this term.
+        self._acked_at: dict[str, int] = {}
+        self.set_members(members)
 
         self._role = Role.FOLLOWER
         self._phase = _Phase.ELECTING
-        self._term = 0
+        # A restarted node resumes the term and leader it persisted (see
+        # :attr:`vote`), so it cannot accept a second leader for that term.
+        self._term = term
         # The one leader accepted for ``_term`` (this node itself while it
         # claims the term). Lower terms are rejected outright, so this is all
         # that is needed to never accept two leaders in one term.
-        self._term_leader: str | None = None
+        self._term_leader: str | None = term_leader
         # The largest term seen in any message: a new claim must exceed it.
-        self._max_term_seen = 0
+        self._max_term_seen = term
         self._leader: str | None = None
         # FOLLOWER: when it starts an election; CANDIDATE: when the phase times out.
         self._deadline_ms = 0
         # COORDINATING: the members that accepted the claimed term, self included.
         self._acks: set[str] = set()
-        # LEADER: when each member last acknowledged this term, and the next heartbeat.
-        self._acked_at: dict[str, int] = {}
+        # LEADER: when the next heartbeat is due.
         self._next_heartbeat_ms = 0
         self._started = False
 
+    def set_members(self, members: Sequence[str]) -> None:
+        """Change who takes part (a join or a removal); the term is kept."""
+        if self.node_id not in members:
+            raise ValueError(f"{self.node_id!r} is not one of the members {list(members)!r}")
+        self.members = tuple(sorted(set(members)))
+        self._member_set = frozenset(self.members)
+        self._others = tuple(m for m in self.members if m != self.node_id)
+        self._higher = tuple(m for m in self.members if m > self.node_id)
+        self._majority = majority(len(self.members))
+        for gone in set(self._acked_at) - self._member_set:
+            del self._acked_at[gone]
+
     # -- observed state ------------------------------------------------------
+
+    @property
+    def vote(self) -> tuple[int, str | None]:
+        """The term and the leader accepted for it: what must survive a restart."""
+        return self._term, self._term_leader
 
     @property
     def role(self) -> Role:
@@ -281,11 +298,21 @@ class ElectionNode:
 
     # -- events --------------------------------------------------------------
 
-    def start(self, now_ms: int) -> Output:
-        """Join the group: like a bully process that comes up, start an election."""
+    def start(self, now_ms: int, *, campaign: bool = True) -> Output:
+        """Join the group: like a bully process that comes up, start an election.
+
+        Without ``campaign`` the node first follows whoever leads, and runs
+        for leader only after an election timeout without one (or when a
+        lower id claims to lead it). A node just admitted to the cluster
+        starts so: until the leader's heartbeats have spread the member table
+        that lists it, the others would refuse its claims.
+        """
         self._started = True
         out: list[Envelope] = []
-        self._start_election(now_ms, out)
+        if campaign:
+            self._start_election(now_ms, out)
+        else:
+            self._deadline_ms = now_ms + self._election_timeout()
         return self._output(out)
 
     def tick(self, now_ms: int) -> Output:

@@ -35,6 +35,12 @@ class InvalidArgument(RingkvError):
     default_reason = "INVALID_ARGUMENT"
 
 
+class NotFound(RingkvError):
+    """The request names something that does not exist (a cluster member)."""
+
+    default_reason = "NOT_FOUND"
+
+
 class ResourceExhausted(RingkvError):
     """A request is too large, or a resource it needs has run out."""
 

@@ -1,20 +1,22 @@
-"""The seed's membership API, service ``kv.Cluster``.
+"""The seed's membership API, service ``kv.Cluster``, and its additions.
 
-``GetClusterState`` reports every member, its address and state, the ring's
-epoch and token ranges: what a token-aware client routes by. Until the bully
-election lands, the leader reported is the member it will pick (the highest
-id among those alive) and the term stays 0; Heartbeat and RequestVote answer
-without changing anything.
+``GetClusterState`` reports every member, its address, liveness and place in
+the ring, the epoch and the token ranges a token-aware client routes by.
+``Heartbeat`` and ``RequestVote`` carry the bully election (see
+:mod:`ringkv.server.membership`); ``Join`` and ``RemoveNode`` change the
+member table through the leader; ``Repair`` runs anti-entropy now.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 from ringkv.api import kv_pb2
+from ringkv.core.errors import Unavailable
+from ringkv.server.anti_entropy import RepairSchedule
 from ringkv.server.cluster_view import ClusterView
 from ringkv.server.counters import Counters
+from ringkv.server.membership import MembershipManager
 from ringkv.server.rpc import Context, Method
+from ringkv.server.wire import membership_to_wire
 from ringkv.storage import Engine
 
 
@@ -28,14 +30,14 @@ class ClusterService:
         view: ClusterView,
         engine: Engine,
         counters: Counters,
-        address: str,
-        peer_addresses: Mapping[str, str],
+        membership: MembershipManager,
+        repairs: RepairSchedule,
     ) -> None:
         self._counters = counters
         self._view = view
         self._engine = engine
-        self._addresses = {view.node_id: address, **peer_addresses}
-        self._term = 0
+        self._membership = membership
+        self._repairs = repairs
 
     def methods(self) -> dict[str, Method]:
         return {
@@ -43,58 +45,85 @@ class ClusterService:
             "RequestVote": Method(kv_pb2.RequestVoteRequest, self.request_vote),
             "GetClusterState": Method(kv_pb2.GetClusterStateRequest, self.get_cluster_state),
             "GetNodeStats": Method(kv_pb2.GetNodeStatsRequest, self.get_node_stats),
+            "Join": Method(kv_pb2.JoinRequest, self.join),
+            "RemoveNode": Method(kv_pb2.RemoveNodeRequest, self.remove_node),
+            "Repair": Method(kv_pb2.RepairRequest, self.repair),
         }
 
     async def heartbeat(
-        self, _request: kv_pb2.HeartbeatRequest, _: Context
+        self, request: kv_pb2.HeartbeatRequest, _: Context
     ) -> kv_pb2.HeartbeatResponse:
-        return kv_pb2.HeartbeatResponse(term=self._term, accepted=False)
+        return self._membership.on_heartbeat(request)
 
     async def request_vote(
-        self, _request: kv_pb2.RequestVoteRequest, _: Context
+        self, request: kv_pb2.RequestVoteRequest, _: Context
     ) -> kv_pb2.RequestVoteResponse:
-        return kv_pb2.RequestVoteResponse(term=self._term, vote_granted=False)
+        return self._membership.on_request_vote(request)
+
+    async def join(self, request: kv_pb2.JoinRequest, _: Context) -> kv_pb2.JoinResponse:
+        return await self._membership.on_join(request)
+
+    async def remove_node(
+        self, request: kv_pb2.RemoveNodeRequest, _: Context
+    ) -> kv_pb2.RemoveNodeResponse:
+        return await self._membership.on_remove(request)
+
+    async def repair(self, _request: kv_pb2.RepairRequest, _: Context) -> kv_pb2.RepairResponse:
+        if self._view.epoch == 0:
+            raise Unavailable("this node has not found its cluster yet", reason="NOT_READY")
+        report = await self._repairs.run()
+        return kv_pb2.RepairResponse(
+            peers=report.peers,
+            leaves_differing=report.leaves_differing,
+            keys_pulled=report.keys_pulled,
+            keys_pushed=report.keys_pushed,
+        )
 
     async def get_cluster_state(
         self, _request: kv_pb2.GetClusterStateRequest, _: Context
     ) -> kv_pb2.GetClusterStateResponse:
         view = self._view
         ring = view.ring
-        node_ids = list(ring.nodes)
-        alive = [node for node in node_ids if view.is_live(node)]
+        addresses = view.membership.addresses
+        table = membership_to_wire(view.membership, view.liveness)
         return kv_pb2.GetClusterStateResponse(
-            node_ids=node_ids,
-            addresses=[self._addresses[node] for node in node_ids],
-            leader_id=max(alive),
-            term=self._term,
-            epoch=ring.epoch,
+            node_ids=list(ring.nodes),
+            addresses=[addresses[node] for node in ring.nodes],
+            leader_id=view.leader_id,
+            term=view.term,
+            epoch=view.epoch,
             replicas=view.replicas,
             vnodes=ring.vnodes_per_node,
-            members=[
-                kv_pb2.Member(
-                    node_id=node,
-                    address=self._addresses[node],
-                    state="alive" if view.is_live(node) else "down",
-                )
-                for node in node_ids
-            ],
+            members=table.members,
             ranges=[
                 kv_pb2.TokenRange(start=r.start, last=r.end - 1, replicas=list(r.replicas))
                 for r in ring.ranges(view.replicas)
             ],
+            table=table,
         )
 
     async def get_node_stats(
         self, _request: kv_pb2.GetNodeStatsRequest, _: Context
     ) -> kv_pb2.GetNodeStatsResponse:
         stats = self._engine.stats()
+        rebalancer = self._membership.rebalancer
+        progress = rebalancer.progress if rebalancer is not None else None
         return kv_pb2.GetNodeStatsResponse(
             node_id=self._view.node_id,
             records=stats.records,
             bytes_used=stats.bytes_used,
-            epoch=self._view.ring.epoch,
+            epoch=self._view.epoch,
             forwarded_writes=self._counters.forwarded_writes,
             read_repairs=self._counters.read_repairs,
             hints_pending=stats.hints,
             hints_replayed=self._counters.hints_replayed,
+            leader_id=self._view.leader_id,
+            term=self._view.term,
+            synced_epoch=self._membership.synced_epoch,
+            ranges_to_pull=progress.ranges_total if progress else 0,
+            ranges_pulled=progress.ranges_done if progress else 0,
+            records_pulled=progress.records if progress else 0,
+            repair_rounds=self._counters.repair_rounds,
+            keys_repaired=self._counters.keys_repaired,
+            tombstones_purged=self._counters.tombstones_purged,
         )

@@ -9,6 +9,7 @@ its own transaction.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from ringkv.core.errors import StorageFull
@@ -51,6 +52,11 @@ class CommitQueue:
     async def submit(self, mutation: Mutation) -> ApplyResult:
         """Apply one mutation; returns once it is durable as the fsync mode says."""
         return await self._batcher.submit(mutation)
+
+    async def purge(self, keys: Sequence[bytes]) -> int:
+        """Remove records outright on the commit thread, so no write interleaves."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._thread, self._engine.purge, keys)
 
     async def close(self) -> None:
         """Commit what is pending, then stop the commit thread."""

@@ -141,6 +141,17 @@ class NodeConfig:
     """How long a stand-in keeps a hint for a node that stays down."""
     hint_replay_interval_s: float = 1.0
     """How often hints are offered to the nodes that are back."""
+    heartbeat_interval_s: float = 1.0
+    """How often the leader sends heartbeats."""
+    election_timeout_s: float = 3.0
+    """Silence from the leader after which an election starts; also how long
+    a member may stay silent before the leader counts it dead."""
+    dead_after_s: float = 60.0
+    """How long a member may stay dead before the leader removes it."""
+    anti_entropy_interval_s: float = 600.0
+    """How often replicas compare Merkle trees; 0 for never (repair on demand only)."""
+    tombstone_grace_s: float = 10 * 86400.0
+    """How long tombstones are kept before they may be purged."""
     clock_offset_ms: int = 0
     """Added to the wall clock: lets tests give nodes skewed clocks."""
     log_format: str = "text"
@@ -169,6 +180,15 @@ class NodeConfig:
             raise ConfigError("timeouts must be positive")
         if self.hint_ttl_s <= 0 or self.hint_replay_interval_s <= 0:
             raise ConfigError("the hint TTL and replay interval must be positive")
+        if self.heartbeat_interval_s <= 0 or self.election_timeout_s <= self.heartbeat_interval_s:
+            raise ConfigError(
+                "the election timeout must be longer than the heartbeat interval, "
+                f"got {self.election_timeout_s} and {self.heartbeat_interval_s}"
+            )
+        if self.dead_after_s < self.election_timeout_s:
+            raise ConfigError("--dead-after must be at least the election timeout")
+        if self.anti_entropy_interval_s < 0 or self.tombstone_grace_s < 0:
+            raise ConfigError("the anti-entropy interval and tombstone grace must not be negative")
         if self.shutdown_grace_s < 0:
             raise ConfigError("the shutdown grace period must not be negative")
 

@@ -207,18 +207,30 @@ class Coordinator:
         raise InternalError(f"could not write past newer versions in {_MAX_STAMPS} rounds")
 
     async def _send(self, record: Record, level: Consistency, deadline: float) -> list[ReplicaAck]:
-        """The answers of a quorum at ``level`` to one record."""
+        """The answers of a quorum at ``level`` to one record.
+
+        During a membership change the key's replicas in the next ring are
+        written too, and each one that is up adds to the answers needed (as
+        Cassandra's pending ranges do): once the change settles, a quorum of
+        the new replicas still holds every acknowledged write.
+        """
         n, targets = self._targets(record.key, level)
+        pending = [
+            Target(node)
+            for node in self._view.pending_replicas(record.key)
+            if self._view.is_live(node)
+        ]
         try:
             acks, _ = await self._gather(
-                targets,
+                targets + pending,
                 lambda target: self._write_one(target, record),
-                quorum.required_replies(level, n),
+                quorum.required_replies(level, n) + len(pending),
                 deadline,
                 "write",
-                launch=len(targets),
+                launch=len(targets) + len(pending),
                 stand_in=self._stand_in_finder(record.key, level),
             )
+            self._hint_unreachable(record, targets, n)
         except QuorumFailed as failure:
             if (
                 not failure.answered
@@ -233,6 +245,22 @@ class Coordinator:
                 metadata=failure.metadata,
             ) from None
         return list(acks.values())
+
+    def _hint_unreachable(self, record: Record, targets: list[Target], n: int) -> None:
+        """Hold a hint here for each replica that is down and has no stand-in.
+
+        A stand-in is only found past the preference list (none when the
+        cluster has no more nodes than copies); without this, a replica that
+        was down during a write would miss it until a read or anti-entropy
+        repaired it. The hint does not count toward the quorum.
+        """
+        covered = {target.stands_in_for or target.node_id for target in targets}
+        for node in self._view.clockwise(record.key)[:n]:
+            if node not in covered:
+                self._spawn(self._hold_hint(record, node))
+
+    async def _hold_hint(self, record: Record, node: str) -> None:
+        await self._store.apply(record, hint_for=node)
 
     async def _write_one(self, target: Target, record: Record) -> ReplicaAck:
         if target.node_id == self._view.node_id:

@@ -15,3 +15,9 @@ class Counters:
     """Hints delivered to the node they were held for."""
     hints_expired: int = 0
     """Hints dropped unsent after the hint TTL."""
+    repair_rounds: int = 0
+    """Anti-entropy rounds run (scheduled or asked for)."""
+    keys_repaired: int = 0
+    """Keys anti-entropy pulled from or pushed to another replica."""
+    tombstones_purged: int = 0
+    """Tombstones and expired values removed after the tombstone grace."""

@@ -13,6 +13,7 @@ from ringkv.core.errors import (
     DeadlineExceeded,
     InternalError,
     InvalidArgument,
+    NotFound,
     PreconditionFailed,
     ResourceExhausted,
     RingkvError,
@@ -24,6 +25,7 @@ ERROR_DOMAIN = "ringkv"
 
 STATUS_CODES: dict[type[RingkvError], grpc.StatusCode] = {
     InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    NotFound: grpc.StatusCode.NOT_FOUND,
     ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
     PreconditionFailed: grpc.StatusCode.FAILED_PRECONDITION,
     Unavailable: grpc.StatusCode.UNAVAILABLE,

@@ -74,7 +74,7 @@ class KeyValueService:
 
     def _answer(self, context: Context) -> None:
         """Tell the caller our ring epoch, so a token-aware client knows when to refresh."""
-        context.set_trailing_metadata(((RING_EPOCH, str(self._view.ring.epoch)),))
+        context.set_trailing_metadata(((RING_EPOCH, str(self._view.epoch)),))
 
     def _timeout(self, context: Context) -> float:
         remaining = context.time_remaining()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from ringkv.core.quorum import newest
 from ringkv.core.records import ApplyResult, Mutation, Record
 from ringkv.server.commit import CommitQueue
@@ -28,6 +30,10 @@ class LocalStore:
     async def apply(self, record: Record, *, hint_for: str | None = None) -> ApplyResult:
         """Store a record if it is newer than the one held (or the hint, with ``hint_for``)."""
         return await self._commits.submit(Mutation(record, hint_for=hint_for))
+
+    async def purge(self, keys: Sequence[bytes]) -> int:
+        """Remove the records of ``keys`` outright (ranges handed off, old tombstones)."""
+        return await self._commits.purge(keys)
 
     async def drop_hint(self, record: Record, node_id: str) -> None:
         """Forget a hint held for ``node_id`` if it is still this version."""

@@ -14,10 +14,12 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from ringkv.core.election import ElectionConfig
 from ringkv.core.errors import Unavailable
 from ringkv.core.hlc import HybridLogicalClock
-from ringkv.core.ring import Ring
+from ringkv.core.membership import Membership, RingMaker
 from ringkv.server import rpc
+from ringkv.server.anti_entropy import AntiEntropy, RepairSchedule
 from ringkv.server.cluster_service import ClusterService
 from ringkv.server.cluster_view import ClusterView
 from ringkv.server.commit import DEFAULT_MAX_BATCH, CommitQueue
@@ -27,7 +29,10 @@ from ringkv.server.counters import Counters
 from ringkv.server.hints import HintReplayer
 from ringkv.server.kv_service import KeyValueService
 from ringkv.server.local_store import LocalStore
+from ringkv.server.membership import MembershipManager
+from ringkv.server.membership_file import MembershipFile
 from ringkv.server.peers import Peer, PeerProber
+from ringkv.server.rebalance import Rebalancer
 from ringkv.server.replica_service import ReplicaService
 from ringkv.storage import FsyncMode, open_engine
 
@@ -69,32 +74,74 @@ async def serve(
         clock = HybridLogicalClock(config.node_id)
         now_ms = wall_clock(config.clock_offset_ms)
 
-        peers = {
-            peer.node_id: Peer(peer.node_id, str(peer.address), clock, config.peer_timeout_s)
-            for peer in config.peers
-        }
-        for peer in peers.values():
-            resources.push_async_callback(peer.close)
-        prober = PeerProber(list(peers.values()), _PROBE_INTERVAL_S)
+        def open_peer(node_id: str, address: str) -> Peer:
+            return Peer(node_id, address, clock, config.peer_timeout_s)
+
+        advertised = HostPort(config.advertised.host, config.advertised.port or port)
+        seeds = {peer.node_id: str(peer.address) for peer in config.peers}
+        rings = RingMaker(config.vnodes)
+        # Until the node finds its cluster it routes by its flags (epoch 0).
+        provisional = Membership(
+            0, Membership.bootstrap({config.node_id: str(advertised), **seeds}).members
+        )
+        view = ClusterView(config.node_id, provisional, config.replicas, rings, open_peer)
+        resources.push_async_callback(view.close)
+        prober = PeerProber(view.peers, _PROBE_INTERVAL_S)
         resources.push_async_callback(prober.close)
-        ring = Ring((config.node_id, *peers), epoch=1, vnodes_per_node=config.vnodes)
-        view = ClusterView(config.node_id, peers, ring, config.replicas)
         counters = Counters()
         coordinator = Coordinator(view, store, clock, now_ms, counters)
         resources.push_async_callback(coordinator.close)
         replayer = HintReplayer(
             engine,
             store,
-            peers,
+            view.peers,
             counters,
             now_ms,
             hint_ttl_ms=int(config.hint_ttl_s * 1000),
             interval_s=config.hint_replay_interval_s,
         )
         resources.push_async_callback(replayer.close)
+        stop = stop or _stop_on_signals()
+        membership = MembershipManager(
+            view,
+            address=str(advertised),
+            seeds=seeds,
+            saved=MembershipFile(config.data_path if config.engine == "lmdb" else None),
+            election=ElectionConfig(
+                heartbeat_interval_ms=int(config.heartbeat_interval_s * 1000),
+                election_timeout_ms=int(config.election_timeout_s * 1000),
+                # Half a heartbeat to answer and a fifth as jitter: a failover
+                # then takes at most an election timeout plus one heartbeat.
+                answer_timeout_ms=max(50, int(config.heartbeat_interval_s * 500)),
+                jitter_ms=int(config.heartbeat_interval_s * 200),
+            ),
+            remove_dead_after_ms=int(config.dead_after_s * 1000),
+            rings=rings,
+            on_removed=stop.set,
+        )
+        resources.push_async_callback(membership.close)
+        rebalancer = Rebalancer(
+            view,
+            store,
+            engine,
+            settle_delay_s=2 * config.heartbeat_interval_s,
+            cleanup_delay_s=2 * config.election_timeout_s,
+        )
+        membership.rebalancer = rebalancer
+        resources.push_async_callback(rebalancer.close)
+        repairs = RepairSchedule(
+            AntiEntropy(
+                view,
+                store,
+                engine,
+                now_ms,
+                tombstone_grace_ms=int(config.tombstone_grace_s * 1000),
+            ),
+            counters,
+            config.anti_entropy_interval_s,
+        )
+        resources.push_async_callback(repairs.close)
 
-        peer_addresses = {peer.node_id: str(peer.address) for peer in config.peers}
-        advertised = HostPort(config.advertised.host, config.advertised.port or port)
         services: list[rpc.Service] = [
             KeyValueService(
                 view,
@@ -105,10 +152,15 @@ async def serve(
                 request_timeout_s=config.request_timeout_s,
                 counters=counters,
             ),
-            ClusterService(view, engine, counters, str(advertised), peer_addresses),
-            ReplicaService(store, clock, now_ms),
+            ClusterService(view, engine, counters, membership, repairs),
+            ReplicaService(store, clock, now_ms, engine=engine),
         ]
-        await _serve_until_stopped(config, server, port, services, stop or _stop_on_signals())
+
+        def on_serving() -> None:
+            membership.start()
+            repairs.start()
+
+        await _serve_until_stopped(config, server, port, services, stop=stop, on_serving=on_serving)
     log.info("stopped")
 
 
@@ -149,7 +201,9 @@ async def _serve_until_stopped(
     server: grpc.aio.Server,
     port: int,
     services: list[rpc.Service],
+    *,
     stop: asyncio.Event,
+    on_serving: Callable[[], None],
 ) -> None:
     gate = rpc.Gate()
     server.add_generic_rpc_handlers([rpc.generic_handler(s, gate) for s in services])
@@ -159,6 +213,7 @@ async def _serve_until_stopped(
         [s.name for s in services] + [health.SERVICE_NAME, reflection.SERVICE_NAME], server
     )
     await server.start()
+    on_serving()
     for name in ["", *(s.name for s in services)]:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     log.info(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping
 
 import grpc
 
@@ -50,6 +50,8 @@ class Peer:
         self._replica = replica_pb2_grpc.ReplicaStub(self._channel)
         self.kv = kv_pb2_grpc.KeyValueStub(self._channel)
         """The peer's client API, for forwarding writes to it."""
+        self.cluster = kv_pb2_grpc.ClusterStub(self._channel)
+        """The peer's membership API: heartbeats, elections, joins."""
         self._writers: dict[str, Batcher[Record, ReplicaAck]] = {}
         self._reader: Batcher[bytes, Record | None] | None = None
 
@@ -138,18 +140,67 @@ class Peer:
             await self._reader.close()
         await self._channel.close()
 
+    async def scan(
+        self, start: int, end: int, cursor: bytes, limit: int
+    ) -> tuple[list[Record], bytes]:
+        """One page of the peer's records with ``start <= token < end`` (``end``
+        up to 2**64), tombstones included, and the cursor of the next page.
+
+        Start with an empty cursor; an empty cursor back means the span is
+        done. The peer caps ``limit`` (at 1000) and cuts pages of large values
+        shorter.
+        """
+        request = replica_pb2.ScanRequest(
+            span=self._span(start, end), cursor=cursor, limit=limit, clock=self._clock.last
+        )
+        try:
+            response = await self._replica.Scan(request, timeout=self._timeout_s)
+        except grpc.aio.AioRpcError as error:
+            raise self._failed(error, "replica scan") from None
+        self._clock.observe(response.clock)
+        return [record_from_wire(r) for r in response.records], response.next_cursor
+
+    async def merkle(
+        self, spans: list[tuple[int, int]], depth: int, purge_horizon_ms: int
+    ) -> tuple[int, ...]:
+        """The leaves of the peer's Merkle tree (``ringkv.core.merkle``) of
+        ``depth`` over its records in ``spans`` (disjoint), leaving out what
+        garbage collection may purge at ``purge_horizon_ms``."""
+        request = replica_pb2.MerkleRequest(
+            spans=[self._span(start, end) for start, end in spans],
+            depth=depth,
+            purge_horizon_ms=purge_horizon_ms,
+            clock=self._clock.last,
+        )
+        try:
+            response = await self._replica.Merkle(request, timeout=self._timeout_s)
+        except grpc.aio.AioRpcError as error:
+            raise self._failed(error, "replica merkle") from None
+        self._clock.observe(response.clock)
+        if len(response.leaves) != 1 << depth:
+            raise InternalError(f"{self.node_id} answered a Merkle request of depth {depth} oddly")
+        return tuple(response.leaves)
+
+    @staticmethod
+    def _span(start: int, end: int) -> replica_pb2.TokenSpan:
+        # 2**64 does not fit a uint64: the wire says "to the end" instead.
+        if end >= 1 << 64:
+            return replica_pb2.TokenSpan(start=start, to_end=True)
+        return replica_pb2.TokenSpan(start=start, end=end)
+
 
 class PeerProber:
     """Pings every down peer periodically so it is used again once it is back."""
 
-    def __init__(self, peers: Sequence[Peer], interval_s: float) -> None:
+    def __init__(self, peers: Mapping[str, Peer], interval_s: float) -> None:
         self._peers = peers
         self._interval_s = interval_s
         self._task = asyncio.get_running_loop().create_task(self._run(), name="peer-prober")
 
     async def _run(self) -> None:
         while True:
-            await asyncio.gather(*(peer.probe() for peer in self._peers if not peer.alive))
+            down = [peer for peer in self._peers.values() if not peer.alive]
+            await asyncio.gather(*(peer.probe() for peer in down))
             await asyncio.sleep(self._interval_s)
 
     async def close(self) -> None:

@@ -4,16 +4,31 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import struct
 from collections.abc import Callable
 
 from ringkv.api import replica_pb2
+from ringkv.core.errors import InvalidArgument
 from ringkv.core.hlc import HybridLogicalClock
-from ringkv.core.records import ack
+from ringkv.core.merkle import MAX_DEPTH
+from ringkv.core.records import Record, ack
+from ringkv.core.ring import TOKEN_SPACE
+from ringkv.core.tokens import token_of
+from ringkv.server.anti_entropy import span_tree
 from ringkv.server.local_store import LocalStore
 from ringkv.server.rpc import Context, Method
 from ringkv.server.wire import record_from_wire, record_to_wire
+from ringkv.storage import Engine
 
 log = logging.getLogger(__name__)
+
+SCAN_PAGE_RECORDS = 1000
+"""The most records a Scan page holds, whatever the caller asks for."""
+SCAN_PAGE_BYTES = 4 << 20
+"""A page is cut once its keys and values pass this many bytes: 1000 values
+at the 1 MiB value limit would not fit in one message."""
+# A Scan cursor is the last token of the page before.
+_CURSOR = struct.Struct(">Q")
 
 
 class ReplicaService:
@@ -22,16 +37,26 @@ class ReplicaService:
     name = "ringkv.internal.Replica"
 
     def __init__(
-        self, store: LocalStore, clock: HybridLogicalClock, now_ms: Callable[[], int]
+        self,
+        store: LocalStore,
+        clock: HybridLogicalClock,
+        now_ms: Callable[[], int],
+        *,
+        engine: Engine,
     ) -> None:
         self._store = store
         self._clock = clock
         self._now_ms = now_ms
+        # Scans go to the engine directly: the store reads and writes keys,
+        # not ranges.
+        self._engine = engine
 
     def methods(self) -> dict[str, Method]:
         return {
             "Read": Method(replica_pb2.ReadRequest, self.read),
             "Write": Method(replica_pb2.WriteRequest, self.write),
+            "Scan": Method(replica_pb2.ScanRequest, self.scan),
+            "Merkle": Method(replica_pb2.MerkleRequest, self.merkle),
         }
 
     async def read(self, request: replica_pb2.ReadRequest, _: Context) -> replica_pb2.ReadResponse:
@@ -71,3 +96,60 @@ class ReplicaService:
             response.newer.append(answer.newer)
             response.failed.append(False)
         return response
+
+    async def scan(self, request: replica_pb2.ScanRequest, _: Context) -> replica_pb2.ScanResponse:
+        self._clock.observe(request.clock)
+        start, end = _span_from_wire(request.span)
+        if request.cursor:
+            if len(request.cursor) != _CURSOR.size:
+                raise InvalidArgument("malformed scan cursor", reason="MALFORMED_CURSOR")
+            (last,) = _CURSOR.unpack(request.cursor)
+            start = max(start, last + 1)
+        limit = min(request.limit or SCAN_PAGE_RECORDS, SCAN_PAGE_RECORDS)
+        # An LMDB scan blocks on the disk: off the event loop.
+        records, last_token = await asyncio.to_thread(_scan_page, self._engine, start, end, limit)
+        return replica_pb2.ScanResponse(
+            records=[record_to_wire(r) for r in records],
+            next_cursor=b"" if last_token is None else _CURSOR.pack(last_token),
+            clock=self._clock.last,
+        )
+
+    async def merkle(
+        self, request: replica_pb2.MerkleRequest, _: Context
+    ) -> replica_pb2.MerkleResponse:
+        self._clock.observe(request.clock)
+        if request.depth > MAX_DEPTH:
+            raise InvalidArgument(
+                f"Merkle depth {request.depth} is over the limit of {MAX_DEPTH}",
+                reason="MERKLE_TOO_DEEP",
+            )
+        spans = [_span_from_wire(span) for span in request.spans]
+        tree = await asyncio.to_thread(
+            span_tree, self._engine, spans, request.depth, request.purge_horizon_ms
+        )
+        return replica_pb2.MerkleResponse(leaves=tree.leaves, clock=self._clock.last)
+
+
+def _span_from_wire(span: replica_pb2.TokenSpan) -> tuple[int, int]:
+    return span.start, TOKEN_SPACE if span.to_end else span.end
+
+
+def _scan_page(engine: Engine, start: int, end: int, limit: int) -> tuple[list[Record], int | None]:
+    """Up to ``limit`` records from ``start``, and the token to resume after
+    (None when the span is done).
+
+    A page ends only where the token changes, so resuming after a token
+    loses nothing even though keys that share a token are not in key order
+    (the LMDB engine orders long keys by their digest).
+    """
+    records: list[Record] = []
+    size = 0
+    last: int | None = None
+    for record in engine.scan(start, end):
+        token = token_of(record.key)
+        if (len(records) >= limit or size >= SCAN_PAGE_BYTES) and token != last:
+            return records, last
+        records.append(record)
+        size += len(record.key) + len(record.value)
+        last = token
+    return records, None

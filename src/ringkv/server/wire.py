@@ -1,10 +1,15 @@
-"""Records on the internal wire: core records to and from ringkv.internal messages."""
+"""Core values on the wire: records (ringkv.internal) and member tables (kv.Cluster)."""
 
 from __future__ import annotations
 
-from ringkv.api import replica_pb2
+from collections.abc import Mapping
+
+from ringkv.api import kv_pb2, replica_pb2
+from ringkv.core.errors import InvalidArgument
 from ringkv.core.hlc import Version
+from ringkv.core.membership import Liveness, Member, Membership, MemberStatus
 from ringkv.core.records import Record
+from ringkv.server.config import validate_node_id
 
 
 def record_to_wire(record: Record) -> replica_pb2.Record:
@@ -27,3 +32,47 @@ def record_from_wire(message: replica_pb2.Record) -> Record:
         tombstone=message.tombstone,
         expires_at_ms=message.expires_at_ms,
     )
+
+
+def membership_to_wire(
+    membership: Membership, liveness: Mapping[str, Liveness]
+) -> kv_pb2.MemberTable:
+    return kv_pb2.MemberTable(
+        epoch=membership.epoch,
+        term=membership.term,
+        members=[
+            kv_pb2.Member(
+                node_id=m.node_id,
+                address=m.address,
+                state=liveness.get(m.node_id, Liveness.ALIVE).value,
+                status=m.status.value,
+            )
+            for m in membership.members
+        ],
+    )
+
+
+def membership_from_wire(table: kv_pb2.MemberTable) -> Membership | None:
+    """The member table sent, or None when the message carries none (epoch 0).
+
+    Raises InvalidArgument for a table no leader could have made.
+    """
+    if table.epoch <= 0:
+        return None
+    members = []
+    for m in table.members:
+        try:
+            validate_node_id(m.node_id)
+            status = MemberStatus(m.status)
+        except ValueError as error:
+            raise InvalidArgument(f"bad member table: {error}") from None
+        members.append(Member(m.node_id, m.address, status))
+    ids = [m.node_id for m in members]
+    if not ids or len(set(ids)) != len(ids) or table.term < 0:
+        raise InvalidArgument("bad member table: no members, a member twice or a negative term")
+    return Membership(table.epoch, tuple(sorted(members, key=lambda m: m.node_id)), table.term)
+
+
+def liveness_from_wire(table: kv_pb2.MemberTable) -> dict[str, Liveness]:
+    states = {state.value for state in Liveness}
+    return {m.node_id: Liveness(m.state) for m in table.members if m.state in states}

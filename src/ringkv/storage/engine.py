@@ -7,6 +7,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from ringkv.core.hlc import Version
 from ringkv.core.records import ApplyResult, Mutation, Record
 
 
@@ -34,11 +35,24 @@ class EngineStats:
     """Hints held for other nodes."""
 
 
+def purge_checks(
+    keys: Sequence[bytes], expected: Sequence[Version] | None
+) -> Sequence[Version | None]:
+    """The version each key of a ``purge`` must still have (None: any), checked
+    before anything is removed so a bad call removes nothing."""
+    if expected is None:
+        return [None] * len(keys)
+    if len(expected) != len(keys):
+        raise ValueError(f"purge of {len(keys)} keys got {len(expected)} expected versions")
+    return expected
+
+
 class Engine(Protocol):
     """A store of versioned records, keyed by (token, key).
 
     ``apply`` is called from one thread at a time (the node's commit thread);
-    ``get`` and ``scan`` may run concurrently with it from another thread.
+    ``get``, ``scan`` and ``purge`` may run concurrently with it from another
+    thread.
     """
 
     def get(self, key: bytes) -> Record | None:
@@ -58,6 +72,17 @@ class Engine(Protocol):
         All mutations commit in one transaction, in order, durably as the
         engine's fsync mode says, before this returns. Raises StorageFull when
         there is no room; then nothing of the batch is stored.
+        """
+        ...
+
+    def purge(self, keys: Sequence[bytes], *, expected: Sequence[Version] | None = None) -> int:
+        """Remove the records (not the hints) of ``keys`` for good, in one
+        transaction; the number removed.
+
+        With ``expected``, one version per key, a key's record is removed only
+        if it is still that version: a write that replaced it after the caller
+        looked stays. The check and the removal share the transaction, so no
+        write can slip in between. Raises StorageFull like ``apply``.
         """
         ...
 

@@ -10,13 +10,14 @@ from __future__ import annotations
 import fcntl
 import os
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import lmdb
 
 from ringkv.core.errors import StorageFull, Unavailable
+from ringkv.core.hlc import Version
 from ringkv.core.records import ApplyResult, Mutation, Outcome, Record, resolve
 from ringkv.core.tokens import MAX_TOKEN
 from ringkv.storage.codec import (
@@ -29,12 +30,13 @@ from ringkv.storage.codec import (
     stored_user_key,
     token_bound,
 )
-from ringkv.storage.engine import EngineStats, FsyncMode
+from ringkv.storage.engine import EngineStats, FsyncMode, purge_checks
 
 DEFAULT_INITIAL_MAP_BYTES = 256 << 20
 DEFAULT_MAX_MAP_BYTES = 1 << 40
 _SCAN_CHUNK = 512
 _LOCK_FILE = "ringkv.lock"
+_T = TypeVar("_T")
 
 
 class LmdbEngine:
@@ -69,6 +71,7 @@ class LmdbEngine:
         # readers hold the lock for one short transaction, the resize holds it
         # while it swaps the map.
         self._map_lock = threading.Lock()
+        self._write_lock = threading.Lock()
 
     def get(self, key: bytes) -> Record | None:
         with self._map_lock, self._env.begin(db=self._records, buffers=True) as txn:
@@ -89,39 +92,67 @@ class LmdbEngine:
             return hints
 
     def apply(self, mutations: Sequence[Mutation]) -> list[ApplyResult]:
-        while True:
-            try:
-                return self._apply_once(mutations)
-            except lmdb.MapFullError:
-                self._grow_map()
-            except lmdb.DiskError as exc:
-                raise StorageFull(f"the disk is full: {exc}") from None
-            except lmdb.Error as exc:
-                # A write cut short by a filling disk reports EIO ("short
-                # write, filesystem full?"), not ENOSPC.
-                if _disk_nearly_full(self._path):
-                    raise StorageFull(f"the disk is full: {exc}") from None
-                raise
+        return self._write(lambda txn: self._apply_in(txn, mutations))
 
-    def _apply_once(self, mutations: Sequence[Mutation]) -> list[ApplyResult]:
+    def _apply_in(self, txn: lmdb.Transaction, mutations: Sequence[Mutation]) -> list[ApplyResult]:
         results = []
-        with self._env.begin(write=True, buffers=True) as txn:
-            for mutation in mutations:
-                record = mutation.record
-                if mutation.hint_for is None:
-                    db, stored_key = self._records, storage_key(record.key)
+        for mutation in mutations:
+            record = mutation.record
+            if mutation.hint_for is None:
+                db, stored_key = self._records, storage_key(record.key)
+            else:
+                db, stored_key = self._hints, hint_key(record.key, mutation.hint_for)
+            data = txn.get(stored_key, db=db)
+            current = None if data is None else decode_record(record.key, data)
+            result = resolve(mutation, current)
+            if result.outcome is Outcome.APPLIED:
+                if mutation.delivered:
+                    txn.delete(stored_key, db=db)
                 else:
-                    db, stored_key = self._hints, hint_key(record.key, mutation.hint_for)
-                data = txn.get(stored_key, db=db)
-                current = None if data is None else decode_record(record.key, data)
-                result = resolve(mutation, current)
-                if result.outcome is Outcome.APPLIED:
-                    if mutation.delivered:
-                        txn.delete(stored_key, db=db)
-                    else:
-                        txn.put(stored_key, encode_record(record), db=db)
-                results.append(result)
+                    txn.put(stored_key, encode_record(record), db=db)
+            results.append(result)
         return results
+
+    def purge(self, keys: Sequence[bytes], *, expected: Sequence[Version] | None = None) -> int:
+        versions = purge_checks(keys, expected)
+        return self._write(lambda txn: self._purge_in(txn, keys, versions))
+
+    def _purge_in(
+        self, txn: lmdb.Transaction, keys: Sequence[bytes], versions: Sequence[Version | None]
+    ) -> int:
+        removed = 0
+        for key, version in zip(keys, versions, strict=True):
+            stored_key = storage_key(key)
+            if version is not None:
+                data = txn.get(stored_key, db=self._records)
+                if data is None or decode_record(key, data).version != version:
+                    continue
+            if txn.delete(stored_key, db=self._records):
+                removed += 1
+        return removed
+
+    def _write(self, body: Callable[[lmdb.Transaction], _T]) -> _T:
+        """Run ``body`` in one write transaction, growing the map when it is full.
+
+        Writers are serialized here, not only by LMDB: growing the map needs
+        every transaction of this process closed, and ``purge`` may write from
+        another thread than the commit thread's ``apply``.
+        """
+        with self._write_lock:
+            while True:
+                try:
+                    with self._env.begin(write=True, buffers=True) as txn:
+                        return body(txn)
+                except lmdb.MapFullError:
+                    self._grow_map()
+                except lmdb.DiskError as exc:
+                    raise StorageFull(f"the disk is full: {exc}") from None
+                except lmdb.Error as exc:
+                    # A write cut short by a filling disk reports EIO ("short
+                    # write, filesystem full?"), not ENOSPC.
+                    if _disk_nearly_full(self._path):
+                        raise StorageFull(f"the disk is full: {exc}") from None
+                    raise
 
     def _grow_map(self) -> None:
         size = int(self._env.info()["map_size"])

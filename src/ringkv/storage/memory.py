@@ -6,9 +6,10 @@ import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from ringkv.core.hlc import Version
 from ringkv.core.records import ApplyResult, Mutation, Outcome, Record, resolve
 from ringkv.core.tokens import token_of
-from ringkv.storage.engine import EngineStats
+from ringkv.storage.engine import EngineStats, purge_checks
 
 
 class MemoryEngine:
@@ -46,6 +47,17 @@ class MemoryEngine:
                     store[slot] = mutation.record
                 results.append(result)
         return results
+
+    def purge(self, keys: Sequence[bytes], *, expected: Sequence[Version] | None = None) -> int:
+        versions = purge_checks(keys, expected)
+        removed = 0
+        with self._lock:
+            for key, version in zip(keys, versions, strict=True):
+                current = self._records.get(key)
+                if current is not None and version in (None, current.version):
+                    del self._records[key]
+                    removed += 1
+        return removed
 
     def scan(self, start_token: int, end_token: int) -> Iterator[Record]:
         with self._lock:

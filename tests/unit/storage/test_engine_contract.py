@@ -706,3 +706,94 @@ def test_a_delivered_hint_is_dropped_only_if_it_is_still_that_version(engine: En
     assert apply_mutation(engine, delivered(old, THIRD)).outcome is APPLIED
     assert engine.stats().hints == 0
     assert apply_mutation(engine, delivered(old, THIRD)).outcome is STALE
+
+
+# --- purge: dropping records for good (tombstone GC) ---------------------------
+
+
+def test_purge_removes_the_records_of_the_keys_and_counts_them(engine: Engine) -> None:
+    kept = rec(b"kept", 1)
+    engine.apply([put(rec(b"a", 1)), put(rec(b"b", 2, tombstone=True)), put(kept)])
+
+    # Missing and repeated keys are not counted twice.
+    assert engine.purge([b"a", b"b", b"missing", b"a"]) == 2
+
+    assert engine.get(b"a") is None
+    assert engine.get(b"b") is None
+    assert scan_all(engine) == [kept]
+    assert engine.stats().records == 1
+    assert engine.purge([]) == 0
+
+
+def test_purge_leaves_hints_alone(engine: Engine) -> None:
+    held = rec(b"k", 5, b"for-b")
+    engine.apply([put(rec(b"k", 1)), hint(held, OTHER)])
+
+    assert engine.purge([b"k"]) == 1
+
+    assert engine.get(b"k") is None
+    assert engine.get_hints(b"k") == [held]
+    assert engine.stats().hints == 1
+
+
+def test_a_purged_key_forgets_its_version(engine: Engine) -> None:
+    """Why tombstones get a grace period: after a purge an older write is new again."""
+    engine.apply([put(rec(b"k", 9, tombstone=True))])
+    engine.purge([b"k"])
+
+    older = rec(b"k", 1, b"late")
+    assert apply_one(engine, older) == ApplyResult(APPLIED, None)
+    assert engine.get(b"k") == older
+
+
+def test_purge_finds_long_keys_stored_by_digest(engine: Engine) -> None:
+    records = [rec(key, index + 1) for index, key in enumerate(LONG_KEYS)]
+    engine.apply([put(r) for r in records])
+    gone = LONG_KEYS[2:4]  # differ in their last byte only; LONG_KEYS[4] extends LONG_KEYS[3]
+
+    assert engine.purge(gone) == 2
+
+    for record in records:
+        assert engine.get(record.key) == (None if record.key in gone else record)
+    assert scan_all(engine) == in_scan_order(r for r in records if r.key not in gone)
+
+
+def test_purge_keeps_keys_apart_when_tokens_collide(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("ringkv.storage.codec.token_of", lambda key: 7)
+    keys = [*PREFIX_KEYS, *LONG_KEYS[1:4]]
+    engine.apply([put(rec(key, 1)) for key in keys])
+
+    assert engine.purge([b"ab", LONG_KEYS[2]]) == 2
+
+    assert [key for key in keys if engine.get(key) is None] == [b"ab", LONG_KEYS[2]]
+    assert engine.stats().records == len(keys) - 2
+
+
+def test_purge_with_expected_versions_spares_records_written_since(engine: Engine) -> None:
+    old_a, old_b, old_c = rec(b"a", 1, tombstone=True), rec(b"b", 1), rec(b"c", 1)
+    engine.apply([put(old_a), put(old_b), put(old_c)])
+    newer_b = rec(b"b", 2, b"rewritten")
+    tie_c = rec(b"c", 1, b"x", node="node-z")  # same timestamp, another node: another version
+    engine.apply([put(newer_b), put(tie_c)])
+
+    removed = engine.purge(
+        [b"a", b"b", b"c", b"missing"],
+        expected=[old_a.version, old_b.version, old_c.version, old_a.version],
+    )
+
+    assert removed == 1
+    assert engine.get(b"a") is None
+    assert engine.get(b"b") == newer_b
+    assert engine.get(b"c") == tie_c
+
+
+def test_purge_with_a_wrong_number_of_versions_removes_nothing(engine: Engine) -> None:
+    record = rec(b"a", 1)
+    engine.apply([put(record)])
+
+    with pytest.raises(ValueError, match="2 keys got 1 expected"):
+        engine.purge([b"a", b"b"], expected=[record.version])
+
+    assert engine.get(b"a") == record

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, closing
 from pathlib import Path
 
 import lmdb
@@ -365,3 +365,52 @@ def test_a_failed_open_releases_the_data_dir(tmp_path: Path) -> None:
     (tmp_path / "data.mdb").unlink()
     engine = LmdbEngine(tmp_path)
     engine.close()
+
+
+# --- (e) purge ---------------------------------------------------------------
+
+
+def test_purged_records_stay_gone_after_reopen(tmp_path: Path) -> None:
+    records = [rec(b"k%03d" % i, 1, tombstone=i % 2 == 0) for i in range(100)]
+    long_record = rec(b"L" * 600, 1)
+    with closing(LmdbEngine(tmp_path, FsyncMode.BATCH)) as engine:
+        engine.apply([put(r) for r in [*records, long_record]])
+        assert engine.purge([r.key for r in records[::2]] + [long_record.key]) == 51
+
+    with closing(LmdbEngine(tmp_path, FsyncMode.BATCH)) as engine:
+        assert_holds_exactly(engine, records[1::2])
+
+
+def test_purge_from_another_thread_while_writes_grow_the_map(tmp_path: Path) -> None:
+    """``purge`` runs beside the commit thread; the map may only grow between writes."""
+    engine = LmdbEngine(tmp_path, FsyncMode.NEVER, initial_map_bytes=MIB)
+    doomed = [rec(b"doomed-%04d" % i, 1, b"x") for i in range(2000)]
+    engine.apply([put(r) for r in doomed])
+    records = [rec(b"c-%03d" % i, 1, value_of(i, 64 * 1024)) for i in range(128)]  # 8 MiB
+    errors: list[BaseException] = []
+    purged = 0
+
+    def purger() -> None:
+        nonlocal purged
+        try:
+            for start in range(0, len(doomed), 10):
+                chunk = doomed[start : start + 10]
+                purged += engine.purge([r.key for r in chunk], expected=[r.version for r in chunk])
+        except BaseException as exc:  # reported by the main thread
+            errors.append(exc)
+
+    thread = threading.Thread(target=purger)
+    thread.start()
+    try:
+        for start in range(0, len(records), 4):
+            engine.apply([put(r) for r in records[start : start + 4]])
+    finally:
+        thread.join(timeout=30)
+    try:
+        assert not thread.is_alive()
+        assert errors == []
+        assert purged == len(doomed)
+        assert engine._env.info()["map_size"] >= 8 * MIB
+        assert_holds_exactly(engine, records)
+    finally:
+        engine.close()

@@ -1,0 +1,532 @@
+"""The node's side of the cluster: bully election, heartbeats, and the member table.
+
+This is the I/O shell around two pure parts: :class:`ringkv.core.election.ElectionNode`
+decides who leads, and :mod:`ringkv.core.membership` decides how the member table
+changes. Election messages travel as the seed's ``Heartbeat`` and ``RequestVote``
+calls (see kv.proto); every heartbeat carries the sender's member table and every
+reply the responder's synced epoch, so the leader learns who has pulled its
+ranges and followers learn each new epoch within a heartbeat.
+
+How a node finds its cluster on start:
+
+* with a saved table (``cluster.json`` in the data dir) it resumes it, and its
+  election term and vote;
+* otherwise it asks the ``-peers`` for their table; if one includes it, it adopts
+  it; if one does not, it asks to join and adopts the table it is admitted with;
+* if no peer answers within the discovery window, it bootstraps the table from
+  its own flags (epoch 1): every node of a new cluster names the same members,
+  so they all build the same table.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import grpc
+
+from ringkv.api import kv_pb2, kv_pb2_grpc
+from ringkv.core.election import (
+    Answer,
+    Coordinator,
+    CoordinatorAck,
+    Election,
+    ElectionConfig,
+    ElectionNode,
+    Envelope,
+    Heartbeat,
+    HeartbeatAck,
+    Output,
+    Role,
+)
+from ringkv.core.errors import RingkvError, Unavailable
+from ringkv.core.membership import (
+    FailureDetector,
+    Liveness,
+    Membership,
+    MemberStatus,
+    RingMaker,
+    gainers,
+    leader_decision,
+)
+from ringkv.server.cluster_view import ClusterView
+from ringkv.server.membership_file import MembershipFile, SavedState
+from ringkv.server.peers import Peer
+from ringkv.server.rebalance import Rebalancer
+from ringkv.server.wire import liveness_from_wire, membership_from_wire, membership_to_wire
+
+log = logging.getLogger("ringkv.membership")
+
+_MAX_SLEEP_S = 0.1
+"""The loop looks at timers and leader duties at least this often."""
+_REPLIES = (HeartbeatAck, CoordinatorAck, Answer)
+
+
+def monotonic_ms() -> int:
+    return time.monotonic_ns() // 1_000_000
+
+
+class MembershipManager:
+    """Runs the election and the member table of one node."""
+
+    def __init__(
+        self,
+        view: ClusterView,
+        *,
+        address: str,
+        seeds: Mapping[str, str],
+        saved: MembershipFile,
+        election: ElectionConfig,
+        remove_dead_after_ms: int,
+        rings: RingMaker,
+        on_removed: Callable[[], None],
+        now_ms: Callable[[], int] = monotonic_ms,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._view = view
+        self._address = address
+        self._seeds = dict(seeds)
+        self._file = saved
+        self._config = election
+        self._remove_dead_after_ms = remove_dead_after_ms
+        self._rings = rings
+        self._on_removed = on_removed
+        self._now_ms = now_ms
+        self._rng = rng or random.Random()
+        self._election: ElectionNode | None = None
+        self._saved_vote: tuple[int, str | None] = (0, None)
+        self._detector = self._fresh_detector()
+        self._synced: dict[str, int] = {}
+        self._was_leader = False
+        self._leaving = False
+        self.rebalancer: Rebalancer | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._main: asyncio.Task[None] | None = None
+        self._refreshing: asyncio.Task[None] | None = None
+
+    @property
+    def node_id(self) -> str:
+        return self._view.node_id
+
+    @property
+    def membership(self) -> Membership:
+        return self._view.membership
+
+    @property
+    def synced_epoch(self) -> int:
+        return 0 if self.rebalancer is None else self.rebalancer.synced_epoch
+
+    def start(self) -> None:
+        """Resume or bootstrap at once when no peer needs asking, then run in the background.
+
+        A lone node or one with a saved table is leading or following before
+        the node reports itself serving.
+        """
+        saved = self._file.load()
+        established = False
+        if saved is not None and self.node_id in saved.membership.addresses:
+            log.info("resuming", extra={"epoch": saved.membership.epoch, "term": saved.term})
+            self._adopt(saved.membership)
+            self._start_election(saved.term, saved.term_leader)
+            established = True
+        elif saved is None and not self._seeds:
+            self._bootstrap()
+            established = True
+        self._main = asyncio.get_running_loop().create_task(
+            self._run(find_cluster=not established, saved=saved), name="membership"
+        )
+
+    def _fresh_detector(self) -> FailureDetector:
+        return FailureDetector(
+            suspect_after_ms=2 * self._config.heartbeat_interval_ms,
+            dead_after_ms=self._config.election_timeout_ms,
+        )
+
+    # -- finding the cluster ---------------------------------------------------
+
+    async def _run(self, *, find_cluster: bool, saved: SavedState | None) -> None:
+        if find_cluster:
+            await self._find_cluster(saved)
+        while True:
+            try:
+                self._step(self._tick())
+            except Exception:  # one bad step must not end membership for good
+                log.exception("membership step failed")
+            await asyncio.sleep(_MAX_SLEEP_S)
+
+    async def _find_cluster(self, saved: SavedState | None) -> None:
+        """Adopt the table a seed has, joining it first if this node is not in it."""
+        deadline = self._now_ms() + 2 * self._config.heartbeat_interval_ms
+        while True:
+            table = await self._ask_seeds()
+            if table is not None:
+                joining = table.addresses.get(self.node_id) != self._address
+                if joining:
+                    table = await self._join()
+                self._adopt(table)
+                term, leader = (saved.term, saved.term_leader) if saved else (0, None)
+                self._start_election(term, leader, campaign=not joining)
+                return
+            if saved is None and self._now_ms() >= deadline:
+                self._bootstrap()
+                return
+            await asyncio.sleep(0.2)
+
+    def _bootstrap(self) -> None:
+        table = Membership.bootstrap({self.node_id: self._address, **self._seeds})
+        log.info("bootstrapping", extra={"members": ",".join(table.node_ids)})
+        self._adopt(table)
+        self._start_election(0, None)
+
+    async def _ask_seeds(self) -> Membership | None:
+        """The newest member table any seed reports, or None if none has one."""
+        answers = await asyncio.gather(
+            *(self._table_of(address) for address in self._seeds.values()),
+            return_exceptions=True,
+        )
+        best: Membership | None = None
+        for answer in answers:
+            if isinstance(answer, Membership) and (best is None or answer.newer_than(best)):
+                best = answer
+        return best
+
+    async def _table_of(self, address: str) -> Membership | None:
+        # A channel of its own: failed calls to a seed that is not up yet
+        # would put the peer's channel into reconnect backoff, and the first
+        # replica calls after it comes up would fail.
+        async with grpc.aio.insecure_channel(address) as channel:
+            response = await kv_pb2_grpc.ClusterStub(channel).GetClusterState(
+                kv_pb2.GetClusterStateRequest(), timeout=1.0
+            )
+        return membership_from_wire(response.table)
+
+    async def _join(self) -> Membership:
+        """Ask to be admitted until a member admits this node."""
+        request = kv_pb2.JoinRequest(node_id=self.node_id, address=self._address)
+        while True:
+            for seed, address in self._seeds.items():
+                try:
+                    async with grpc.aio.insecure_channel(address) as channel:
+                        response = await kv_pb2_grpc.ClusterStub(channel).Join(request, timeout=5.0)
+                except grpc.aio.AioRpcError as error:
+                    log.info("join refused", extra={"peer": seed, "error": error.details()})
+                    continue
+                table = membership_from_wire(response.members)
+                if table is not None and self.node_id in table.addresses:
+                    log.info("joined", extra={"epoch": table.epoch})
+                    return table
+            await asyncio.sleep(1.0)
+
+    def _refresh_table(self) -> None:
+        if self._refreshing is None or self._refreshing.done():
+            self._refreshing = asyncio.get_running_loop().create_task(self._ask_members())
+
+    async def _ask_members(self) -> None:
+        """Adopt the newest table any member has."""
+
+        async def table_of(peer: Peer) -> Membership | None:
+            response = await peer.cluster.GetClusterState(
+                kv_pb2.GetClusterStateRequest(), timeout=self._config.election_timeout_ms / 1000
+            )
+            return membership_from_wire(response.table)
+
+        answers = await asyncio.gather(
+            *(table_of(peer) for peer in list(self._view.peers.values())),
+            return_exceptions=True,
+        )
+        for answer in answers:
+            if isinstance(answer, Membership):
+                self.offer(answer)
+
+    def _start_election(self, term: int, term_leader: str | None, *, campaign: bool = True) -> None:
+        self._election = ElectionNode(
+            self.node_id,
+            self.membership.node_ids,
+            self._config,
+            self._rng,
+            term=term,
+            term_leader=term_leader,
+        )
+        self._saved_vote = (term, term_leader)
+        self._step(self._election.start(self._now_ms(), campaign=campaign))
+
+    # -- the member table ------------------------------------------------------
+
+    def offer(self, table: Membership | None) -> None:
+        """Adopt a member table if it is newer than the one in effect."""
+        if table is not None and table.newer_than(self.membership):
+            self._adopt(table)
+
+    def _adopt(self, table: Membership) -> None:
+        before = self.membership.get(self.node_id)
+        self._leaving = before is not None and before.status is MemberStatus.LEAVING
+        self._view.adopt(table)
+        log.info(
+            "member table adopted",
+            extra={
+                "epoch": table.epoch,
+                "members": ",".join(f"{m.node_id}:{m.status}" for m in table.members),
+            },
+        )
+        if self.node_id not in table.addresses:
+            self._removed(was_leaving=self._leaving)
+            return
+        if self._election is not None:
+            self._election.set_members(table.node_ids)
+        self._detector.forget(set(self._synced) - set(table.node_ids))
+        self._save()
+        if self.rebalancer is not None:
+            self.rebalancer.adopted(table)
+
+    def _removed(self, *, was_leaving: bool) -> None:
+        if was_leaving:
+            log.info("decommissioned: this node left the cluster")
+            self._file.save(SavedState(self.membership, *self._vote()))
+            self._on_removed()
+            return
+        # Removed while it was down: come back as a new member.
+        log.info("removed while away; joining again")
+        self._election = None
+        self._spawn(self._rejoin())
+
+    async def _rejoin(self) -> None:
+        table = await self._join()
+        self._adopt(table)
+        term, leader = self._saved_vote
+        self._start_election(term, leader, campaign=False)
+
+    def _vote(self) -> tuple[int, str | None]:
+        return (0, None) if self._election is None else self._election.vote
+
+    def _save(self) -> None:
+        vote = self._vote()
+        self._file.save(SavedState(self.membership, *vote))
+        self._saved_vote = vote
+
+    # -- election plumbing -------------------------------------------------------
+
+    def _tick(self) -> Output | None:
+        if self._election is None:
+            return None
+        return self._election.tick(self._now_ms())
+
+    def _step(self, output: Output | None) -> None:
+        """Persist a changed vote, then send what the election wants sent."""
+        election = self._election
+        if election is None or output is None:
+            return
+        if election.vote != self._saved_vote:
+            self._save()  # Before any reply or claim leaves this node.
+        self._view.leader_id = election.leader or ""
+        self._view.term = election.term
+        for envelope in output.messages:
+            if not isinstance(envelope.message, _REPLIES):
+                self._spawn(self._send(envelope))
+        self._leader_duties()
+
+    async def _send(self, envelope: Envelope) -> None:
+        peer = self._view.peers.get(envelope.to)
+        if peer is None:
+            return
+        message = envelope.message
+        # Late replies are harmless (the election ignores stale ones), while a
+        # deadline as short as the answer timeout loses every reply on a
+        # loaded node and leaves the cluster without a leader.
+        timeout = self._config.election_timeout_ms / 1000
+        try:
+            if isinstance(message, Election):
+                vote = await peer.cluster.RequestVote(
+                    kv_pb2.RequestVoteRequest(node_id=self.node_id, term=message.term),
+                    timeout=timeout,
+                )
+                self._detector.heard(peer.node_id, self._now_ms())
+                self.offer(membership_from_wire(vote.members))
+                if not vote.vote_granted:
+                    self._receive(Answer(vote.node_id or peer.node_id, vote.term))
+                return
+            if not isinstance(message, Heartbeat | Coordinator):
+                return
+            response = await peer.cluster.Heartbeat(
+                kv_pb2.HeartbeatRequest(
+                    node_id=self.node_id,
+                    address=self._address,
+                    term=message.term,
+                    is_leader=True,
+                    claim=isinstance(message, Coordinator),
+                    members=membership_to_wire(self.membership, self._view.liveness),
+                ),
+                timeout=timeout,
+            )
+        except grpc.aio.AioRpcError:
+            return
+        sender = response.node_id or peer.node_id
+        self._detector.heard(sender, self._now_ms())
+        self._synced[sender] = response.synced_epoch
+        self.offer(membership_from_wire(response.members))
+        reply = HeartbeatAck if isinstance(message, Heartbeat) else CoordinatorAck
+        self._receive(reply(sender, response.term, response.accepted))
+
+    def _receive(self, message: Answer | HeartbeatAck | CoordinatorAck) -> None:
+        if self._election is not None:
+            self._step(self._election.receive(message, self._now_ms()))
+
+    def _handle(self, message: Heartbeat | Coordinator | Election) -> Envelope | None:
+        """Feed a received message to the election; the reply to its sender, if any."""
+        election = self._election
+        if election is None:
+            return None
+        output = election.receive(message, self._now_ms())
+        reply = next(
+            (
+                e
+                for e in output.messages
+                if isinstance(e.message, _REPLIES) and e.to == _sender(message)
+            ),
+            None,
+        )
+        self._step(output)
+        return reply
+
+    # -- handlers of kv.Cluster calls ------------------------------------------
+
+    def on_heartbeat(self, request: kv_pb2.HeartbeatRequest) -> kv_pb2.HeartbeatResponse:
+        sent = membership_from_wire(request.members)
+        if request.node_id in self.membership.addresses:
+            self.offer(sent)  # Tables come from members only, never from strangers.
+        elif sent is not None and sent.newer_than(self.membership):
+            # A node this one has not heard of claims a newer table: perhaps
+            # just admitted, its claim ahead of the leader's heartbeat here.
+            # Ask the members, never the stranger.
+            self._refresh_table()
+        message = (Coordinator if request.claim else Heartbeat)(request.node_id, request.term)
+        reply = self._handle(message)
+        accepted = reply is not None and isinstance(reply.message, HeartbeatAck | CoordinatorAck)
+        if accepted and reply is not None:
+            ack = reply.message
+            assert isinstance(ack, HeartbeatAck | CoordinatorAck)
+            accepted = ack.accepted
+            term = ack.term
+        else:
+            term = self._view.term
+        if accepted:
+            self._view.liveness = liveness_from_wire(request.members)
+        mine = self.membership
+        return kv_pb2.HeartbeatResponse(
+            term=term,
+            accepted=accepted,
+            node_id=self.node_id,
+            synced_epoch=self.synced_epoch,
+            members=membership_to_wire(mine, self._view.liveness)
+            if sent is None or mine.newer_than(sent)
+            else None,
+        )
+
+    def on_request_vote(self, request: kv_pb2.RequestVoteRequest) -> kv_pb2.RequestVoteResponse:
+        reply = self._handle(Election(request.node_id, request.term))
+        answered = reply is not None and isinstance(reply.message, Answer)
+        member = request.node_id in self.membership.addresses
+        return kv_pb2.RequestVoteResponse(
+            term=self._view.term,
+            vote_granted=member and not answered,
+            node_id=self.node_id,
+            members=None if member else membership_to_wire(self.membership, self._view.liveness),
+        )
+
+    async def on_join(self, request: kv_pb2.JoinRequest) -> kv_pb2.JoinResponse:
+        if not self._leads():
+            leader = await self._leader_peer()
+            return await leader.cluster.Join(request, timeout=5.0)
+        table = self.membership.with_joining(request.node_id, request.address, self._view.term)
+        if table is not self.membership:
+            log.info("admitting", extra={"joiner": request.node_id, "address": request.address})
+            self._adopt(table)
+        return kv_pb2.JoinResponse(members=membership_to_wire(table, self._view.liveness))
+
+    async def on_remove(self, request: kv_pb2.RemoveNodeRequest) -> kv_pb2.RemoveNodeResponse:
+        if not self._leads():
+            leader = await self._leader_peer()
+            return await leader.cluster.RemoveNode(request, timeout=5.0)
+        table = self.membership.with_leaving(request.node_id, self._view.term)
+        if table is not self.membership:
+            log.info("decommissioning", extra={"leaver": request.node_id})
+            self._adopt(table)
+        return kv_pb2.RemoveNodeResponse(members=membership_to_wire(table, self._view.liveness))
+
+    def _leads(self) -> bool:
+        return self._election is not None and self._election.role is Role.LEADER
+
+    async def _leader_peer(self) -> Peer:
+        leader = self._view.peers.get(self._view.leader_id)
+        if leader is None:
+            raise Unavailable("no leader is elected yet; retry", reason="NO_LEADER")
+        return leader
+
+    # -- the leader's duties ---------------------------------------------------
+
+    def _leader_duties(self) -> None:
+        leading = self._leads()
+        if leading and not self._was_leader:
+            # Count silence from now: this node did not watch the others before.
+            self._detector = self._fresh_detector()
+            self._detector.watch(self.membership.node_ids, self._now_ms())
+            self._synced.clear()
+            log.info("leading", extra={"term": self._view.term, "epoch": self.membership.epoch})
+        self._was_leader = leading
+        if not leading:
+            return
+        now = self._now_ms()
+        members = self.membership.node_ids
+        self._detector.heard(self.node_id, now)
+        liveness = {node: self._detector.state(node, now) for node in members}
+        changed = {
+            node: state.value
+            for node, state in liveness.items()
+            if self._view.liveness.get(node, Liveness.ALIVE) is not state
+        }
+        if changed:
+            log.info("member states", extra=changed)
+        self._view.liveness = liveness
+        self._synced[self.node_id] = self.synced_epoch
+        change = leader_decision(
+            self.membership,
+            term=self._view.term,
+            gaining=gainers(self.membership, self._rings, self._view.replication_factor),
+            synced=self._synced,
+            liveness=liveness,
+            dead_for_ms={node: self._detector.silent_for(node, now) for node in members},
+            remove_dead_after_ms=self._remove_dead_after_ms,
+        )
+        if change is not None:
+            self._adopt(change)
+
+    def _spawn(self, work: Any) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            error = task.exception()
+            if not isinstance(error, RingkvError):
+                log.error("membership task failed", exc_info=error)
+
+    def liveness_of(self, node_id: str) -> Liveness:
+        return self._view.liveness.get(node_id, Liveness.ALIVE)
+
+    async def close(self) -> None:
+        tasks = [t for t in (self._main, self._refreshing, *self._tasks) if t is not None]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+
+def _sender(message: Heartbeat | Coordinator | Election) -> str:
+    return message.candidate if isinstance(message, Election) else message.leader

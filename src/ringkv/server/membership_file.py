@@ -1,0 +1,72 @@
+"""The member table and the election vote, kept in the data dir across restarts.
+
+A restarted node must resume its term and the leader it accepted for it (or
+it could accept a second leader for that term), and it rejoins under its id
+from the member table it last adopted. One small JSON file, replaced
+atomically (write, fsync, rename, fsync the directory) on every change.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from ringkv.core.membership import Member, Membership, MemberStatus
+
+FILE_NAME = "cluster.json"
+
+
+@dataclass(frozen=True, slots=True)
+class SavedState:
+    membership: Membership
+    term: int
+    term_leader: str | None
+
+
+class MembershipFile:
+    """``cluster.json`` in a data dir; ``None`` path keeps nothing (memory engine)."""
+
+    def __init__(self, data_dir: Path | None) -> None:
+        self._path = None if data_dir is None else data_dir / FILE_NAME
+
+    def load(self) -> SavedState | None:
+        if self._path is None or not self._path.exists():
+            return None
+        document = json.loads(self._path.read_text())
+        membership = Membership(
+            document["epoch"],
+            tuple(
+                Member(m["node_id"], m["address"], MemberStatus(m["status"]))
+                for m in document["members"]
+            ),
+            document["membership_term"],
+        )
+        return SavedState(membership, document["term"], document["term_leader"])
+
+    def save(self, state: SavedState) -> None:
+        if self._path is None:
+            return
+        document = {
+            "epoch": state.membership.epoch,
+            "membership_term": state.membership.term,
+            "members": [
+                {"node_id": m.node_id, "address": m.address, "status": m.status.value}
+                for m in state.membership.members
+            ],
+            "term": state.term,
+            "term_leader": state.term_leader,
+        }
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = self._path.with_suffix(".tmp")
+        with temporary.open("w") as file:
+            json.dump(document, file, indent=1)
+            file.flush()
+            os.fsync(file.fileno())
+        temporary.replace(self._path)
+        directory = os.open(self._path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)

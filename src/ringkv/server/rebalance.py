@@ -1,0 +1,178 @@
+"""Data movement when membership changes: pull gained ranges, drop handed-off ones.
+
+When a member table with a change in flight is adopted, this node works out
+the token ranges it replicates in the next ring but not in the current one
+and pulls each from a current replica (paged ``Scan`` calls, applied by
+version, so writes that arrive meanwhile are never overwritten by older
+data). When every range is in, it reports the epoch as synced in its
+heartbeat replies; the leader settles the change once every gainer has.
+
+Pulling waits ``settle_delay_s`` first, so that every node has adopted the
+table and sends new writes to both rings before the scan passes their keys
+(Cassandra's ring delay). After a change settles and ``cleanup_delay_s``
+has passed, records of ranges this node no longer replicates are removed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+from ringkv.core.errors import RingkvError
+from ringkv.core.membership import Membership, replica_count
+from ringkv.core.ring import TOKEN_SPACE, moved_ranges
+from ringkv.core.tokens import token_of
+from ringkv.server.cluster_view import ClusterView
+from ringkv.server.local_store import LocalStore
+from ringkv.storage import Engine
+
+log = logging.getLogger(__name__)
+
+PAGE_RECORDS = 500
+PARALLEL_PULLS = 8
+PURGE_CHUNK = 500
+_RETRY_S = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Pull:
+    """A range to fetch and the nodes that hold it now."""
+
+    start: int
+    end: int
+    sources: tuple[str, ...]
+
+
+@dataclass(slots=True)
+class Progress:
+    epoch: int = 0
+    ranges_total: int = 0
+    ranges_done: int = 0
+    records: int = 0
+
+
+class Rebalancer:
+    """Pulls this node's gained ranges for each change; cleans up after it."""
+
+    def __init__(
+        self,
+        view: ClusterView,
+        store: LocalStore,
+        engine: Engine,
+        *,
+        settle_delay_s: float,
+        cleanup_delay_s: float,
+    ) -> None:
+        self._view = view
+        self._store = store
+        self._engine = engine
+        self._settle_delay_s = settle_delay_s
+        self._cleanup_delay_s = cleanup_delay_s
+        self.synced_epoch = 0
+        self.progress = Progress()
+        self.records_removed = 0
+        self._task: asyncio.Task[None] | None = None
+
+    def adopted(self, membership: Membership) -> None:
+        """React to a newly adopted member table (the view already uses it)."""
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+        if self._view.node_id not in membership.addresses:
+            return
+        pulls = self._gained() if membership.changing else []
+        if not pulls:
+            self.synced_epoch = membership.epoch
+            if not membership.changing:
+                self._start(self._clean_up(membership.epoch), "range cleanup")
+            return
+        # Kept after the pull, so `cluster status` shows what the last one moved.
+        self.progress = Progress(membership.epoch, len(pulls))
+        log.info(
+            "pulling gained ranges",
+            extra={"epoch": membership.epoch, "ranges": len(pulls)},
+        )
+        self._start(self._pull_all(membership.epoch, pulls), "range pull")
+
+    def _start(self, work: Coroutine[Any, Any, None], name: str) -> None:
+        self._task = asyncio.get_running_loop().create_task(work, name=name)
+
+    def _gained(self) -> list[Pull]:
+        view = self._view
+        assert view.next_ring is not None
+        n_now = view.replicas
+        n_next = replica_count(view.replication_factor, view.next_ring)
+        pulls = []
+        for move in moved_ranges(view.ring, view.next_ring, max(n_now, n_next)):
+            old, new = move.old_replicas[:n_now], move.new_replicas[:n_next]
+            if view.node_id in new and view.node_id not in old:
+                pulls.append(Pull(move.start, move.end, old))
+        return pulls
+
+    async def _pull_all(self, epoch: int, pulls: list[Pull]) -> None:
+        await asyncio.sleep(self._settle_delay_s)
+        # A few ranges at a time: most are small, and one call each in turn
+        # would make a join wait on round trips rather than on data.
+        limit = asyncio.Semaphore(PARALLEL_PULLS)
+
+        async def pull_one(pull: Pull) -> None:
+            async with limit:
+                while not await self._pull(pull):
+                    await asyncio.sleep(_RETRY_S)
+                self.progress.ranges_done += 1
+
+        await asyncio.gather(*(pull_one(pull) for pull in pulls))
+        self.synced_epoch = epoch
+        log.info("gained ranges pulled", extra={"epoch": epoch, "records": self.progress.records})
+
+    async def _pull(self, pull: Pull) -> bool:
+        """Fetch one range from the first source that serves all of it."""
+        sources = sorted(pull.sources, key=lambda node: not self._view.is_live(node))
+        for source in sources:
+            peer = self._view.peers.get(source)
+            if peer is None:
+                continue
+            cursor = b""
+            try:
+                while True:
+                    records, cursor = await peer.scan(pull.start, pull.end, cursor, PAGE_RECORDS)
+                    await asyncio.gather(*(self._store.apply(record) for record in records))
+                    self.progress.records += len(records)
+                    if not cursor:
+                        return True
+            except RingkvError as error:
+                log.info("range pull failed", extra={"peer": source, "error": str(error)})
+        return False
+
+    async def _clean_up(self, epoch: int) -> None:
+        """Remove the records of ranges handed off, once every node routes by the new ring."""
+        await asyncio.sleep(self._cleanup_delay_s)
+        if self._view.epoch != epoch:
+            return
+        unowned = await asyncio.to_thread(self._unowned_keys)
+        removed = 0
+        for first in range(0, len(unowned), PURGE_CHUNK):
+            if self._view.epoch != epoch:
+                return  # Another change started: its rings decide what to keep.
+            removed += await self._store.purge(unowned[first : first + PURGE_CHUNK])
+        self.records_removed += removed
+        if removed:
+            log.info("handed-off records removed", extra={"epoch": epoch, "records": removed})
+
+    def _unowned_keys(self) -> list[bytes]:
+        view = self._view
+        return [
+            record.key
+            for record in self._engine.scan(0, TOKEN_SPACE)
+            if not view.holds(token_of(record.key))
+        ]
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task

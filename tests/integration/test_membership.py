@@ -1,0 +1,254 @@
+"""The cluster manages itself: bully failover, joins, decommissions, dead-node removal.
+
+Real ``ringkv node`` processes on 127.0.0.1 with LMDB data dirs. Timings are
+shortened by flags where a test waits on them; the failover test runs the
+defaults (1 s heartbeats, 3 s election timeout) and reports what it measured.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pytest
+
+import ringkv
+from ringkv.client.admin import ClusterState, cluster_state, node_stats, remove_node
+from ringkv.core.errors import RingkvError
+from ringkv.core.ring import Ring
+from ringkv.storage.lmdb_engine import LmdbEngine
+from tests.support.load import ConcurrentWriter, assert_all_present
+from tests.support.nodes import (
+    ClusterFactory,
+    NodeFactory,
+    NodeProcess,
+    free_ports,
+    wait_for,
+    wait_for_leader,
+)
+
+FAST = ("--heartbeat-interval", "0.3", "--election-timeout", "1.5")
+"""Membership timings for tests that are not about the defaults."""
+
+
+@pytest.fixture
+def nodes(tmp_path: Path) -> Iterator[NodeFactory]:
+    factory = NodeFactory(tmp_path)
+    try:
+        yield factory
+    finally:
+        factory.cleanup()
+
+
+def state_of(node: NodeProcess) -> ClusterState | None:
+    try:
+        return cluster_state(node.address, timeout=1.0)
+    except RingkvError:
+        return None
+
+
+def settled_members(node: NodeProcess) -> dict[str, str] | None:
+    """Each member's ring status, as ``node`` reports it."""
+    state = state_of(node)
+    return None if state is None else {m.node_id: m.status for m in state.members}
+
+
+def wait_for_members(
+    members: Sequence[NodeProcess], expected: dict[str, str], *, timeout: float
+) -> None:
+    wait_for(
+        lambda: all(settled_members(node) == expected for node in members),
+        timeout=timeout,
+        interval=0.1,
+        what=f"member tables {expected}",
+    )
+
+
+def set_all(client: ringkv.Client, data: dict[str, bytes]) -> None:
+    """Write ``data`` in batches of the most keys one call may carry."""
+    items = list(data.items())
+    for first in range(0, len(items), 1000):
+        client.set_many(dict(items[first : first + 1000]))
+
+
+def stored_keys(node: NodeProcess) -> set[str]:
+    """The live keys in a stopped node's LMDB files."""
+    engine = LmdbEngine(node.data_dir)
+    try:
+        return {r.key.decode() for r in engine.scan(0, 2**64) if not r.tombstone}
+    finally:
+        engine.close()
+
+
+# -- the bully leader ----------------------------------------------------------------
+
+
+def test_killing_the_leader_elects_the_next_highest_and_the_old_one_takes_over_again(
+    nodes: NodeFactory,
+) -> None:
+    heartbeat_s, election_timeout_s = 1.0, 3.0  # the defaults
+    members = ClusterFactory(nodes)(3, replicas=3)
+    node1, node2, node3 = members
+    _, first_term = wait_for_leader(members, "node3", timeout=20)
+
+    node3.kill()
+    killed = time.monotonic()
+    _, second_term = wait_for_leader([node1, node2], "node2", timeout=20)
+    failover_s = time.monotonic() - killed
+    print(f"failover after kill -9 of the leader: {failover_s:.2f}s")
+    assert second_term > first_term
+    # Polling adds up to one poll interval and a GetClusterState round trip.
+    assert failover_s <= election_timeout_s + heartbeat_s + 0.5, failover_s
+
+    # Client traffic through the survivors goes on while the old leader
+    # comes back and (bully) takes over again: the data path does not wait
+    # on the leader.
+    with ConcurrentWriter(
+        f"{node1.address},{node2.address}",
+        prefix="bully",
+        concurrency=8,
+        keep_going=True,
+        token_aware=False,
+    ) as writer:
+        writer.wait_for_acks(50)
+        node3.start()
+        _, third_term = wait_for_leader(members, "node3", timeout=20)
+        acked_before = len(writer.acked)
+        writer.wait_for_acks(acked_before + 50)
+    assert third_term > second_term
+    assert not writer.failures, writer.failures[:3]
+    assert_all_present(node1.address, writer.acked)
+
+
+def test_a_restarted_node_resumes_its_term_and_table_from_its_data_dir(
+    nodes: NodeFactory,
+) -> None:
+    members = ClusterFactory(nodes)(3, *FAST, replicas=2)
+    _, term = wait_for_leader(members, "node3", timeout=20)
+    node1 = members[0]
+    node1.stop()
+    saved = (node1.data_dir / "cluster.json").read_text()
+    assert '"term"' in saved
+    node1.start()
+    assert any(e.get("msg") == "resuming" for e in node1.events()), node1.log_text()
+    assert wait_for_leader(members, "node3", timeout=20)[1] >= term
+
+
+# -- joins, decommissions and failures under load ------------------------------------
+
+
+def test_join_remove_kill_and_restart_under_load_keep_every_acknowledged_write(
+    nodes: NodeFactory,
+) -> None:
+    """The issue's scenario: with writes going on, kill -9 a replica, join a 4th node,
+    decommission one, restart the killed one; then every acknowledged write reads back
+    at QUORUM and every key sits on exactly its N replicas."""
+    replicas = 2
+    members = ClusterFactory(nodes)(3, *FAST, "--dead-after", "120", replicas=replicas)
+    node1, node2, node3 = members
+    wait_for_leader(members, "node3", timeout=20)
+    endpoints = ",".join(n.address for n in members)
+    with ringkv.Client(endpoints) as client:
+        before = {f"seed/{i:05d}": f"v{i}".encode() for i in range(3000)}
+        set_all(client, before)
+
+    with ConcurrentWriter(endpoints, prefix="load", concurrency=16, keep_going=True) as writer:
+        writer.wait_for_acks(200)
+
+        # kill -9 a replica: writes go on around it (sloppy quorum, hints).
+        node2.kill()
+        writer.wait_for_acks(len(writer.acked) + 200)
+
+        # A 4th node joins through any member and pulls its ranges.
+        keys_at_join = len(before) + len(writer.acked)
+        (port,) = free_ports(1)
+        node4 = nodes("node4", "-peers", f"node1={node1.address}", *FAST, start=False)
+        node4.extra_args += ["-replicas", str(replicas)]
+        node4.port = port
+        node4.start()
+        wait_for_members(
+            [node1, node3, node4],
+            {"node1": "normal", "node2": "normal", "node3": "normal", "node4": "normal"},
+            timeout=60,
+        )
+        keys_at_join = (keys_at_join + len(before) + len(writer.acked)) // 2
+        pulled = node_stats(node4.address).records_pulled
+        writer.wait_for_acks(len(writer.acked) + 200)
+
+        # The killed replica restarts with its data dir and catches up.
+        node2.start()
+        wait_for(
+            lambda: (
+                (s := state_of(node1)) is not None
+                and {m.node_id: m.state for m in s.members}.get("node2") == "alive"
+            ),
+            timeout=30,
+            what="node2 alive again",
+        )
+
+        # node1 is decommissioned: its ranges stream away, then it stops.
+        remove_node(node3.address, "node1")
+        assert node1.wait(timeout=60) == 0, node1.log_text()
+        wait_for_members(
+            [node2, node3, node4],
+            {"node2": "normal", "node3": "normal", "node4": "normal"},
+            timeout=60,
+        )
+        writer.wait_for_acks(len(writer.acked) + 200)
+    survivors = [node2, node3, node4]
+    expected = {**before, **writer.acked}
+    assert_all_present(node3.address, expected)
+
+    # Keys moved by the join against the ring's prediction: the share of the
+    # token space node4 replicates, times the keys stored when it joined.
+    share = Ring(("node1", "node2", "node3", "node4")).ownership(replicas)["node4"]
+    predicted = share * keys_at_join
+    print(f"join: node4 pulled {pulled} records; the ring predicts {predicted:.0f}")
+    assert pulled == pytest.approx(predicted, rel=0.2)
+
+    # Every key on exactly its replicas (after the handed-off copies are removed).
+    final_ring = Ring(("node2", "node3", "node4"))
+    for node in survivors:
+        node.stop()
+    holders: Counter[str] = Counter()
+    for node in survivors:
+        keys = stored_keys(node)
+        for key in keys:
+            holders[key] += 1
+        misplaced = [
+            k for k in keys if node.node_id not in final_ring.replicas(k.encode(), replicas)
+        ]
+        assert not misplaced, f"{node.node_id} holds {len(misplaced)} keys it does not own"
+    wrong = {k: n for k, n in holders.items() if k in expected and n != replicas}
+    assert not wrong, f"{len(wrong)} keys without {replicas} copies: {list(wrong.items())[:5]}"
+
+
+def test_a_node_dead_past_the_limit_is_removed_and_its_ranges_re_replicated(
+    nodes: NodeFactory,
+) -> None:
+    replicas = 2
+    members = ClusterFactory(nodes)(4, *FAST, "--dead-after", "3", replicas=replicas)
+    wait_for_leader(members, "node4", timeout=20)
+    with ringkv.Client(",".join(n.address for n in members)) as client:
+        data = {f"k/{i:05d}": f"v{i}".encode() for i in range(2000)}
+        set_all(client, data)
+    node2 = members[1]
+    node2.kill()
+    survivors = [m for m in members if m is not node2]
+    wait_for_members(
+        survivors, {"node1": "normal", "node3": "normal", "node4": "normal"}, timeout=60
+    )
+    ring = Ring(("node1", "node3", "node4"))
+    wait_for(
+        lambda: all(
+            node_stats(n.address).records
+            == sum(1 for k in data if n.node_id in ring.replicas(k.encode(), replicas))
+            for n in survivors
+        ),
+        timeout=60,
+        interval=0.2,
+        what="every survivor to hold exactly its keys",
+    )
+    assert_all_present(survivors[0].address, data)
