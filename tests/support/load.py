@@ -64,6 +64,8 @@ class ConcurrentWriter:
         self.keep_going = keep_going
         self.token_aware = token_aware
         self.acked: dict[str, bytes] = {}
+        self.versions: dict[str, int] = {}
+        """The version each acknowledged write was given."""
         self.attempted: list[str] = []
         self.failures: list[RingkvError] = []
         self.crash: BaseException | None = None
@@ -142,7 +144,7 @@ class ConcurrentWriter:
             self.started += 1
             self.in_flight += 1
             try:
-                await client.set(key, value)
+                version = await client.set(key, value)
             except RingkvError as error:
                 self.failures.append(error)
                 if not self.keep_going:
@@ -151,6 +153,7 @@ class ConcurrentWriter:
                 continue
             finally:
                 self.in_flight -= 1
+            self.versions[key] = version
             self.acked[key] = value
 
 

@@ -1,4 +1,5 @@
-"""The committed generated code matches what ``scripts/gen-proto`` makes from kv.proto."""
+"""The committed generated code matches what ``scripts/gen-proto`` makes from the
+.proto files (kv, replica, admin)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 GEN_PROTO = ROOT / "scripts" / "gen-proto"
 COMMITTED = ROOT / "src" / "ringkv" / "api"
-PROTOS = ("kv", "replica")
+PROTOS = ("kv", "replica", "admin")
 GENERATED_FILES = tuple(
     f"{proto}{suffix}"
     for proto in PROTOS

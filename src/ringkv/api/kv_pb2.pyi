@@ -666,6 +666,8 @@ class RepairResponse(_message.Message):
     LEAVES_DIFFERING_FIELD_NUMBER: _builtins.int
     KEYS_PULLED_FIELD_NUMBER: _builtins.int
     KEYS_PUSHED_FIELD_NUMBER: _builtins.int
+    SKIPPED_FIELD_NUMBER: _builtins.int
+    FAILED_FIELD_NUMBER: _builtins.int
     peers: _builtins.int
     """Replicas compared with."""
     leaves_differing: _builtins.int
@@ -673,6 +675,12 @@ class RepairResponse(_message.Message):
     keys_pulled: _builtins.int
     """Keys this node took from a peer, and keys it sent to one."""
     keys_pushed: _builtins.int
+    @_builtins.property
+    def skipped(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Replicas not compared: down when the round started, or failed during it."""
+
+    @_builtins.property
+    def failed(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
         self,
         *,
@@ -680,10 +688,12 @@ class RepairResponse(_message.Message):
         leaves_differing: _builtins.int = ...,
         keys_pulled: _builtins.int = ...,
         keys_pushed: _builtins.int = ...,
+        skipped: _abc.Iterable[_builtins.str] | None = ...,
+        failed: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["keys_pulled", b"keys_pulled", "keys_pushed", b"keys_pushed", "leaves_differing", b"leaves_differing", "peers", b"peers"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["failed", b"failed", "keys_pulled", b"keys_pulled", "keys_pushed", b"keys_pushed", "leaves_differing", b"leaves_differing", "peers", b"peers", "skipped", b"skipped"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -67,22 +67,28 @@ def repair_command(args: argparse.Namespace) -> int:
         Console(stderr=True).print(f"ringkv: {error.reason}: {error.message}")
         return EXIT_ERROR
     table = Table(title="anti-entropy repair")
-    for column in ("node", "peers", "leaves differing", "keys pulled", "keys pushed"):
-        table.add_column(column, justify="left" if column == "node" else "right")
+    columns = ("node", "peers", "leaves differing", "keys pulled", "keys pushed", "not compared")
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("node", "not compared") else "right")
     failed = False
     for member in state.members:
         try:
             report = repair(member.address, timeout=args.timeout)
         except RingkvError as error:
             failed = True
-            table.add_row(member.node_id, f"[red]{error.reason}[/]", "", "", "")
+            table.add_row(member.node_id, f"[red]{error.reason}[/]", "", "", "", "")
             continue
+        failed = failed or bool(report.failed)
+        not_compared = [f"{node} (down)" for node in report.skipped] + [
+            f"[red]{node} (failed)[/]" for node in report.failed
+        ]
         table.add_row(
             member.node_id,
             str(report.peers),
             f"{report.leaves_differing:,}",
             f"{report.keys_pulled:,}",
             f"{report.keys_pushed:,}",
+            ", ".join(not_compared),
         )
     Console().print(table)
     return EXIT_ERROR if failed else 0

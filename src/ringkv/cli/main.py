@@ -5,7 +5,15 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from ringkv.cli import bench, cluster_commands, kv_commands, local_cluster, node_command
+from ringkv.cli import (
+    backup_commands,
+    bench,
+    cluster_commands,
+    health_command,
+    kv_commands,
+    local_cluster,
+    node_command,
+)
 from ringkv.cli.args import ArgumentParser
 
 
@@ -20,6 +28,8 @@ def build_parser() -> ArgumentParser:
     kv_commands.add_parsers(commands)
     local_cluster.add_parser(commands)
     cluster_commands.add_parser(commands)
+    health_command.add_parser(commands)
+    backup_commands.add_parsers(commands)
     bench.add_parser(commands)
     return parser
 

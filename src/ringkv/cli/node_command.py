@@ -144,6 +144,11 @@ def add_parser(commands: Commands) -> None:
         default=5.0,
         help="seconds in-flight requests get to finish on shutdown (default: 5)",
     )
+    parser.add_argument(
+        "--metrics-addr",
+        help="serve Prometheus metrics over HTTP at host:port/metrics; an empty host "
+        "means all interfaces, port 0 a free port (default: off)",
+    )
     parser.set_defaults(handler=handle, parser=parser)
 
 
@@ -179,6 +184,11 @@ def config_from(args: argparse.Namespace) -> NodeConfig:
         log_format=args.log_format,
         log_level=args.log_level,
         shutdown_grace_s=args.shutdown_grace,
+        metrics_addr=(
+            HostPort.parse(args.metrics_addr, what="--metrics-addr", allow_port_zero=True)
+            if args.metrics_addr is not None
+            else None
+        ),
     )
 
 

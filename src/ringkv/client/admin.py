@@ -1,17 +1,21 @@
-"""Cluster operations: members, ring and per-node storage; decommission; repair."""
+"""Cluster operations: members, ring and per-node storage; decommission; repair;
+backups of one node."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import hashlib
+import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, BinaryIO
 
 import grpc
 
-from ringkv.api import kv_pb2, kv_pb2_grpc
+from ringkv.api import admin_pb2, admin_pb2_grpc, kv_pb2, kv_pb2_grpc
 from ringkv.client.channels import endpoint_list
 from ringkv.client.errors import from_rpc_error
-from ringkv.core.errors import Unavailable
+from ringkv.core.errors import InternalError, InvalidArgument, Unavailable
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +74,10 @@ class RepairReport:
     leaves_differing: int
     keys_pulled: int
     keys_pushed: int
+    skipped: tuple[str, ...] = ()
+    """Replicas not compared because they were down."""
+    failed: tuple[str, ...] = ()
+    """Replicas whose comparison failed."""
 
 
 def cluster_state(endpoints: str | Sequence[str], *, timeout: float = 2.0) -> ClusterState:
@@ -146,7 +154,13 @@ def repair(address: str, *, timeout: float = 300.0) -> RepairReport:
     stats = _call(address, "GetNodeStats", kv_pb2.GetNodeStatsRequest(), timeout)
     report = _call(address, "Repair", kv_pb2.RepairRequest(), timeout)
     return RepairReport(
-        stats.node_id, report.peers, report.leaves_differing, report.keys_pulled, report.keys_pushed
+        stats.node_id,
+        report.peers,
+        report.leaves_differing,
+        report.keys_pulled,
+        report.keys_pushed,
+        tuple(report.skipped),
+        tuple(report.failed),
     )
 
 
@@ -158,3 +172,105 @@ def _call(address: str, method: str, request: Any, timeout: float) -> Any:
             return getattr(stub, method)(request, timeout=timeout)
         except grpc.RpcError as error:
             raise from_rpc_error(error) from None
+
+
+@dataclass(frozen=True, slots=True)
+class BackupInfo:
+    """What a node said its snapshot holds; the file written was checked against it."""
+
+    node_id: str
+    records: int
+    """Records, tombstones and expired values included."""
+    hints: int
+    size_bytes: int
+    sha256: str
+    """SHA-256 of the file, lower-case hex."""
+    created_at_ms: int
+
+
+BackupProgress = Callable[[int, int], None]
+"""Told (bytes written, bytes in all) once the size is known and after every chunk."""
+
+
+def backup(
+    address: str,
+    path: Path,
+    *,
+    timeout: float = 3600.0,
+    progress: BackupProgress | None = None,
+) -> BackupInfo:
+    """Write a consistent snapshot of the store of the node at ``address`` to
+    ``path``, a new file, while the node serves (``ringkv.admin.Admin/Backup``).
+
+    The bytes go to ``PATH.partial`` first, which becomes ``path`` only once
+    its size and SHA-256 match what the node announced; on any failure
+    nothing is left behind. Raises InvalidArgument (FILE_EXISTS) if ``path``
+    exists, PreconditionFailed (BACKUP_UNSUPPORTED) for a node without a
+    durable engine, InternalError (BACKUP_CORRUPTED) if the file received is
+    not the one announced, and the node's or the network's errors as usual.
+    """
+    if path.exists():
+        raise InvalidArgument(f"{path} already exists", reason="FILE_EXISTS")
+    partial = path.with_name(path.name + ".partial")
+    try:
+        # The file holds the whole store: readable by its owner only.
+        with os.fdopen(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as file:
+            info = _receive_backup(address, file, timeout, progress)
+            file.flush()
+            os.fsync(file.fileno())
+        partial.replace(path)
+    except FileExistsError:
+        raise InvalidArgument(
+            f"{partial} exists: another backup to {path} is running, or remove it",
+            reason="FILE_EXISTS",
+        ) from None
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    return info
+
+
+def _receive_backup(
+    address: str, file: BinaryIO, timeout: float, progress: BackupProgress | None
+) -> BackupInfo:
+    digest = hashlib.sha256()
+    written = 0
+    info: BackupInfo | None = None
+    with grpc.insecure_channel(address) as channel:
+        try:
+            for chunk in admin_pb2_grpc.AdminStub(channel).Backup(
+                admin_pb2.BackupRequest(), timeout=timeout
+            ):
+                if chunk.HasField("info"):
+                    info = BackupInfo(
+                        chunk.info.node_id,
+                        chunk.info.records,
+                        chunk.info.hints,
+                        chunk.info.size_bytes,
+                        chunk.info.sha256,
+                        chunk.info.created_at_ms,
+                    )
+                    if progress is not None:
+                        progress(0, info.size_bytes)
+                if not chunk.data:
+                    continue
+                if info is None:
+                    raise _corrupted(f"{address} sent data before saying what it holds")
+                file.write(chunk.data)
+                digest.update(chunk.data)
+                written += len(chunk.data)
+                if progress is not None:
+                    progress(written, info.size_bytes)
+        except grpc.RpcError as error:
+            raise from_rpc_error(error) from None
+    if info is None:
+        raise _corrupted(f"{address} ended the backup without sending it")
+    if written != info.size_bytes:
+        raise _corrupted(f"received {written} bytes of a {info.size_bytes}-byte snapshot")
+    if digest.hexdigest() != info.sha256:
+        raise _corrupted("the snapshot received does not match the checksum the node sent")
+    return info
+
+
+def _corrupted(message: str) -> InternalError:
+    return InternalError(message, reason="BACKUP_CORRUPTED")

@@ -307,6 +307,7 @@ class RepairSchedule:
             report = await self._anti_entropy.run_round()
             purged = await self._anti_entropy.purge_expired_tombstones()
         self._counters.repair_rounds += 1
+        self._counters.leaves_differing += report.leaves_differing
         self._counters.keys_repaired += report.keys_pulled + report.keys_pushed
         self._counters.tombstones_purged += purged
         if report.leaves_differing or purged:

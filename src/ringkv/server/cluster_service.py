@@ -77,6 +77,8 @@ class ClusterService:
             leaves_differing=report.leaves_differing,
             keys_pulled=report.keys_pulled,
             keys_pushed=report.keys_pushed,
+            skipped=report.skipped,
+            failed=report.failed,
         )
 
     async def get_cluster_state(

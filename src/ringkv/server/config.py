@@ -157,6 +157,8 @@ class NodeConfig:
     log_format: str = "text"
     log_level: str = "info"
     shutdown_grace_s: float = 5.0
+    metrics_addr: HostPort | None = None
+    """Where Prometheus metrics are served over HTTP (``/metrics``); None for nowhere."""
 
     def __post_init__(self) -> None:
         validate_node_id(self.node_id)

@@ -1,8 +1,8 @@
-"""Counts of what a node did since it started, reported by GetNodeStats."""
+"""Counts of what a node did since it started, reported by GetNodeStats and /metrics."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(slots=True)
@@ -19,5 +19,14 @@ class Counters:
     """Anti-entropy rounds run (scheduled or asked for)."""
     keys_repaired: int = 0
     """Keys anti-entropy pulled from or pushed to another replica."""
+    leaves_differing: int = 0
+    """Merkle-tree leaves anti-entropy found different from another replica's."""
     tombstones_purged: int = 0
     """Tombstones and expired values removed after the tombstone grace."""
+    replica_errors: dict[tuple[str, str], int] = field(default_factory=dict)
+    """Failed calls to other replicas, by (peer id, call: read, write, scan, merkle)."""
+
+    def replica_error(self, peer: str, call: str) -> None:
+        """Count one failed call to a replica."""
+        key = (peer, call)
+        self.replica_errors[key] = self.replica_errors.get(key, 0) + 1

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import grpc
 
@@ -35,6 +35,11 @@ ResponseT = TypeVar("ResponseT")
 Forwardable = grpc.aio.UnaryUnaryMultiCallable
 MAX_HOPS = 1
 MAX_KEYS_PER_CALL = 1000
+
+
+class _LeveledRequest(Protocol):
+    @property
+    def consistency(self) -> int: ...
 
 
 class KeyValueService:
@@ -62,15 +67,26 @@ class KeyValueService:
         self._request_timeout_s = request_timeout_s
 
     def methods(self) -> dict[str, Method]:
+        read, write = self._read_level_name, self._write_level_name
         return {
-            "Get": Method(kv_pb2.GetRequest, self.get),
-            "Set": Method(kv_pb2.SetRequest, self.set),
-            "Delete": Method(kv_pb2.DeleteRequest, self.delete),
-            "Replicate": Method(kv_pb2.ReplicateRequest, self.replicate),
+            "Get": Method(kv_pb2.GetRequest, self.get, read),
+            "Set": Method(kv_pb2.SetRequest, self.set, write),
+            "Delete": Method(kv_pb2.DeleteRequest, self.delete, write),
+            "Replicate": Method(
+                kv_pb2.ReplicateRequest, self.replicate, lambda _: self._write_level.name.lower()
+            ),
             "Ping": Method(kv_pb2.PingRequest, self.ping),
-            "MultiGet": Method(kv_pb2.MultiGetRequest, self.multi_get),
-            "MultiSet": Method(kv_pb2.MultiSetRequest, self.multi_set),
+            "MultiGet": Method(kv_pb2.MultiGetRequest, self.multi_get, read),
+            "MultiSet": Method(kv_pb2.MultiSetRequest, self.multi_set, write),
         }
+
+    def _read_level_name(self, request: _LeveledRequest) -> str:
+        """The level a read runs at, for metrics."""
+        return self._level(request.consistency, self._read_level).name.lower()
+
+    def _write_level_name(self, request: _LeveledRequest) -> str:
+        """The level a write runs at, for metrics."""
+        return self._level(request.consistency, self._write_level).name.lower()
 
     def _answer(self, context: Context) -> None:
         """Tell the caller our ring epoch, so a token-aware client knows when to refresh."""

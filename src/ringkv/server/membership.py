@@ -25,12 +25,13 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, TypeVar
 
 import grpc
 
 from ringkv.api import kv_pb2, kv_pb2_grpc
+from ringkv.api.status import error_info
 from ringkv.core.election import (
     Answer,
     Coordinator,
@@ -58,6 +59,7 @@ from ringkv.server.cluster_view import ClusterView
 from ringkv.server.membership_file import MembershipFile, SavedState
 from ringkv.server.peers import Peer
 from ringkv.server.rebalance import Rebalancer
+from ringkv.server.rpc import RelayedError
 from ringkv.server.wire import liveness_from_wire, membership_from_wire, membership_to_wire
 
 log = logging.getLogger("ringkv.membership")
@@ -65,6 +67,7 @@ log = logging.getLogger("ringkv.membership")
 _MAX_SLEEP_S = 0.1
 """The loop looks at timers and leader duties at least this often."""
 _REPLIES = (HeartbeatAck, CoordinatorAck, Answer)
+T = TypeVar("T")
 
 
 def monotonic_ms() -> int:
@@ -440,7 +443,7 @@ class MembershipManager:
     async def on_join(self, request: kv_pb2.JoinRequest) -> kv_pb2.JoinResponse:
         if not self._leads():
             leader = await self._leader_peer()
-            return await leader.cluster.Join(request, timeout=5.0)
+            return await _relayed(leader.cluster.Join(request, timeout=5.0))
         table = self.membership.with_joining(request.node_id, request.address, self._view.term)
         if table is not self.membership:
             log.info("admitting", extra={"joiner": request.node_id, "address": request.address})
@@ -450,7 +453,7 @@ class MembershipManager:
     async def on_remove(self, request: kv_pb2.RemoveNodeRequest) -> kv_pb2.RemoveNodeResponse:
         if not self._leads():
             leader = await self._leader_peer()
-            return await leader.cluster.RemoveNode(request, timeout=5.0)
+            return await _relayed(leader.cluster.RemoveNode(request, timeout=5.0))
         table = self.membership.with_leaving(request.node_id, self._view.term)
         if table is not self.membership:
             log.info("decommissioning", extra={"leaver": request.node_id})
@@ -526,6 +529,22 @@ class MembershipManager:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+
+
+async def _relayed(call: Awaitable[T]) -> T:
+    """The leader's answer to a request passed on to it; its error, passed back unchanged.
+
+    A leader that cannot be reached is UNAVAILABLE (retry, perhaps elsewhere),
+    not an internal error of this node.
+    """
+    try:
+        return await call
+    except grpc.aio.AioRpcError as error:
+        if error_info(error.trailing_metadata()) is None:
+            raise Unavailable(
+                f"the leader cannot be reached: {error.code().name}", reason="NO_LEADER"
+            ) from None
+        raise RelayedError(error) from None
 
 
 def _sender(message: Heartbeat | Coordinator | Election) -> str:

@@ -19,6 +19,7 @@ from ringkv.core.errors import Unavailable
 from ringkv.core.hlc import HybridLogicalClock
 from ringkv.core.membership import Membership, RingMaker
 from ringkv.server import rpc
+from ringkv.server.admin_service import AdminService
 from ringkv.server.anti_entropy import AntiEntropy, RepairSchedule
 from ringkv.server.cluster_service import ClusterService
 from ringkv.server.cluster_view import ClusterView
@@ -31,6 +32,8 @@ from ringkv.server.kv_service import KeyValueService
 from ringkv.server.local_store import LocalStore
 from ringkv.server.membership import MembershipManager
 from ringkv.server.membership_file import MembershipFile
+from ringkv.server.metrics import MetricsServer, NodeCollector, NodeMetrics
+from ringkv.server.metrics import bind as bind_metrics
 from ringkv.server.peers import Peer, PeerProber
 from ringkv.server.rebalance import Rebalancer
 from ringkv.server.replica_service import ReplicaService
@@ -65,6 +68,9 @@ async def serve(
     # Bind first: a node that cannot listen should not touch its data dir.
     server, port = _bind(config)
     async with AsyncExitStack() as resources:
+        metrics_socket = bind_metrics(config.metrics_addr) if config.metrics_addr else None
+        if metrics_socket is not None:
+            resources.callback(metrics_socket.close)
         engine = open_engine(config.engine, config.data_path, config.fsync)
         resources.callback(engine.close)
         max_batch = 1 if config.fsync is FsyncMode.ALWAYS else DEFAULT_MAX_BATCH
@@ -73,9 +79,10 @@ async def serve(
         store = LocalStore(engine, commits)
         clock = HybridLogicalClock(config.node_id)
         now_ms = wall_clock(config.clock_offset_ms)
+        counters = Counters()
 
         def open_peer(node_id: str, address: str) -> Peer:
-            return Peer(node_id, address, clock, config.peer_timeout_s)
+            return Peer(node_id, address, clock, config.peer_timeout_s, counters=counters)
 
         advertised = HostPort(config.advertised.host, config.advertised.port or port)
         seeds = {peer.node_id: str(peer.address) for peer in config.peers}
@@ -88,7 +95,6 @@ async def serve(
         resources.push_async_callback(view.close)
         prober = PeerProber(view.peers, _PROBE_INTERVAL_S)
         resources.push_async_callback(prober.close)
-        counters = Counters()
         coordinator = Coordinator(view, store, clock, now_ms, counters)
         resources.push_async_callback(coordinator.close)
         replayer = HintReplayer(
@@ -154,13 +160,36 @@ async def serve(
             ),
             ClusterService(view, engine, counters, membership, repairs),
             ReplicaService(store, clock, now_ms, engine=engine),
+            AdminService(
+                config.node_id,
+                engine,
+                now_ms,
+                data_dir=config.data_path if config.engine == "lmdb" else None,
+            ),
         ]
 
         def on_serving() -> None:
             membership.start()
             repairs.start()
 
-        await _serve_until_stopped(config, server, port, services, stop=stop, on_serving=on_serving)
+        metrics: NodeMetrics | None = None
+        metrics_server: MetricsServer | None = None
+        if metrics_socket is not None:
+            metrics = NodeMetrics(NodeCollector(view, engine, counters, membership))
+            metrics_server = MetricsServer(metrics)
+            await metrics_server.start(metrics_socket)
+            resources.push_async_callback(metrics_server.close)
+
+        await _serve_until_stopped(
+            config,
+            server,
+            port,
+            services,
+            stop=stop,
+            on_serving=on_serving,
+            observe=metrics.requests.observe if metrics is not None else None,
+            metrics_port=metrics_server.port if metrics_server is not None else None,
+        )
     log.info("stopped")
 
 
@@ -204,9 +233,11 @@ async def _serve_until_stopped(
     *,
     stop: asyncio.Event,
     on_serving: Callable[[], None],
+    observe: rpc.RequestObserver | None = None,
+    metrics_port: int | None = None,
 ) -> None:
     gate = rpc.Gate()
-    server.add_generic_rpc_handlers([rpc.generic_handler(s, gate) for s in services])
+    server.add_generic_rpc_handlers([rpc.generic_handler(s, gate, observe) for s in services])
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -226,6 +257,7 @@ async def _serve_until_stopped(
             "fsync": config.fsync.value,
             "peers": ",".join(p.node_id for p in config.peers) or None,
             "replicas": config.replicas,
+            "metrics_port": metrics_port,
         },
     )
     await stop.wait()

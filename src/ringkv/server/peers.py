@@ -19,6 +19,7 @@ from ringkv.core.errors import InternalError, Unavailable
 from ringkv.core.hlc import HybridLogicalClock
 from ringkv.core.records import Record, ReplicaAck
 from ringkv.server.batching import Batcher
+from ringkv.server.counters import Counters
 from ringkv.server.wire import record_from_wire, record_to_wire
 
 log = logging.getLogger(__name__)
@@ -39,13 +40,21 @@ class Peer:
     """Another member, reached over one channel."""
 
     def __init__(
-        self, node_id: str, address: str, clock: HybridLogicalClock, timeout_s: float
+        self,
+        node_id: str,
+        address: str,
+        clock: HybridLogicalClock,
+        timeout_s: float,
+        *,
+        counters: Counters | None = None,
     ) -> None:
         self.node_id = node_id
         self.address = address
         self.alive = True
         self._clock = clock
         self._timeout_s = timeout_s
+        self._counters = counters
+        """Where failed replica calls are counted (``replica_errors``), if anywhere."""
         self._channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
         self._replica = replica_pb2_grpc.ReplicaStub(self._channel)
         self.kv = kv_pb2_grpc.KeyValueStub(self._channel)
@@ -56,6 +65,8 @@ class Peer:
         self._reader: Batcher[bytes, Record | None] | None = None
 
     def _failed(self, error: grpc.aio.AioRpcError, what: str) -> Unavailable:
+        if self._counters is not None:
+            self._counters.replica_error(self.node_id, what.removeprefix("replica "))
         if error.code() in _DOWN_CODES and self.alive:
             self.alive = False
             log.warning("peer down", extra={"peer": self.node_id, "during": what})

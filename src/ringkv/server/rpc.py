@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeAlias
 
@@ -17,7 +19,7 @@ import grpc
 from google.protobuf.message import DecodeError, Message
 
 from ringkv.core.errors import InternalError, InvalidArgument, RingkvError, Unavailable
-from ringkv.server.errors import abort_with
+from ringkv.server.errors import abort_with, status_code
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +28,7 @@ SHUTTING_DOWN = "SHUTTING_DOWN"
 
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 Handler = Callable[[Any, Context], Awaitable[Message]]
+StreamHandler = Callable[[Any, Context], AsyncGenerator[Message, None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,17 +37,37 @@ class Method:
 
     request_type: type[Message]
     handler: Handler
+    level: Callable[[Any], str] | None = None
+    """The consistency level a parsed request runs at, as metrics label it."""
+
+
+@dataclass(frozen=True, slots=True)
+class StreamMethod:
+    """One server-streaming RPC: its request type and the async generator
+    that yields its responses."""
+
+    request_type: type[Message]
+    handler: StreamHandler
 
 
 class Service(Protocol):
-    """A gRPC service made of unary methods."""
+    """A gRPC service made of unary and server-streaming methods."""
 
     name: str
     """The full service name, such as ``kv.KeyValue``."""
 
-    def methods(self) -> dict[str, Method]:
+    def methods(self) -> Mapping[str, Method | StreamMethod]:
         """The service's methods by name."""
         ...
+
+
+class RequestObserver(Protocol):
+    """Told of every call a handler served: where, at which level, with which
+    outcome and how long the handler took (the node's metrics)."""
+
+    def __call__(
+        self, service: str, method: str, level: str, code: grpc.StatusCode, seconds: float
+    ) -> None: ...
 
 
 class RelayedError(Exception):
@@ -110,42 +133,122 @@ class Gate:
                 return
 
 
+def _level_label(method: Method, request: Message | None) -> str:
+    """The request's level for metrics; empty when it has none or is invalid."""
+    if method.level is None or request is None:
+        return ""
+    try:
+        return method.level(request)
+    except Exception:  # a label must never fail the call it describes
+        return ""
+
+
 def _serve(
-    method: Method, full_name: str, gate: Gate
+    method: Method, service: str, method_name: str, gate: Gate, observe: RequestObserver | None
 ) -> Callable[[bytes, Context], Awaitable[bytes]]:
+    full_name = f"{service}/{method_name}"
+
     async def serve(raw: bytes, context: Context) -> bytes:
+        started = time.perf_counter()
+        request: Message | None = None
+
+        def note(code: grpc.StatusCode) -> None:
+            # Before the answer leaves: a caller that has its answer finds
+            # the call in the metrics.
+            if observe is not None:
+                level = _level_label(method, request)
+                observe(service, method_name, level, code, time.perf_counter() - started)
+
         try:
             gate.enter()
         except Unavailable as error:
+            note(status_code(error))
             await abort_with(context, error)
         try:
             request = parse_request(method.request_type, raw)
             response = await method.handler(request, context)
         except RingkvError as error:
+            note(status_code(error))
             await abort_with(context, error)
         except RelayedError as relayed:
             answer = relayed.error
+            note(answer.code())
             await context.abort(
                 answer.code(),
                 answer.details() or "",
                 trailing_metadata=tuple(answer.trailing_metadata() or ()),
             )
+        except asyncio.CancelledError:  # the caller cancelled, or its deadline passed
+            note(grpc.StatusCode.CANCELLED)
+            raise
         except Exception:
             log.exception("unexpected error in %s", full_name)
+            note(grpc.StatusCode.INTERNAL)
             await abort_with(context, InternalError(f"internal error in {full_name}"))
         finally:
             gate.leave()
+        note(grpc.StatusCode.OK)
         return response.SerializeToString()
 
     return serve
 
 
-def generic_handler(service: Service, gate: Gate) -> grpc.GenericRpcHandler:
-    """A grpc handler that serves ``service`` through ``gate``."""
-    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
-        method_name: grpc.unary_unary_rpc_method_handler(
-            _serve(method, f"{service.name}/{method_name}", gate)
-        )
-        for method_name, method in service.methods().items()
-    }
+def _serve_stream(
+    method: StreamMethod,
+    service: str,
+    method_name: str,
+    gate: Gate,
+    observe: RequestObserver | None,
+) -> Callable[[bytes, Context], AsyncIterator[bytes]]:
+    """Like ``_serve``, for a method that yields its responses: the call stays
+    inside the gate until the last one is sent, and an error after some
+    responses ends the stream with its status."""
+    full_name = f"{service}/{method_name}"
+
+    async def serve(raw: bytes, context: Context) -> AsyncIterator[bytes]:
+        started = time.perf_counter()
+        code = grpc.StatusCode.CANCELLED
+        try:
+            try:
+                gate.enter()
+            except Unavailable as error:
+                code = status_code(error)
+                await abort_with(context, error)
+            try:
+                request = parse_request(method.request_type, raw)
+                async with aclosing(method.handler(request, context)) as responses:
+                    async for response in responses:
+                        yield response.SerializeToString()
+                code = grpc.StatusCode.OK
+            except RingkvError as error:
+                code = status_code(error)
+                await abort_with(context, error)
+            except Exception:
+                log.exception("unexpected error in %s", full_name)
+                code = grpc.StatusCode.INTERNAL
+                await abort_with(context, InternalError(f"internal error in {full_name}"))
+            finally:
+                gate.leave()
+        finally:
+            if observe is not None:
+                observe(service, method_name, "", code, time.perf_counter() - started)
+
+    return serve
+
+
+def generic_handler(
+    service: Service, gate: Gate, observe: RequestObserver | None = None
+) -> grpc.GenericRpcHandler:
+    """A grpc handler that serves ``service`` through ``gate``, telling
+    ``observe`` of every call."""
+    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
+    for method_name, method in service.methods().items():
+        if isinstance(method, StreamMethod):
+            handlers[method_name] = grpc.unary_stream_rpc_method_handler(
+                _serve_stream(method, service.name, method_name, gate, observe)
+            )
+        else:
+            handlers[method_name] = grpc.unary_unary_rpc_method_handler(
+                _serve(method, service.name, method_name, gate, observe)
+            )
     return grpc.method_handlers_generic_handler(service.name, handlers)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
+from ringkv.core.errors import PreconditionFailed
 from ringkv.core.hlc import Version
 from ringkv.core.records import ApplyResult, Mutation, Record
 
@@ -33,6 +35,12 @@ class EngineStats:
     """Bytes the records occupy (pages in use for LMDB)."""
     hints: int = 0
     """Hints held for other nodes."""
+
+
+class BackupUnsupported(PreconditionFailed):
+    """The engine keeps nothing on disk, so there is nothing to back up."""
+
+    default_reason = "BACKUP_UNSUPPORTED"
 
 
 def purge_checks(
@@ -96,6 +104,18 @@ class Engine(Protocol):
 
     def stats(self) -> EngineStats:
         """Current sizes."""
+        ...
+
+    def snapshot(self, path: Path) -> EngineStats:
+        """Write a consistent copy of the store to ``path``, a new file, while
+        reads and writes go on; the sizes of what the copy holds.
+
+        The copy is one LMDB file (a compacted ``data.mdb``, records and hints)
+        read in one transaction: it holds every write committed before the
+        snapshot began and none committed after. Raises BackupUnsupported if
+        the engine keeps nothing on disk, StorageFull if the copy does not fit;
+        then ``path`` is not left behind.
+        """
         ...
 
     def close(self) -> None:

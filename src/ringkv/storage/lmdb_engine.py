@@ -3,6 +3,8 @@
 LMDB gives crash-safe copy-on-write transactions and lock-free readers. Its
 map (the largest size the file may reach) is fixed when it is opened, so this
 engine starts with a modest map and doubles it whenever a write finds it full.
+A snapshot (for backups) is LMDB's compacting copy, read in one transaction
+while writes go on.
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ class LmdbEngine:
     ) -> None:
         path.mkdir(parents=True, exist_ok=True)
         self._path = path
-        self._dir_lock = _lock_data_dir(path)
+        self._dir_lock = lock_data_dir(path)
         self._max_map_bytes = max_map_bytes
         try:
             self._env = lmdb.open(
@@ -72,6 +74,10 @@ class LmdbEngine:
         # while it swaps the map.
         self._map_lock = threading.Lock()
         self._write_lock = threading.Lock()
+        # A snapshot holds one read transaction for as long as it copies, so
+        # it keeps the map from being resized (and the engine from closing)
+        # by holding this lock; reads and writes go on meanwhile.
+        self._snapshot_lock = threading.Lock()
 
     def get(self, key: bytes) -> Record | None:
         with self._map_lock, self._env.begin(db=self._records, buffers=True) as txn:
@@ -158,7 +164,7 @@ class LmdbEngine:
         size = int(self._env.info()["map_size"])
         if size >= self._max_map_bytes:
             raise StorageFull(f"the store reached its map limit of {self._max_map_bytes} bytes")
-        with self._map_lock:
+        with self._snapshot_lock, self._map_lock:
             self._env.set_mapsize(min(size * 2, self._max_map_bytes))
 
     def scan(self, start_token: int, end_token: int) -> Iterator[Record]:
@@ -211,8 +217,35 @@ class LmdbEngine:
             records=int(stat["entries"]), bytes_used=int(pages * stat["psize"]), hints=int(hints)
         )
 
+    def snapshot(self, path: Path) -> EngineStats:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with self._snapshot_lock:
+                with self._map_lock:
+                    txn = self._env.begin()
+                try:
+                    records = txn.stat(self._records)["entries"]
+                    hints = txn.stat(self._hints)["entries"]
+                    # Compacting is what lets the copy be read in ``txn``, and
+                    # it leaves the free pages out.
+                    self._env.copyfd(fd, compact=True, txn=txn)
+                finally:
+                    txn.abort()
+            os.fsync(fd)
+            size = os.fstat(fd).st_size
+        except BaseException as exc:
+            os.close(fd)
+            path.unlink(missing_ok=True)
+            if isinstance(exc, lmdb.DiskError) or (
+                isinstance(exc, lmdb.Error | OSError) and _disk_nearly_full(path.parent)
+            ):
+                raise StorageFull(f"no room for the snapshot: {exc}") from None
+            raise
+        os.close(fd)
+        return EngineStats(records=int(records), bytes_used=size, hints=int(hints))
+
     def close(self) -> None:
-        with self._map_lock:
+        with self._snapshot_lock, self._map_lock:
             self._env.sync(True)
             self._env.close()
         os.close(self._dir_lock)
@@ -224,8 +257,12 @@ def _disk_nearly_full(path: Path) -> bool:
     return stat.f_bavail * stat.f_frsize < 1 << 20
 
 
-def _lock_data_dir(path: Path) -> int:
-    """Hold an exclusive lock on the data dir, so two nodes never share one."""
+def lock_data_dir(path: Path) -> int:
+    """Hold an exclusive lock on the data dir, so two nodes never share one (nor
+    a node and a restore); the lock's file descriptor, which holds it until closed.
+
+    Raises Unavailable if another process holds it.
+    """
     fd = os.open(path / _LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

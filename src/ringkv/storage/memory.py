@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 from ringkv.core.hlc import Version
 from ringkv.core.records import ApplyResult, Mutation, Outcome, Record, resolve
 from ringkv.core.tokens import token_of
-from ringkv.storage.engine import EngineStats, purge_checks
+from ringkv.storage.engine import BackupUnsupported, EngineStats, purge_checks
 
 
 class MemoryEngine:
@@ -78,6 +79,14 @@ class MemoryEngine:
         with self._lock:
             size = sum(len(r.key) + len(r.value) for r in self._records.values())
             return EngineStats(records=len(self._records), bytes_used=size, hints=len(self._hints))
+
+    def snapshot(self, path: Path) -> EngineStats:
+        """Always refused: what a memory node holds is gone when it stops, by
+        design, so a backup of it is a backup of its replicas (LMDB nodes)."""
+        raise BackupUnsupported(
+            "the memory engine cannot be backed up: it keeps nothing on disk "
+            "(back up a node that runs with --engine lmdb)"
+        )
 
     def close(self) -> None:
         with self._lock:
