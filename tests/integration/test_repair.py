@@ -460,6 +460,11 @@ def test_cluster_remove_decommissions_a_node_through_the_cli(cluster: ClusterFac
     assert "node2 is leaving" in result.stdout, result.stdout
 
     assert node2.wait(timeout=60) == 0, node2.log_text()
+    # A restart policy cannot bring it back: it refuses to start until its
+    # member table is deleted.
+    node2.launch()
+    assert node2.wait(timeout=60) == 1, node2.log_text()
+    assert "decommissioned" in node2.log_text(), node2.log_text()
     survivors = [node1, node3, node4]
     expected = {"node1": "normal", "node3": "normal", "node4": "normal"}
     wait_for(

@@ -45,7 +45,7 @@ from ringkv.core.election import (
     Output,
     Role,
 )
-from ringkv.core.errors import RingkvError, Unavailable
+from ringkv.core.errors import PreconditionFailed, RingkvError, Unavailable
 from ringkv.core.membership import (
     FailureDetector,
     Liveness,
@@ -56,6 +56,7 @@ from ringkv.core.membership import (
     leader_decision,
 )
 from ringkv.server.cluster_view import ClusterView
+from ringkv.server.membership_file import FILE_NAME as MEMBERSHIP_FILE
 from ringkv.server.membership_file import MembershipFile, SavedState
 from ringkv.server.peers import Peer
 from ringkv.server.rebalance import Rebalancer
@@ -131,6 +132,13 @@ class MembershipManager:
         the node reports itself serving.
         """
         saved = self._file.load()
+        if saved is not None and saved.decommissioned:
+            # A restart policy must not bring a removed node back into the ring.
+            raise PreconditionFailed(
+                "this node was decommissioned; to let it join again, delete "
+                f"{MEMBERSHIP_FILE} from its data dir",
+                reason="DECOMMISSIONED",
+            )
         established = False
         if saved is not None and self.node_id in saved.membership.addresses:
             log.info("resuming", extra={"epoch": saved.membership.epoch, "term": saved.term})
@@ -289,7 +297,7 @@ class MembershipManager:
     def _removed(self, *, was_leaving: bool) -> None:
         if was_leaving:
             log.info("decommissioned: this node left the cluster")
-            self._file.save(SavedState(self.membership, *self._vote()))
+            self._file.save(SavedState(self.membership, *self._vote(), decommissioned=True))
             self._on_removed()
             return
         # Removed while it was down: come back as a new member.

@@ -23,6 +23,8 @@ class SavedState:
     membership: Membership
     term: int
     term_leader: str | None
+    decommissioned: bool = False
+    """The node left through ``ringkv cluster remove``: it must not rejoin by itself."""
 
 
 class MembershipFile:
@@ -43,7 +45,12 @@ class MembershipFile:
             ),
             document["membership_term"],
         )
-        return SavedState(membership, document["term"], document["term_leader"])
+        return SavedState(
+            membership,
+            document["term"],
+            document["term_leader"],
+            document.get("decommissioned", False),
+        )
 
     def save(self, state: SavedState) -> None:
         if self._path is None:
@@ -57,6 +64,7 @@ class MembershipFile:
             ],
             "term": state.term,
             "term_leader": state.term_leader,
+            "decommissioned": state.decommissioned,
         }
         self._path.parent.mkdir(parents=True, exist_ok=True)
         temporary = self._path.with_suffix(".tmp")
