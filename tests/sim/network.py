@@ -8,6 +8,11 @@ delays, duplicates, the nodes' election jitter) comes from one
 Connectivity is decided when a message is *delivered*: a message in flight
 when a partition starts is lost, and none crosses a partition once it is in
 place. Drops and duplicates are decided when it is sent.
+
+A subclass can send something along with each message (a member table, say)
+by overriding :meth:`SimNetwork.attach`, use it on arrival by overriding
+:meth:`SimNetwork.deliver`, and act after each step of a node, before its
+messages leave, by overriding :meth:`SimNetwork.stepped`.
 """
 
 from __future__ import annotations
@@ -82,7 +87,8 @@ class SimNetwork:
         self.now_ms = 0
         self.nodes = {n: ElectionNode(n, node_ids, config, rng) for n in node_ids}
         self._group_of = dict.fromkeys(node_ids, 0)
-        self._queue: list[tuple[int, int, int, str, Message | None]] = []
+        self._severed: set[frozenset[str]] = set()
+        self._queue: list[tuple[int, int, int, str, Message | None, object]] = []
         self._seq = 0
         self._wake_at: dict[str, int] = {}
         self.observers: list[Callable[[], None]] = []
@@ -93,6 +99,7 @@ class SimNetwork:
 
     def partition(self, *groups: Iterable[str]) -> None:
         """Only nodes in the same group talk; nodes not named are each cut off alone."""
+        self._severed.clear()
         self._group_of = {n: -1 - i for i, n in enumerate(self.nodes)}
         for index, group in enumerate(groups):
             for node in group:
@@ -104,11 +111,22 @@ class SimNetwork:
 
     def heal(self) -> None:
         """Connect every node to every other."""
+        self._severed.clear()
         self._group_of = dict.fromkeys(self.nodes, 0)
+
+    def sever(self, a: str, b: str) -> None:
+        """Cut the link between two nodes both ways, until the next partition or heal.
+
+        A partial partition: ``a`` and ``b`` may still hear each other's news
+        through a third node, which groups alone cannot model.
+        """
+        self._severed.add(frozenset((a, b)))
 
     def connected(self, a: str, b: str) -> bool:
         """Whether a message from ``a`` to ``b`` would be delivered now."""
-        return self._group_of[a] == self._group_of[b]
+        if self._group_of[a] != self._group_of[b]:
+            return False
+        return not self._severed or frozenset((a, b)) not in self._severed
 
     # -- running ------------------------------------------------------------
 
@@ -120,17 +138,16 @@ class SimNetwork:
     def run_until(self, end_ms: int) -> None:
         """Process every event up to and including ``end_ms``; the clock ends there."""
         while self._queue and self._queue[0][0] <= end_ms:
-            at, _, kind, node_id, message = heapq.heappop(self._queue)
+            at, _, kind, node_id, message, attachment = heapq.heappop(self._queue)
             self.now_ms = at
-            node = self.nodes[node_id]
             if kind == _DELIVER:
                 assert message is not None
                 if not self.connected(sender_of(message), node_id):
                     continue
                 self.delivered += 1
-                self._apply(node_id, node.receive(message, at))
+                self.deliver(node_id, message, attachment)
             elif self._wake_at.get(node_id) == at:
-                self._apply(node_id, node.tick(at))
+                self._apply(node_id, self.nodes[node_id].tick(at))
             else:
                 continue  # Superseded by a later wake-up.
             if self.spurious_ticks and self.rng.random() < self.spurious_ticks:
@@ -140,7 +157,31 @@ class SimNetwork:
                 observe()
         self.now_ms = max(self.now_ms, end_ms)
 
+    def attach(self, envelope: Envelope) -> object:
+        """What travels with a message, fixed when it is sent: nothing here.
+
+        Subclasses override it to model data the real node piggybacks on the
+        election's messages; every copy of a duplicated message carries the same.
+        """
+        return None
+
+    def deliver(self, node_id: str, message: Message, attachment: object) -> None:
+        """Hand a message that arrived (with what :meth:`attach` gave it) to its node.
+
+        Subclasses override it to act on the attachment before or after the
+        election sees the message, and call this to run the election.
+        """
+        self._apply(node_id, self.nodes[node_id].receive(message, self.now_ms))
+
+    def stepped(self, node_id: str) -> None:
+        """Called after every step of a node, before the messages it produced are sent.
+
+        Nothing here; a subclass models what the node does between handling
+        an event and putting its messages on the wire.
+        """
+
     def _apply(self, node_id: str, output: Output) -> None:
+        self.stepped(node_id)
         for envelope in output.messages:
             self._send(envelope)
         at = max(output.wake_at_ms, self.now_ms)
@@ -153,10 +194,13 @@ class SimNetwork:
         if faults.drop and self.rng.random() < faults.drop:
             return
         copies = 2 if faults.duplicate and self.rng.random() < faults.duplicate else 1
+        attachment = self.attach(envelope)
         for _ in range(copies):
             delay = self.rng.randint(faults.min_delay_ms, faults.max_delay_ms)
-            self._push(self.now_ms + delay, _DELIVER, envelope.to, envelope.message)
+            self._push(self.now_ms + delay, _DELIVER, envelope.to, envelope.message, attachment)
 
-    def _push(self, at: int, kind: int, node_id: str, message: Message | None) -> None:
+    def _push(
+        self, at: int, kind: int, node_id: str, message: Message | None, attachment: object = None
+    ) -> None:
         self._seq += 1
-        heapq.heappush(self._queue, (at, self._seq, kind, node_id, message))
+        heapq.heappush(self._queue, (at, self._seq, kind, node_id, message, attachment))

@@ -162,10 +162,23 @@ class Membership:
             term,
         )
 
+    def made_after(self, term: int) -> bool:
+        """Whether a leader of a later term than ``term`` made this table.
+
+        A leader whose lease outlived a failover can adopt its successor's
+        table; it must not change it, or it would stamp a change with a term
+        that is not its own and two tables could share one (epoch, term).
+        """
+        return self.term > term
+
     def _next(self, members: Iterable[Member], term: int) -> Membership:
-        return Membership(
-            self.epoch + 1, tuple(sorted(members, key=lambda m: m.node_id)), max(term, self.term)
-        )
+        if self.made_after(term):
+            raise Unavailable(
+                f"the member table was made in term {self.term}, after this leader's "
+                f"term {term}: a newer leader exists",
+                reason="STALE_LEADER",
+            )
+        return Membership(self.epoch + 1, tuple(sorted(members, key=lambda m: m.node_id)), term)
 
 
 def gainers(membership: Membership, ring_of: RingMaker, replicas: int) -> frozenset[str]:

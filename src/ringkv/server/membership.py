@@ -469,7 +469,12 @@ class MembershipManager:
         return kv_pb2.RemoveNodeResponse(members=membership_to_wire(table, self._view.liveness))
 
     def _leads(self) -> bool:
-        return self._election is not None and self._election.role is Role.LEADER
+        """Whether this node leads, and no leader of a later term changed the table."""
+        return (
+            self._election is not None
+            and self._election.role is Role.LEADER
+            and not self.membership.made_after(self._election.term)
+        )
 
     async def _leader_peer(self) -> Peer:
         leader = self._view.peers.get(self._view.leader_id)
