@@ -141,7 +141,16 @@ def test_isolated_leader_steps_down_majority_elects_and_heal_converges(
     assert seen is not None
     assert seen[2] == epoch
 
-    # The majority keeps serving writes at QUORUM; node3 misses them.
+    # Once the new leader's heartbeats have found node3 dead, requests stop
+    # going to it, and the majority serves writes at QUORUM; node3 misses them.
+    wait_for(
+        lambda: (
+            {m.node_id: m.state for m in cluster_state(node1.address).members}.get("node3")
+            == "dead"
+        ),
+        timeout=15,
+        what="node1 to learn from the leader that node3 is dead",
+    )
     during = {f"during/{i}": b"v2" for i in range(100)}
     write_all(node1.address, during)
 

@@ -110,10 +110,20 @@ class ClusterView:
         return self.node_id in self.next_ring.preference_list(token, n_next)
 
     def is_live(self, node_id: str) -> bool:
+        """Whether requests should go to a node.
+
+        Not if a call to it just failed (noticed at once, by this node), nor
+        while the leader this node follows counts it dead (noticed by the
+        leader's heartbeats, even when this node has not called it lately: a
+        partitioned owner would otherwise cost each forwarded write its
+        whole deadline). Without a leader only this node's own calls count.
+        """
         if node_id == self.node_id:
             return True
         peer = self.peers.get(node_id)
-        return peer is not None and peer.alive
+        if peer is None or not peer.alive:
+            return False
+        return not self.leader_id or self.liveness.get(node_id) is not Liveness.DEAD
 
     def owner(self, key: bytes) -> str | None:
         """The first live replica of a key: the node that coordinates its writes."""
