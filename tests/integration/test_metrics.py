@@ -240,15 +240,16 @@ def test_cluster_gauges_follow_the_cluster_and_repairs_are_counted(
 
     # node2 dies: the leader's detector counts it dead, writes to it fail and
     # leave hints behind.
+    # (Writes go first: once the leader counts node2 dead nobody calls it.)
     node2.kill()
+    with ringkv.Client(node1.address, token_aware=False) as client:
+        for i in range(10):
+            client.set(f"missed{i}", b"v", consistency="one")
     wait_for(
         lambda: scrape(node3).get("ringkv_members", state="dead", status="normal") == 1,
         timeout=20,
         what="the leader to count node2 dead",
     )
-    with ringkv.Client(node1.address, token_aware=False) as client:
-        for i in range(10):
-            client.set(f"missed{i}", b"v", consistency="one")
     survivors = [node1, node3]
     scrapes = [scrape(node) for node in survivors]
     assert sum(s.total("ringkv_replica_errors_total", peer="node2") for s in scrapes) >= 1
@@ -270,9 +271,13 @@ def test_cluster_gauges_follow_the_cluster_and_repairs_are_counted(
     # and fixes the difference, and the metrics say exactly what it did.
     node2.start()
     wait_for(
-        lambda: scrape(node1).get("ringkv_peer_up", peer="node2") == 1,
+        lambda: (
+            scrape(node1).get("ringkv_peer_up", peer="node2") == 1
+            and {m.node_id: m.state for m in cluster_state(node1.address).members}["node2"]
+            == "alive"
+        ),
         timeout=20,
-        what="node1 to see node2 up again",
+        what="node1 (and the leader it follows) to see node2 up again",
     )
     before_repair = scrape(node1)
     report = repair(node1.address)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ringkv.client.admin import cluster_state
+from ringkv.client.channels import PLAINTEXT, Security
 from ringkv.client.health import wait_until_serving
 from ringkv.core.errors import RingkvError
 
@@ -47,6 +48,8 @@ class NodeProcess:
     port: int = 0
     process: subprocess.Popen[bytes] | None = None
     starts: int = 0
+    security: Security = PLAINTEXT
+    """How the test reaches the node (TLS, client certificate, token)."""
 
     @property
     def data_dir(self) -> Path:
@@ -89,7 +92,7 @@ class NodeProcess:
         """Wait until the launched process serves."""
         serving = self._wait_for_event("serving", timeout)
         self.port = int(serving["port"])
-        if not wait_until_serving(self.address, timeout=timeout):
+        if not wait_until_serving(self.address, timeout=timeout, security=self.security):
             raise AssertionError(f"{self.node_id} never reported SERVING\n{self.log_text()}")
 
     def _wait_for_event(self, message: str, timeout: float) -> dict[str, Any]:
@@ -154,8 +157,16 @@ class NodeFactory:
         self._root = root
         self.nodes: list[NodeProcess] = []
 
-    def __call__(self, node_id: str = "node1", *args: str, start: bool = True) -> NodeProcess:
-        node = NodeProcess(node_id, self._root / f"{node_id}-{len(self.nodes)}", list(args))
+    def __call__(
+        self,
+        node_id: str = "node1",
+        *args: str,
+        start: bool = True,
+        security: Security = PLAINTEXT,
+    ) -> NodeProcess:
+        node = NodeProcess(
+            node_id, self._root / f"{node_id}-{len(self.nodes)}", list(args), security=security
+        )
         self.nodes.append(node)
         if start:
             node.start()
@@ -188,7 +199,12 @@ class ClusterFactory:
         self._nodes = nodes
 
     def __call__(
-        self, size: int = 3, *args: str, replicas: int = 3, start: bool = True
+        self,
+        size: int = 3,
+        *args: str,
+        replicas: int = 3,
+        start: bool = True,
+        security: Security = PLAINTEXT,
     ) -> list[NodeProcess]:
         ports = free_ports(size)
         ids = [f"node{i + 1}" for i in range(size)]
@@ -200,7 +216,14 @@ class ClusterFactory:
                 if peer != node_id
             )
             node = self._nodes(
-                node_id, "-peers", peers, "-replicas", str(replicas), *args, start=False
+                node_id,
+                "-peers",
+                peers,
+                "-replicas",
+                str(replicas),
+                *args,
+                start=False,
+                security=security,
             )
             node.port = port
             members.append(node)
@@ -217,7 +240,7 @@ def agreed_leader(members: Sequence[NodeProcess]) -> tuple[str, int] | None:
     seen = set()
     for node in members:
         try:
-            state = cluster_state(node.address, timeout=1.0)
+            state = cluster_state(node.address, timeout=1.0, security=node.security)
         except RingkvError:
             return None
         if not state.leader_id:

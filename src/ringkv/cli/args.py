@@ -7,6 +7,8 @@ import os
 import sys
 from typing import NoReturn, TypeAlias
 
+from ringkv.client.channels import Security
+
 
 class ArgumentParser(argparse.ArgumentParser):
     """An ArgumentParser whose errors are one line: ``ringkv node: error: ...``."""
@@ -24,7 +26,8 @@ DEFAULT_ENDPOINT = "127.0.0.1:50051"
 
 
 def add_endpoint_option(parser: argparse.ArgumentParser) -> None:
-    """``--endpoint``: where the command finds the cluster."""
+    """``--endpoint``: where the command finds the cluster, and the security
+    options to reach it with."""
     parser.add_argument(
         "--endpoint",
         "--endpoints",
@@ -32,4 +35,40 @@ def add_endpoint_option(parser: argparse.ArgumentParser) -> None:
         default=os.environ.get("RINGKV_ENDPOINTS", DEFAULT_ENDPOINT),
         help="host:port of one or more nodes, comma-separated "
         f"(default: $RINGKV_ENDPOINTS or {DEFAULT_ENDPOINT})",
+    )
+    add_security_options(parser)
+
+
+def add_security_options(parser: argparse.ArgumentParser) -> None:
+    """``--tls-ca``, ``--tls-cert``, ``--tls-key``, ``--token``: how to reach a
+    node that serves TLS or wants a token."""
+    parser.add_argument(
+        "--tls-ca",
+        metavar="FILE",
+        default=os.environ.get("RINGKV_TLS_CA"),
+        help="connect with TLS, verifying the nodes with this PEM CA (default: $RINGKV_TLS_CA)",
+    )
+    parser.add_argument(
+        "--tls-cert",
+        metavar="FILE",
+        default=os.environ.get("RINGKV_TLS_CERT"),
+        help="PEM client certificate, for nodes run with --tls-ca (default: $RINGKV_TLS_CERT)",
+    )
+    parser.add_argument(
+        "--tls-key",
+        metavar="FILE",
+        default=os.environ.get("RINGKV_TLS_KEY"),
+        help="PEM key of --tls-cert (default: $RINGKV_TLS_KEY)",
+    )
+    parser.add_argument(
+        "--token",
+        default=os.environ.get("RINGKV_TOKEN"),
+        help="bearer token, for nodes run with --auth-token-file (default: $RINGKV_TOKEN)",
+    )
+
+
+def security_from(args: argparse.Namespace) -> Security:
+    """The client credentials the options name (InvalidArgument if a file is unreadable)."""
+    return Security.of(
+        tls_ca=args.tls_ca, tls_cert=args.tls_cert, tls_key=args.tls_key, token=args.token
     )

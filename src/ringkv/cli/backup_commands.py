@@ -26,7 +26,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from ringkv.cli.args import Commands, add_endpoint_option
+from ringkv.cli.args import Commands, add_endpoint_option, security_from
 from ringkv.client.admin import backup
 from ringkv.client.channels import endpoint_list
 from ringkv.core.errors import RingkvError
@@ -111,7 +111,13 @@ def backup_command(args: argparse.Namespace) -> int:
             bar.update(task, completed=done, total=total)
 
         try:
-            info = backup(endpoint, output, timeout=args.timeout, progress=on_progress)
+            info = backup(
+                endpoint,
+                output,
+                timeout=args.timeout,
+                progress=on_progress,
+                security=security_from(args),
+            )
         except RingkvError as error:
             return _fail(error)
         except OSError as error:

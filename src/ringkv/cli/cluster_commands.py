@@ -10,7 +10,7 @@ from dataclasses import asdict
 from rich.console import Console
 from rich.table import Table
 
-from ringkv.cli.args import ArgumentParser, Commands, add_endpoint_option
+from ringkv.cli.args import ArgumentParser, Commands, add_endpoint_option, security_from
 from ringkv.client.admin import NodeStats, cluster_state, node_stats, remove_node, repair
 from ringkv.core.errors import RingkvError
 
@@ -48,7 +48,9 @@ def add_parser(commands: Commands) -> None:
 
 def remove_command(args: argparse.Namespace) -> int:
     try:
-        epoch = remove_node(args.endpoints, args.node, timeout=args.timeout)
+        epoch = remove_node(
+            args.endpoints, args.node, timeout=args.timeout, security=security_from(args)
+        )
     except RingkvError as error:
         Console(stderr=True).print(f"ringkv: {error.reason}: {error.message}")
         return EXIT_ERROR
@@ -62,7 +64,8 @@ def remove_command(args: argparse.Namespace) -> int:
 def repair_command(args: argparse.Namespace) -> int:
     """Every member runs one round against its replicas; a table of what each fixed."""
     try:
-        state = cluster_state(args.endpoints, timeout=min(args.timeout, 5.0))
+        security = security_from(args)
+        state = cluster_state(args.endpoints, timeout=min(args.timeout, 5.0), security=security)
     except RingkvError as error:
         Console(stderr=True).print(f"ringkv: {error.reason}: {error.message}")
         return EXIT_ERROR
@@ -73,7 +76,7 @@ def repair_command(args: argparse.Namespace) -> int:
     failed = False
     for member in state.members:
         try:
-            report = repair(member.address, timeout=args.timeout)
+            report = repair(member.address, timeout=args.timeout, security=security)
         except RingkvError as error:
             failed = True
             table.add_row(member.node_id, f"[red]{error.reason}[/]", "", "", "", "")
@@ -97,14 +100,17 @@ def repair_command(args: argparse.Namespace) -> int:
 def status_command(args: argparse.Namespace) -> int:
     console = Console()
     try:
-        state = cluster_state(args.endpoints, timeout=args.timeout)
+        security = security_from(args)
+        state = cluster_state(args.endpoints, timeout=args.timeout, security=security)
     except RingkvError as error:
         Console(stderr=True).print(f"ringkv: {error.reason}: {error.message}")
         return EXIT_ERROR
     stats: dict[str, NodeStats | str] = {}
     for member in state.members:
         try:
-            stats[member.node_id] = node_stats(member.address, timeout=args.timeout)
+            stats[member.node_id] = node_stats(
+                member.address, timeout=args.timeout, security=security
+            )
         except RingkvError as error:
             stats[member.node_id] = error.reason
     if args.json:

@@ -12,8 +12,10 @@ import argparse
 import sys
 import time
 
-from ringkv.cli.args import DEFAULT_ENDPOINT, Commands
+from ringkv.cli.args import DEFAULT_ENDPOINT, Commands, add_security_options, security_from
+from ringkv.client.channels import Security
 from ringkv.client.health import check
+from ringkv.core.errors import RingkvError
 
 EXIT_NOT_SERVING = 1
 _POLL_INTERVAL_S = 0.2
@@ -52,6 +54,7 @@ def add_parser(commands: Commands) -> None:
         help='the health service name to ask about: "" (the node, default), '
         "kv.KeyValue or kv.Cluster",
     )
+    add_security_options(parser)
     parser.set_defaults(handler=handle, parser=parser)
 
 
@@ -63,8 +66,12 @@ def handle(args: argparse.Namespace) -> int:
     endpoint = args.endpoint.strip()
     if not endpoint or "," in endpoint:
         args.parser.error(f"--endpoint takes one host:port, got {args.endpoint!r}")
+    try:
+        security = security_from(args)
+    except RingkvError as error:
+        args.parser.error(error.message)
     what = f"{endpoint} ({args.service})" if args.service else endpoint
-    if _serving(endpoint, args.service, timeout=args.timeout, wait=args.wait):
+    if _serving(endpoint, args.service, timeout=args.timeout, wait=args.wait, security=security):
         sys.stderr.write(f"ringkv health: {what} is SERVING\n")
         return 0
     within = f"within {args.wait:g}s" if args.wait > 0 else f"in {args.timeout:g}s"
@@ -75,11 +82,13 @@ def handle(args: argparse.Namespace) -> int:
     return EXIT_NOT_SERVING
 
 
-def _serving(endpoint: str, service: str, *, timeout: float, wait: float) -> bool:
+def _serving(
+    endpoint: str, service: str, *, timeout: float, wait: float, security: Security
+) -> bool:
     """Ask once, or until the node serves or ``wait`` seconds pass."""
     deadline = time.monotonic() + wait
     while True:
-        if check(endpoint, service=service, timeout=timeout):
+        if check(endpoint, service=service, timeout=timeout, security=security):
             return True
         remaining = deadline - time.monotonic()
         if remaining <= 0:

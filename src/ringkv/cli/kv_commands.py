@@ -8,7 +8,7 @@ import json
 import sys
 from typing import Any
 
-from ringkv.cli.args import ArgumentParser, Commands, add_endpoint_option
+from ringkv.cli.args import ArgumentParser, Commands, add_endpoint_option, security_from
 from ringkv.client import Client, Entry
 from ringkv.core.consistency import LEVEL_NAMES
 from ringkv.core.errors import RingkvError
@@ -43,7 +43,15 @@ def add_parsers(commands: Commands) -> None:
 
 
 def _client(args: argparse.Namespace) -> Client:
-    return Client(args.endpoints, timeout=args.timeout)
+    security = security_from(args)
+    return Client(
+        args.endpoints,
+        timeout=args.timeout,
+        tls_ca=security.tls_ca,
+        tls_cert=security.tls_cert,
+        tls_key=security.tls_key,
+        token=security.token,
+    )
 
 
 def _print_json(document: dict[str, Any]) -> None:

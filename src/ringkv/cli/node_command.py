@@ -149,6 +149,26 @@ def add_parser(commands: Commands) -> None:
         help="serve Prometheus metrics over HTTP at host:port/metrics; an empty host "
         "means all interfaces, port 0 a free port (default: off)",
     )
+    parser.add_argument(
+        "--tls-cert",
+        type=Path,
+        metavar="FILE",
+        help="PEM certificate: serve TLS and present it to peers (with --tls-key)",
+    )
+    parser.add_argument("--tls-key", type=Path, metavar="FILE", help="PEM key of --tls-cert")
+    parser.add_argument(
+        "--tls-ca",
+        type=Path,
+        metavar="FILE",
+        help="PEM CA of the members: peers are verified with it, and every caller must "
+        "present a client certificate it signed (mutual TLS)",
+    )
+    parser.add_argument(
+        "--auth-token-file",
+        type=Path,
+        metavar="FILE",
+        help="clients must send 'authorization: Bearer <the token in FILE>'",
+    )
     parser.set_defaults(handler=handle, parser=parser)
 
 
@@ -189,6 +209,10 @@ def config_from(args: argparse.Namespace) -> NodeConfig:
             if args.metrics_addr is not None
             else None
         ),
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        tls_ca=args.tls_ca,
+        auth_token_file=args.auth_token_file,
     )
 
 

@@ -1,8 +1,9 @@
 """The ringkv client SDK: ``Client`` (blocking) and ``AsyncClient`` (asyncio)."""
 
 from ringkv.client.aio import AsyncClient
+from ringkv.client.channels import Security
 from ringkv.client.requests import Entry
 from ringkv.client.retry import RetryPolicy
 from ringkv.client.sync import Client
 
-__all__ = ["AsyncClient", "Client", "Entry", "RetryPolicy"]
+__all__ = ["AsyncClient", "Client", "Entry", "RetryPolicy", "Security"]

@@ -13,9 +13,9 @@ from typing import Any, BinaryIO
 import grpc
 
 from ringkv.api import admin_pb2, admin_pb2_grpc, kv_pb2, kv_pb2_grpc
-from ringkv.client.channels import endpoint_list
+from ringkv.client.channels import PLAINTEXT, Security, endpoint_list
 from ringkv.client.errors import from_rpc_error
-from ringkv.core.errors import InternalError, InvalidArgument, Unavailable
+from ringkv.core.errors import InternalError, InvalidArgument, Unauthenticated, Unavailable
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,17 +80,26 @@ class RepairReport:
     """Replicas whose comparison failed."""
 
 
-def cluster_state(endpoints: str | Sequence[str], *, timeout: float = 2.0) -> ClusterState:
-    """Ask the endpoints in turn until one describes the cluster."""
+def cluster_state(
+    endpoints: str | Sequence[str], *, timeout: float = 2.0, security: Security = PLAINTEXT
+) -> ClusterState:
+    """Ask the endpoints in turn until one describes the cluster.
+
+    ``security`` (every function here takes it) says how to connect: TLS,
+    client certificate, token.
+    """
     errors = []
     for endpoint in endpoint_list(endpoints):
-        with grpc.insecure_channel(endpoint) as channel:
+        with security.channel(endpoint) as channel:
             try:
                 state = kv_pb2_grpc.ClusterStub(channel).GetClusterState(
                     kv_pb2.GetClusterStateRequest(), timeout=timeout
                 )
             except grpc.RpcError as error:
-                errors.append(f"{endpoint}: {from_rpc_error(error).message}")
+                failure = from_rpc_error(error)
+                if isinstance(failure, Unauthenticated):
+                    raise failure from None  # the same credentials go to every endpoint
+                errors.append(f"{endpoint}: {failure.message}")
                 continue
         ownership: dict[str, float] = dict.fromkeys(state.node_ids, 0.0)
         for token_range in state.ranges:
@@ -110,9 +119,9 @@ def cluster_state(endpoints: str | Sequence[str], *, timeout: float = 2.0) -> Cl
     raise Unavailable("no endpoint answered: " + "; ".join(errors))
 
 
-def node_stats(address: str, *, timeout: float = 2.0) -> NodeStats:
+def node_stats(address: str, *, timeout: float = 2.0, security: Security = PLAINTEXT) -> NodeStats:
     """What the node at ``address`` stores, and where its rebalancing and repair stand."""
-    stats = _call(address, "GetNodeStats", kv_pb2.GetNodeStatsRequest(), timeout)
+    stats = _call(address, "GetNodeStats", kv_pb2.GetNodeStatsRequest(), timeout, security)
     return NodeStats(
         stats.node_id,
         stats.records,
@@ -134,13 +143,23 @@ def node_stats(address: str, *, timeout: float = 2.0) -> NodeStats:
     )
 
 
-def remove_node(endpoints: str | Sequence[str], node_id: str, *, timeout: float = 10.0) -> int:
+def remove_node(
+    endpoints: str | Sequence[str],
+    node_id: str,
+    *,
+    timeout: float = 10.0,
+    security: Security = PLAINTEXT,
+) -> int:
     """Start decommissioning ``node_id`` (through whichever endpoint answers); the new epoch."""
     errors = []
     for endpoint in endpoint_list(endpoints):
         try:
             response = _call(
-                endpoint, "RemoveNode", kv_pb2.RemoveNodeRequest(node_id=node_id), timeout
+                endpoint,
+                "RemoveNode",
+                kv_pb2.RemoveNodeRequest(node_id=node_id),
+                timeout,
+                security,
             )
         except Unavailable as error:
             errors.append(f"{endpoint}: {error.message}")
@@ -149,10 +168,10 @@ def remove_node(endpoints: str | Sequence[str], node_id: str, *, timeout: float 
     raise Unavailable("no endpoint could remove the node: " + "; ".join(errors))
 
 
-def repair(address: str, *, timeout: float = 300.0) -> RepairReport:
+def repair(address: str, *, timeout: float = 300.0, security: Security = PLAINTEXT) -> RepairReport:
     """Run one anti-entropy round on the node at ``address`` against its replicas."""
-    stats = _call(address, "GetNodeStats", kv_pb2.GetNodeStatsRequest(), timeout)
-    report = _call(address, "Repair", kv_pb2.RepairRequest(), timeout)
+    stats = _call(address, "GetNodeStats", kv_pb2.GetNodeStatsRequest(), timeout, security)
+    report = _call(address, "Repair", kv_pb2.RepairRequest(), timeout, security)
     return RepairReport(
         stats.node_id,
         report.peers,
@@ -164,9 +183,9 @@ def repair(address: str, *, timeout: float = 300.0) -> RepairReport:
     )
 
 
-def _call(address: str, method: str, request: Any, timeout: float) -> Any:
+def _call(address: str, method: str, request: Any, timeout: float, security: Security) -> Any:
     """One unary call of ``kv.Cluster``, with errors turned into ringkv's."""
-    with grpc.insecure_channel(address) as channel:
+    with security.channel(address) as channel:
         stub = kv_pb2_grpc.ClusterStub(channel)
         try:
             return getattr(stub, method)(request, timeout=timeout)
@@ -198,6 +217,7 @@ def backup(
     *,
     timeout: float = 3600.0,
     progress: BackupProgress | None = None,
+    security: Security = PLAINTEXT,
 ) -> BackupInfo:
     """Write a consistent snapshot of the store of the node at ``address`` to
     ``path``, a new file, while the node serves (``ringkv.admin.Admin/Backup``).
@@ -215,7 +235,7 @@ def backup(
     try:
         # The file holds the whole store: readable by its owner only.
         with os.fdopen(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as file:
-            info = _receive_backup(address, file, timeout, progress)
+            info = _receive_backup(address, file, timeout, progress, security)
             file.flush()
             os.fsync(file.fileno())
         partial.replace(path)
@@ -231,12 +251,16 @@ def backup(
 
 
 def _receive_backup(
-    address: str, file: BinaryIO, timeout: float, progress: BackupProgress | None
+    address: str,
+    file: BinaryIO,
+    timeout: float,
+    progress: BackupProgress | None,
+    security: Security,
 ) -> BackupInfo:
     digest = hashlib.sha256()
     written = 0
     info: BackupInfo | None = None
-    with grpc.insecure_channel(address) as channel:
+    with security.channel(address) as channel:
         try:
             for chunk in admin_pb2_grpc.AdminStub(channel).Backup(
                 admin_pb2.BackupRequest(), timeout=timeout

@@ -13,7 +13,7 @@ import grpc
 from ringkv.api import kv_pb2, kv_pb2_grpc
 from ringkv.client import requests
 from ringkv.client.calls import TOPOLOGY_TIMEOUT_S, CallPolicy
-from ringkv.client.channels import ChannelPool
+from ringkv.client.channels import ChannelPool, PemSource, Security
 from ringkv.client.requests import CHANNEL_OPTIONS, DEFAULT_ENDPOINT, Entry, Level
 from ringkv.client.retry import RetryPolicy
 
@@ -38,10 +38,13 @@ class AsyncClient:
         retry: RetryPolicy | None = None,
         rng: random.Random | None = None,
         token_aware: bool = True,
+        tls_ca: PemSource = None,
+        tls_cert: PemSource = None,
+        tls_key: PemSource = None,
+        token: str | None = None,
     ) -> None:
-        self._pool = ChannelPool(
-            lambda target: grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
-        )
+        security = Security.of(tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key, token=token)
+        self._pool = ChannelPool(lambda target: security.aio_channel(target, CHANNEL_OPTIONS))
         self._policy = CallPolicy(
             endpoints, timeout=timeout, retry=retry, rng=rng, token_aware=token_aware
         )

@@ -7,12 +7,16 @@ import time
 import grpc
 from grpc_health.v1 import health_pb2
 
+from ringkv.client.channels import PLAINTEXT, Security
+
 _CHECK = "/grpc.health.v1.Health/Check"
 
 
-def check(address: str, *, service: str = "", timeout: float = 1.0) -> bool:
+def check(
+    address: str, *, service: str = "", timeout: float = 1.0, security: Security = PLAINTEXT
+) -> bool:
     """Whether the node at ``address`` reports SERVING for ``service``."""
-    with grpc.insecure_channel(address) as channel:
+    with security.channel(address) as channel:
         call = channel.unary_unary(
             _CHECK,
             request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
@@ -25,13 +29,15 @@ def check(address: str, *, service: str = "", timeout: float = 1.0) -> bool:
     return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
 
-def wait_until_serving(address: str, *, timeout: float, poll_interval: float = 0.1) -> bool:
+def wait_until_serving(
+    address: str, *, timeout: float, poll_interval: float = 0.1, security: Security = PLAINTEXT
+) -> bool:
     """Poll ``check`` until the node serves or ``timeout`` seconds pass."""
     deadline = time.monotonic() + timeout
     while True:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             return False
-        if check(address, timeout=min(1.0, remaining)):
+        if check(address, timeout=min(1.0, remaining), security=security):
             return True
         time.sleep(poll_interval)

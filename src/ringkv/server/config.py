@@ -159,6 +159,15 @@ class NodeConfig:
     shutdown_grace_s: float = 5.0
     metrics_addr: HostPort | None = None
     """Where Prometheus metrics are served over HTTP (``/metrics``); None for nowhere."""
+    tls_cert: Path | None = None
+    """PEM certificate (chain) the node serves TLS with and presents to peers."""
+    tls_key: Path | None = None
+    """PEM private key of ``tls_cert``."""
+    tls_ca: Path | None = None
+    """PEM CA that signs member certificates: peers' server certificates are
+    verified with it and callers must present a client certificate it signed."""
+    auth_token_file: Path | None = None
+    """A file holding the bearer token clients must send."""
 
     def __post_init__(self) -> None:
         validate_node_id(self.node_id)
@@ -193,6 +202,33 @@ class NodeConfig:
             raise ConfigError("the anti-entropy interval and tombstone grace must not be negative")
         if self.shutdown_grace_s < 0:
             raise ConfigError("the shutdown grace period must not be negative")
+        self._check_security()
+
+    def _check_security(self) -> None:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigError("--tls-cert and --tls-key go together")
+        if self.tls_ca is not None and self.tls_cert is None:
+            raise ConfigError("--tls-ca needs --tls-cert and --tls-key")
+        for flag, path in (
+            ("--tls-cert", self.tls_cert),
+            ("--tls-key", self.tls_key),
+            ("--tls-ca", self.tls_ca),
+            ("--auth-token-file", self.auth_token_file),
+        ):
+            if path is None:
+                continue
+            try:
+                content = path.read_bytes()
+            except OSError as error:
+                raise ConfigError(f"{flag} {path}: {error.strerror or error}") from None
+            if flag == "--auth-token-file":
+                token = content.strip()
+                if not token or any(b < 0x21 or b > 0x7E for b in token):
+                    raise ConfigError(
+                        f"{flag} {path} must hold one token of printable ASCII without spaces"
+                    )
+            elif b"-----BEGIN" not in content:
+                raise ConfigError(f"{flag} {path} is not a PEM file")
 
     @property
     def data_path(self) -> Path:

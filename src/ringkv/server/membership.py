@@ -55,10 +55,11 @@ from ringkv.core.membership import (
     gainers,
     leader_decision,
 )
+from ringkv.server.auth import NodeSecurity
 from ringkv.server.cluster_view import ClusterView
 from ringkv.server.membership_file import FILE_NAME as MEMBERSHIP_FILE
 from ringkv.server.membership_file import MembershipFile, SavedState
-from ringkv.server.peers import Peer
+from ringkv.server.peers import ChannelOpener, Peer
 from ringkv.server.rebalance import Rebalancer
 from ringkv.server.rpc import RelayedError
 from ringkv.server.wire import liveness_from_wire, membership_from_wire, membership_to_wire
@@ -91,8 +92,11 @@ class MembershipManager:
         on_removed: Callable[[], None],
         now_ms: Callable[[], int] = monotonic_ms,
         rng: random.Random | None = None,
+        open_channel: ChannelOpener | None = None,
     ) -> None:
         self._view = view
+        self._open_channel = open_channel or NodeSecurity().open_channel
+        """Dials a seed with the node's credentials (the same as its peers' channels)."""
         self._address = address
         self._seeds = dict(seeds)
         self._file = saved
@@ -210,7 +214,7 @@ class MembershipManager:
         # A channel of its own: failed calls to a seed that is not up yet
         # would put the peer's channel into reconnect backoff, and the first
         # replica calls after it comes up would fail.
-        async with grpc.aio.insecure_channel(address) as channel:
+        async with self._open_channel(address) as channel:
             response = await kv_pb2_grpc.ClusterStub(channel).GetClusterState(
                 kv_pb2.GetClusterStateRequest(), timeout=1.0
             )
@@ -222,7 +226,7 @@ class MembershipManager:
         while True:
             for seed, address in self._seeds.items():
                 try:
-                    async with grpc.aio.insecure_channel(address) as channel:
+                    async with self._open_channel(address) as channel:
                         response = await kv_pb2_grpc.ClusterStub(channel).Join(request, timeout=5.0)
                 except grpc.aio.AioRpcError as error:
                     log.info("join refused", extra={"peer": seed, "error": error.details()})

@@ -21,6 +21,7 @@ from ringkv.core.membership import Membership, RingMaker
 from ringkv.server import rpc
 from ringkv.server.admin_service import AdminService
 from ringkv.server.anti_entropy import AntiEntropy, RepairSchedule
+from ringkv.server.auth import NodeSecurity, Policy
 from ringkv.server.cluster_service import ClusterService
 from ringkv.server.cluster_view import ClusterView
 from ringkv.server.commit import DEFAULT_MAX_BATCH, CommitQueue
@@ -65,8 +66,9 @@ async def serve(
     In-flight requests get ``shutdown_grace_s`` to finish; then background
     replication ends, pending writes are committed and the engine is closed.
     """
+    security = NodeSecurity.load(config)
     # Bind first: a node that cannot listen should not touch its data dir.
-    server, port = _bind(config)
+    server, port = _bind(config, security)
     async with AsyncExitStack() as resources:
         metrics_socket = bind_metrics(config.metrics_addr) if config.metrics_addr else None
         if metrics_socket is not None:
@@ -82,7 +84,14 @@ async def serve(
         counters = Counters()
 
         def open_peer(node_id: str, address: str) -> Peer:
-            return Peer(node_id, address, clock, config.peer_timeout_s, counters=counters)
+            return Peer(
+                node_id,
+                address,
+                clock,
+                config.peer_timeout_s,
+                counters=counters,
+                open_channel=security.open_channel,
+            )
 
         advertised = HostPort(config.advertised.host, config.advertised.port or port)
         seeds = {peer.node_id: str(peer.address) for peer in config.peers}
@@ -124,6 +133,7 @@ async def serve(
             remove_dead_after_ms=int(config.dead_after_s * 1000),
             rings=rings,
             on_removed=stop.set,
+            open_channel=security.open_channel,
         )
         resources.push_async_callback(membership.close)
         rebalancer = Rebalancer(
@@ -189,11 +199,12 @@ async def serve(
             on_serving=on_serving,
             observe=metrics.requests.observe if metrics is not None else None,
             metrics_port=metrics_server.port if metrics_server is not None else None,
+            policy=security.policy(),
         )
     log.info("stopped")
 
 
-def _bind(config: NodeConfig) -> tuple[grpc.aio.Server, int]:
+def _bind(config: NodeConfig, security: NodeSecurity | None = None) -> tuple[grpc.aio.Server, int]:
     _check_address_free(config)
     limit = config.limits.max_key_bytes + config.limits.max_value_bytes + _MESSAGE_OVERHEAD_BYTES
     # Peers batch many records per call, so messages may exceed one value.
@@ -205,8 +216,12 @@ def _bind(config: NodeConfig) -> tuple[grpc.aio.Server, int]:
             ("grpc.so_reuseport", 0),
         ]
     )
+    credentials = security.server_credentials() if security is not None else None
     try:
-        port = server.add_insecure_port(config.bind_address)
+        if credentials is None:
+            port = server.add_insecure_port(config.bind_address)
+        else:
+            port = server.add_secure_port(config.bind_address, credentials)
     except RuntimeError:
         raise Unavailable(f"cannot listen on {config.bind_address}") from None
     return server, port
@@ -235,9 +250,12 @@ async def _serve_until_stopped(
     on_serving: Callable[[], None],
     observe: rpc.RequestObserver | None = None,
     metrics_port: int | None = None,
+    policy: Policy | None = None,
 ) -> None:
     gate = rpc.Gate()
-    server.add_generic_rpc_handlers([rpc.generic_handler(s, gate, observe) for s in services])
+    server.add_generic_rpc_handlers(
+        [rpc.generic_handler(s, gate, observe, policy) for s in services]
+    )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -258,6 +276,9 @@ async def _serve_until_stopped(
             "peers": ",".join(p.node_id for p in config.peers) or None,
             "replicas": config.replicas,
             "metrics_port": metrics_port,
+            "tls": config.tls_cert is not None,
+            "mutual_tls": config.tls_ca is not None,
+            "token_auth": config.auth_token_file is not None,
         },
     )
     await stop.wait()

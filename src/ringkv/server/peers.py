@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import grpc
 
@@ -18,20 +18,18 @@ from ringkv.api import kv_pb2, kv_pb2_grpc, replica_pb2, replica_pb2_grpc
 from ringkv.core.errors import InternalError, Unavailable
 from ringkv.core.hlc import HybridLogicalClock
 from ringkv.core.records import Record, ReplicaAck
+from ringkv.server.auth import CHANNEL_OPTIONS, NodeSecurity
 from ringkv.server.batching import Batcher
 from ringkv.server.counters import Counters
 from ringkv.server.wire import record_from_wire, record_to_wire
 
 log = logging.getLogger(__name__)
 
-CHANNEL_OPTIONS = [
-    ("grpc.max_send_message_length", 256 << 20),
-    ("grpc.max_receive_message_length", 256 << 20),
-    # Reconnect quickly after a peer comes back.
-    ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 1000),
-]
+__all__ = ["CHANNEL_OPTIONS", "Peer", "PeerProber"]
+
+ChannelOpener = Callable[[str], grpc.aio.Channel]
+"""Opens a channel to another node's address with the node's credentials
+(``NodeSecurity.open_channel``)."""
 MAX_RECORDS_PER_CALL = 512
 _DOWN_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 
@@ -47,6 +45,7 @@ class Peer:
         timeout_s: float,
         *,
         counters: Counters | None = None,
+        open_channel: ChannelOpener | None = None,
     ) -> None:
         self.node_id = node_id
         self.address = address
@@ -55,7 +54,7 @@ class Peer:
         self._timeout_s = timeout_s
         self._counters = counters
         """Where failed replica calls are counted (``replica_errors``), if anywhere."""
-        self._channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+        self._channel = (open_channel or NodeSecurity().open_channel)(address)
         self._replica = replica_pb2_grpc.ReplicaStub(self._channel)
         self.kv = kv_pb2_grpc.KeyValueStub(self._channel)
         """The peer's client API, for forwarding writes to it."""

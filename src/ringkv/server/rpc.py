@@ -19,6 +19,7 @@ import grpc
 from google.protobuf.message import DecodeError, Message
 
 from ringkv.core.errors import InternalError, InvalidArgument, RingkvError, Unavailable
+from ringkv.server.auth import Policy, access_of
 from ringkv.server.errors import abort_with, status_code
 
 log = logging.getLogger(__name__)
@@ -144,9 +145,16 @@ def _level_label(method: Method, request: Message | None) -> str:
 
 
 def _serve(
-    method: Method, service: str, method_name: str, gate: Gate, observe: RequestObserver | None
+    method: Method,
+    service: str,
+    method_name: str,
+    gate: Gate,
+    observe: RequestObserver | None,
+    *,
+    policy: Policy | None = None,
 ) -> Callable[[bytes, Context], Awaitable[bytes]]:
     full_name = f"{service}/{method_name}"
+    access = access_of(service, method_name)
 
     async def serve(raw: bytes, context: Context) -> bytes:
         started = time.perf_counter()
@@ -165,6 +173,8 @@ def _serve(
             note(status_code(error))
             await abort_with(context, error)
         try:
+            if policy is not None:
+                policy.check(access, context)
             request = parse_request(method.request_type, raw)
             response = await method.handler(request, context)
         except RingkvError as error:
@@ -199,11 +209,14 @@ def _serve_stream(
     method_name: str,
     gate: Gate,
     observe: RequestObserver | None,
+    *,
+    policy: Policy | None = None,
 ) -> Callable[[bytes, Context], AsyncIterator[bytes]]:
     """Like ``_serve``, for a method that yields its responses: the call stays
     inside the gate until the last one is sent, and an error after some
     responses ends the stream with its status."""
     full_name = f"{service}/{method_name}"
+    access = access_of(service, method_name)
 
     async def serve(raw: bytes, context: Context) -> AsyncIterator[bytes]:
         started = time.perf_counter()
@@ -215,6 +228,8 @@ def _serve_stream(
                 code = status_code(error)
                 await abort_with(context, error)
             try:
+                if policy is not None:
+                    policy.check(access, context)
                 request = parse_request(method.request_type, raw)
                 async with aclosing(method.handler(request, context)) as responses:
                     async for response in responses:
@@ -237,18 +252,22 @@ def _serve_stream(
 
 
 def generic_handler(
-    service: Service, gate: Gate, observe: RequestObserver | None = None
+    service: Service,
+    gate: Gate,
+    observe: RequestObserver | None = None,
+    policy: Policy | None = None,
 ) -> grpc.GenericRpcHandler:
     """A grpc handler that serves ``service`` through ``gate``, telling
-    ``observe`` of every call."""
+    ``observe`` of every call; ``policy`` (``server/auth.py``) decides, per
+    method and before the request is parsed, whether the caller may call it."""
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
     for method_name, method in service.methods().items():
         if isinstance(method, StreamMethod):
             handlers[method_name] = grpc.unary_stream_rpc_method_handler(
-                _serve_stream(method, service.name, method_name, gate, observe)
+                _serve_stream(method, service.name, method_name, gate, observe, policy=policy)
             )
         else:
             handlers[method_name] = grpc.unary_unary_rpc_method_handler(
-                _serve(method, service.name, method_name, gate, observe)
+                _serve(method, service.name, method_name, gate, observe, policy=policy)
             )
     return grpc.method_handlers_generic_handler(service.name, handlers)
