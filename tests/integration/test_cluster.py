@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import re
 import shlex
-import signal
 import socket
 import sys
 import time
@@ -25,10 +24,16 @@ from ringkv.api import kv_pb2, kv_pb2_grpc
 from ringkv.client.admin import node_stats
 from ringkv.client.errors import from_rpc_error
 from ringkv.core.errors import InvalidArgument, PreconditionFailed, Unavailable
-from ringkv.core.records import Record
 from ringkv.core.ring import Ring
 from ringkv.storage.lmdb_engine import LmdbEngine
-from tests.support.nodes import ClusterFactory, NodeFactory, NodeProcess, wait_for
+from tests.support.nodes import (
+    ClusterFactory,
+    NodeFactory,
+    NodeProcess,
+    stop_all,
+    stored_records,
+    wait_for,
+)
 
 FAIL_FAST_S = 5.0
 """The longest a request that cannot reach its consistency level may take to fail."""
@@ -55,24 +60,6 @@ def seen(entry: ringkv.Entry | None) -> tuple[bytes, int] | None:
 def clients_for(stack: ExitStack, members: Sequence[NodeProcess]) -> list[ringkv.Client]:
     """One client per node, each talking to that node only (no token-aware routing)."""
     return [stack.enter_context(ringkv.Client(node.address, token_aware=False)) for node in members]
-
-
-def stop_all(members: Sequence[NodeProcess]) -> None:
-    """SIGTERM every running node at once, then wait for each to exit cleanly."""
-    running = [n for n in members if n.process is not None and n.process.poll() is None]
-    for node in running:
-        node.signal(signal.SIGTERM)
-    for node in running:
-        assert node.wait(timeout=30) == 0, f"{node.node_id} did not stop cleanly\n{node.log_text()}"
-
-
-def stored_records(node: NodeProcess) -> dict[str, Record]:
-    """Every record in a stopped node's LMDB data dir, by key."""
-    engine = LmdbEngine(node.data_dir)
-    try:
-        return {record.key.decode(): record for record in engine.scan(0, 2**64)}
-    finally:
-        engine.close()
 
 
 def assert_unavailable_counts(error: Unavailable) -> None:

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 
 import pytest
 
@@ -31,15 +30,6 @@ from tests.support.nodes import (
 
 FAST = ("--heartbeat-interval", "0.3", "--election-timeout", "1.5")
 """Membership timings for tests that are not about the defaults."""
-
-
-@pytest.fixture
-def nodes(tmp_path: Path) -> Iterator[NodeFactory]:
-    factory = NodeFactory(tmp_path)
-    try:
-        yield factory
-    finally:
-        factory.cleanup()
 
 
 def state_of(node: NodeProcess) -> ClusterState | None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import re
-import signal
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -24,12 +23,12 @@ import ringkv
 from ringkv.api import replica_pb2, replica_pb2_grpc
 from ringkv.client.admin import NodeStats, cluster_state, node_stats, repair
 from ringkv.core.errors import RingkvError
-from ringkv.core.records import Record
-from ringkv.storage.lmdb_engine import LmdbEngine
 from tests.support.nodes import (
     ClusterFactory,
     NodeProcess,
     child_env,
+    stop_all,
+    stored_records,
     wait_for,
     wait_for_leader,
 )
@@ -99,24 +98,6 @@ def repair_table(output: str, node_ids: Sequence[str]) -> dict[str, RepairRow]:
             numbers = [int(cell.replace(",", "")) for cell in cells[1:]]
             rows[cells[0]] = RepairRow(*numbers)
     return rows
-
-
-def stop_all(members: Sequence[NodeProcess]) -> None:
-    """SIGTERM every running node at once, then wait for each to exit cleanly."""
-    running = [n for n in members if n.process is not None and n.process.poll() is None]
-    for node in running:
-        node.signal(signal.SIGTERM)
-    for node in running:
-        assert node.wait(timeout=30) == 0, f"{node.node_id} did not stop cleanly\n{node.log_text()}"
-
-
-def stored_records(node: NodeProcess) -> dict[str, Record]:
-    """Every record (tombstones included) in a stopped node's LMDB data dir, by key."""
-    engine = LmdbEngine(node.data_dir)
-    try:
-        return {record.key.decode(): record for record in engine.scan(0, 2**64)}
-    finally:
-        engine.close()
 
 
 def stats_of(node: NodeProcess) -> NodeStats:

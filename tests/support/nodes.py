@@ -23,6 +23,8 @@ from ringkv.client.admin import cluster_state
 from ringkv.client.channels import PLAINTEXT, Security
 from ringkv.client.health import wait_until_serving
 from ringkv.core.errors import RingkvError
+from ringkv.core.records import Record
+from ringkv.storage.lmdb_engine import LmdbEngine
 
 START_TIMEOUT_S = 30.0
 
@@ -269,3 +271,21 @@ def wait_for_leader(
         what=f"every node to follow {leader or 'one leader'}",
     )
     return found[-1]
+
+
+def stop_all(members: Sequence[NodeProcess]) -> None:
+    """SIGTERM every running node at once, then wait for each to exit cleanly."""
+    running = [n for n in members if n.process is not None and n.process.poll() is None]
+    for node in running:
+        node.signal(signal.SIGTERM)
+    for node in running:
+        assert node.wait(timeout=30) == 0, f"{node.node_id} did not stop cleanly\n{node.log_text()}"
+
+
+def stored_records(node: NodeProcess) -> dict[str, Record]:
+    """Every record (tombstones included) in a stopped node's LMDB data dir, by key."""
+    engine = LmdbEngine(node.data_dir)
+    try:
+        return {record.key.decode(): record for record in engine.scan(0, 2**64)}
+    finally:
+        engine.close()
