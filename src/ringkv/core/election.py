@@ -1,7 +1,8 @@
 """Bully leader election for one node, as a sans-I/O state machine.
 
-Priority is id order: of the members that can reach a majority, the one with
-the highest id leads. The node does no I/O: :meth:`ElectionNode.start`,
+Priority is id order, numbers in ids compared as numbers (:func:`priority`):
+of the members that can reach a majority, the one with the highest id leads.
+The node does no I/O: :meth:`ElectionNode.start`,
 :meth:`~ElectionNode.receive` and :meth:`~ElectionNode.tick` return an
 :class:`Output` with the messages to send and the time ``tick`` must next be
 called; the caller owns the sockets and the clock.
@@ -48,6 +49,7 @@ from __future__ import annotations
 
 import enum
 import random
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -211,6 +213,21 @@ def _sender(message: Message) -> str:
             return responder
 
 
+def priority(node_id: str) -> tuple[tuple[tuple[int, int | str], ...], str]:
+    """A node's rank in the bully order: ids compare with their numbers as numbers.
+
+    So ``"n10"`` outranks ``"n9"`` and ``"ringkv-10"`` outranks ``"ringkv-9"``
+    (a StatefulSet's pod names), where plain string order would not. The id
+    itself breaks ties ("n01" and "n1"), so distinct ids never rank equal.
+    """
+    parts = tuple(
+        (1, int(part)) if part.isascii() and part.isdigit() else (0, part)
+        for part in re.split(r"([0-9]+)", node_id)
+        if part
+    )
+    return parts, node_id
+
+
 def majority(members: int) -> int:
     """The smallest number of members that is more than half of ``members``."""
     return members // 2 + 1
@@ -219,9 +236,8 @@ def majority(members: int) -> int:
 class ElectionNode:
     """The election state machine of one member. Not thread-safe.
 
-    ``members`` lists every member, this node included; ids compare as
-    strings, and the highest id has the highest priority (so use ids of equal
-    length, or ``"n10"`` loses to ``"n9"``). ``rng`` only adds jitter to the
+    ``members`` lists every member, this node included; the highest
+    :func:`priority` (numbers in ids compare as numbers) leads. ``rng`` only adds jitter to the
     election timeout; seed it for reproducible runs.
     """
 
@@ -269,7 +285,7 @@ class ElectionNode:
         self.members = tuple(sorted(set(members)))
         self._member_set = frozenset(self.members)
         self._others = tuple(m for m in self.members if m != self.node_id)
-        self._higher = tuple(m for m in self.members if m > self.node_id)
+        self._higher = tuple(m for m in self.members if priority(m) > priority(self.node_id))
         self._majority = majority(len(self.members))
         for gone in set(self._acked_at) - self._member_set:
             del self._acked_at[gone]
@@ -357,7 +373,7 @@ class ElectionNode:
                     if (
                         self._role is Role.CANDIDATE
                         and self._phase is _Phase.ELECTING
-                        and responder > self.node_id
+                        and priority(responder) > priority(self.node_id)
                     ):
                         self._phase = _Phase.AWAITING_COORDINATOR
                         self._deadline_ms = now_ms + self._election_timeout()
@@ -367,7 +383,7 @@ class ElectionNode:
 
     def _on_claim(self, leader: str, term: int, now_ms: int, out: list[Envelope]) -> bool:
         """A Heartbeat or Coordinator from ``leader`` for ``term``: follow it or not."""
-        if leader < self.node_id:
+        if priority(leader) < priority(self.node_id):
             # Bully: a lower id never leads us. We are alive, so we take over.
             if self._role is not Role.CANDIDATE:
                 self._start_election(now_ms, out)
@@ -401,7 +417,7 @@ class ElectionNode:
             return  # Not claiming anything, or a stale rejection.
         if self._role is Role.CANDIDATE and self._phase is not _Phase.COORDINATING:
             return
-        if sender > self.node_id:
+        if priority(sender) > priority(self.node_id):
             # A higher id is alive and will take over (bully); wait for it.
             self._role = Role.CANDIDATE
             self._phase = _Phase.AWAITING_COORDINATOR
@@ -414,7 +430,7 @@ class ElectionNode:
 
     def _on_election(self, candidate: str, now_ms: int, out: list[Envelope]) -> None:
         """A lower id asks whether anyone higher is alive."""
-        if candidate >= self.node_id:
+        if priority(candidate) >= priority(self.node_id):
             return  # Elections only go to higher ids; ignore a misdirected one.
         out.append(Envelope(candidate, Answer(self.node_id, self._term)))
         if self._role is Role.LEADER:

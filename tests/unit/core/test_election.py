@@ -17,6 +17,7 @@ from ringkv.core.election import (
     Heartbeat,
     HeartbeatAck,
     Role,
+    priority,
 )
 from tests.sim.network import Faults, SimNetwork
 
@@ -325,3 +326,29 @@ def test_an_isolated_node_never_becomes_leader() -> None:
     net.run_until(10 * ET + SETTLE_MS)
     assert leaders(net) == ["n3"]
     assert {n.leader for n in net.nodes.values()} == {"n3"}
+
+
+def test_numbers_in_ids_rank_as_numbers() -> None:
+    assert priority("n10") > priority("n9")
+    assert priority("ringkv-10") > priority("ringkv-2")
+    assert priority("node3") > priority("node2")
+    assert priority("b") > priority("a10")
+    assert priority("n01") != priority("n1")
+    ids = ["n10", "n9", "n1", "n100", "n2"]
+    assert sorted(ids, key=priority) == ["n1", "n2", "n9", "n10", "n100"]
+
+
+def test_the_highest_numbered_id_wins_an_election_of_ten() -> None:
+    members = [f"n{i}" for i in range(1, 11)]
+    config = ElectionConfig()
+    nodes = {m: ElectionNode(m, members, config, random.Random(0)) for m in members}
+    for member in members[:-1]:
+        nodes[member].start(0)
+    # n10 has no higher id to ask, so it claims at once; every other member
+    # ranks below it (as strings, "n9" would outrank "n10") and accepts.
+    claims = nodes["n10"].start(0).messages
+    acks = [nodes[e.to].receive(e.message, 1).messages[0].message for e in claims]
+    assert all(isinstance(ack, CoordinatorAck) and ack.accepted for ack in acks), acks
+    for ack in acks:
+        nodes["n10"].receive(ack, 2)
+    assert nodes["n10"].role is Role.LEADER
