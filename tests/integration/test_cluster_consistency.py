@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -19,7 +18,7 @@ from ringkv.core.linearizability import HistoryRecorder, Invocation, OpKind, che
 from ringkv.core.records import Record
 from ringkv.core.ring import Ring
 from ringkv.storage.lmdb_engine import LmdbEngine
-from tests.support.nodes import ClusterFactory, NodeProcess, wait_for
+from tests.support.nodes import ClusterFactory, NodeProcess, stop_all, wait_for
 
 CLOCK_OFFSETS_MS = {"node2": -300_000, "node3": +120_000}
 """node2 runs five minutes behind, node3 two minutes ahead."""
@@ -47,15 +46,6 @@ def key_with_replicas(ring: Ring, prefix: str, replicas: tuple[str, ...]) -> str
         if ring.replicas(key.encode(), len(replicas)) == replicas:
             return key
     raise AssertionError(f"no key with replicas {replicas}")
-
-
-def stop_all(members: Sequence[NodeProcess]) -> None:
-    """SIGTERM every running node at once, then wait for each to exit cleanly."""
-    running = [n for n in members if n.process is not None and n.process.poll() is None]
-    for node in running:
-        node.signal(signal.SIGTERM)
-    for node in running:
-        assert node.wait(timeout=30) == 0, f"{node.node_id} did not stop cleanly\n{node.log_text()}"
 
 
 def stored_record(node: NodeProcess, key: str) -> Record | None:

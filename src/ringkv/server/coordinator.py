@@ -255,6 +255,8 @@ class Coordinator:
         repaired it. The hint does not count toward the quorum.
         """
         covered = {target.stands_in_for or target.node_id for target in targets}
+        if len(covered) >= n:
+            return  # Every replica is written or stood in for: the usual case.
         for node in self._view.clockwise(record.key)[:n]:
             if node not in covered:
                 self._spawn(self._hold_hint(record, node))

@@ -116,6 +116,7 @@ class MembershipManager:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._main: asyncio.Task[None] | None = None
         self._refreshing: asyncio.Task[None] | None = None
+        self._gainers_of: tuple[Membership, frozenset[str]] | None = None
 
     @property
     def node_id(self) -> str:
@@ -515,7 +516,7 @@ class MembershipManager:
         change = leader_decision(
             self.membership,
             term=self._view.term,
-            gaining=gainers(self.membership, self._rings, self._view.replication_factor),
+            gaining=self._gainers(),
             synced=self._synced,
             liveness=liveness,
             dead_for_ms={node: self._detector.silent_for(node, now) for node in members},
@@ -523,6 +524,13 @@ class MembershipManager:
         )
         if change is not None:
             self._adopt(change)
+
+    def _gainers(self) -> frozenset[str]:
+        """The gainers of the table in effect, worked out once per table (a ring diff)."""
+        table = self.membership
+        if self._gainers_of is None or self._gainers_of[0] is not table:
+            self._gainers_of = (table, gainers(table, self._rings, self._view.replication_factor))
+        return self._gainers_of[1]
 
     def _spawn(self, work: Any) -> None:
         task = asyncio.get_running_loop().create_task(work)
