@@ -69,6 +69,8 @@ log = logging.getLogger("ringkv.membership")
 _MAX_SLEEP_S = 0.1
 """The loop looks at timers and leader duties at least this often."""
 _REPLIES = (HeartbeatAck, CoordinatorAck, Answer)
+_HAND_OFF_TIMEOUT_S = 120.0
+"""The longest a decommissioned node spends giving its records away before it stops."""
 T = TypeVar("T")
 
 
@@ -303,12 +305,25 @@ class MembershipManager:
         if was_leaving:
             log.info("decommissioned: this node left the cluster")
             self._file.save(SavedState(self.membership, *self._vote(), decommissioned=True))
-            self._on_removed()
+            self._election = None
+            self._spawn(self._leave())
             return
         # Removed while it was down: come back as a new member.
         log.info("removed while away; joining again")
         self._election = None
         self._spawn(self._rejoin())
+
+    async def _leave(self) -> None:
+        """Give every record to its replicas (writes that reached only this node
+        included), then stop."""
+        try:
+            if self.rebalancer is not None:
+                sent = await asyncio.wait_for(self.rebalancer.hand_off(), _HAND_OFF_TIMEOUT_S)
+                log.info("records handed off", extra={"records": len(sent)})
+        except (TimeoutError, RingkvError) as error:
+            log.warning("hand-off incomplete", extra={"error": str(error)})
+        finally:
+            self._on_removed()
 
     async def _rejoin(self) -> None:
         table = await self._join()

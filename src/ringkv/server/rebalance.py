@@ -10,7 +10,8 @@ heartbeat replies; the leader settles the change once every gainer has.
 Pulling waits ``settle_delay_s`` first, so that every node has adopted the
 table and sends new writes to both rings before the scan passes their keys
 (Cassandra's ring delay). After a change settles and ``cleanup_delay_s``
-has passed, records of ranges this node no longer replicates are removed.
+has passed, records of ranges this node no longer replicates are sent to
+their replicas once more and then removed.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Any
 
 from ringkv.core.errors import RingkvError
 from ringkv.core.membership import Membership, replica_count
+from ringkv.core.records import Record
 from ringkv.core.ring import TOKEN_SPACE, moved_ranges
 from ringkv.core.tokens import token_of
 from ringkv.server.cluster_view import ClusterView
@@ -149,24 +151,57 @@ class Rebalancer:
         return False
 
     async def _clean_up(self, epoch: int) -> None:
-        """Remove the records of ranges handed off, once every node routes by the new ring."""
+        """Hand off, then remove, the records of ranges this node no longer replicates."""
         await asyncio.sleep(self._cleanup_delay_s)
         if self._view.epoch != epoch:
             return
-        unowned = await asyncio.to_thread(self._unowned_keys)
+        delivered = await self.hand_off()
         removed = 0
-        for first in range(0, len(unowned), PURGE_CHUNK):
+        for first in range(0, len(delivered), PURGE_CHUNK):
             if self._view.epoch != epoch:
                 return  # Another change started: its rings decide what to keep.
-            removed += await self._store.purge(unowned[first : first + PURGE_CHUNK])
+            removed += await self._store.purge(delivered[first : first + PURGE_CHUNK])
         self.records_removed += removed
         if removed:
             log.info("handed-off records removed", extra={"epoch": epoch, "records": removed})
 
-    def _unowned_keys(self) -> list[bytes]:
+    async def hand_off(self) -> list[bytes]:
+        """Send each record this node no longer replicates to the key's replicas; the
+        keys every live replica acknowledged.
+
+        The new replicas pulled these ranges already, but a coordinator that
+        adopted the change late may have written a key only here after the
+        pull passed it: sending every record again (newest version wins)
+        closes that gap before the copy here is dropped, and is how a
+        decommissioned node gives its data away before it stops.
+        """
+        records = await asyncio.to_thread(self._unowned_records)
+        delivered: list[bytes] = []
+
+        async def send(record: Record) -> None:
+            view = self._view
+            replicas = view.ring.preference_list(token_of(record.key), view.replicas)
+            peers = [
+                view.peers[node]
+                for node in replicas
+                if node != view.node_id and node in view.peers and view.is_live(node)
+            ]
+            if not peers:
+                return  # Nowhere to send it: keep it.
+            results = await asyncio.gather(
+                *(peer.write(record) for peer in peers), return_exceptions=True
+            )
+            if not any(isinstance(result, BaseException) for result in results):
+                delivered.append(record.key)
+
+        for first in range(0, len(records), PURGE_CHUNK):
+            await asyncio.gather(*(send(r) for r in records[first : first + PURGE_CHUNK]))
+        return delivered
+
+    def _unowned_records(self) -> list[Record]:
         view = self._view
         return [
-            record.key
+            record
             for record in self._engine.scan(0, TOKEN_SPACE)
             if not view.holds(token_of(record.key))
         ]
