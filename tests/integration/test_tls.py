@@ -3,16 +3,17 @@
 Certificates are made in the test (``tests/support/pki.py``): a CA with node
 and client certificates (IP SAN 127.0.0.1), and a rogue CA.
 
-grpc's Python server either requires and verifies client certificates or
-never asks for one, so a node run with ``--tls-ca`` refuses every caller
-without a certificate its CA signed at the TLS handshake: the caller sees
-UNAVAILABLE, not UNAUTHENTICATED, and nothing of its call runs.
+With ``--tls-ca`` a node serves clients on its port (TLS, no client
+certificate) and members on its port plus ``--peer-port-offset`` (mutual TLS).
+The tests use an offset of -20000 so both ports of a node can be picked free
+(the kernel hands out ports from 32768 up).
 """
 
 from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -25,7 +26,14 @@ from ringkv.core.errors import DeadlineExceeded, Unauthenticated, Unavailable
 from ringkv.core.hlc import Version
 from ringkv.core.records import Record
 from ringkv.server.wire import record_to_wire
-from tests.support.nodes import ClusterFactory, NodeFactory, child_env, wait_for, wait_for_leader
+from tests.support.nodes import (
+    ClusterFactory,
+    NodeFactory,
+    child_env,
+    free_ports,
+    wait_for,
+    wait_for_leader,
+)
 from tests.support.pki import CertificateAuthority, Issued
 
 FAST = ("--heartbeat-interval", "0.2", "--election-timeout", "1", "--engine", "memory")
@@ -61,65 +69,110 @@ def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
     )
 
 
-def test_mutual_tls_cluster_forms_and_refuses_callers_without_a_member_certificate(
+OFFSET = -20000
+
+
+def member_port(address: str) -> str:
+    host, _, port = address.rpartition(":")
+    return f"{host}:{int(port) + OFFSET}"
+
+
+def refusal(method: Callable[..., object], request: object) -> grpc.StatusCode:
+    """The status code a call of ``method`` with ``request`` is refused with."""
+    with pytest.raises(grpc.RpcError) as refused:
+        method(request, timeout=2)
+    code: grpc.StatusCode = refused.value.code()
+    return code
+
+
+def member_call_refusals(channel: grpc.Channel, record: Record) -> set[grpc.StatusCode]:
+    """How a replica write, a Join, a heartbeat and a repair on ``channel`` are refused."""
+    cluster_stub = kv_pb2_grpc.ClusterStub(channel)
+    return {
+        refusal(
+            replica_pb2_grpc.ReplicaStub(channel).Write,
+            replica_pb2.WriteRequest(records=[record_to_wire(record)]),
+        ),
+        refusal(cluster_stub.Join, kv_pb2.JoinRequest(node_id="node9", address="127.0.0.1:1")),
+        refusal(
+            cluster_stub.Heartbeat,
+            kv_pb2.HeartbeatRequest(node_id="node9", term=99, is_leader=True),
+        ),
+        refusal(cluster_stub.Repair, kv_pb2.RepairRequest()),
+    }
+
+
+def test_members_talk_mutual_tls_on_their_port_and_clients_need_no_certificate(
     cluster: ClusterFactory, nodes: NodeFactory, ca: CertificateAuthority, tmp_path: Path
 ) -> None:
     node_cert = ca.issue("node")
-    client_cert = ca.issue("client")
-    security = Security.of(tls_ca=ca.cert, tls_cert=client_cert.cert, tls_key=client_cert.key)
-    members = cluster(3, *FAST, *tls_flags(ca, node_cert, mutual=True), security=security)
+    operator_cert = ca.issue("operator")
+    security = Security.of(tls_ca=ca.cert)
+    members = cluster(
+        3,
+        *FAST,
+        *tls_flags(ca, node_cert, mutual=True),
+        f"--peer-port-offset={OFFSET}",
+        port_offset=OFFSET,
+        security=security,
+    )
     wait_for_leader(members, timeout=30)
 
-    with Client(
-        members[0].address,
-        tls_ca=ca.cert,
-        tls_cert=client_cert.cert,
-        tls_key=client_cert.key,
-        timeout=5,
-    ) as client:
+    # Clients trust the CA and present no certificate; replication, forwarding
+    # and membership run over the member ports.
+    with Client(members[0].address, tls_ca=ca.cert, timeout=5) as client:
         # Until every node's channels to the others handshake once, replicas may be marked down.
         wait_for(lambda: _wrote_to_all(client), timeout=20, what="a write at ALL")
         entry = client.get("k", consistency="all")
         assert entry is not None and entry.value == b"v"
+    done = cli("get", "k", "--endpoint", members[2].address, "--tls-ca", str(ca.cert))
+    assert (done.returncode, done.stdout) == (0, "v"), done.stderr
+    assert cli("health", "--endpoint", members[1].address, "--tls-ca", str(ca.cert)).returncode == 0
 
-    # A client without a certificate, plaintext or TLS, fails the handshake.
-    for bare in (
-        Client(members[0].address, timeout=1),
-        Client(members[0].address, tls_ca=ca.cert, timeout=1),
-    ):
-        with bare, pytest.raises(Unavailable):
-            bare.get("k")
-
-    # Replica.Write over TLS without a client certificate never reaches a handler.
+    # Member calls on the client port are UNAUTHENTICATED, even from a caller
+    # holding a member certificate (the client port never asks for one), and
+    # a refused replica write stores nothing.
     record = Record(b"planted", b"x", Version(1 << 40, "node1"))
-    no_cert = grpc.ssl_channel_credentials(root_certificates=ca.cert.read_bytes())
-    with (
-        grpc.secure_channel(members[1].address, no_cert) as channel,
-        pytest.raises(grpc.RpcError) as refused,
+    for credentials in (
+        grpc.ssl_channel_credentials(root_certificates=ca.cert.read_bytes()),
+        grpc.ssl_channel_credentials(
+            root_certificates=ca.cert.read_bytes(),
+            private_key=operator_cert.key.read_bytes(),
+            certificate_chain=operator_cert.cert.read_bytes(),
+        ),
     ):
-        replica_pb2_grpc.ReplicaStub(channel).Write(
-            replica_pb2.WriteRequest(records=[record_to_wire(record)]), timeout=2
-        )
-    assert refused.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNAUTHENTICATED)
+        with grpc.secure_channel(members[1].address, credentials) as channel:
+            assert member_call_refusals(channel, record) == {grpc.StatusCode.UNAUTHENTICATED}
+    assert (
+        cli("get", "planted", "--endpoint", members[1].address, "--tls-ca", str(ca.cert)).returncode
+        == 1
+    )
 
-    # The CLI with the same options, including health.
-    tls_args = (
+    # Operator calls: refused on the client port without a token, served on
+    # the member port to a certificate the CA signed.
+    refused_repair = cli(
+        "cluster", "repair", "--endpoint", members[0].address, "--tls-ca", str(ca.cert)
+    )
+    assert refused_repair.returncode == 3
+    assert refused_repair.stderr.startswith("ringkv: CERTIFICATE_REQUIRED: ")
+    operator = (
         "--tls-ca",
         str(ca.cert),
         "--tls-cert",
-        str(client_cert.cert),
+        str(operator_cert.cert),
         "--tls-key",
-        str(client_cert.key),
+        str(operator_cert.key),
     )
-    done = cli("get", "k", "--endpoint", members[2].address, *tls_args)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout == "v"
-    assert cli("get", "planted", "--endpoint", members[1].address, *tls_args).returncode == 1
-    assert cli("health", "--endpoint", members[1].address, *tls_args).returncode == 0
-    assert cli("health", "--endpoint", members[1].address, "--timeout", "1").returncode == 1
+    repair = cli("cluster", "repair", "--endpoint", member_port(members[0].address), *operator)
+    assert repair.returncode == 0, repair.stderr
+
+    # The member port refuses, in the handshake, callers without a certificate the CA signed.
+    bare = Client(member_port(members[0].address), tls_ca=ca.cert, timeout=1)
+    with bare, pytest.raises(Unavailable):
+        bare.get("k")
 
     # A node whose certificate the rogue CA signed (trusting the real CA itself)
-    # cannot join: its Join, its table requests and its heartbeats fail the handshake.
+    # cannot join: its table requests, Join and heartbeats fail the handshake.
     rogue_ca = CertificateAuthority(tmp_path / "rogue", "rogue")
     rogue_cert = rogue_ca.issue("node9")
     peers = ",".join(f"{m.node_id}={m.address}" for m in members)
@@ -134,12 +187,12 @@ def test_mutual_tls_cluster_forms_and_refuses_callers_without_a_member_certifica
         str(rogue_cert.key),
         "--tls-ca",
         str(ca.cert),
-        # The test checks its health with a client certificate the real CA
-        # signed, trusting the rogue CA for the rogue's own certificate.
-        security=Security.of(
-            tls_ca=rogue_ca.cert, tls_cert=client_cert.cert, tls_key=client_cert.key
-        ),
+        f"--peer-port-offset={OFFSET}",
+        start=False,
+        security=Security.of(tls_ca=rogue_ca.cert),
     )
+    rogue.port = free_ports(1, partner_offset=OFFSET)[0]
+    rogue.start()
 
     def rogue_gave_up_a_round() -> bool:
         return any(
@@ -154,23 +207,54 @@ def test_mutual_tls_cluster_forms_and_refuses_callers_without_a_member_certifica
         private_key=rogue_cert.key.read_bytes(),
         certificate_chain=rogue_cert.cert.read_bytes(),
     )
-    with grpc.secure_channel(members[0].address, rogue_credentials) as channel:
-        stub = kv_pb2_grpc.ClusterStub(channel)
-        with pytest.raises(grpc.RpcError) as join_refused:
-            stub.Join(kv_pb2.JoinRequest(node_id="node9", address=rogue.address), timeout=2)
-        with pytest.raises(grpc.RpcError) as heartbeat_refused:
-            stub.Heartbeat(
-                kv_pb2.HeartbeatRequest(node_id="node9", term=99, is_leader=True), timeout=2
-            )
-    for refusal in (join_refused, heartbeat_refused):
-        assert refusal.value.code() in (
-            grpc.StatusCode.UNAVAILABLE,
-            grpc.StatusCode.UNAUTHENTICATED,
-        )
+    with grpc.secure_channel(member_port(members[0].address), rogue_credentials) as channel:
+        assert member_call_refusals(channel, record) == {grpc.StatusCode.UNAVAILABLE}
     for member in members:
         state = cluster_state(member.address, security=security)
         assert "node9" not in {m.node_id for m in state.members}
         assert state.leader_id == "node3"
+
+
+def test_one_port_for_members_and_clients_requires_every_caller_to_hold_a_certificate(
+    cluster: ClusterFactory, ca: CertificateAuthority
+) -> None:
+    client_cert = ca.issue("client")
+    security = Security.of(tls_ca=ca.cert, tls_cert=client_cert.cert, tls_key=client_cert.key)
+    members = cluster(
+        3,
+        *FAST,
+        *tls_flags(ca, ca.issue("node"), mutual=True),
+        "--peer-port-offset",
+        "0",
+        security=security,
+    )
+    wait_for_leader(members, timeout=30)
+    with Client(
+        members[0].address,
+        tls_ca=ca.cert,
+        tls_cert=client_cert.cert,
+        tls_key=client_cert.key,
+        timeout=5,
+    ) as client:
+        wait_for(lambda: _wrote_to_all(client), timeout=20, what="a write at ALL")
+    # Without a certificate, plaintext or TLS, the handshake fails.
+    for bare in (
+        Client(members[0].address, timeout=1),
+        Client(members[0].address, tls_ca=ca.cert, timeout=1),
+    ):
+        with bare, pytest.raises(Unavailable):
+            bare.get("k")
+    tls_args = (
+        "--tls-ca",
+        str(ca.cert),
+        "--tls-cert",
+        str(client_cert.cert),
+        "--tls-key",
+        str(client_cert.key),
+    )
+    done = cli("get", "k", "--endpoint", members[2].address, *tls_args)
+    assert (done.returncode, done.stdout) == (0, "v"), done.stderr
+    assert cli("health", "--endpoint", members[1].address, "--timeout", "1").returncode == 1
 
 
 def test_server_tls_serves_clients_without_certificates(

@@ -179,15 +179,34 @@ class NodeFactory:
             node.kill()
 
 
-def free_ports(count: int) -> list[int]:
-    """Ports free on 127.0.0.1 right now (held together so they are distinct)."""
-    sockets = []
+def free_ports(count: int, *, partner_offset: int = 0) -> list[int]:
+    """Ports free on 127.0.0.1 right now (held together so they are distinct);
+    with ``partner_offset``, each port plus the offset is free too (a member port)."""
+    sockets: list[socket.socket] = []
+
+    def hold(port: int) -> int | None:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            sock.close()
+            return None
+        sockets.append(sock)
+        return int(sock.getsockname()[1])
+
+    ports: list[int] = []
     try:
-        for _ in range(count):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.bind(("127.0.0.1", 0))
-            sockets.append(sock)
-        return [sock.getsockname()[1] for sock in sockets]
+        for _ in range(count * 50):
+            port = hold(0)
+            assert port is not None
+            partner_free = partner_offset == 0 or (
+                0 < port + partner_offset < 65536 and hold(port + partner_offset) is not None
+            )
+            if partner_free:
+                ports.append(port)
+            if len(ports) == count:
+                return ports
+        raise AssertionError(f"found no {count} free ports with partners {partner_offset} away")
     finally:
         for sock in sockets:
             sock.close()
@@ -207,8 +226,10 @@ class ClusterFactory:
         replicas: int = 3,
         start: bool = True,
         security: Security = PLAINTEXT,
+        port_offset: int = 0,
     ) -> list[NodeProcess]:
-        ports = free_ports(size)
+        """``port_offset``: each node's member port is its port plus this, also free."""
+        ports = free_ports(size, partner_offset=port_offset)
         ids = [f"node{i + 1}" for i in range(size)]
         members = []
         for node_id, port in zip(ids, ports, strict=True):

@@ -728,6 +728,7 @@ class GetClusterStateResponse(_message.Message):
     MEMBERS_FIELD_NUMBER: _builtins.int
     RANGES_FIELD_NUMBER: _builtins.int
     TABLE_FIELD_NUMBER: _builtins.int
+    MEMBER_PORT_OFFSET_FIELD_NUMBER: _builtins.int
     leader_id: _builtins.str
     term: _builtins.int
     epoch: _builtins.int
@@ -736,6 +737,11 @@ class GetClusterStateResponse(_message.Message):
     """Copies of each key (the replication factor, capped at the member count)."""
     vnodes: _builtins.int
     """Virtual nodes per member; with node_ids, enough to rebuild the ring."""
+    member_port_offset: _builtins.int
+    """Added: members take member calls, and operator calls made with a member
+    certificate, on their address's port plus this; 0 when members share
+    the client port.
+    """
     @_builtins.property
     def node_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -766,10 +772,11 @@ class GetClusterStateResponse(_message.Message):
         members: _abc.Iterable[Global___Member] | None = ...,
         ranges: _abc.Iterable[Global___TokenRange] | None = ...,
         table: Global___MemberTable | None = ...,
+        member_port_offset: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["table", b"table"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["addresses", b"addresses", "epoch", b"epoch", "leader_id", b"leader_id", "members", b"members", "node_ids", b"node_ids", "ranges", b"ranges", "replicas", b"replicas", "table", b"table", "term", b"term", "vnodes", b"vnodes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["addresses", b"addresses", "epoch", b"epoch", "leader_id", b"leader_id", "member_port_offset", b"member_port_offset", "members", b"members", "node_ids", b"node_ids", "ranges", b"ranges", "replicas", b"replicas", "table", b"table", "term", b"term", "vnodes", b"vnodes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

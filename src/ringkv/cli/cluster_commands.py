@@ -12,7 +12,7 @@ from rich.table import Table
 
 from ringkv.cli.args import ArgumentParser, Commands, add_endpoint_option, security_from
 from ringkv.client.admin import NodeStats, cluster_state, node_stats, remove_node, repair
-from ringkv.core.errors import RingkvError
+from ringkv.core.errors import RingkvError, Unauthenticated
 
 EXIT_ERROR = 3
 
@@ -76,7 +76,13 @@ def repair_command(args: argparse.Namespace) -> int:
     failed = False
     for member in state.members:
         try:
-            report = repair(member.address, timeout=args.timeout, security=security)
+            report = repair(
+                state.operator_address(member, security), timeout=args.timeout, security=security
+            )
+        except Unauthenticated as error:
+            # The same credentials go to every member: one line, not a table of refusals.
+            Console(stderr=True).print(f"ringkv: {error.reason}: {error.message}")
+            return EXIT_ERROR
         except RingkvError as error:
             failed = True
             table.add_row(member.node_id, f"[red]{error.reason}[/]", "", "", "", "")

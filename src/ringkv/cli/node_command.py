@@ -13,6 +13,7 @@ from ringkv.core.errors import RingkvError
 from ringkv.core.ring import DEFAULT_VNODES_PER_NODE
 from ringkv.core.validation import DEFAULT_MAX_VALUE_BYTES, Limits
 from ringkv.server.config import (
+    DEFAULT_PEER_PORT_OFFSET,
     LOG_FORMATS,
     LOG_LEVELS,
     ConfigError,
@@ -160,8 +161,17 @@ def add_parser(commands: Commands) -> None:
         "--tls-ca",
         type=Path,
         metavar="FILE",
-        help="PEM CA of the members: peers are verified with it, and every caller must "
-        "present a client certificate it signed (mutual TLS)",
+        help="PEM CA of the members: peers are verified with it, and member calls need a "
+        "client certificate it signed (mutual TLS on the member port)",
+    )
+    parser.add_argument(
+        "--peer-port-offset",
+        type=int,
+        default=DEFAULT_PEER_PORT_OFFSET,
+        metavar="N",
+        help="with --tls-ca, members call each other on the -addr port plus N (mutual TLS) and "
+        "clients need no certificate on -addr; the same on every member; 0 serves both on "
+        f"-addr, where every caller needs a certificate (default: {DEFAULT_PEER_PORT_OFFSET})",
     )
     parser.add_argument(
         "--auth-token-file",
@@ -212,6 +222,7 @@ def config_from(args: argparse.Namespace) -> NodeConfig:
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         tls_ca=args.tls_ca,
+        peer_port_offset=args.peer_port_offset,
         auth_token_file=args.auth_token_file,
     )
 

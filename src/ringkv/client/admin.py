@@ -13,6 +13,7 @@ from typing import Any, BinaryIO
 import grpc
 
 from ringkv.api import admin_pb2, admin_pb2_grpc, kv_pb2, kv_pb2_grpc
+from ringkv.api.member_port import member_address
 from ringkv.client.channels import PLAINTEXT, Security, endpoint_list
 from ringkv.client.errors import from_rpc_error
 from ringkv.core.errors import InternalError, InvalidArgument, Unauthenticated, Unavailable
@@ -42,6 +43,15 @@ class ClusterState:
     vnodes: int
     ownership: dict[str, float]
     """Fraction of the token space each node replicates."""
+    member_port_offset: int = 0
+    """Members' member ports are their ports plus this (0: they share the client port)."""
+
+    def operator_address(self, member: Member, security: Security) -> str:
+        """Where to make an operator call to ``member``: its member port when the
+        caller holds a certificate for one, else its client address."""
+        if security.tls_cert is None:
+            return member.address
+        return member_address(member.address, self.member_port_offset)
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +125,7 @@ def cluster_state(
             replicas=state.replicas,
             vnodes=state.vnodes,
             ownership=ownership,
+            member_port_offset=state.member_port_offset,
         )
     raise Unavailable("no endpoint answered: " + "; ".join(errors))
 

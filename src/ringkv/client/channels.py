@@ -68,7 +68,8 @@ class Security:
 
     ``tls_ca`` (a path or PEM bytes) turns TLS on and verifies the nodes'
     certificates with that CA; ``tls_cert``/``tls_key`` add a client
-    certificate (needed by nodes started with ``--tls-ca``); ``token`` is
+    certificate (for the member port of nodes started with ``--tls-ca``, or
+    for their only port with ``--peer-port-offset 0``); ``token`` is
     sent as ``authorization: Bearer <token>`` on every call (nodes started
     with ``--auth-token-file``). TLS is on when any of the three TLS options
     is given (without ``tls_ca`` the system's roots verify the nodes).

@@ -12,12 +12,18 @@ Three kinds of calls (``POLICY``):
   ``Heartbeat``, ``RequestVote``, ``Join``. With ``--tls-ca`` only a caller
   whose client certificate that CA signed; with only a token, the token.
 
-With ``--tls-ca`` the TLS handshake itself requires a client certificate
-signed by the CA (grpc's Python server either requires and verifies client
-certificates or never asks for one: it cannot ask and let callers without one
-in), so a caller without one never reaches this policy; the policy still
-checks that the handshake verified a certificate (``x509_*`` entries of the
-auth context) rather than trusting the port's settings.
+With ``--tls-ca`` a node listens on two ports, as Redis Cluster does with its
+bus port: clients on the client port (TLS, no client certificate asked for),
+members on the client port plus ``--peer-port-offset`` (mutual TLS: the
+handshake requires a certificate the CA signed). Every node-to-node call goes
+to the member port (``open_channel``). The split is needed because grpc's
+Python server either requires and verifies client certificates or never asks
+for one: one port could not both let clients in without a certificate and
+tell members by theirs. The same handlers serve both ports, and the policy
+decides by what the handshake verified (``x509_*`` entries of the auth
+context), so a member call on the client port is refused with
+UNAUTHENTICATED. With an offset of 0 everything shares one port and every
+caller needs a member certificate.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from typing import Any
 import grpc
 
 from ringkv.api.bearer import AUTHORIZATION, BEARER_PREFIX, async_interceptors
+from ringkv.api.member_port import member_address
 from ringkv.core.errors import Unauthenticated
 from ringkv.server.config import NodeConfig
 
@@ -75,6 +82,8 @@ class NodeSecurity:
     key: bytes | None = None
     ca: bytes | None = None
     token: str | None = None
+    member_port_offset: int = 0
+    """Added to a node's port to reach its member port; 0 when members share the client port."""
 
     @classmethod
     def load(cls, config: NodeConfig) -> NodeSecurity:
@@ -86,6 +95,7 @@ class NodeSecurity:
             key=config.tls_key.read_bytes() if config.tls_key else None,
             ca=config.tls_ca.read_bytes() if config.tls_ca else None,
             token=token,
+            member_port_offset=config.peer_port_offset if config.member_listen else 0,
         )
 
     @property
@@ -93,20 +103,30 @@ class NodeSecurity:
         return self.cert is not None and self.key is not None
 
     def server_credentials(self) -> grpc.ServerCredentials | None:
-        """TLS for the node's port (client certificates required with a CA); None for plaintext."""
+        """TLS for the client port (client certificates required only when
+        members share it); None for plaintext."""
         if self.cert is None or self.key is None:
             return None
+        shared = self.ca is not None and self.member_port_offset == 0
         return grpc.ssl_server_credentials(
-            [(self.key, self.cert)],
-            root_certificates=self.ca,
-            require_client_auth=self.ca is not None,
+            [(self.key, self.cert)], root_certificates=self.ca, require_client_auth=shared
+        )
+
+    def member_credentials(self) -> grpc.ServerCredentials:
+        """Mutual TLS for the member port."""
+        if self.cert is None or self.key is None or self.ca is None:
+            raise ValueError("a member port needs the node's certificate, key and CA")
+        return grpc.ssl_server_credentials(
+            [(self.key, self.cert)], root_certificates=self.ca, require_client_auth=True
         )
 
     def open_channel(
         self, address: str, options: Sequence[tuple[str, Any]] = CHANNEL_OPTIONS
     ) -> grpc.aio.Channel:
-        """A channel to another node: TLS (verified with the member CA, presenting
-        this node's certificate) when the node serves TLS, and the token if any."""
+        """A channel to another node's member port: TLS (verified with the member
+        CA, presenting this node's certificate) when the node serves TLS, and the
+        token if any."""
+        address = member_address(address, self.member_port_offset)
         interceptors = async_interceptors(self.token)
         if not self.tls:
             return grpc.aio.insecure_channel(address, options=options, interceptors=interceptors)
@@ -141,8 +161,8 @@ class Policy:
             if self._member_certs:
                 if not _verified_certificate(context):
                     raise Unauthenticated(
-                        "this call is for cluster members: present a certificate "
-                        "signed by the cluster's CA",
+                        "this call is for cluster members: make it on the member port "
+                        "with a certificate signed by the cluster's CA",
                         reason="MEMBER_CERTIFICATE_REQUIRED",
                     )
                 return
@@ -154,7 +174,8 @@ class Policy:
             if access is Access.CLIENT:
                 return
             raise Unauthenticated(
-                "this call is for operators: present a certificate signed by the cluster's CA",
+                "this call is for operators: make it on the member port with a certificate "
+                "signed by the cluster's CA",
                 reason="CERTIFICATE_REQUIRED",
             )
         self._check_token(context)

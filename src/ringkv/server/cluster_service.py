@@ -32,7 +32,10 @@ class ClusterService:
         counters: Counters,
         membership: MembershipManager,
         repairs: RepairSchedule,
+        *,
+        member_port_offset: int = 0,
     ) -> None:
+        self._member_port_offset = member_port_offset
         self._counters = counters
         self._view = view
         self._engine = engine
@@ -102,6 +105,7 @@ class ClusterService:
                 for r in ring.ranges(view.replicas)
             ],
             table=table,
+            member_port_offset=self._member_port_offset,
         )
 
     async def get_node_stats(

@@ -15,6 +15,9 @@ LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
+DEFAULT_PEER_PORT_OFFSET = 10000
+
+
 class ConfigError(ValueError):
     """A configuration value is invalid; the message says which and why."""
 
@@ -165,7 +168,12 @@ class NodeConfig:
     """PEM private key of ``tls_cert``."""
     tls_ca: Path | None = None
     """PEM CA that signs member certificates: peers' server certificates are
-    verified with it and callers must present a client certificate it signed."""
+    verified with it, and member calls need a client certificate it signed."""
+    peer_port_offset: int = DEFAULT_PEER_PORT_OFFSET
+    """With ``tls_ca``: members talk on the client port plus this (mutual TLS
+    there, server-only TLS on the client port), as Redis Cluster's bus port
+    does; the same on every member. 0 puts everything on one port, where every
+    caller needs a member certificate."""
     auth_token_file: Path | None = None
     """A file holding the bearer token clients must send."""
 
@@ -209,6 +217,20 @@ class NodeConfig:
             raise ConfigError("--tls-cert and --tls-key go together")
         if self.tls_ca is not None and self.tls_cert is None:
             raise ConfigError("--tls-ca needs --tls-cert and --tls-key")
+        if self.member_listen is not None:
+            if self.listen.port == 0:
+                raise ConfigError(
+                    "a member port (--tls-ca with a --peer-port-offset) needs a fixed -addr port"
+                )
+            for what, port in (
+                ("-addr", self.listen.port),
+                ("the advertised", self.advertised.port),
+            ):
+                if not 0 < port + self.peer_port_offset < 65536:
+                    raise ConfigError(
+                        f"{what} port {port} plus --peer-port-offset {self.peer_port_offset} "
+                        "is not a port (1-65535)"
+                    )
         for flag, path in (
             ("--tls-cert", self.tls_cert),
             ("--tls-key", self.tls_key),
@@ -249,9 +271,17 @@ class NodeConfig:
         """The address gRPC binds to."""
         return str(HostPort(self.listen.host or "0.0.0.0", self.listen.port))
 
+    @property
+    def member_listen(self) -> HostPort | None:
+        """Where members' calls are served, when not on the client port."""
+        if self.tls_ca is None or self.peer_port_offset == 0:
+            return None
+        return HostPort(self.listen.host or "0.0.0.0", self.listen.port + self.peer_port_offset)
+
 
 __all__ = [
     "DEFAULT_MAX_VALUE_BYTES",
+    "DEFAULT_PEER_PORT_OFFSET",
     "ConfigError",
     "HostPort",
     "NodeConfig",

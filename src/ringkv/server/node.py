@@ -168,7 +168,14 @@ async def serve(
                 request_timeout_s=config.request_timeout_s,
                 counters=counters,
             ),
-            ClusterService(view, engine, counters, membership, repairs),
+            ClusterService(
+                view,
+                engine,
+                counters,
+                membership,
+                repairs,
+                member_port_offset=security.member_port_offset,
+            ),
             ReplicaService(store, clock, now_ms, engine=engine),
             AdminService(
                 config.node_id,
@@ -205,7 +212,10 @@ async def serve(
 
 
 def _bind(config: NodeConfig, security: NodeSecurity | None = None) -> tuple[grpc.aio.Server, int]:
-    _check_address_free(config)
+    member_listen = config.member_listen
+    _check_address_free(config.listen)
+    if member_listen is not None:
+        _check_address_free(member_listen)
     limit = config.limits.max_key_bytes + config.limits.max_value_bytes + _MESSAGE_OVERHEAD_BYTES
     # Peers batch many records per call, so messages may exceed one value.
     limit = max(limit, 256 << 20)
@@ -217,27 +227,32 @@ def _bind(config: NodeConfig, security: NodeSecurity | None = None) -> tuple[grp
         ]
     )
     credentials = security.server_credentials() if security is not None else None
+    address = config.bind_address
     try:
         if credentials is None:
-            port = server.add_insecure_port(config.bind_address)
+            port = server.add_insecure_port(address)
         else:
-            port = server.add_secure_port(config.bind_address, credentials)
+            port = server.add_secure_port(address, credentials)
+        if member_listen is not None and security is not None:
+            address = str(member_listen)
+            server.add_secure_port(address, security.member_credentials())
     except RuntimeError:
-        raise Unavailable(f"cannot listen on {config.bind_address}") from None
+        raise Unavailable(f"cannot listen on {address}") from None
     return server, port
 
 
-def _check_address_free(config: NodeConfig) -> None:
+def _check_address_free(listen: HostPort) -> None:
     """Fail with the OS's reason (grpc would only log its own line) if the port is taken."""
-    host = config.listen.host or "0.0.0.0"
+    host = listen.host or "0.0.0.0"
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    address = HostPort(host, listen.port)
     with socket.socket(family, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            probe.bind((host, config.listen.port))
+            probe.bind((host, listen.port))
         except OSError as error:
             reason = error.strerror or str(error)
-            raise Unavailable(f"cannot listen on {config.bind_address}: {reason}") from None
+            raise Unavailable(f"cannot listen on {address}: {reason}") from None
 
 
 async def _serve_until_stopped(
@@ -278,6 +293,7 @@ async def _serve_until_stopped(
             "metrics_port": metrics_port,
             "tls": config.tls_cert is not None,
             "mutual_tls": config.tls_ca is not None,
+            "member_port": config.member_listen.port if config.member_listen else None,
             "token_auth": config.auth_token_file is not None,
         },
     )

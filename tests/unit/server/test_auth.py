@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from ringkv.api.member_port import member_address
 from ringkv.core.errors import Unauthenticated
-from ringkv.server.auth import Access, Policy, access_of
-from ringkv.server.config import ConfigError, NodeConfig
+from ringkv.server.auth import Access, NodeSecurity, Policy, access_of
+from ringkv.server.config import ConfigError, HostPort, NodeConfig
 
 
 class FakeContext:
@@ -98,3 +100,42 @@ def test_config_checks_the_security_files(tmp_path: Path) -> None:
         NodeConfig(auth_token_file=token)
     token.write_text("abc\n")
     assert NodeConfig(tls_cert=pem, tls_key=pem, tls_ca=pem, auth_token_file=token)
+
+
+def test_a_member_ca_puts_member_calls_on_the_port_plus_the_offset(tmp_path: Path) -> None:
+    pem = tmp_path / "c.pem"
+    pem.write_text("-----BEGIN CERTIFICATE-----\n")
+    tls = functools.partial(NodeConfig, tls_cert=pem, tls_key=pem)
+    config = tls(listen=HostPort("", 50051), tls_ca=pem)
+    assert config.member_listen == HostPort("0.0.0.0", 60051)
+    assert NodeSecurity.load(config).member_port_offset == 10000
+    # Without a member CA, or with an offset of 0, members share the client port.
+    for shared in (
+        tls(listen=HostPort("", 50051)),
+        tls(listen=HostPort("", 50051), tls_ca=pem, peer_port_offset=0),
+    ):
+        assert shared.member_listen is None
+        assert NodeSecurity.load(shared).member_port_offset == 0
+    with pytest.raises(ConfigError, match="fixed -addr port"):
+        tls(listen=HostPort("", 0), tls_ca=pem)
+    with pytest.raises(ConfigError, match="is not a port"):
+        tls(listen=HostPort("", 60000), tls_ca=pem)
+    with pytest.raises(ConfigError, match="advertised port 1"):
+        tls(advertise=HostPort("n1", 1), tls_ca=pem, peer_port_offset=-2)
+
+
+@pytest.mark.parametrize(
+    ("address", "offset", "expected"),
+    [
+        ("node1:50051", 10000, "node1:60051"),
+        ("[::1]:50051", -20000, "[::1]:30051"),
+        ("10.0.0.1:50051", 0, "10.0.0.1:50051"),
+    ],
+)
+def test_member_address_shifts_the_port(address: str, offset: int, expected: str) -> None:
+    assert member_address(address, offset) == expected
+
+
+def test_member_address_refuses_an_address_without_a_port() -> None:
+    with pytest.raises(ValueError, match="not host:port"):
+        member_address("node1", 10000)
