@@ -11,6 +11,7 @@ The tests use an offset of -20000 so both ports of a node can be picked free
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections.abc import Callable
@@ -338,3 +339,30 @@ def test_token_is_required_when_configured(
     assert cli("get", "k", *endpoint, env={"RINGKV_TOKEN": TOKEN}).stdout == "v"
     status = cli("cluster", "status", *endpoint, "--json", env={"RINGKV_TOKEN": TOKEN})
     assert status.returncode == 0, status.stderr
+
+
+def test_bench_runs_over_tls_with_a_token(
+    nodes: NodeFactory, ca: CertificateAuthority, tmp_path: Path
+) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN)
+    node = nodes(
+        "node1",
+        *FAST,
+        *tls_flags(ca, ca.issue("node"), mutual=False),
+        "--auth-token-file",
+        str(token_file),
+        security=Security.of(tls_ca=ca.cert, token=TOKEN),
+    )
+    run = ("bench", "--endpoint", node.address, "--tls-ca", str(ca.cert), "--records", "50")
+    quick = ("--duration", "0.3", "--warmup", "0", "--concurrency", "2", "--json")
+    done = cli(*run, *quick, env={"RINGKV_TOKEN": TOKEN})
+    assert done.returncode == 0, done.stderr
+    document = json.loads(done.stdout)
+    assert document["load"]["total"]["ops"] == 50
+    assert document["workloads"][0]["total"]["error_count"] == 0
+    # The token and certificates are not part of the printed configuration.
+    assert TOKEN not in done.stdout
+    refused = cli(*run, *quick)
+    assert refused.returncode == 3
+    assert "TOKEN_REQUIRED" in refused.stderr

@@ -52,7 +52,8 @@ def add_security_options(parser: argparse.ArgumentParser) -> None:
         "--tls-cert",
         metavar="FILE",
         default=os.environ.get("RINGKV_TLS_CERT"),
-        help="PEM client certificate, for nodes run with --tls-ca (default: $RINGKV_TLS_CERT)",
+        help="PEM client certificate, for the member port of nodes run with --tls-ca "
+        "(default: $RINGKV_TLS_CERT)",
     )
     parser.add_argument(
         "--tls-key",

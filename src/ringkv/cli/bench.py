@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import random
 import sys
 import time
@@ -28,7 +27,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ringkv.cli.args import Commands
+from ringkv.cli.args import Commands, add_endpoint_option, security_from
 from ringkv.cli.workloads import (
     WORKLOADS,
     Histogram,
@@ -40,7 +39,7 @@ from ringkv.cli.workloads import (
     Workload,
 )
 from ringkv.client import AsyncClient
-from ringkv.client.requests import DEFAULT_ENDPOINT
+from ringkv.client.channels import PLAINTEXT, Security
 from ringkv.core.consistency import LEVEL_NAMES
 from ringkv.core.errors import RingkvError
 
@@ -151,14 +150,7 @@ def add_parser(commands: Commands) -> None:
         "F: 50% read / 50% read-modify-write (a get, then a set of the modified value, "
         "counted as one operation).",
     )
-    parser.add_argument(
-        "--endpoints",
-        "--endpoint",
-        dest="endpoints",
-        default=os.environ.get("RINGKV_ENDPOINTS", DEFAULT_ENDPOINT),
-        help="host:port of one or more nodes, comma-separated "
-        f"(default: $RINGKV_ENDPOINTS or {DEFAULT_ENDPOINT})",
-    )
+    add_endpoint_option(parser)
     parser.add_argument(
         "--workload",
         action="append",
@@ -282,6 +274,10 @@ def config_from(args: argparse.Namespace) -> BenchConfig:
 
 def handle(args: argparse.Namespace) -> int:
     config = config_from(args)
+    try:
+        security = security_from(args)
+    except RingkvError as error:
+        args.parser.error(error.message)
     loop_factory, event_loop = _event_loop_factory()
     console = Console(stderr=True)
     progress = Progress(
@@ -297,7 +293,7 @@ def handle(args: argparse.Namespace) -> int:
     )
     try:
         with progress, asyncio.Runner(loop_factory=loop_factory) as runner:
-            report = runner.run(run_bench(config, progress, event_loop))
+            report = runner.run(run_bench(config, progress, event_loop, security))
     except KeyboardInterrupt:
         sys.stderr.write("ringkv bench: interrupted\n")
         return EXIT_INTERRUPTED
@@ -326,10 +322,22 @@ def _event_loop_factory() -> tuple[Callable[[], asyncio.AbstractEventLoop] | Non
     return uvloop.new_event_loop, "uvloop"
 
 
-async def run_bench(config: BenchConfig, progress: Progress, event_loop: str) -> BenchReport:
-    """Load, measure the no-op baseline if asked, then run each workload in turn."""
+async def run_bench(
+    config: BenchConfig, progress: Progress, event_loop: str, security: Security = PLAINTEXT
+) -> BenchReport:
+    """Load, measure the no-op baseline if asked, then run each workload in turn.
+
+    ``security``: TLS and token options, kept out of ``config`` (which is printed).
+    """
     report = BenchReport(event_loop=event_loop)
-    async with AsyncClient(config.endpoints) as client:
+    client = AsyncClient(
+        config.endpoints,
+        tls_ca=security.tls_ca,
+        tls_cert=security.tls_cert,
+        tls_key=security.tls_key,
+        token=security.token,
+    )
+    async with client:
         # Fail fast, with the client's error, when no endpoint answers.
         await client.ping()
         requests = _Requests(client, config)
