@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
@@ -19,7 +20,9 @@ from rich.console import Console
 from rich.table import Table
 
 from ringkv.cli.args import Commands
+from ringkv.client.channels import PLAINTEXT, Security
 from ringkv.client.health import wait_until_serving
+from ringkv.core.errors import RingkvError
 
 _STARTUP_TIMEOUT_S = 30.0
 
@@ -37,11 +40,46 @@ def add_parser(commands: Commands) -> None:
         "--data-dir", type=Path, default=Path("data"), help="parent of each node's data dir"
     )
     parser.add_argument("--engine", default="lmdb", help="storage engine (default: lmdb)")
+    security = parser.add_argument_group(
+        "security", "passed to every node as they are (see ringkv node --help)"
+    )
+    for flag in _NODE_SECURITY_FLAGS:
+        security.add_argument(flag, type=Path, metavar="FILE")
+    security.add_argument("--peer-port-offset", type=int, metavar="N")
     parser.set_defaults(handler=handle, parser=parser)
 
 
+_NODE_SECURITY_FLAGS = ("--tls-cert", "--tls-key", "--tls-ca", "--auth-token-file")
+
+
+def security_flags(args: argparse.Namespace) -> list[str]:
+    """The node flags of the security options given."""
+    flags = []
+    for flag in (*_NODE_SECURITY_FLAGS, "--peer-port-offset"):
+        value = getattr(args, flag.lstrip("-").replace("-", "_"))
+        if value is not None:
+            flags += [flag, str(value)]
+    return flags
+
+
+def _client_security(args: argparse.Namespace) -> Security:
+    """How to check the nodes' health: their CA (or their own certificate)
+    verifies them, and their certificate is the client certificate in case
+    the port asks for one (``--peer-port-offset 0``)."""
+    tls_ca = args.tls_ca or args.tls_cert
+    if tls_ca is None:
+        return PLAINTEXT
+    return Security.of(tls_ca=tls_ca, tls_cert=args.tls_cert, tls_key=args.tls_key)
+
+
 def node_command_lines(
-    nodes: int, base_port: int, replicas: int, data_dir: Path, engine: str
+    nodes: int,
+    base_port: int,
+    replicas: int,
+    data_dir: Path,
+    engine: str,
+    *,
+    extra_flags: Sequence[str] = (),
 ) -> list[list[str]]:
     """The seed's command lines (``-id nodeK -addr 0.0.0.0:PORT -peers ...``)."""
     addresses = {f"node{i + 1}": f"127.0.0.1:{base_port + i}" for i in range(nodes)}
@@ -52,7 +90,7 @@ def node_command_lines(
         seed_flags = ["-id", node_id, "-addr", f"0.0.0.0:{port}", "-peers", peers]
         own_flags = ["--engine", engine, "--data-dir", str(data_dir / node_id)]
         node = [sys.executable, "-m", "ringkv", "node"]
-        lines.append([*node, *seed_flags, "-replicas", str(replicas), *own_flags])
+        lines.append([*node, *seed_flags, "-replicas", str(replicas), *own_flags, *extra_flags])
     return lines
 
 
@@ -61,8 +99,17 @@ def handle(args: argparse.Namespace) -> int:
         args.parser.error("--nodes must be between 1 and 16")
     console = Console(stderr=True)
     lines = node_command_lines(
-        args.nodes, args.base_port, args.replicas, args.data_dir, args.engine
+        args.nodes,
+        args.base_port,
+        args.replicas,
+        args.data_dir,
+        args.engine,
+        extra_flags=security_flags(args),
     )
+    try:
+        security = _client_security(args)
+    except RingkvError as error:
+        args.parser.error(error.message)
     children = [subprocess.Popen(line) for line in lines]
     stopping = False
 
@@ -81,7 +128,7 @@ def handle(args: argparse.Namespace) -> int:
         for index, child in enumerate(children):
             address = f"127.0.0.1:{args.base_port + index}"
             serving = child.poll() is None and wait_until_serving(
-                address, timeout=deadline - time.monotonic()
+                address, timeout=deadline - time.monotonic(), security=security
             )
             healthy &= serving
             state = "[green]SERVING[/]" if serving else "[red]not serving[/]"
@@ -90,8 +137,10 @@ def handle(args: argparse.Namespace) -> int:
         if not healthy:
             console.print("[red]a node did not start; stopping the cluster[/]")
             return 1
+        tls = f" --tls-ca {args.tls_ca or args.tls_cert}" if security.tls_ca else ""
+        token = " --token ..." if args.auth_token_file is not None else ""
         console.print(
-            f"Try: ringkv set hello world --endpoint 127.0.0.1:{args.base_port}"
+            f"Try: ringkv set hello world --endpoint 127.0.0.1:{args.base_port}{tls}{token}"
             "  (Ctrl-C stops the cluster)"
         )
         while not stopping and all(child.poll() is None for child in children):
