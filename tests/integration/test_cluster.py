@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import signal
 import socket
 import sys
 import time
@@ -33,6 +34,7 @@ from tests.support.nodes import (
     stop_all,
     stored_records,
     wait_for,
+    wait_for_leader,
 )
 
 FAIL_FAST_S = 5.0
@@ -448,3 +450,48 @@ def test_hints_are_handed_off_when_the_node_is_back_then_dropped(
             assert record.value == f"missed-{key}".encode()
     finally:
         engine.close()
+
+
+def test_a_replica_whose_write_fails_after_the_level_is_met_gets_a_hint(
+    cluster: ClusterFactory,
+) -> None:
+    """RF 3: node1 is frozen (SIGSTOP) while node2 coordinates writes at
+    QUORUM. node2 and node3 meet the level at once; node1's calls fail at the
+    peer timeout afterwards, and node2 keeps a hint for each. Once node1 runs
+    again it holds every write, with no read or anti-entropy to repair it."""
+    members = cluster(
+        3,
+        "--hint-replay-interval", "0.2",
+        "--peer-timeout", "0.5",
+        "--anti-entropy-interval", "0",
+        replicas=3,
+    )  # fmt: skip
+    first, second, _third = members
+    wait_for_leader(members)
+    ring = Ring(tuple(node.node_id for node in members))
+    keys = [
+        k for k in (f"late-{i}" for i in range(100)) if ring.replicas(k.encode(), 3)[0] == "node2"
+    ]
+    keys = keys[:5]
+    with ringkv.Client(second.address, token_aware=False, timeout=5) as client:
+        client.set("warm", "up", consistency="all")  # every channel connected
+        first.signal(signal.SIGSTOP)
+        try:
+            for key in keys:
+                client.set(key, f"late-{key}", consistency="quorum")
+            wait_for(
+                lambda: node_stats(second.address).hints_pending == len(keys),
+                timeout=15,
+                what="a hint for each write node1 missed",
+            )
+        finally:
+            first.signal(signal.SIGCONT)
+    wait_for(
+        lambda: node_stats(second.address).hints_pending == 0,
+        timeout=20,
+        what="the hints handed off",
+    )
+    assert node_stats(first.address).read_repairs == 0
+    stop_all(members)
+    stored = stored_records(first)
+    assert {key: stored[key].value for key in keys} == {key: f"late-{key}".encode() for key in keys}

@@ -12,6 +12,7 @@ one; a read whose quorum disagrees writes the winner back before answering.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
@@ -70,6 +71,7 @@ class Coordinator:
         self._clock = clock
         self._now_ms = now_ms
         self._background: set[asyncio.Task[Any]] = set()
+        self._closed = False
         # Conditional and linearizable writes of one key run one at a time on
         # this node (their coordinator, the key's owner), so read-check-write
         # is not interleaved with another such write.
@@ -221,7 +223,7 @@ class Coordinator:
             if self._view.is_live(node)
         ]
         try:
-            acks, _ = await self._gather(
+            acks, running = await self._gather(
                 targets + pending,
                 lambda target: self._write_one(target, record),
                 quorum.required_replies(level, n) + len(pending),
@@ -230,7 +232,7 @@ class Coordinator:
                 launch=len(targets) + len(pending),
                 stand_in=self._stand_in_finder(record.key, level),
             )
-            self._hint_unreachable(record, targets, n)
+            self._hint_missed(record, n, acks, running)
         except QuorumFailed as failure:
             if (
                 not failure.answered
@@ -246,20 +248,41 @@ class Coordinator:
             ) from None
         return list(acks.values())
 
-    def _hint_unreachable(self, record: Record, targets: list[Target], n: int) -> None:
-        """Hold a hint here for each replica that is down and has no stand-in.
+    def _hint_missed(
+        self,
+        record: Record,
+        n: int,
+        acks: dict[Target, ReplicaAck],
+        running: dict[asyncio.Task[ReplicaAck], Target],
+    ) -> None:
+        """Hold a hint here for each replica the write missed, as Cassandra does.
 
-        A stand-in is only found past the preference list (none when the
-        cluster has no more nodes than copies); without this, a replica that
-        was down during a write would miss it until a read or anti-entropy
-        repaired it. The hint does not count toward the quorum.
+        Missed: a replica that was down with no stand-in (none exists when the
+        cluster has no more nodes than copies), whose call failed with no
+        stand-in to replace it, or whose call fails after the level was met.
+        Without the hint it would lack the write until a read or anti-entropy
+        repaired it. Hints do not count toward the level; the usual case, every
+        replica written or still being written, costs one callback per call.
         """
-        covered = {target.stands_in_for or target.node_id for target in targets}
-        if len(covered) >= n:
-            return  # Every replica is written or stood in for: the usual case.
-        for node in self._view.clockwise(record.key)[:n]:
-            if node not in covered:
-                self._spawn(self._hold_hint(record, node))
+        covered = {target.stands_in_for or target.node_id for target in (*acks, *running.values())}
+        if len(covered) < n:
+            for node in self._view.clockwise(record.key)[:n]:
+                if node not in covered:
+                    self._hint_for(record, node)
+        for task, target in running.items():
+            task.add_done_callback(
+                functools.partial(
+                    self._hint_if_failed, record, target.stands_in_for or target.node_id
+                )
+            )
+
+    def _hint_if_failed(self, record: Record, node: str, call: asyncio.Task[ReplicaAck]) -> None:
+        if not call.cancelled() and call.exception() is not None:
+            self._hint_for(record, node)
+
+    def _hint_for(self, record: Record, node: str) -> None:
+        if node != self._view.node_id and not self._closed:
+            self._spawn(self._hold_hint(record, node))
 
     async def _hold_hint(self, record: Record, node: str) -> None:
         await self._store.apply(record, hint_for=node)
@@ -370,6 +393,7 @@ class Coordinator:
 
     async def close(self) -> None:
         """Let background replica calls finish (bounded), then drop them."""
+        self._closed = True
         if self._background:
             await asyncio.wait(set(self._background), timeout=5.0)
         for task in list(self._background):
