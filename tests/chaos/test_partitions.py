@@ -12,10 +12,8 @@ Needs root (namespaces); CI runs as root and must run it.
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -23,13 +21,12 @@ import pytest
 import ringkv
 from ringkv.client.admin import cluster_state, node_stats, remove_node, repair
 from ringkv.core.errors import RingkvError, Unavailable
+from tests.support.chaos import PORT, NamespacedNode
 from tests.support.netns import NetnsLab, require_netns
 from tests.support.nodes import NodeProcess, agreed_leader, wait_for, wait_for_leader
 
 pytestmark = pytest.mark.needs_root
 
-PORT = 50051
-"""Every namespace has its own ports: all nodes use the seed's first port."""
 ANTI_ENTROPY_S = 2.0
 TIMINGS = (
     "--heartbeat-interval", "0.3",
@@ -38,35 +35,6 @@ TIMINGS = (
     "--peer-timeout", "0.5",
     "--request-timeout", "2",
 )  # fmt: skip
-
-
-@dataclass
-class NamespacedNode(NodeProcess):
-    """A node process inside one namespace of a lab, listening on its lab IP."""
-
-    lab: NetnsLab | None = None
-    index: int = 0
-
-    @property
-    def ip(self) -> str:
-        assert self.lab is not None
-        return self.lab.ips[self.index]
-
-    @property
-    def address(self) -> str:
-        return f"{self.ip}:{self.port}"
-
-    def command(self) -> list[str]:
-        assert self.lab is not None
-        argv = [
-            sys.executable, "-m", "ringkv", "node",
-            "-id", self.node_id,
-            "-addr", f"{self.ip}:{PORT}",
-            "--data-dir", str(self.data_dir),
-            "--log-format", "json",
-            *self.extra_args,
-        ]  # fmt: skip
-        return self.lab.command(self.index, argv)
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from ringkv.cli import (
     backup_commands,
     bench,
+    check_command,
     cluster_commands,
     health_command,
     kv_commands,
@@ -31,6 +32,7 @@ def build_parser() -> ArgumentParser:
     health_command.add_parser(commands)
     backup_commands.add_parsers(commands)
     bench.add_parser(commands)
+    check_command.add_parser(commands)
     return parser
 
 

@@ -160,6 +160,9 @@ class Explanation:
     """How many operations of the key had to be placed."""
     searched: bool = True
     """False if a quick pass found the impossible read before any search."""
+    witnesses: tuple[Operation, ...] = ()
+    """Without a search, the writes that make the read impossible (the last
+    write of its value and the write that overwrote it), where there are any."""
 
     def describe(self, *, last: int = 10) -> str:
         """A multi-line account for a test failure message; shows ``last`` prefix operations."""
@@ -270,7 +273,7 @@ def _check_register(
 
     impossible = _first_impossible_read(relevant, initial)
     if impossible is not None:
-        read, why = impossible
+        read, why, witnesses = impossible
         reason = f"a read returned {read.value!r}, {why}"
         return CheckResult(
             Verdict.NOT_LINEARIZABLE,
@@ -284,6 +287,7 @@ def _check_register(
                 (read,),
                 len(relevant),
                 searched=False,
+                witnesses=witnesses,
             ),
         )
 
@@ -311,7 +315,7 @@ def _check_register(
 
 def _first_impossible_read(
     operations: Sequence[Operation], initial: Value
-) -> tuple[Operation, str] | None:
+) -> tuple[Operation, str, tuple[Operation, ...]] | None:
     """A read no write could explain, found without searching, and why.
 
     In any linearization a read returns the value of the last write before
@@ -322,7 +326,9 @@ def _first_impossible_read(
     called after it returned, or is followed so by another write. Finding
     that with the full search could mean ruling out every interleaving of
     the operations before the read; this finds phantom and stale reads, the
-    common failures, in O(n log n).
+    common failures, in O(n log n). Besides the read and why, it returns the
+    writes that show it: the last write of the value called before the read
+    returned, and the write that overwrote it.
     """
     writes = sorted((op for op in operations if op.kind is not OpKind.READ), key=_by_call)
     calls = [op.call for op in writes]
@@ -341,10 +347,13 @@ def _first_impossible_read(
     # For each value: its writes in call order, with the latest time each
     # prefix of them stays visible (until a write after it returns), and
     # the write that ends it.
-    visible: dict[Value, tuple[list[float], list[float], list[Operation | None]]] = {}
+    visible: dict[
+        Value, tuple[list[float], list[float], list[Operation | None], list[Operation | None]]
+    ] = {}
 
-    def add_writer(value: Value, call: float, returned: float) -> None:
-        calls_of_value, until, ended_by = visible.setdefault(value, ([], [], []))
+    def add_writer(value: Value, call: float, returned: float, op: Operation | None) -> None:
+        calls_of_value, until, ended_by, writers = visible.setdefault(value, ([], [], [], []))
+        writers.append(op)
         successor = overwriter(returned)
         end = math.inf if successor is None else successor.return_time
         calls_of_value.append(call)
@@ -355,22 +364,30 @@ def _first_impossible_read(
             until.append(end)
             ended_by.append(successor)
 
-    add_writer(initial, -math.inf, -math.inf)
+    add_writer(initial, -math.inf, -math.inf, None)
     for write in writes:
-        add_writer(write.value, write.call, write.return_time)
+        add_writer(write.value, write.call, write.return_time, write)
 
     reads = sorted((op for op in operations if op.kind is OpKind.READ), key=_by_call)
     for read in reads:
         if read.value not in visible:
-            return read, "which no operation on the key wrote"
-        calls_of_value, until, ended_by = visible[read.value]
+            return read, "which no operation on the key wrote", ()
+        calls_of_value, until, ended_by, writers = visible[read.value]
         callable_writes = bisect.bisect_right(calls_of_value, read.return_time)
         if callable_writes == 0:
-            return read, "but no write of it was called before the read returned"
+            first = writers[0]
+            return (
+                read,
+                "but no write of it was called before the read returned",
+                () if first is None else (first,),
+            )
         if until[callable_writes - 1] < read.call:
-            return read, (
+            witnesses = (writers[callable_writes - 1], ended_by[callable_writes - 1])
+            return (
+                read,
                 f"a stale value: it was overwritten before the read was called, "
-                f"by {ended_by[callable_writes - 1]}"
+                f"by {ended_by[callable_writes - 1]}",
+                tuple(op for op in witnesses if op is not None),
             )
     return None
 

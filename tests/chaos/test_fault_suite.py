@@ -1,0 +1,53 @@
+"""A bounded smoke of the fault matrix (``scripts/chaos`` runs the long one).
+
+Each fixed seed runs its nemesis schedule for 15 s against five real nodes,
+each in its own network namespace, while the mixed workloads record their
+history; then the cluster heals, every node runs one repair and the
+checkers judge the history. Asserted here are the promises the current
+code keeps under every fault kind: no acknowledged write lost, replicas
+converged, registers written at LINEARIZABLE linearizable, no node crashed,
+the cluster settled, every checker decided. The violations the matrix finds
+today (version order after sloppy writes, lost conditional-write updates:
+docs/correctness.md) are printed, not asserted, until their issues land.
+
+Needs root (namespaces, a tmpfs); CI runs as root and must run it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ringkv.core.checkers import Status, check_linearizable
+from ringkv.core.history import OpKind
+from tests.chaos.matrix import schedule_line
+from tests.support.chaos import run_schedule, workload_specs
+from tests.support.netns import require_netns
+
+pytestmark = pytest.mark.needs_root
+
+SMOKE_SEEDS = (1, 6)
+SMOKE_DURATION_S = 15.0
+
+
+@pytest.mark.parametrize("seed", SMOKE_SEEDS)
+def test_a_seeded_fault_schedule_keeps_the_promises(seed: int, tmp_path: Path) -> None:
+    require_netns()
+    result = run_schedule(seed, SMOKE_DURATION_S, tmp_path)
+    print(schedule_line(result))
+    print("\n".join(result.events))
+    for violation in result.analysis.violations[:10]:
+        print(f"{violation.checker} {violation.key}: {violation.message}")
+
+    assert result.windows >= 2, result.skipped
+    assert {op.process[0] for op in result.history} == {"r", "c", "w", "m"}
+    assert {op.kind for op in result.history} == {OpKind.READ, OpKind.WRITE, OpKind.CAS}
+    assert not result.crashes
+    assert not result.problems
+    decided = {report.name: report.status for report in result.analysis.reports}
+    assert Status.UNKNOWN not in decided.values(), decided
+    assert decided["lost-writes"] is Status.HOLDS
+    assert decided["convergence"] is Status.HOLDS
+    registers = workload_specs(f"chaos/{seed}/")[0].all_keys()
+    assert check_linearizable(result.history, keys=registers).holds
