@@ -1,0 +1,102 @@
+"""The lost write of issue 10, replayed step by step: restart + clock skew + sloppy quorum.
+
+Five nodes, RF 3, a key whose replicas are X (its owner), A and B:
+
+1. X is down; W1 is acknowledged at QUORUM by A and B (X's copy waits in a hint).
+2. X restarts with its clock 10 s behind; A and B are killed.
+3. W2, invoked after W1 completed, is acknowledged at QUORUM through X: X's
+   own stale copy and a stand-in form the quorum, neither knows W1, so W2 is
+   stamped below W1.
+4. Everyone is back and repaired: the older W1 wins on every replica.
+
+The history of the two writes is judged by the fault suite's checkers, so
+this is the same verdict a nemesis run gives. It fails today, and is marked
+as an expected failure (strict: it starts failing the suite the day the
+replication core of issue 11 makes W2 win, so the marker goes with the fix).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+import ringkv
+from ringkv.client.admin import cluster_state, repair
+from ringkv.core.checkers import check_lost_writes, check_version_order
+from ringkv.core.errors import Unavailable
+from ringkv.core.history import FinalRead, HistoryOp, OpKind, Outcome
+from ringkv.core.ring import Ring
+from tests.support.nodes import ClusterFactory, NodeProcess, wait_for
+
+SKEW_MS = -10_000
+SLOW_HINTS = ("--hint-replay-interval", "600", "--anti-entropy-interval", "0")
+"""Keep hints and anti-entropy out of the way until the repair at the end."""
+
+
+def key_owned_by(ring: Ring, owner: str) -> tuple[str, tuple[str, ...]]:
+    for i in range(10_000):
+        key = f"skew/{i}"
+        replicas = ring.replicas(key.encode(), 3)
+        if replicas[0] == owner:
+            return key, replicas
+    raise AssertionError(f"no key owned by {owner}")
+
+
+def write(node: NodeProcess, key: str, value: str, index: int, started: float) -> HistoryOp:
+    with ringkv.Client(node.address, token_aware=False, timeout=5.0) as client:
+        version = client.set(key, value, consistency="quorum")
+    return HistoryOp(
+        index, node.node_id, OpKind.WRITE, key, value, "quorum", started, started + 1, Outcome.OK,
+        version,
+    )  # fmt: skip
+
+
+def read_at_all(node: NodeProcess, key: str, into: list[ringkv.Entry | None]) -> bool:
+    with ringkv.Client(node.address, token_aware=False, timeout=5.0) as client:
+        try:
+            into.append(client.get(key, consistency="all"))
+        except Unavailable:
+            return False  # a restarted replica is not yet seen alive
+    return True
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 11: a restarted, skewed coordinator stamps below an acknowledged write",
+)
+def test_a_write_after_an_acknowledged_one_survives_restart_skew_and_stand_ins(
+    cluster: ClusterFactory,
+) -> None:
+    nodes = cluster(5, *SLOW_HINTS, replicas=3)
+    by_id = {node.node_id: node for node in nodes}
+    state = cluster_state(nodes[0].address)
+    ring = Ring(tuple(by_id), vnodes_per_node=state.vnodes)
+    key, (x_id, a_id, b_id) = key_owned_by(ring, "node3")
+    x, a, b = by_id[x_id], by_id[a_id], by_id[b_id]
+
+    x.kill()
+    w1 = write(a, key, "W1", 0, started=0.0)
+
+    x.extra_args += ["--clock-offset-ms", str(SKEW_MS)]
+    x.start()
+    a.kill()
+    b.kill()
+    w2 = write(x, key, "W2", 1, started=2.0)  # invoked after W1 completed
+
+    a.start()
+    b.start()
+    for node in nodes:
+        repair(node.address, timeout=60.0)
+    read_all: list[ringkv.Entry | None] = []
+    wait_for(
+        lambda: read_at_all(x, key, read_all),
+        timeout=30,
+        what="every replica to answer a read at ALL",
+    )
+    entry = read_all[-1]
+    assert entry is not None
+    final = {key: FinalRead(key, entry.value.decode(), entry.version)}
+
+    history = [w1, w2]
+    order = check_version_order(history)
+    lost = check_lost_writes(history, final)
+    assert order.holds and lost.holds, [v.message for v in (*order.violations, *lost.violations)]
