@@ -111,12 +111,19 @@ def _checked(result: ScheduleResult, name: str) -> int:
     return 0 if report is None else report.checked
 
 
+def _exit_once(*_: object) -> None:
+    """Exit on the first SIGTERM; ignore later ones, so cleanup can finish."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    sys.exit(143)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     # SIGTERM unwinds like Ctrl-C, so every lab, tmpfs and node is cleaned up.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    signal.signal(signal.SIGTERM, _exit_once)
     out = Console(width=None if sys.stdout.isatty() else 200)
     results: list[ScheduleResult] = []
+    errors: list[int] = []
     started = time.monotonic()
     with (
         tempfile.TemporaryDirectory(prefix="ringkv-chaos-") as root,
@@ -134,7 +141,19 @@ def main(argv: list[str] | None = None) -> int:
         for seed in range(args.first, args.first + args.seeds):
             progress.update(task, description=f"seed {seed}")
             with scratch(Path(root), seed) as workdir:
-                result = run_schedule(seed, args.duration, workdir, kinds=args.kinds)
+                try:
+                    result = run_schedule(seed, args.duration, workdir, kinds=args.kinds)
+                except (KeyboardInterrupt, SystemExit):
+                    raise
+                except BaseException as error:  # pytest outcomes from the tmpfs helper too
+                    errors.append(seed)
+                    progress.console.print(
+                        f"seed {seed:>4} ERROR     {type(error).__name__}: {error}",
+                        markup=False,
+                        highlight=False,
+                    )
+                    progress.advance(task)
+                    continue
                 line = schedule_line(result)
                 if result.violated():
                     kept = save_artifacts(result, workdir, args.out)
@@ -145,8 +164,10 @@ def main(argv: list[str] | None = None) -> int:
                 print_analysis(progress.console, result.analysis, result.history)
             progress.advance(task)
     out.print(summary(results), markup=False, highlight=False)
+    if errors:
+        out.print(f"seeds that could not run: {', '.join(map(str, errors))}", markup=False)
     out.print(f"({time.monotonic() - started:.0f} s)", markup=False, highlight=False)
-    return 1 if any(r.violated() for r in results) else 0
+    return 1 if errors or any(r.violated() for r in results) else 0
 
 
 if __name__ == "__main__":

@@ -4,20 +4,21 @@ Five nodes, RF 3, a key whose replicas are X (its owner), A and B:
 
 1. X is down; W1 is acknowledged at QUORUM by A and B (X's copy waits in a hint).
 2. X restarts with its clock 10 s behind; A and B are killed.
-3. W2, invoked after W1 completed, is acknowledged at QUORUM through X: X's
-   own stale copy and a stand-in form the quorum, neither knows W1, so W2 is
-   stamped below W1.
-4. Everyone is back and repaired: the older W1 wins on every replica.
+3. W2, invoked after W1 completed, is sent to X. Had X coordinated it, X's
+   own stale copy and a stand-in would form the quorum, neither knowing W1,
+   and W2 would be stamped below W1 by X's slow clock.
+4. Everyone is back and repaired: the final value must be W2.
 
 The history of the two writes is judged by the fault suite's checkers, so
-this is the same verdict a nemesis run gives. It fails today, and is marked
-as an expected failure (strict: it starts failing the suite the day the
-replication core of issue 11 makes W2 win, so the marker goes with the fix).
+this is the same verdict a nemesis run gives. Before the clock guard
+(``--max-clock-offset``) W2 was stamped below W1 and lost; now X, whose
+clock is unchecked and then beyond reach of its peers', hands W2 to a node
+with a true clock, which stamps it past W1.
 """
 
 from __future__ import annotations
 
-import pytest
+import functools
 
 import ringkv
 from ringkv.client.admin import cluster_state, repair
@@ -50,6 +51,14 @@ def write(node: NodeProcess, key: str, value: str, index: int, started: float) -
     )  # fmt: skip
 
 
+def repaired(node: NodeProcess) -> bool:
+    try:
+        repair(node.address, timeout=60.0)
+    except Unavailable:
+        return False  # a restarted node that has not found its cluster yet
+    return True
+
+
 def read_at_all(node: NodeProcess, key: str, into: list[ringkv.Entry | None]) -> bool:
     with ringkv.Client(node.address, token_aware=False, timeout=5.0) as client:
         try:
@@ -59,10 +68,6 @@ def read_at_all(node: NodeProcess, key: str, into: list[ringkv.Entry | None]) ->
     return True
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 11: a restarted, skewed coordinator stamps below an acknowledged write",
-)
 def test_a_write_after_an_acknowledged_one_survives_restart_skew_and_stand_ins(
     cluster: ClusterFactory,
 ) -> None:
@@ -85,7 +90,7 @@ def test_a_write_after_an_acknowledged_one_survives_restart_skew_and_stand_ins(
     a.start()
     b.start()
     for node in nodes:
-        repair(node.address, timeout=60.0)
+        wait_for(functools.partial(repaired, node), timeout=30, what=f"a repair on {node.node_id}")
     read_all: list[ringkv.Entry | None] = []
     wait_for(
         lambda: read_at_all(x, key, read_all),

@@ -38,13 +38,14 @@ import grpc
 
 from ringkv.api import replica_pb2, replica_pb2_grpc
 from ringkv.cli.check_workloads import (
-    HistoryRecorder,
+    CallRecorder,
     RunLimits,
     WorkloadSpec,
     final_reads,
     run_workloads,
 )
 from ringkv.client.admin import cluster_state, remove_node, repair
+from ringkv.client.health import check
 from ringkv.core.checkers import NO_FAULT, Analysis, RunEvidence, analyse
 from ringkv.core.errors import NotFound, RingkvError
 from ringkv.core.history import HistoryOp, ReplicaCopy, dump_lines
@@ -111,15 +112,29 @@ class NamespacedNode(NodeProcess):
         return self.process is not None and self.process.poll() is None
 
 
-def workload_specs(prefix: str) -> list[WorkloadSpec]:
+@dataclass(frozen=True)
+class ChaosWorkloads:
     """The mixed workloads of a fault run (see the module docstring)."""
-    return [
-        WorkloadSpec("register", "linearizable", 5, 3, prefix),
-        WorkloadSpec("counter", "linearizable", 3, 3, prefix),
-        WorkloadSpec("writes", "quorum", 100, 2, prefix + "q/"),
-        WorkloadSpec("writes", "all", 40, 1, prefix + "a/"),
-        WorkloadSpec("multiset", "quorum", 60, 1, prefix),
-    ]
+
+    registers: WorkloadSpec
+    counters: WorkloadSpec
+    writes: tuple[WorkloadSpec, ...]
+    """The unique-value writes whose keys the final reads and replica reads judge."""
+
+    @classmethod
+    def under(cls, prefix: str) -> ChaosWorkloads:
+        return cls(
+            WorkloadSpec("register", "linearizable", 5, 3, prefix),
+            WorkloadSpec("counter", "linearizable", 3, 3, prefix),
+            (
+                WorkloadSpec("writes", "quorum", 100, 2, prefix + "q/"),
+                WorkloadSpec("writes", "all", 40, 1, prefix + "a/"),
+                WorkloadSpec("multiset", "quorum", 60, 1, prefix),
+            ),
+        )
+
+    def specs(self) -> list[WorkloadSpec]:
+        return [self.registers, self.counters, *self.writes]
 
 
 class ChaosCluster:
@@ -185,6 +200,9 @@ class ChaosCluster:
                 node.extra_args += ["--clock-offset-ms", str(clock_offset_ms)]
             node.launch()
             self.killed.discard(i)
+
+    def serving(self, i: int) -> bool:
+        return self.nodes[i].running and check(self.nodes[i].address, timeout=0.5)
 
     def kill_all(self) -> None:
         for node in [*self.nodes, *self.spares]:
@@ -348,22 +366,21 @@ def run_schedule(
 ) -> ScheduleResult:
     """Run seed ``seed``'s schedule for ``duration`` seconds; see the module docstring."""
     schedule = make_schedule(seed, duration, kinds)
-    prefix = f"chaos/{seed}/"
-    specs = workload_specs(prefix)
+    workloads = ChaosWorkloads.under(f"chaos/{seed}/")
     with contextlib.ExitStack() as stack:
         lab = stack.enter_context(NetnsLab(SIZE + 1))
         disk = stack.enter_context(small_tmpfs(workdir / "disk", size=DISK_SIZE))
-        cluster = ChaosCluster(lab, workdir, disk, specs[0].all_keys())
+        cluster = ChaosCluster(lab, workdir, disk, workloads.registers.all_keys())
         # Kill every node before the disk is unmounted and the lab removed.
         stack.callback(cluster.kill_all)
         cluster.start()
-        recorder = HistoryRecorder()
+        recorder = CallRecorder()
         nemesis = Nemesis(cluster, schedule, recorder.now)
         nemesis.start()
         try:
             history = run_workloads(
                 cluster.endpoints,
-                specs,
+                workloads.specs(),
                 RunLimits(duration, max_calls_per_process=20_000, op_timeout=3.0),
                 recorder=recorder,
                 seed=seed,
@@ -377,8 +394,8 @@ def run_schedule(
         if nemesis.error is not None:
             problems.append(f"nemesis failed: {nemesis.error!r}")
         problems += settle(cluster)
-        keys = [key for spec in specs[2:] for key in spec.all_keys()]
-        counters = specs[1].all_keys()
+        keys = [key for spec in workloads.writes for key in spec.all_keys()]
+        counters = workloads.counters.all_keys()
         copies = None
         with contextlib.suppress(RingkvError, grpc.RpcError):
             copies = cluster.replica_copies(keys)
@@ -393,7 +410,7 @@ def run_schedule(
             RunEvidence(final=final, replicas=copies, faults=nemesis.log.windows),
             max_configurations=max_configurations,
         )
-        crashes += cluster.crashed()
+        crashes = sorted({*crashes, *cluster.crashed()})
         return ScheduleResult(
             seed,
             schedule,
@@ -413,7 +430,10 @@ def settle(cluster: ChaosCluster, timeout: float = 60.0) -> list[str]:
     problems: list[str] = []
     for node in cluster.nodes:
         if node.running:
-            node.wait_serving()
+            try:
+                node.wait_serving()
+            except AssertionError as error:
+                problems.append(f"{node.node_id} did not serve again: {str(error)[:200]}")
     try:
         wait_for(
             lambda: _agreed(cluster), timeout=timeout, interval=0.2, what="one leader after heal"

@@ -121,6 +121,9 @@ class Nemesis:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="nemesis", daemon=True)
         self._down: set[int] = set()
+        """Nodes killed, paused, or restarted and not yet serving."""
+        self._restarting: set[int] = set()
+        self._lock = threading.Lock()
         self._partitioned = False
         self._undo: dict[int, tuple[float, str, str, Undo]] = {}
         self.error: BaseException | None = None
@@ -161,7 +164,9 @@ class Nemesis:
         rng = random.Random(fault.pick)
         began = self.now()
         try:
-            applied = self._apply(fault, rng)
+            with self._lock:
+                self._count_restarted_up()
+                applied = self._apply(fault, rng)
         except Exception as error:  # a fault that cannot be applied now is skipped
             self.log.skipped.append(f"{fault.describe()}: {type(error).__name__}: {error}")
             return False
@@ -176,7 +181,8 @@ class Nemesis:
     def _end(self, number: int) -> None:
         began, kind, detail, undo = self._undo.pop(number)
         try:
-            undo()
+            with self._lock:
+                undo()
         except Exception as error:  # reported with the run's problems; the run goes on
             self.log.errors.append(f"ending {kind} {detail}: {type(error).__name__}: {error}")
         ended = self.now()
@@ -187,6 +193,17 @@ class Nemesis:
         """Undo every fault still in force, oldest first."""
         for number in sorted(self._undo):
             self._end(number)
+
+    def _count_restarted_up(self) -> None:
+        """A restarted node counts as down until it serves."""
+        for i in list(self._restarting):
+            if self.cluster.serving(i):
+                self._restarting.discard(i)
+                self._down.discard(i)
+
+    def _restarted(self, i: int) -> None:
+        self._restarting.add(i)
+        self._down.add(i)
 
     # The faults. Each returns (detail, undo), or None when a limit forbids it.
 
@@ -217,7 +234,7 @@ class Nemesis:
             def restart_both() -> None:
                 for i in targets:
                     cluster.restart(i)
-                    self._down.discard(i)
+                    self._restarted(i)
 
             return f"{cluster.name(targets[0])}+{cluster.name(targets[1])}", restart_both
         if kind == "membership":
@@ -246,18 +263,19 @@ class Nemesis:
             # the skew until the fault ends and it restarts on a true clock.
             cluster.kill(target)
             cluster.restart(target, clock_offset_ms=offset_ms)
-            self._down.discard(target)
+            self._restarted(target)
 
             def true_clock() -> None:
                 cluster.kill(target)
                 cluster.restart(target)
+                self._restarted(target)
 
             return f"{name} {offset_ms:+d}ms", true_clock
         cluster.kill(target)
 
         def restart() -> None:
             cluster.restart(target)
-            self._down.discard(target)
+            self._restarted(target)
 
         return name, restart
 

@@ -876,6 +876,8 @@ class GetNodeStatsResponse(_message.Message):
     REPAIR_ROUNDS_FIELD_NUMBER: _builtins.int
     KEYS_REPAIRED_FIELD_NUMBER: _builtins.int
     TOMBSTONES_PURGED_FIELD_NUMBER: _builtins.int
+    CLOCK_CHECK_FIELD_NUMBER: _builtins.int
+    CLOCK_OFFSET_MS_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
     records: _builtins.int
     """Records stored, tombstones and expired values included (hints excluded)."""
@@ -906,6 +908,13 @@ class GetNodeStatsResponse(_message.Message):
     """
     keys_repaired: _builtins.int
     tombstones_purged: _builtins.int
+    clock_check: _builtins.str
+    """This node's clock against its peers' (ringkv.core.clock_offset): the
+    verdict ("within", "beyond", "unchecked"; a node stamps versions only
+    when "within", else it forwards writes) and its offset from the median
+    of its peers' clocks, in milliseconds (positive: ahead).
+    """
+    clock_offset_ms: _builtins.int
     def __init__(
         self,
         *,
@@ -926,10 +935,12 @@ class GetNodeStatsResponse(_message.Message):
         repair_rounds: _builtins.int = ...,
         keys_repaired: _builtins.int = ...,
         tombstones_purged: _builtins.int = ...,
+        clock_check: _builtins.str = ...,
+        clock_offset_ms: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes_used", b"bytes_used", "epoch", b"epoch", "forwarded_writes", b"forwarded_writes", "hints_pending", b"hints_pending", "hints_replayed", b"hints_replayed", "keys_repaired", b"keys_repaired", "leader_id", b"leader_id", "node_id", b"node_id", "ranges_pulled", b"ranges_pulled", "ranges_to_pull", b"ranges_to_pull", "read_repairs", b"read_repairs", "records", b"records", "records_pulled", b"records_pulled", "repair_rounds", b"repair_rounds", "synced_epoch", b"synced_epoch", "term", b"term", "tombstones_purged", b"tombstones_purged"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes_used", b"bytes_used", "clock_check", b"clock_check", "clock_offset_ms", b"clock_offset_ms", "epoch", b"epoch", "forwarded_writes", b"forwarded_writes", "hints_pending", b"hints_pending", "hints_replayed", b"hints_replayed", "keys_repaired", b"keys_repaired", "leader_id", b"leader_id", "node_id", b"node_id", "ranges_pulled", b"ranges_pulled", "ranges_to_pull", b"ranges_to_pull", "read_repairs", b"read_repairs", "records", b"records", "records_pulled", b"records_pulled", "repair_rounds", b"repair_rounds", "synced_epoch", b"synced_epoch", "term", b"term", "tombstones_purged", b"tombstones_purged"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

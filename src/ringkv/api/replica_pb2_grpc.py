@@ -54,6 +54,11 @@ class ReplicaStub:
                 request_serializer=ringkv_dot_api_dot_replica__pb2.MerkleRequest.SerializeToString,
                 response_deserializer=ringkv_dot_api_dot_replica__pb2.MerkleResponse.FromString,
                 _registered_method=True)
+        self.Clock = channel.unary_unary(
+                '/ringkv.internal.Replica/Clock',
+                request_serializer=ringkv_dot_api_dot_replica__pb2.ClockRequest.SerializeToString,
+                response_deserializer=ringkv_dot_api_dot_replica__pb2.ClockResponse.FromString,
+                _registered_method=True)
 
 
 class ReplicaServicer:
@@ -91,6 +96,14 @@ class ReplicaServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Clock(self, request, context):
+        """This node's wall clock, for a peer measuring how far its own clock is
+        from the cluster's (ringkv.core.clock_offset).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ReplicaServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -113,6 +126,11 @@ def add_ReplicaServicer_to_server(servicer, server):
                     servicer.Merkle,
                     request_deserializer=ringkv_dot_api_dot_replica__pb2.MerkleRequest.FromString,
                     response_serializer=ringkv_dot_api_dot_replica__pb2.MerkleResponse.SerializeToString,
+            ),
+            'Clock': grpc.unary_unary_rpc_method_handler(
+                    servicer.Clock,
+                    request_deserializer=ringkv_dot_api_dot_replica__pb2.ClockRequest.FromString,
+                    response_serializer=ringkv_dot_api_dot_replica__pb2.ClockResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -223,6 +241,33 @@ class Replica:
             '/ringkv.internal.Replica/Merkle',
             ringkv_dot_api_dot_replica__pb2.MerkleRequest.SerializeToString,
             ringkv_dot_api_dot_replica__pb2.MerkleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Clock(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ringkv.internal.Replica/Clock',
+            ringkv_dot_api_dot_replica__pb2.ClockRequest.SerializeToString,
+            ringkv_dot_api_dot_replica__pb2.ClockResponse.FromString,
             options,
             channel_credentials,
             insecure,

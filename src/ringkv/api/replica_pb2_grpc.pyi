@@ -50,6 +50,10 @@ class ReplicaStub:
     """The leaves of a Merkle tree (ringkv.core.merkle) over the records in the
     given spans, for anti-entropy.
     """
+    Clock: _grpc.UnaryUnaryMultiCallable[_replica_pb2.ClockRequest, _replica_pb2.ClockResponse]
+    """This node's wall clock, for a peer measuring how far its own clock is
+    from the cluster's (ringkv.core.clock_offset).
+    """
 
 @_typing.type_check_only
 class ReplicaAsyncStub(ReplicaStub):
@@ -68,6 +72,10 @@ class ReplicaAsyncStub(ReplicaStub):
     Merkle: _aio.UnaryUnaryMultiCallable[_replica_pb2.MerkleRequest, _replica_pb2.MerkleResponse]  # type: ignore[assignment]
     """The leaves of a Merkle tree (ringkv.core.merkle) over the records in the
     given spans, for anti-entropy.
+    """
+    Clock: _aio.UnaryUnaryMultiCallable[_replica_pb2.ClockRequest, _replica_pb2.ClockResponse]  # type: ignore[assignment]
+    """This node's wall clock, for a peer measuring how far its own clock is
+    from the cluster's (ringkv.core.clock_offset).
     """
 
 class ReplicaServicer(metaclass=_abc_1.ABCMeta):
@@ -108,6 +116,16 @@ class ReplicaServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_replica_pb2.MerkleResponse, _abc.Awaitable[_replica_pb2.MerkleResponse]]:
         """The leaves of a Merkle tree (ringkv.core.merkle) over the records in the
         given spans, for anti-entropy.
+        """
+
+    @_abc_1.abstractmethod
+    def Clock(
+        self,
+        request: _replica_pb2.ClockRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_replica_pb2.ClockResponse, _abc.Awaitable[_replica_pb2.ClockResponse]]:
+        """This node's wall clock, for a peer measuring how far its own clock is
+        from the cluster's (ringkv.core.clock_offset).
         """
 
 def add_ReplicaServicer_to_server(servicer: ReplicaServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -29,7 +29,7 @@ from rich.table import Table
 from ringkv.cli.args import Commands, add_endpoint_option, security_from
 from ringkv.cli.check_workloads import (
     WORKLOADS,
-    HistoryRecorder,
+    CallRecorder,
     RunLimits,
     WorkloadSpec,
     final_reads,
@@ -127,7 +127,8 @@ def handle(args: argparse.Namespace) -> int:
         level=level,
         keys=args.keys or DEFAULT_KEYS[args.workload],
         processes=args.processes,
-        prefix=f"ringkv-check/{seed:08x}/",
+        # A fresh prefix per run: a run with the same seed must not meet old values.
+        prefix=f"ringkv-check/{seed:08x}-{secrets.token_hex(4)}/",
     )
     try:
         with open_client(endpoints, 0, timeout=args.op_timeout, security=security) as client:
@@ -140,7 +141,7 @@ def handle(args: argparse.Namespace) -> int:
 
     err = Console(stderr=True)
     limits = RunLimits(args.duration, args.max_calls, args.op_timeout)
-    recorder = HistoryRecorder()
+    recorder = CallRecorder()
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -178,6 +179,13 @@ def handle(args: argparse.Namespace) -> int:
         highlight=False,
     )
     print_analysis(out, analysis, history)
+    unread = len(spec.all_keys()) - len(final)
+    if unread:
+        out.print(
+            f"{unread} key(s) could not be read at ALL at the end: not judged for lost writes",
+            markup=False,
+            highlight=False,
+        )
     if args.history is not None:
         out.print(f"history: {args.history}", markup=False, highlight=False)
     if analysis.violated:
@@ -187,7 +195,7 @@ def handle(args: argparse.Namespace) -> int:
 
 def _run_with_progress(
     run: Callable[[], list[HistoryOp]],
-    recorder: HistoryRecorder,
+    recorder: CallRecorder,
     duration: float,
     progress: Progress,
     task: TaskID,
@@ -216,7 +224,8 @@ def print_analysis(out: Console, analysis: Analysis, history: Sequence[HistoryOp
     """The verdict table, availability, and the shortest failing window as a timeline."""
     out.print(verdict_table(analysis))
     if analysis.violated:
-        worst = min(analysis.violations, key=lambda v: v.window()[1] - v.window()[0])
+        # Violations with calls to show first; among them the shortest window.
+        worst = min(analysis.violations, key=lambda v: (not v.ops, v.window()[1] - v.window()[0]))
         out.print(
             f"\nshortest failing window ({worst.checker}, key {worst.key}): {worst.message}",
             markup=False,

@@ -21,12 +21,13 @@ The workloads (keys under a per-run prefix, so runs never meet):
     MultiSet batches of unique values over many keys; each key of a batch is
     recorded as one write.
 
-Process ``i`` talks to endpoint ``i`` first (and fails over to the others),
-so every node coordinates some calls.
+Process ``i`` talks to endpoint ``i`` first and moves to the next one after
+a call that found its node unavailable, so every node coordinates some calls.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import threading
 import time
@@ -35,13 +36,16 @@ from dataclasses import dataclass
 from typing import Literal
 
 from ringkv.client.channels import PLAINTEXT, Security
+from ringkv.client.retry import RetryPolicy
 from ringkv.client.sync import Client
 from ringkv.core.checkers import counter_value
 from ringkv.core.errors import (
+    DeadlineExceeded,
     InvalidArgument,
     PreconditionFailed,
     RingkvError,
     Unauthenticated,
+    Unavailable,
 )
 from ringkv.core.history import (
     ABSENT_VERSION,
@@ -58,8 +62,12 @@ READ_SHARE = {"register": 0.5, "writes": 0.2}
 """The share of reads among the calls of the workloads that read and write."""
 
 # Errors after which a write cannot have happened: the request was refused
-# before any replica stored it.
+# before any replica stored it (a node that answers VERSION_MISMATCH after
+# storing the write breaks this, and the checkers say so).
 _DEFINITE_FAILURES = (PreconditionFailed, InvalidArgument, Unauthenticated)
+# Errors after which a process tries the next node.
+_MOVE_ON = (Unavailable, DeadlineExceeded)
+ONE_ATTEMPT = RetryPolicy(attempts=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,40 +88,81 @@ class WorkloadSpec:
         return [self.key(i) for i in range(self.keys)]
 
 
-class HistoryRecorder:
-    """Thread-safe collector of a run's operations, timed from one origin."""
+class CallRecorder:
+    """Thread-safe collector of a run's calls, timed from one origin.
+
+    A call is recorded when it is invoked, so one still running when the run
+    ends (or whose thread died) is in the history as UNKNOWN: its write may
+    yet land.
+    """
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self.origin = clock()
         self._lock = threading.Lock()
-        self._next = 0
         self._ops: list[HistoryOp] = []
+        self._completed = 0
 
     def now(self) -> float:
         """Seconds since the recorder was made."""
         return self._clock() - self.origin
 
-    def begin(self) -> tuple[int, float]:
-        """A fresh operation index and its invocation time."""
+    def begin(
+        self,
+        process: str,
+        kind: OpKind,
+        key: str,
+        value: str | None,
+        *,
+        level: str,
+        expected: int | None = None,
+    ) -> int:
+        """Record a call as invoked now; its index for ``finish``."""
         with self._lock:
-            index = self._next
-            self._next += 1
-        return index, self.now()
+            index = len(self._ops)
+            invoke = self.now()
+            op = HistoryOp(index, process, kind, key, value, level, invoke, invoke, Outcome.UNKNOWN)
+            self._ops.append(dataclasses.replace(op, expected=expected))
+        return index
 
-    def add(self, op: HistoryOp) -> None:
+    def finish(
+        self,
+        index: int,
+        outcome: Outcome,
+        *,
+        value: str | None = None,
+        version: int | None = None,
+        error: str = "",
+    ) -> HistoryOp:
+        """Record how a call ended; a read's ``value`` is what it returned."""
         with self._lock:
-            self._ops.append(op)
+            op = self._ops[index]
+            self._ops[index] = op = dataclasses.replace(
+                op,
+                value=value if op.kind is OpKind.READ else op.value,
+                complete=max(op.invoke, self.now()),
+                outcome=outcome,
+                version=version,
+                error=error,
+            )
+            self._completed += 1
+        return op
 
     def count(self) -> int:
-        """How many operations have completed."""
+        """How many calls have completed."""
         with self._lock:
-            return len(self._ops)
+            return self._completed
 
     def history(self) -> list[HistoryOp]:
-        """The operations so far, in invocation order."""
+        """Every call so far in invocation order; those still running as UNKNOWN."""
         with self._lock:
-            return sorted(self._ops, key=lambda op: op.index)
+            now = self.now()
+            return [
+                dataclasses.replace(op, complete=max(op.invoke, now), error="RUNNING")
+                if op.outcome is Outcome.UNKNOWN and not op.error
+                else op
+                for op in self._ops
+            ]
 
 
 def write_outcome(error: BaseException) -> Outcome:
@@ -126,22 +175,32 @@ def error_reason(error: BaseException) -> str:
 
 
 class _Process:
-    """One client thread of a workload: one call at a time, as Jepsen's processes."""
+    """One client thread of a workload: one call at a time, as Jepsen's processes.
+
+    Its clients make one attempt per call (the SDK's own retry could apply a
+    write twice under one record); after a call that found its node
+    unavailable or slow, the process moves on to the next endpoint.
+    """
 
     def __init__(
         self,
         name: str,
         spec: WorkloadSpec,
-        client: Client,
-        recorder: HistoryRecorder,
+        clients: Sequence[Client],
+        recorder: CallRecorder,
         rng: random.Random,
     ) -> None:
         self.name = name
         self.spec = spec
-        self.client = client
+        self.clients = clients
+        self.current = 0
         self.recorder = recorder
         self.rng = rng
         self.seq = 0
+
+    @property
+    def client(self) -> Client:
+        return self.clients[self.current]
 
     def unique(self) -> str:
         self.seq += 1
@@ -162,59 +221,39 @@ class _Process:
             keys = self.rng.sample(self.spec.all_keys(), count)
             self.write_many({key: self.unique() for key in keys})
 
+    def _failed(self, error: Exception) -> str:
+        if isinstance(error, _MOVE_ON):
+            self.current = (self.current + 1) % len(self.clients)
+        return error_reason(error)
+
     def read(self, key: str) -> HistoryOp:
-        index, invoke = self.recorder.begin()
+        index = self.recorder.begin(self.name, OpKind.READ, key, None, level=self.spec.level)
         try:
             entry = self.client.get(key, consistency=self.spec.level)
         except Exception as error:  # every failure is recorded, none ends the run
-            op = self._op(
-                index, OpKind.READ, key, None, invoke=invoke, outcome=Outcome.FAILED, error=error
-            )
-        else:
-            value = None if entry is None else entry.value.decode(errors="replace")
-            version = None if entry is None else entry.version
-            op = self._op(
-                index, OpKind.READ, key, value, invoke=invoke, outcome=Outcome.OK, version=version
-            )
-        self.recorder.add(op)
-        return op
+            return self.recorder.finish(index, Outcome.FAILED, error=self._failed(error))
+        if entry is None:
+            return self.recorder.finish(index, Outcome.OK)
+        value = entry.value.decode(errors="replace")
+        return self.recorder.finish(index, Outcome.OK, value=value, version=entry.version)
 
     def write(self, key: str, value: str, expected: int | None = None) -> HistoryOp:
         kind = OpKind.WRITE if expected is None else OpKind.CAS
-        index, invoke = self.recorder.begin()
+        index = self.recorder.begin(
+            self.name, kind, key, value, level=self.spec.level, expected=expected
+        )
+        level = self.spec.level
         try:
             if expected is None:
-                version = self.client.set(key, value, consistency=self.spec.level)
+                version = self.client.set(key, value, consistency=level)
             elif expected == ABSENT_VERSION:
-                version = self.client.set(key, value, if_absent=True, consistency=self.spec.level)
+                version = self.client.set(key, value, if_absent=True, consistency=level)
             else:
-                version = self.client.set(
-                    key, value, if_version=expected, consistency=self.spec.level
-                )
+                version = self.client.set(key, value, if_version=expected, consistency=level)
         except Exception as error:  # every failure is recorded, none ends the run
-            op = self._op(
-                index,
-                kind,
-                key,
-                value,
-                invoke=invoke,
-                outcome=write_outcome(error),
-                expected=expected,
-                error=error,
-            )
-        else:
-            op = self._op(
-                index,
-                kind,
-                key,
-                value,
-                invoke=invoke,
-                outcome=Outcome.OK,
-                version=version,
-                expected=expected,
-            )
-        self.recorder.add(op)
-        return op
+            outcome = write_outcome(error)
+            return self.recorder.finish(index, outcome, error=self._failed(error))
+        return self.recorder.finish(index, Outcome.OK, version=version)
 
     def increment(self, key: str) -> None:
         read = self.read(key)
@@ -227,69 +266,36 @@ class _Process:
         self.write(key, f"{count + 1}:{self.unique()}", expected=expected)
 
     def write_many(self, items: dict[str, str]) -> None:
-        index, invoke = self.recorder.begin()
-        indices = [index] + [self.recorder.begin()[0] for _ in range(len(items) - 1)]
+        level = self.spec.level
+        indices = {
+            key: self.recorder.begin(self.name, OpKind.WRITE, key, value, level=level)
+            for key, value in items.items()
+        }
         try:
-            versions = self.client.set_many(items, consistency=self.spec.level)
+            versions = self.client.set_many(items, consistency=level)
         except Exception as error:  # every failure is recorded, none ends the run
-            outcome = write_outcome(error)
-            for i, (key, value) in zip(indices, items.items(), strict=True):
-                self.recorder.add(
-                    self._op(
-                        i, OpKind.WRITE, key, value, invoke=invoke, outcome=outcome, error=error
-                    )
-                )
+            outcome, reason = write_outcome(error), self._failed(error)
+            for index in indices.values():
+                self.recorder.finish(index, outcome, error=reason)
             return
-        for i, (key, value) in zip(indices, items.items(), strict=True):
-            self.recorder.add(
-                self._op(
-                    i,
-                    OpKind.WRITE,
-                    key,
-                    value,
-                    invoke=invoke,
-                    outcome=Outcome.OK,
-                    version=versions[key],
-                )
-            )
-
-    def _op(
-        self,
-        index: int,
-        kind: OpKind,
-        key: str,
-        value: str | None,
-        *,
-        invoke: float,
-        outcome: Outcome,
-        version: int | None = None,
-        expected: int | None = None,
-        error: BaseException | None = None,
-    ) -> HistoryOp:
-        return HistoryOp(
-            index=index,
-            process=self.name,
-            kind=kind,
-            key=key,
-            value=value,
-            level=self.spec.level,
-            invoke=invoke,
-            complete=max(invoke, self.recorder.now()),
-            outcome=outcome,
-            version=version,
-            expected=expected,
-            error="" if error is None else error_reason(error),
-        )
+        for key, index in indices.items():
+            self.recorder.finish(index, Outcome.OK, version=versions[key])
 
 
 def open_client(
-    endpoints: Sequence[str], first: int, *, timeout: float, security: Security = PLAINTEXT
+    endpoints: Sequence[str],
+    first: int,
+    *,
+    timeout: float,
+    security: Security = PLAINTEXT,
+    retry: RetryPolicy | None = None,
 ) -> Client:
     """A client that tries ``endpoints[first]`` first and fails over to the rest."""
     order = [*endpoints[first:], *endpoints[:first]]
     return Client(
         order,
         timeout=timeout,
+        retry=retry,
         token_aware=False,
         tls_ca=security.tls_ca,
         tls_cert=security.tls_cert,
@@ -312,13 +318,17 @@ def run_workloads(
     specs: Sequence[WorkloadSpec],
     limits: RunLimits,
     *,
-    recorder: HistoryRecorder | None = None,
+    recorder: CallRecorder | None = None,
     seed: int = 0,
     security: Security = PLAINTEXT,
     stop: threading.Event | None = None,
 ) -> list[HistoryOp]:
-    """Run every workload's processes until the duration, the call bound or ``stop``."""
-    recorder = recorder or HistoryRecorder()
+    """Run every workload's processes until the duration, the call bound or ``stop``.
+
+    Process ``i`` starts at endpoint ``i`` (modulo their number), so every
+    node coordinates some calls.
+    """
+    recorder = recorder or CallRecorder()
     stop = stop or threading.Event()
     deadline = recorder.now() + limits.duration
     threads: list[threading.Thread] = []
@@ -326,12 +336,14 @@ def run_workloads(
     number = 0
     for spec in specs:
         for _ in range(spec.processes):
-            client = open_client(
-                endpoints, number % len(endpoints), timeout=limits.op_timeout, security=security
-            )
-            clients.append(client)
+            home = number % len(endpoints)
+            own = [
+                open_client([e], 0, timeout=limits.op_timeout, security=security, retry=ONE_ATTEMPT)
+                for e in (*endpoints[home:], *endpoints[:home])
+            ]
+            clients.extend(own)
             name = f"{spec.workload[0]}{number}"
-            process = _Process(name, spec, client, recorder, random.Random(f"{seed}/{number}"))
+            process = _Process(name, spec, own, recorder, random.Random(f"{seed}/{number}"))
             number += 1
 
             def loop(process: _Process = process) -> None:
@@ -345,8 +357,8 @@ def run_workloads(
         for thread in threads:
             thread.start()
         for thread in threads:
-            # A call lasts at most op_timeout per attempt, with a few retries.
-            thread.join(timeout=limits.duration + 10 * limits.op_timeout + 30)
+            # A call lasts at most op_timeout: the run ends soon after its duration.
+            thread.join(timeout=max(0.0, deadline - recorder.now()) + 2 * limits.op_timeout + 30)
     finally:
         stop.set()
         for client in clients:
@@ -361,17 +373,22 @@ def final_reads(
     level: str = "all",
     timeout: float = 5.0,
     attempts: int = 5,
+    within: float = 120.0,
     security: Security = PLAINTEXT,
 ) -> dict[str, FinalRead]:
-    """Each key's value at ``level``; keys that could not be read are left out."""
+    """Each key's value at ``level``; keys that could not be read (in ``attempts``
+    tries each, and ``within`` seconds for all) are left out."""
     final: dict[str, FinalRead] = {}
+    give_up = time.monotonic() + within
     with open_client(endpoints, 0, timeout=timeout, security=security) as client:
         for key in keys:
             for attempt in range(attempts):
+                if time.monotonic() > give_up:
+                    return final
                 try:
                     entry = client.get(key, consistency=level)
                 except RingkvError:
-                    time.sleep(0.2 * (attempt + 1))
+                    time.sleep(0.2 * (attempt + 1))  # backoff before asking again
                     continue
                 if entry is None:
                     final[key] = FinalRead(key, None)

@@ -133,7 +133,8 @@ def status_command(args: argparse.Namespace) -> int:
         f"{state.replicas} replicas, {state.vnodes} vnodes/node; "
         f"as seen by {state.answered_by})"
     )
-    for column in ("node", "address", "state", "ring", "leader", "owns", "records", "bytes"):
+    columns = ("node", "address", "state", "ring", "leader", "clock", "owns", "records", "bytes")
+    for column in columns:
         table.add_column(
             column, justify="right" if column in ("owns", "records", "bytes") else "left"
         )
@@ -150,12 +151,21 @@ def status_command(args: argparse.Namespace) -> int:
             "[green]alive[/]" if member.state == "alive" else f"[red]{member.state}[/]",
             _ring_status(member.status, item),
             "*" if member.node_id == state.leader_id else "",
+            _clock(item),
             f"{state.ownership.get(member.node_id, 0.0):.1%}",
             records,
             size,
         )
     console.print(table)
     return 0
+
+
+def _clock(stats: NodeStats | str) -> str:
+    """Whether the node may stamp writes, and its offset from its peers."""
+    if not isinstance(stats, NodeStats) or not stats.clock_check:
+        return ""
+    text = f"{stats.clock_check} {stats.clock_offset_ms:+d} ms"
+    return text if stats.clock_check == "within" else f"[red]{text}[/]"
 
 
 def _ring_status(status: str, stats: NodeStats | str) -> str:

@@ -135,6 +135,15 @@ def add_parser(commands: Commands) -> None:
         help="seconds a tombstone is kept before it may be purged; run a repair "
         "more often than this (default: 864000, 10 days)",
     )
+    parser.add_argument(
+        "--max-clock-offset",
+        type=float,
+        default=0.5,
+        metavar="S",
+        help="seconds this node's clock may be from a majority of its peers' before it "
+        "stops stamping writes and forwards them to another node; 0 turns the check "
+        "off (default: 0.5)",
+    )
     # For tests of clock skew only.
     parser.add_argument("--clock-offset-ms", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--log-format", choices=LOG_FORMATS, default="text")
@@ -210,6 +219,7 @@ def config_from(args: argparse.Namespace) -> NodeConfig:
         dead_after_s=args.dead_after,
         anti_entropy_interval_s=args.anti_entropy_interval,
         tombstone_grace_s=args.tombstone_grace,
+        max_clock_offset_s=args.max_clock_offset,
         clock_offset_ms=args.clock_offset_ms,
         log_format=args.log_format,
         log_level=args.log_level,

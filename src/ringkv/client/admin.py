@@ -73,6 +73,9 @@ class NodeStats:
     repair_rounds: int = 0
     keys_repaired: int = 0
     tombstones_purged: int = 0
+    clock_check: str = ""
+    """``within``, ``beyond`` or ``unchecked``: whether the node's clock lets it stamp writes."""
+    clock_offset_ms: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +154,8 @@ def node_stats(address: str, *, timeout: float = 2.0, security: Security = PLAIN
         stats.repair_rounds,
         stats.keys_repaired,
         stats.tombstones_purged,
+        stats.clock_check,
+        stats.clock_offset_ms,
     )
 
 

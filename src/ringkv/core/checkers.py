@@ -190,15 +190,18 @@ def check_lost_writes(
 ) -> CheckerReport:
     """No acknowledged write is superseded by a write that completed before it began.
 
-    ``final`` holds each key's value after heal and repair. A key whose
-    final value no write produced, or that is absent although a write to it
-    was acknowledged, is a violation too (values are unique and nothing is
-    deleted in these workloads). Keys missing from ``final`` are not judged.
+    ``final`` holds each key's value after heal and repair. Judged are the
+    writes acknowledged at QUORUM or stronger (ONE promises no durability).
+    A key whose final value no write produced, or a write that failed, or
+    that is absent although a write to it was acknowledged, is a violation
+    too (values are unique and nothing is deleted in these workloads); so is
+    an acknowledged version above the final one (the last writer wins). Keys
+    missing from ``final`` are not judged.
     """
     violations: list[Violation] = []
     acknowledged = 0
     for key, ops in _by_key(history).items():
-        acked = [op for op in ops if op.is_write and op.ok]
+        acked = [op for op in ops if op.is_write and op.ok and op.level in ORDERED_LEVELS]
         acknowledged += len(acked)
         if key not in final or not acked:
             continue
@@ -217,6 +220,34 @@ def check_lost_writes(
         if winner is None:
             violations.append(
                 Violation("lost-writes", key, f"final value {last.value!r} was never written")
+            )
+            continue
+        if winner.outcome is Outcome.FAILED:
+            violations.append(
+                Violation(
+                    "lost-writes",
+                    key,
+                    f"final value {last.value!r} was written by #{winner.index}, which failed "
+                    f"with {winner.error}",
+                    (winner,),
+                )
+            )
+            continue
+        # Last writer wins: after repair no acknowledged version may be above the final one.
+        buried = [
+            op
+            for op in acked
+            if last.version is not None and op.version is not None and op.version > last.version
+        ]
+        if buried:
+            violations.append(
+                Violation(
+                    "lost-writes",
+                    key,
+                    f"{len(buried)} acknowledged write(s) have a version above the final "
+                    f"value's (v={last.version}), yet lost",
+                    (winner, *buried[:3]) if winner.ok else tuple(buried[:3]),
+                )
             )
             continue
         if not winner.ok:
@@ -242,8 +273,10 @@ def check_version_order(history: Iterable[HistoryOp]) -> CheckerReport:
 
     For an acknowledged write A and a later call B to the same key (invoked
     after A completed), both at QUORUM, ALL or LINEARIZABLE: if B is an
-    acknowledged write its version must exceed A's; if B is a successful read
-    it must return A's version or a newer one. Reads at QUORUM may return
+    acknowledged write its version must not be below A's (equal timestamps
+    are ordered by the node id, which clients do not see); if B is a
+    successful read it must return A's version or a newer one (an absent key
+    counts as version 0). Reads at QUORUM may return
     less only when writes did not go through the key's replicas' quorum,
     which is what this checker exists to catch.
     """
@@ -257,7 +290,13 @@ def check_version_order(history: Iterable[HistoryOp]) -> CheckerReport:
         if not writes:
             continue
         later = sorted(
-            (op for op in ops if op.ok and op.level in ORDERED_LEVELS and op.version is not None),
+            (
+                op
+                for op in ops
+                if op.ok
+                and op.level in ORDERED_LEVELS
+                and (op.version is not None or op.kind is OpKind.READ)
+            ),
             key=lambda op: op.invoke,
         )
         # Sweep the calls in invocation order, keeping the newest version of
@@ -273,16 +312,17 @@ def check_version_order(history: Iterable[HistoryOp]) -> CheckerReport:
             if newest is None:
                 continue
             checked += 1
-            assert op.version is not None
+            # An absent key reads as version 0. Equal versions are not judged:
+            # the node id the client does not see breaks the tie.
+            seen = op.version or 0
             floor = _version(newest)
-            broken = op.version <= floor if op.is_write else op.version < floor
-            if broken:
+            if seen < floor:
                 what = "write was given" if op.is_write else "read returned"
                 violations.append(
                     Violation(
                         "version-order",
                         key,
-                        f"#{op.index}'s {what} v={op.version}, below v={floor} of "
+                        f"#{op.index}'s {what} v={seen}, below v={floor} of "
                         f"#{newest.index}, acknowledged before #{op.index} was invoked",
                         (newest, op),
                     )
@@ -369,7 +409,11 @@ def check_lost_cas(
                     )
                 )
             count = counter_value(last.value)
-            if count < len(acked):
+            if count < 0:
+                violations.append(
+                    Violation("lost-cas", key, f"the final value {last.value!r} is not a count")
+                )
+            elif count < len(acked):
                 violations.append(
                     Violation(
                         "lost-cas",

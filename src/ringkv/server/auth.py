@@ -49,6 +49,13 @@ CHANNEL_OPTIONS: list[tuple[str, Any]] = [
     ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 1000),
 ]
+SIDE_CHANNEL_OPTIONS: list[tuple[str, Any]] = [
+    *CHANNEL_OPTIONS,
+    # Channels to one address share their connection, and its reconnect
+    # backoff, unless told otherwise: a side channel's failed call to a peer
+    # that is still starting would hold back the data path's first call.
+    ("grpc.use_local_subchannel_pool", 1),
+]
 
 
 class Access(enum.Enum):

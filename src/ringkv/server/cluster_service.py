@@ -12,6 +12,7 @@ from __future__ import annotations
 from ringkv.api import kv_pb2
 from ringkv.core.errors import Unavailable
 from ringkv.server.anti_entropy import RepairSchedule
+from ringkv.server.clock_guard import ClockGuard
 from ringkv.server.cluster_view import ClusterView
 from ringkv.server.counters import Counters
 from ringkv.server.membership import MembershipManager
@@ -33,8 +34,10 @@ class ClusterService:
         membership: MembershipManager,
         repairs: RepairSchedule,
         *,
+        clock_guard: ClockGuard | None = None,
         member_port_offset: int = 0,
     ) -> None:
+        self._clock_guard = clock_guard
         self._member_port_offset = member_port_offset
         self._counters = counters
         self._view = view
@@ -114,6 +117,7 @@ class ClusterService:
         stats = self._engine.stats()
         rebalancer = self._membership.rebalancer
         progress = rebalancer.progress if rebalancer is not None else None
+        clock = self._clock_guard.check() if self._clock_guard is not None else None
         return kv_pb2.GetNodeStatsResponse(
             node_id=self._view.node_id,
             records=stats.records,
@@ -132,4 +136,6 @@ class ClusterService:
             repair_rounds=self._counters.repair_rounds,
             keys_repaired=self._counters.keys_repaired,
             tombstones_purged=self._counters.tombstones_purged,
+            clock_check=clock.verdict.value if clock is not None else "",
+            clock_offset_ms=round(clock.offset_ms) if clock is not None else 0,
         )

@@ -132,6 +132,13 @@ class ClusterView:
                 return node
         return None
 
+    def first_live_other(self, key: bytes) -> str | None:
+        """The first live node other than this one in the key's clockwise order."""
+        for node in self.clockwise(key):
+            if node != self.node_id and self.is_live(node):
+                return node
+        return None
+
     async def close(self) -> None:
         for peer in self.peers.values():
             await peer.close()

@@ -155,6 +155,9 @@ class NodeConfig:
     """How often replicas compare Merkle trees; 0 for never (repair on demand only)."""
     tombstone_grace_s: float = 10 * 86400.0
     """How long tombstones are kept before they may be purged."""
+    max_clock_offset_s: float = 0.5
+    """How far this node's clock may be from a majority of its peers' before
+    it stops stamping versions (ringkv.core.clock_offset); 0 turns the check off."""
     clock_offset_ms: int = 0
     """Added to the wall clock: lets tests give nodes skewed clocks."""
     log_format: str = "text"
@@ -208,6 +211,10 @@ class NodeConfig:
             raise ConfigError("--dead-after must be at least the election timeout")
         if self.anti_entropy_interval_s < 0 or self.tombstone_grace_s < 0:
             raise ConfigError("the anti-entropy interval and tombstone grace must not be negative")
+        if self.max_clock_offset_s < 0:
+            raise ConfigError(
+                f"--max-clock-offset must not be negative, got {self.max_clock_offset_s}"
+            )
         if self.shutdown_grace_s < 0:
             raise ConfigError("the shutdown grace period must not be negative")
         self._check_security()

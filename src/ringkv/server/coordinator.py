@@ -32,6 +32,7 @@ from ringkv.core.errors import (
 from ringkv.core.hlc import HybridLogicalClock, physical_ms
 from ringkv.core.quorum import Target
 from ringkv.core.records import NO_EXPIRY, Record, ReplicaAck, ack, check_precondition
+from ringkv.server.clock_guard import ClockGuard
 from ringkv.server.cluster_view import ClusterView
 from ringkv.server.counters import Counters
 from ringkv.server.local_store import LocalStore
@@ -64,8 +65,11 @@ class Coordinator:
         clock: HybridLogicalClock,
         now_ms: Callable[[], int],
         counters: Counters,
+        *,
+        clock_guard: ClockGuard,
     ) -> None:
         self._counters = counters
+        self._clock_guard = clock_guard
         self._view = view
         self._store = store
         self._clock = clock
@@ -152,11 +156,15 @@ class Coordinator:
     ) -> Written:
         """Write a new version of a key at ``level``.
 
-        Raises Unavailable when the level cannot be met and nothing was sent
-        (safe to retry), DeadlineExceeded when the write was sent but too few
-        replicas confirmed it in time (it may or may not become visible).
+        Raises Unavailable when the level cannot be met, or this node's clock
+        may not stamp versions, and nothing was sent (safe to retry);
+        DeadlineExceeded when the write was sent but too few replicas
+        confirmed it in time (it may or may not become visible).
         """
+        # A clock far behind its peers' would stamp below writes they already
+        # acknowledged; one far ahead would bury the writes that follow.
         deadline = _deadline(timeout_s)
+        await self._clock_guard.require_soon(timeout_s / 2)
         conditional = expected is not None or level is Consistency.LINEARIZABLE
         if not conditional and not self._key_locks.held(key):
             record = self._stamp(key, value, tombstone, ttl_ms)

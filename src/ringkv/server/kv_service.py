@@ -22,9 +22,11 @@ from ringkv.core.consistency import Consistency
 from ringkv.core.errors import InvalidArgument
 from ringkv.core.records import Record
 from ringkv.core.validation import Limits, expected_version, ttl_ms
+from ringkv.server.clock_guard import ClockGuard
 from ringkv.server.cluster_view import ClusterView
 from ringkv.server.coordinator import Coordinator
 from ringkv.server.counters import Counters
+from ringkv.server.peers import Peer
 from ringkv.server.rpc import SHUTTING_DOWN, Context, Method, RelayedError
 
 if TYPE_CHECKING:  # the async stub type exists only in the generated .pyi
@@ -57,8 +59,10 @@ class KeyValueService:
         write_level: Consistency,
         request_timeout_s: float,
         counters: Counters,
+        clock_guard: ClockGuard,
     ) -> None:
         self._counters = counters
+        self._clock_guard = clock_guard
         self._view = view
         self._coordinator = coordinator
         self._limits = limits
@@ -193,6 +197,10 @@ class KeyValueService:
             entries.append(
                 (self._limits.key(entry.key), self._limits.value(entry.value), ttl_ms(entry.ttl_ms))
             )
+        if not self._clock_guard.check().may_stamp and entries:
+            forwarded = await self._forward(entries[0][0], lambda kv: kv.MultiSet, request, context)
+            if forwarded is not None:
+                return forwarded
         timeout = self._timeout(context)
         written = await asyncio.gather(
             *(
@@ -218,12 +226,35 @@ class KeyValueService:
         request: RequestT,
         context: Context,
     ) -> ResponseT | None:
-        """The owner's answer when the write belongs there; None to coordinate here."""
-        owner = self._view.owner(key)
+        """The owner's answer when the write belongs there; None to coordinate here.
+
+        While this node's clock may not stamp versions, the other live nodes
+        (the key's replicas first) are tried in turn until one answers.
+        """
         hops = _hops(context)
-        if owner is None or owner == self._view.node_id or hops >= MAX_HOPS:
+        if hops >= MAX_HOPS:
             return None
-        peer = self._view.peers[owner]
+        for _ in range(len(self._view.peers)):
+            may_stamp = self._clock_guard.check().may_stamp
+            target = self._view.owner(key) if may_stamp else self._view.first_live_other(key)
+            if target is None or target == self._view.node_id:
+                return None
+            answer = await self._relay(self._view.peers[target], method, request, context, hops)
+            if answer is not None or may_stamp:
+                return answer
+        return None
+
+    async def _relay(
+        self,
+        peer: Peer,
+        method: Callable[
+            [KeyValueAsyncStub], grpc.aio.UnaryUnaryMultiCallable[RequestT, ResponseT]
+        ],
+        request: RequestT,
+        context: Context,
+        hops: int,
+    ) -> ResponseT | None:
+        """The peer's answer to a forwarded write; None if it did not run there."""
         self._counters.forwarded_writes += 1
         try:
             return await method(peer.kv)(
@@ -237,12 +268,12 @@ class KeyValueService:
             if reason == SHUTTING_DOWN or (
                 reason is None and error.code() == grpc.StatusCode.UNAVAILABLE
             ):
-                # Nothing ran on the owner: it is unreachable or closing, and
-                # any replica may coordinate instead.
+                # Nothing ran there: it is unreachable or closing, and another
+                # node may coordinate instead.
                 peer.mark_down()
                 return None
             if reason is None and error.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
-                # A hung owner: it may have run the write, so its outcome is
+                # A hung node: it may have run the write, so its outcome is
                 # unknown to the caller, but later writes go elsewhere.
                 peer.mark_down()
             raise RelayedError(error) from None

@@ -43,6 +43,7 @@ from prometheus_client.metrics_core import (
 
 from ringkv.core.errors import Unavailable
 from ringkv.core.membership import Liveness, MemberStatus
+from ringkv.server.clock_guard import ClockGuard
 from ringkv.server.cluster_view import ClusterView
 from ringkv.server.config import HostPort
 from ringkv.server.counters import Counters
@@ -162,8 +163,14 @@ class NodeCollector:
     """Reads a node's live state at scrape time: counters, ring, leader, storage, pulls."""
 
     def __init__(
-        self, view: ClusterView, engine: Engine, counters: Counters, membership: _Membership
+        self,
+        view: ClusterView,
+        engine: Engine,
+        counters: Counters,
+        membership: _Membership,
+        clock_guard: ClockGuard | None = None,
     ) -> None:
+        self._clock_guard = clock_guard
         self._view = view
         self._engine = engine
         self._counters = counters
@@ -267,6 +274,19 @@ class NodeCollector:
         for node_id, peer in sorted(view.peers.items()):
             peers.add_metric((node_id,), int(peer.alive))
         yield peers
+        if self._clock_guard is not None:
+            check = self._clock_guard.check()
+            yield GaugeMetricFamily(
+                "ringkv_clock_offset_seconds",
+                "This node's clock minus the median of its peers' clocks.",
+                value=check.offset_ms / 1000,
+            )
+            yield GaugeMetricFamily(
+                "ringkv_clock_may_stamp",
+                "1 while this node's clock is within --max-clock-offset of a majority of "
+                "the members and it stamps writes; 0 while it forwards them.",
+                value=int(check.may_stamp),
+            )
 
     def _storage_metrics(self) -> Iterator[Metric]:
         stats = self._engine.stats()

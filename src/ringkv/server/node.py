@@ -21,7 +21,8 @@ from ringkv.core.membership import Membership, RingMaker
 from ringkv.server import rpc
 from ringkv.server.admin_service import AdminService
 from ringkv.server.anti_entropy import AntiEntropy, RepairSchedule
-from ringkv.server.auth import NodeSecurity, Policy
+from ringkv.server.auth import SIDE_CHANNEL_OPTIONS, NodeSecurity, Policy
+from ringkv.server.clock_guard import ClockGuard, ClockProber
 from ringkv.server.cluster_service import ClusterService
 from ringkv.server.cluster_view import ClusterView
 from ringkv.server.commit import DEFAULT_MAX_BATCH, CommitQueue
@@ -104,7 +105,24 @@ async def serve(
         resources.push_async_callback(view.close)
         prober = PeerProber(view.peers, _PROBE_INTERVAL_S)
         resources.push_async_callback(prober.close)
-        coordinator = Coordinator(view, store, clock, now_ms, counters)
+        clock_guard = ClockGuard(
+            view,
+            time.monotonic,
+            max_offset_ms=config.max_clock_offset_s * 1000,
+            # A few missed probes, as when a pause or a cut link stops them.
+            fresh_for_s=3 * config.heartbeat_interval_s + config.peer_timeout_s,
+        )
+        clock_prober = ClockProber(
+            view,
+            clock_guard,
+            clock,
+            now_ms,
+            time.monotonic,
+            interval_s=config.heartbeat_interval_s,
+            open_channel=lambda address: security.open_channel(address, SIDE_CHANNEL_OPTIONS),
+        )
+        resources.push_async_callback(clock_prober.close)
+        coordinator = Coordinator(view, store, clock, now_ms, counters, clock_guard=clock_guard)
         resources.push_async_callback(coordinator.close)
         replayer = HintReplayer(
             engine,
@@ -167,6 +185,7 @@ async def serve(
                 write_level=config.write_level,
                 request_timeout_s=config.request_timeout_s,
                 counters=counters,
+                clock_guard=clock_guard,
             ),
             ClusterService(
                 view,
@@ -174,6 +193,7 @@ async def serve(
                 counters,
                 membership,
                 repairs,
+                clock_guard=clock_guard,
                 member_port_offset=security.member_port_offset,
             ),
             ReplicaService(store, clock, now_ms, engine=engine),
@@ -186,13 +206,14 @@ async def serve(
         ]
 
         def on_serving() -> None:
+            clock_prober.start()
             membership.start()
             repairs.start()
 
         metrics: NodeMetrics | None = None
         metrics_server: MetricsServer | None = None
         if metrics_socket is not None:
-            metrics = NodeMetrics(NodeCollector(view, engine, counters, membership))
+            metrics = NodeMetrics(NodeCollector(view, engine, counters, membership, clock_guard))
             metrics_server = MetricsServer(metrics)
             await metrics_server.start(metrics_socket)
             resources.push_async_callback(metrics_server.close)

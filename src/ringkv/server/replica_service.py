@@ -57,7 +57,14 @@ class ReplicaService:
             "Write": Method(replica_pb2.WriteRequest, self.write),
             "Scan": Method(replica_pb2.ScanRequest, self.scan),
             "Merkle": Method(replica_pb2.MerkleRequest, self.merkle),
+            "Clock": Method(replica_pb2.ClockRequest, self.clock),
         }
+
+    async def clock(
+        self, request: replica_pb2.ClockRequest, _: Context
+    ) -> replica_pb2.ClockResponse:
+        self._clock.observe(request.clock)
+        return replica_pb2.ClockResponse(wall_ms=self._now_ms(), clock=self._clock.last)
 
     async def read(self, request: replica_pb2.ReadRequest, _: Context) -> replica_pb2.ReadResponse:
         self._clock.observe(request.clock)

@@ -169,11 +169,28 @@ def test_a_search_that_runs_out_of_steps_is_unknown_never_a_pass() -> None:
 # Lost writes
 
 
-def test_the_final_value_may_be_any_write_not_finished_before_another_began() -> None:
-    history = [write("a", 0, 2, version=10), write("b", 1, 3, version=9)]
-    # Concurrent: either may win.
-    assert check_lost_writes(history, {"k": FinalRead("k", "a", 10)}).holds
-    assert check_lost_writes(history, {"k": FinalRead("k", "b", 9)}).holds
+def test_of_concurrent_writes_the_larger_version_wins_whichever_it_is() -> None:
+    early_low = [write("a", 0, 2, version=9), write("b", 1, 3, version=10)]
+    assert check_lost_writes(early_low, {"k": FinalRead("k", "b", 10)}).holds
+    early_high = [write("a", 0, 2, version=10), write("b", 1, 3, version=9)]
+    assert check_lost_writes(early_high, {"k": FinalRead("k", "a", 10)}).holds
+    # The last writer wins: an acknowledged version above the final one was lost.
+    report = check_lost_writes(early_high, {"k": FinalRead("k", "b", 9)})
+    assert report.status is Status.VIOLATED
+    assert "version above the final" in report.violations[0].message
+
+
+def test_a_final_value_whose_write_failed_is_a_violation() -> None:
+    history = [write("a", 0, 1, version=1), write("b", 2, 3, outcome=Outcome.FAILED)]
+    report = check_lost_writes(history, {"k": FinalRead("k", "b", 2)})
+    assert report.status is Status.VIOLATED
+
+
+def test_writes_at_one_promise_no_durability() -> None:
+    history = [write("a", 0, 1, version=20, level="one"), write("b", 2, 3, version=5, level="one")]
+    report = check_lost_writes(history, {"k": FinalRead("k", "a", 20)})
+    assert report.holds
+    assert report.checked == 0
 
 
 def test_an_acknowledged_write_superseded_by_an_older_one_is_lost() -> None:
@@ -224,6 +241,16 @@ def test_a_later_write_with_a_smaller_version_breaks_the_order() -> None:
 def test_a_later_read_of_an_older_version_breaks_the_order() -> None:
     report = check_version_order([write("a", 0, 1, version=10), read("x", 2, 3, version=4)])
     assert report.status is Status.VIOLATED
+
+
+def test_reading_the_key_absent_after_an_acknowledged_write_breaks_the_order() -> None:
+    report = check_version_order([write("a", 0, 1, version=10), read(None, 2, 3)])
+    assert report.status is Status.VIOLATED
+
+
+def test_an_equal_version_is_not_judged() -> None:
+    # Equal timestamps are ordered by node id, which clients do not see.
+    assert check_version_order([write("a", 0, 1, version=10), write("b", 2, 3, version=10)]).holds
 
 
 def test_concurrent_calls_and_weak_levels_are_not_ordered() -> None:

@@ -1,0 +1,218 @@
+"""Whether this node may stamp versions: its clock measured against its peers'.
+
+``ClockProber`` asks every other member for its wall clock once per
+interval (``Replica.Clock``, one round trip each) and hands the samples to
+the ``ClockGuard``, which judges them with ``ringkv.core.clock_offset``. The
+coordinator asks the guard before it stamps a write; the client service
+sends writes to another node while the guard says no. With
+``--max-clock-offset 0`` the guard always says yes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import grpc
+
+from ringkv.api import replica_pb2, replica_pb2_grpc
+from ringkv.core.clock_offset import ClockCheck, ClockVerdict, OffsetSample, check_clock, measure
+from ringkv.core.errors import Unavailable
+from ringkv.core.hlc import HybridLogicalClock
+from ringkv.server.cluster_view import ClusterView
+from ringkv.server.peers import ChannelOpener
+
+if TYPE_CHECKING:  # the async stub type exists only in the generated .pyi
+    from ringkv.api.replica_pb2_grpc import ReplicaAsyncStub
+
+log = logging.getLogger(__name__)
+
+CLOCK_OFFSET = "CLOCK_OFFSET"
+"""The reason of a write refused because this node's clock is too far off."""
+CLOCK_UNCHECKED = "CLOCK_UNCHECKED"
+"""The reason of a write refused before this node could measure its clock."""
+_RETRY_S = 0.1
+
+
+class ClockGuard:
+    """The latest clock sample of each peer, and the verdict they give."""
+
+    def __init__(
+        self,
+        view: ClusterView,
+        monotonic: Callable[[], float],
+        *,
+        max_offset_ms: float,
+        fresh_for_s: float,
+    ) -> None:
+        self._view = view
+        self._monotonic = monotonic
+        self.max_offset_ms = max_offset_ms
+        self._fresh_for_s = fresh_for_s
+        self._samples: dict[str, OffsetSample] = {}
+        self._last_verdict: ClockVerdict | None = None
+        self._warned = False
+        """Whether the last verdict logged stopped the clock from stamping."""
+        self._known = asyncio.Event()
+        """Set while the verdict is WITHIN or BEYOND, clear while UNCHECKED."""
+
+    @property
+    def enabled(self) -> bool:
+        return self.max_offset_ms > 0
+
+    def record(self, peer: str, sample: OffsetSample) -> None:
+        self._samples[peer] = sample
+
+    def check(self) -> ClockCheck:
+        """The verdict now; logged when it changes."""
+        members = self._view.membership.addresses
+        samples = {
+            peer: sample
+            for peer, sample in self._samples.items()
+            if peer in members and peer != self._view.node_id
+        }
+        if self.enabled:
+            result = check_clock(
+                samples,
+                len(members),
+                max_offset_ms=self.max_offset_ms,
+                now=self._monotonic(),
+                fresh_for=self._fresh_for_s,
+            )
+        else:
+            result = ClockCheck(ClockVerdict.WITHIN, 0.0, len(members), 0, len(members))
+        if result.verdict is not self._last_verdict:
+            self._log_change(result)
+            self._last_verdict = result.verdict
+            if result.verdict is ClockVerdict.UNCHECKED:
+                self._known.clear()
+            else:
+                self._known.set()
+        return result
+
+    def _log_change(self, result: ClockCheck) -> None:
+        """Warn when the clock stops stamping (not while it is first measured), and
+        say when it stamps again."""
+        first = self._last_verdict in (None, ClockVerdict.UNCHECKED) and not self._warned
+        if result.may_stamp and not self._warned:
+            return
+        if first and result.verdict is ClockVerdict.UNCHECKED:
+            return
+        self._warned = not result.may_stamp
+        log.log(
+            logging.INFO if result.may_stamp else logging.WARNING,
+            "clock " + result.verdict.value,
+            extra={
+                "offset_ms": round(result.offset_ms),
+                "max_offset_ms": self.max_offset_ms,
+                "within": result.within,
+                "members": result.members,
+            },
+        )
+
+    async def require_soon(self, timeout_s: float) -> None:
+        """``require``, after waiting up to ``timeout_s`` for a verdict if there is none
+        yet (a node that just started measures its clock within a probe round)."""
+        if self.check().verdict is ClockVerdict.UNCHECKED:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._known.wait(), max(0.0, timeout_s))
+        self.require()
+
+    def require(self) -> None:
+        """Raise Unavailable unless this node may stamp versions now."""
+        result = self.check()
+        if result.may_stamp:
+            return
+        reason = CLOCK_OFFSET if result.verdict is ClockVerdict.BEYOND else CLOCK_UNCHECKED
+        raise Unavailable(
+            f"this node does not stamp writes: {result.describe()} "
+            f"(--max-clock-offset {self.max_offset_ms:.0f} ms)",
+            reason=reason,
+            metadata={"offset_ms": str(round(result.offset_ms))},
+        )
+
+
+class ClockProber:
+    """Measures every other member's clock once per interval.
+
+    It has its own channel to each member: a probe that fails while a peer
+    is still starting must not put the data path's channel into reconnect
+    backoff just before the first replica write.
+    """
+
+    def __init__(
+        self,
+        view: ClusterView,
+        guard: ClockGuard,
+        clock: HybridLogicalClock,
+        now_ms: Callable[[], int],
+        monotonic: Callable[[], float],
+        *,
+        interval_s: float,
+        open_channel: ChannelOpener,
+    ) -> None:
+        self._view = view
+        self._guard = guard
+        self._clock = clock
+        self._now_ms = now_ms
+        self._monotonic = monotonic
+        self._interval_s = interval_s
+        self._timeout_s = min(1.0, interval_s * 2)
+        self._open_channel = open_channel
+        self._stubs: dict[str, tuple[str, grpc.aio.Channel, ReplicaAsyncStub]] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self._guard.enabled:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="clock-prober")
+
+    async def _run(self) -> None:
+        while True:
+            members = {
+                node: address
+                for node, address in self._view.membership.addresses.items()
+                if node != self._view.node_id
+            }
+            await self._close_channels(set(self._stubs) - set(members))
+            await asyncio.gather(*(self._probe(node, address) for node, address in members.items()))
+            # Also logs a change of verdict while no write asks. Without a
+            # verdict (just started, most peers silent) probe again soon:
+            # writes wait for it.
+            unchecked = self._guard.check().verdict is ClockVerdict.UNCHECKED
+            await asyncio.sleep(min(self._interval_s, _RETRY_S) if unchecked else self._interval_s)
+
+    async def _probe(self, node_id: str, address: str) -> None:
+        entry = self._stubs.get(node_id)
+        if entry is None or entry[0] != address:
+            await self._close_channels({node_id})
+            channel = self._open_channel(address)
+            entry = self._stubs[node_id] = (address, channel, replica_pb2_grpc.ReplicaStub(channel))
+        sent = self._now_ms()
+        try:
+            response = await entry[2].Clock(
+                replica_pb2.ClockRequest(clock=self._clock.last), timeout=self._timeout_s
+            )
+        except grpc.aio.AioRpcError:
+            return
+        received = self._now_ms()
+        self._clock.observe(response.clock)
+        if received >= sent:
+            self._guard.record(
+                node_id, measure(sent, response.wall_ms, received, self._monotonic())
+            )
+
+    async def _close_channels(self, nodes: set[str]) -> None:
+        for node in nodes:
+            entry = self._stubs.pop(node, None)
+            if entry is not None:
+                await entry[1].close()
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self._close_channels(set(self._stubs))

@@ -1,0 +1,67 @@
+"""A node whose clock is far from its peers' stops stamping writes and forwards them.
+
+Three nodes, RF 3; node3's clock runs 20 s ahead. Its peers' clocks agree,
+so node3 is "beyond" --max-clock-offset and the others "within". A write
+sent to node3 is coordinated by another node: it is acknowledged, its
+version is close to true time, and node3 counts it as forwarded. With the
+check off (--max-clock-offset 0) node3 stamps with its own clock.
+"""
+
+from __future__ import annotations
+
+import time
+
+import ringkv
+from ringkv.client.admin import node_stats
+from ringkv.core.hlc import physical_ms
+from tests.support.nodes import ClusterFactory, NodeProcess, wait_for
+
+AHEAD_MS = 20_000
+
+
+def clock_check(node: NodeProcess) -> str:
+    return node_stats(node.address).clock_check
+
+
+def test_a_node_far_ahead_forwards_its_writes_and_says_so(cluster: ClusterFactory) -> None:
+    nodes = cluster(3, replicas=3, start=False)
+    skewed = nodes[2]
+    skewed.extra_args += ["--clock-offset-ms", str(AHEAD_MS)]
+    for node in nodes:
+        node.launch()
+    for node in nodes:
+        node.wait_serving()
+    wait_for(
+        lambda: [clock_check(node) for node in nodes] == ["within", "within", "beyond"],
+        timeout=30,
+        what="node3's clock to be found beyond reach and the others within",
+    )
+    stats = node_stats(skewed.address)
+    assert AHEAD_MS - 2_000 < stats.clock_offset_ms < AHEAD_MS + 2_000
+    forwarded_before = stats.forwarded_writes
+
+    with ringkv.Client(skewed.address, token_aware=False) as client:
+        versions = [client.set(f"skew/{i}", b"v") for i in range(20)]
+        assert client.set_many({f"batch/{i}": b"v" for i in range(5)})
+    true_ms = time.time() * 1000
+    for version in versions:
+        assert abs(physical_ms(version) - true_ms) < AHEAD_MS / 2, "stamped by the fast clock"
+    assert node_stats(skewed.address).forwarded_writes >= forwarded_before + 21
+
+
+def test_with_the_check_off_a_skewed_node_stamps_with_its_own_clock(
+    cluster: ClusterFactory,
+) -> None:
+    nodes = cluster(3, "--max-clock-offset", "0", replicas=3, start=False)
+    skewed = nodes[2]
+    skewed.extra_args += ["--clock-offset-ms", str(AHEAD_MS)]
+    for node in nodes:
+        node.launch()
+    for node in nodes:
+        node.wait_serving()
+    assert clock_check(skewed) == "within"
+    with ringkv.Client(skewed.address, token_aware=False) as client:
+        # Forwarded to the key's owner unless node3 owns it: find one it owns.
+        versions = [client.set(f"own/{i}", b"v") for i in range(30)]
+    true_ms = time.time() * 1000
+    assert any(physical_ms(v) - true_ms > AHEAD_MS / 2 for v in versions)
