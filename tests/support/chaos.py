@@ -390,7 +390,7 @@ def run_schedule(
             crashes = cluster.crashed()
             nemesis.heal_all()
             cluster.lab.heal()
-        problems = list(nemesis.log.errors)
+        problems = [*nemesis.log.errors, *recorder.process_errors]
         if nemesis.error is not None:
             problems.append(f"nemesis failed: {nemesis.error!r}")
         problems += settle(cluster)

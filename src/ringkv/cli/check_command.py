@@ -179,6 +179,8 @@ def handle(args: argparse.Namespace) -> int:
         highlight=False,
     )
     print_analysis(out, analysis, history)
+    for stopped in recorder.process_errors:
+        out.print(f"client process stopped: {stopped}", markup=False, highlight=False)
     unread = len(spec.all_keys()) - len(final)
     if unread:
         out.print(
@@ -190,6 +192,8 @@ def handle(args: argparse.Namespace) -> int:
         out.print(f"history: {args.history}", markup=False, highlight=False)
     if analysis.violated:
         return EXIT_VIOLATION
+    if recorder.process_errors:
+        return EXIT_ERROR
     return 0 if analysis.holds else EXIT_UNDECIDED
 
 

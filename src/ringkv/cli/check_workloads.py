@@ -102,6 +102,8 @@ class CallRecorder:
         self._lock = threading.Lock()
         self._ops: list[HistoryOp] = []
         self._completed = 0
+        self.process_errors: list[str] = []
+        """Processes that stopped on an unexpected error (a bug in the workload)."""
 
     def now(self) -> float:
         """Seconds since the recorder was made."""
@@ -121,8 +123,20 @@ class CallRecorder:
         with self._lock:
             index = len(self._ops)
             invoke = self.now()
-            op = HistoryOp(index, process, kind, key, value, level, invoke, invoke, Outcome.UNKNOWN)
-            self._ops.append(dataclasses.replace(op, expected=expected))
+            self._ops.append(
+                HistoryOp(
+                    index,
+                    process,
+                    kind,
+                    key,
+                    value,
+                    level,
+                    invoke,
+                    invoke,
+                    Outcome.UNKNOWN,
+                    expected=expected,
+                )
+            )
         return index
 
     def finish(
@@ -347,10 +361,13 @@ def run_workloads(
             number += 1
 
             def loop(process: _Process = process) -> None:
-                for _ in range(limits.max_calls_per_process):
-                    if stop.is_set() or recorder.now() >= deadline:
-                        return
-                    process.step()
+                try:
+                    for _ in range(limits.max_calls_per_process):
+                        if stop.is_set() or recorder.now() >= deadline:
+                            return
+                        process.step()
+                except Exception as error:  # its call in flight stays UNKNOWN
+                    recorder.process_errors.append(f"{process.name}: {error!r}")
 
             threads.append(threading.Thread(target=loop, name=name, daemon=True))
     try:

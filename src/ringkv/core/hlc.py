@@ -9,6 +9,7 @@ whatever the wall clocks say, and timestamps stay close to real time.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 LOGICAL_BITS = 16
@@ -34,11 +35,25 @@ class Version:
 
 
 class HybridLogicalClock:
-    """The clock of one node. Not thread-safe: feed it from one thread."""
+    """The clock of one node. Not thread-safe: feed it from one thread.
 
-    def __init__(self, node_id: str) -> None:
+    ``now_ms`` (this node's wall clock) and ``max_peer_lead_ms`` bound what
+    ``observe_peer`` adopts from other nodes' messages: one clock far ahead
+    must not drag every node's clock forward for good (all would then tick
+    logical counters from the same future instant, in no real-time order).
+    """
+
+    def __init__(
+        self,
+        node_id: str,
+        *,
+        now_ms: Callable[[], int] | None = None,
+        max_peer_lead_ms: int = 0,
+    ) -> None:
         self.node_id = node_id
         self._last = 0
+        self._now_ms = now_ms
+        self._max_peer_lead_ms = max_peer_lead_ms
 
     @property
     def last(self) -> int:
@@ -51,5 +66,17 @@ class HybridLogicalClock:
         return Version(self._last, self.node_id)
 
     def observe(self, timestamp: int) -> None:
-        """Move the clock past a timestamp seen in a message or on disk."""
+        """Move the clock up to a record's version: a write that follows it must be newer."""
         self._last = max(self._last, timestamp)
+
+    def observe_peer(self, timestamp: int) -> None:
+        """Move the clock up to a peer's clock from a message, but not past this
+        node's wall clock plus ``max_peer_lead_ms`` (when both are set).
+
+        Record versions are observed in full (``observe``): ordering on a key
+        rests on them, not on this gossip.
+        """
+        if self._now_ms is not None and self._max_peer_lead_ms > 0:
+            ceiling = (self._now_ms() + self._max_peer_lead_ms) << LOGICAL_BITS
+            timestamp = min(timestamp, ceiling)
+        self.observe(timestamp)

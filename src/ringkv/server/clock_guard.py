@@ -198,7 +198,7 @@ class ClockProber:
         except grpc.aio.AioRpcError:
             return
         received = self._now_ms()
-        self._clock.observe(response.clock)
+        self._clock.observe_peer(response.clock)
         if received >= sent:
             self._guard.record(
                 node_id, measure(sent, response.wall_ms, received, self._monotonic())

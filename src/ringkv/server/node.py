@@ -80,8 +80,12 @@ async def serve(
         commits = CommitQueue(engine, max_batch=max_batch)
         resources.push_async_callback(commits.close)
         store = LocalStore(engine, commits)
-        clock = HybridLogicalClock(config.node_id)
         now_ms = wall_clock(config.clock_offset_ms)
+        clock = HybridLogicalClock(
+            config.node_id,
+            now_ms=now_ms,
+            max_peer_lead_ms=round(config.max_clock_offset_s * 1000),
+        )
         counters = Counters()
 
         def open_peer(node_id: str, address: str) -> Peer:

@@ -94,7 +94,7 @@ class Peer:
             response = await self._replica.Read(request, timeout=self._timeout_s)
         except grpc.aio.AioRpcError as error:
             raise self._failed(error, "replica read") from None
-        self._clock.observe(response.clock)
+        self._clock.observe_peer(response.clock)
         return [record_from_wire(r.record) if r.found else None for r in response.results]
 
     async def write(self, record: Record, *, hint_for: str | None = None) -> ReplicaAck:
@@ -122,7 +122,7 @@ class Peer:
             response = await self._replica.Write(request, timeout=self._timeout_s)
         except grpc.aio.AioRpcError as error:
             raise self._failed(error, "replica write") from None
-        self._clock.observe(response.clock)
+        self._clock.observe_peer(response.clock)
         if not len(response.replaced_live) == len(response.newer) == len(records):
             raise InternalError(f"{self.node_id} answered a write of {len(records)} records oddly")
         return [
@@ -167,7 +167,7 @@ class Peer:
             response = await self._replica.Scan(request, timeout=self._timeout_s)
         except grpc.aio.AioRpcError as error:
             raise self._failed(error, "replica scan") from None
-        self._clock.observe(response.clock)
+        self._clock.observe_peer(response.clock)
         return [record_from_wire(r) for r in response.records], response.next_cursor
 
     async def merkle(
@@ -186,7 +186,7 @@ class Peer:
             response = await self._replica.Merkle(request, timeout=self._timeout_s)
         except grpc.aio.AioRpcError as error:
             raise self._failed(error, "replica merkle") from None
-        self._clock.observe(response.clock)
+        self._clock.observe_peer(response.clock)
         if len(response.leaves) != 1 << depth:
             raise InternalError(f"{self.node_id} answered a Merkle request of depth {depth} oddly")
         return tuple(response.leaves)

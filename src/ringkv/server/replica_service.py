@@ -63,11 +63,11 @@ class ReplicaService:
     async def clock(
         self, request: replica_pb2.ClockRequest, _: Context
     ) -> replica_pb2.ClockResponse:
-        self._clock.observe(request.clock)
+        self._clock.observe_peer(request.clock)
         return replica_pb2.ClockResponse(wall_ms=self._now_ms(), clock=self._clock.last)
 
     async def read(self, request: replica_pb2.ReadRequest, _: Context) -> replica_pb2.ReadResponse:
-        self._clock.observe(request.clock)
+        self._clock.observe_peer(request.clock)
         results = []
         for key in request.keys:
             record = self._store.read(key)
@@ -81,7 +81,7 @@ class ReplicaService:
     async def write(
         self, request: replica_pb2.WriteRequest, _: Context
     ) -> replica_pb2.WriteResponse:
-        self._clock.observe(request.clock)
+        self._clock.observe_peer(request.clock)
         hint_for = request.hint_for or None
         records = [record_from_wire(r) for r in request.records]
         # One record that cannot be stored must not fail the others in the call.
@@ -105,7 +105,7 @@ class ReplicaService:
         return response
 
     async def scan(self, request: replica_pb2.ScanRequest, _: Context) -> replica_pb2.ScanResponse:
-        self._clock.observe(request.clock)
+        self._clock.observe_peer(request.clock)
         start, end = _span_from_wire(request.span)
         if request.cursor:
             if len(request.cursor) != _CURSOR.size:
@@ -124,7 +124,7 @@ class ReplicaService:
     async def merkle(
         self, request: replica_pb2.MerkleRequest, _: Context
     ) -> replica_pb2.MerkleResponse:
-        self._clock.observe(request.clock)
+        self._clock.observe_peer(request.clock)
         if request.depth > MAX_DEPTH:
             raise InvalidArgument(
                 f"Merkle depth {request.depth} is over the limit of {MAX_DEPTH}",

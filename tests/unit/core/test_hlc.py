@@ -379,3 +379,28 @@ def test_distinct_nodes_never_issue_equal_versions(
     nodes = [HybridLogicalClock(node_id) for node_id in clocks]
     issued = [nodes[i % len(nodes)].tick(NOW_MS + now) for i, now in wall]
     assert len(set(issued)) == len(issued)
+
+
+def test_a_peer_clock_far_ahead_does_not_drag_this_one_past_the_bound() -> None:
+    now = [1_000_000]
+    clock = HybridLogicalClock("n1", now_ms=lambda: now[0], max_peer_lead_ms=500)
+    clock.observe_peer((now[0] + 30_000) << LOGICAL_BITS)  # a peer 30 s ahead
+    assert physical_ms(clock.last) == now[0] + 500
+    clock.observe_peer((now[0] + 200) << LOGICAL_BITS)  # within the bound: adopted as is
+    assert physical_ms(clock.last) == now[0] + 500
+    now[0] += 1_000
+    clock.observe_peer((now[0] + 300) << LOGICAL_BITS)
+    assert clock.last == (now[0] + 300) << LOGICAL_BITS
+
+
+def test_a_record_version_is_observed_in_full_whatever_the_bound() -> None:
+    clock = HybridLogicalClock("n1", now_ms=lambda: 1_000, max_peer_lead_ms=500)
+    future = 90_000 << LOGICAL_BITS
+    clock.observe(future)
+    assert clock.tick(1_000).timestamp > future
+
+
+def test_without_a_bound_a_peer_clock_is_adopted_in_full() -> None:
+    clock = HybridLogicalClock("n1")
+    clock.observe_peer(90_000 << LOGICAL_BITS)
+    assert physical_ms(clock.last) == 90_000
