@@ -13,9 +13,9 @@ A sample comes from one round trip to a peer: sent at ``sent_ms``, answered
 with the peer's wall clock, received at ``received_ms`` (both local wall
 clock). The peer's clock read happened inside the round trip, so its offset
 is ``peer_wall - midpoint`` within plus or minus half the round trip (as
-NTP's, Cristian's algorithm). A sample whose round trip alone exceeds the
-maximum offset says nothing useful (a paused or overloaded node) and is
-ignored.
+NTP's, Cristian's algorithm). A slow round trip (a loaded node) makes a
+sample uncertain, and an uncertain sample counts as "possibly within": only
+a clock proven far off stops stamping, never a busy one.
 
 The verdict counts the members the clock is possibly within reach of
 (``|offset| - uncertainty <= max``), this node included:
@@ -102,16 +102,12 @@ def check_clock(
     """The verdict on this clock from the latest sample of each peer.
 
     ``members`` counts every member of the cluster, this node included;
-    samples older than ``fresh_for`` seconds (at ``now``, monotonic) or with
-    an uncertainty above the maximum offset are ignored.
+    samples older than ``fresh_for`` seconds (at ``now``, monotonic) are
+    ignored.
     """
     if members < 1:
         raise ValueError(f"a cluster has at least one member, got {members}")
-    usable = [
-        s
-        for s in samples.values()
-        if now - s.taken_at <= fresh_for and s.uncertainty_ms <= max_offset_ms
-    ]
+    usable = [s for s in samples.values() if now - s.taken_at <= fresh_for]
     within = 1 + sum(1 for s in usable if abs(s.offset_ms) - s.uncertainty_ms <= max_offset_ms)
     majority = members // 2 + 1
     offsets = sorted(-s.offset_ms for s in usable)

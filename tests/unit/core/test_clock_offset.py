@@ -53,8 +53,13 @@ def test_too_few_fresh_samples_leave_it_unchecked() -> None:
     assert verdict({}, 3) is ClockVerdict.UNCHECKED
     stale = {"b": sample(0, at=90.0), "c": sample(0, at=90.0)}
     assert verdict(stale, 3) is ClockVerdict.UNCHECKED
-    slow = {"b": sample(0, rtt_ms=5_000), "c": sample(0, rtt_ms=5_000)}
-    assert verdict(slow, 3) is ClockVerdict.UNCHECKED
+
+
+def test_slow_round_trips_never_stop_a_busy_node_but_a_far_clock_still_shows() -> None:
+    busy = {"b": sample(900, rtt_ms=3_000), "c": sample(-700, rtt_ms=2_000)}
+    assert verdict(busy, 3) is ClockVerdict.WITHIN
+    far = {"b": sample(-20_000, rtt_ms=3_000), "c": sample(-20_000, rtt_ms=3_000)}
+    assert verdict(far, 3) is ClockVerdict.BEYOND
 
 
 def test_two_clocks_that_disagree_with_no_third_both_stop() -> None:
