@@ -22,6 +22,7 @@ from ringkv.api import replica_pb2, replica_pb2_grpc
 from ringkv.core.clock_offset import ClockCheck, ClockVerdict, OffsetSample, check_clock, measure
 from ringkv.core.errors import Unavailable
 from ringkv.core.hlc import HybridLogicalClock
+from ringkv.core.membership import Membership
 from ringkv.server.cluster_view import ClusterView
 from ringkv.server.peers import ChannelOpener
 
@@ -55,6 +56,7 @@ class ClockGuard:
         self._samples: dict[str, OffsetSample] = {}
         self._last_verdict: ClockVerdict | None = None
         self._warned = False
+        self._cached: tuple[Membership, float, ClockCheck] | None = None
         """Whether the last verdict logged stopped the clock from stamping."""
         self._known = asyncio.Event()
         """Set while the verdict is WITHIN or BEYOND, clear while UNCHECKED."""
@@ -65,9 +67,23 @@ class ClockGuard:
 
     def record(self, peer: str, sample: OffsetSample) -> None:
         self._samples[peer] = sample
+        self._cached = None
 
     def check(self) -> ClockCheck:
-        """The verdict now; logged when it changes."""
+        """The verdict now; logged when it changes.
+
+        Every write asks, so a verdict is reused until a sample arrives, the
+        member table changes or a tenth of a second passes (samples only go
+        stale with time)."""
+        now = self._monotonic()
+        cached = self._cached
+        if cached is not None and cached[0] is self._view.membership and now - cached[1] < 0.1:
+            return cached[2]
+        result = self._judge(now)
+        self._cached = (self._view.membership, now, result)
+        return result
+
+    def _judge(self, now: float) -> ClockCheck:
         members = self._view.membership.addresses
         samples = {
             peer: sample
@@ -79,7 +95,7 @@ class ClockGuard:
                 samples,
                 len(members),
                 max_offset_ms=self.max_offset_ms,
-                now=self._monotonic(),
+                now=now,
                 fresh_for=self._fresh_for_s,
             )
         else:
