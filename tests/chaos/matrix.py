@@ -40,6 +40,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--out", type=Path, default=Path("chaos-results"), help="where failing runs are kept"
     )
+    parser.add_argument(
+        "--node-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="an extra argument for every node, repeatable "
+        "(e.g. --node-arg=--max-clock-offset --node-arg=0)",
+    )
     parser.add_argument("--verbose", action="store_true", help="print every verdict table")
     args = parser.parse_args(argv)
     if args.seeds < 1 or args.duration < 5:
@@ -142,7 +150,9 @@ def main(argv: list[str] | None = None) -> int:
             progress.update(task, description=f"seed {seed}")
             with scratch(Path(root), seed) as workdir:
                 try:
-                    result = run_schedule(seed, args.duration, workdir, kinds=args.kinds)
+                    result = run_schedule(
+                        seed, args.duration, workdir, kinds=args.kinds, node_args=args.node_arg
+                    )
                 except (KeyboardInterrupt, SystemExit):
                     raise
                 except BaseException as error:  # pytest outcomes from the tmpfs helper too

@@ -140,8 +140,17 @@ class ChaosWorkloads:
 class ChaosCluster:
     """Five nodes (RF 3) in a lab of six namespaces; the sixth hosts joiners."""
 
-    def __init__(self, lab: NetnsLab, workdir: Path, disk: Path | None, owner_keys: Sequence[str]):
+    def __init__(
+        self,
+        lab: NetnsLab,
+        workdir: Path,
+        disk: Path | None,
+        owner_keys: Sequence[str],
+        node_args: Sequence[str] = (),
+    ):
         self.lab = lab
+        self.node_args = list(node_args)
+        """Extra flags for every node (``scripts/chaos --node-arg``)."""
         self.workdir = workdir
         self.size = SIZE
         self.disk_node = DISK_NODE
@@ -167,9 +176,8 @@ class ChaosCluster:
             disk=self.disk if index == DISK_NODE else None,
         )
 
-    @staticmethod
-    def base_args(peers: str) -> list[str]:
-        return ["-peers", peers, "-replicas", str(REPLICAS), *TIMINGS]
+    def base_args(self, peers: str) -> list[str]:
+        return ["-peers", peers, "-replicas", str(REPLICAS), *TIMINGS, *self.node_args]
 
     @property
     def endpoints(self) -> list[str]:
@@ -203,6 +211,9 @@ class ChaosCluster:
 
     def serving(self, i: int) -> bool:
         return self.nodes[i].running and check(self.nodes[i].address, timeout=0.5)
+
+    def wait_serving(self, i: int, timeout: float = 20.0) -> None:
+        wait_for(lambda: self.serving(i), timeout=timeout, what=f"{self.name(i)} to serve")
 
     def kill_all(self) -> None:
         for node in [*self.nodes, *self.spares]:
@@ -363,6 +374,7 @@ def run_schedule(
     *,
     kinds: Sequence[str] = FAULT_KINDS,
     max_configurations: int = 200_000,
+    node_args: Sequence[str] = (),
 ) -> ScheduleResult:
     """Run seed ``seed``'s schedule for ``duration`` seconds; see the module docstring."""
     schedule = make_schedule(seed, duration, kinds)
@@ -370,7 +382,7 @@ def run_schedule(
     with contextlib.ExitStack() as stack:
         lab = stack.enter_context(NetnsLab(SIZE + 1))
         disk = stack.enter_context(small_tmpfs(workdir / "disk", size=DISK_SIZE))
-        cluster = ChaosCluster(lab, workdir, disk, workloads.registers.all_keys())
+        cluster = ChaosCluster(lab, workdir, disk, workloads.registers.all_keys(), node_args)
         # Kill every node before the disk is unmounted and the lab removed.
         stack.callback(cluster.kill_all)
         cluster.start()

@@ -30,7 +30,9 @@ from ringkv.core.history import FaultWindow
 if TYPE_CHECKING:
     from tests.support.chaos import ChaosCluster
 
-PROCESS_FAULTS = ("kill", "pause", "kill-leader", "kill-two", "clock-skew")
+PROCESS_FAULTS = ("kill", "pause", "kill-leader", "kill-two", "clock-skew", "skew-kill-two")
+SKEWED_FAULTS = frozenset({"clock-skew", "skew-kill-two"})
+"""Faults that restart a node with its clock off."""
 NETWORK_FAULTS = (
     "partition-leader",
     "partition-owner",
@@ -56,10 +58,10 @@ class PlannedFault:
     pick: int
     """Chooses the targets when the fault starts (node, key, groups)."""
     clock_offset_ms: int = 0
-    """For clock-skew: how far the restarted node's clock is off."""
+    """For the skewed faults: how far the restarted node's clock is off."""
 
     def describe(self) -> str:
-        extra = f" offset={self.clock_offset_ms:+d}ms" if self.kind == "clock-skew" else ""
+        extra = f" offset={self.clock_offset_ms:+d}ms" if self.kind in SKEWED_FAULTS else ""
         return f"{self.at:6.2f}s {self.kind} for {self.hold:.1f}s{extra}"
 
 
@@ -84,7 +86,7 @@ def make_schedule(
         # Rounded down, so the fault always ends a second before the run.
         hold = math.floor(min(rng.uniform(1.5, 6.0), duration - 1.0 - start) * 1000) / 1000
         offset = 0
-        if kind == "clock-skew":
+        if kind in SKEWED_FAULTS:
             offset = rng.choice((-1, 1)) * rng.randint(10_000, 30_000)
         faults.append(PlannedFault(start, kind, hold, rng.randrange(1 << 30), offset))
         at += rng.uniform(0.5, 4.0)
@@ -237,10 +239,42 @@ class Nemesis:
                     self._restarted(i)
 
             return f"{cluster.name(targets[0])}+{cluster.name(targets[1])}", restart_both
+        if kind == "skew-kill-two":
+            return self._skew_kill_two(rng, fault.clock_offset_ms)
         if kind == "membership":
             joiner = cluster.join_spare()
             return joiner, lambda: cluster.remove_spare(joiner)
         return self._network_fault(kind, fault, rng)
+
+    def _skew_kill_two(self, rng: random.Random, offset_ms: int) -> tuple[str, Undo] | None:
+        """The lost write of issue 10, composed: one node restarts with a skewed
+        clock and, as soon as it serves (before its hints reach it), two others
+        die, so for the keys the three replicate it coordinates alone with
+        stand-ins."""
+        if self._down:
+            return None
+        cluster = self.cluster
+        skewed = rng.randrange(cluster.size)
+        cluster.kill(skewed)
+        cluster.restart(skewed, clock_offset_ms=offset_ms)
+        self._restarted(skewed)
+        cluster.wait_serving(skewed)
+        self._count_restarted_up()
+        others = rng.sample([i for i in range(cluster.size) if i != skewed], 2)
+        for i in others:
+            cluster.kill(i)
+            self._down.add(i)
+
+        def undo() -> None:
+            for i in others:
+                cluster.restart(i)
+                self._restarted(i)
+            cluster.kill(skewed)
+            cluster.restart(skewed)
+            self._restarted(skewed)
+
+        names = "+".join(cluster.name(i) for i in others)
+        return f"{cluster.name(skewed)} {offset_ms:+d}ms, {names} down", undo
 
     def _process_fault(self, kind: str, target: int, offset_ms: int) -> tuple[str, Undo]:
         cluster = self.cluster
