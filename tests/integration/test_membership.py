@@ -7,6 +7,7 @@ defaults (1 s heartbeats, 3 s election timeout) and reports what it measured.
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -123,6 +124,9 @@ def test_a_restarted_node_resumes_its_term_and_table_from_its_data_dir(
     assert '"term"' in saved
     node1.start()
     assert any(e.get("msg") == "resuming" for e in node1.events()), node1.log_text()
+    # The term saved across the restart is not forgotten on the way back in
+    # (it used to be saved as 0 while resuming, until the next vote).
+    assert json.loads((node1.data_dir / "cluster.json").read_text())["term"] >= term
     assert wait_for_leader(members, "node3", timeout=20)[1] >= term
 
 

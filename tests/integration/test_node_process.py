@@ -7,6 +7,7 @@ seed's flags, a chosen working directory, text logs) are started here with
 
 from __future__ import annotations
 
+import errno
 import json
 import re
 import signal
@@ -16,7 +17,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 import grpc
 import pytest
@@ -455,6 +456,43 @@ def test_default_data_dir_is_data_slash_node_id_in_the_working_dir(
 
 
 # A full disk
+
+
+@pytest.mark.needs_root
+def test_a_node_restarted_on_a_full_disk_serves_what_it_stored(
+    nodes: NodeFactory, tmp_path: Path
+) -> None:
+    """Found by the fault suite (a restart while the disk was full): the node
+    re-saved its unchanged member table at startup, hit ENOSPC and exited."""
+    with small_tmpfs(tmp_path / "disk", size="4m") as disk:
+        node = nodes("node1", "--data-dir", str(disk / "data"))
+        try:
+            with ringkv.Client(node.address, token_aware=False) as client:
+                client.set("kept", b"before the disk filled")
+            assert node.stop() == 0, node.log_text()
+            fill(disk / "ballast")
+            node.start()
+            with ringkv.Client(node.address, token_aware=False) as client:
+                entry = client.get("kept")
+                assert entry is not None
+                assert entry.value == b"before the disk filled"
+                with pytest.raises(ringkv.errors.StorageFull):
+                    client.set("more", b"x" * 65536)
+        finally:
+            node.kill()  # before the disk is unmounted under it
+
+
+def fill(ballast: Path) -> None:
+    """Write zeros to ``ballast`` until the file system is full."""
+    with ballast.open("wb") as file, pytest.raises(OSError, match="No space left") as full:
+        _write_zeros_forever(file)
+    assert full.value.errno == errno.ENOSPC
+
+
+def _write_zeros_forever(file: BinaryIO) -> None:
+    while True:
+        file.write(b"\0" * (1 << 16))
+        file.flush()
 
 
 @pytest.mark.needs_root

@@ -45,7 +45,7 @@ from ringkv.core.election import (
     Output,
     Role,
 )
-from ringkv.core.errors import PreconditionFailed, RingkvError, Unavailable
+from ringkv.core.errors import PreconditionFailed, RingkvError, StorageFull, Unavailable
 from ringkv.core.membership import (
     FailureDetector,
     Liveness,
@@ -149,6 +149,7 @@ class MembershipManager:
         established = False
         if saved is not None and self.node_id in saved.membership.addresses:
             log.info("resuming", extra={"epoch": saved.membership.epoch, "term": saved.term})
+            self._saved_vote = (saved.term, saved.term_leader)
             self._adopt(saved.membership)
             self._start_election(saved.term, saved.term_leader)
             established = True
@@ -332,11 +333,18 @@ class MembershipManager:
         self._start_election(term, leader, campaign=False)
 
     def _vote(self) -> tuple[int, str | None]:
-        return (0, None) if self._election is None else self._election.vote
+        # Without an election running (resuming, rejoining), the vote is the
+        # last one saved: saving (0, None) instead would forget the term.
+        return self._saved_vote if self._election is None else self._election.vote
 
     def _save(self) -> None:
         vote = self._vote()
-        self._file.save(SavedState(self.membership, *vote))
+        try:
+            self._file.save(SavedState(self.membership, *vote))
+        except OSError as error:  # a full disk: nothing that needs this state may act
+            raise StorageFull(
+                f"cannot save the member table and vote: {error.strerror or error}"
+            ) from error
         self._saved_vote = vote
 
     # -- election plumbing -------------------------------------------------------
@@ -346,19 +354,28 @@ class MembershipManager:
             return None
         return self._election.tick(self._now_ms())
 
-    def _step(self, output: Output | None) -> None:
-        """Persist a changed vote, then send what the election wants sent."""
+    def _step(self, output: Output | None) -> bool:
+        """Persist a changed vote, then send what the election wants sent.
+
+        False when the vote could not be saved (a full disk): then nothing is
+        sent, as if the messages were lost, and the next tick tries again.
+        """
         election = self._election
         if election is None or output is None:
-            return
+            return True
         if election.vote != self._saved_vote:
-            self._save()  # Before any reply or claim leaves this node.
+            try:
+                self._save()  # Before any reply or claim leaves this node.
+            except StorageFull as error:
+                log.warning("vote not saved; not acting on it", extra={"error": error.message})
+                return False
         self._view.leader_id = election.leader or ""
         self._view.term = election.term
         for envelope in output.messages:
             if not isinstance(envelope.message, _REPLIES):
                 self._spawn(self._send(envelope))
         self._leader_duties()
+        return True
 
     async def _send(self, envelope: Envelope) -> None:
         peer = self._view.peers.get(envelope.to)
@@ -420,8 +437,7 @@ class MembershipManager:
             ),
             None,
         )
-        self._step(output)
-        return reply
+        return reply if self._step(output) else None
 
     # -- handlers of kv.Cluster calls ------------------------------------------
 

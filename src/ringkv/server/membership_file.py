@@ -32,6 +32,8 @@ class MembershipFile:
 
     def __init__(self, data_dir: Path | None) -> None:
         self._path = None if data_dir is None else data_dir / FILE_NAME
+        self._on_disk: SavedState | None = None
+        """What the file holds, as last loaded or saved."""
 
     def load(self) -> SavedState | None:
         if self._path is None or not self._path.exists():
@@ -45,15 +47,18 @@ class MembershipFile:
             ),
             document["membership_term"],
         )
-        return SavedState(
+        self._on_disk = SavedState(
             membership,
             document["term"],
             document["term_leader"],
             document.get("decommissioned", False),
         )
+        return self._on_disk
 
     def save(self, state: SavedState) -> None:
-        if self._path is None:
+        """Replace the file with ``state``; nothing is written when it holds it already
+        (a node that restarts on a full disk resumes what it saved without a write)."""
+        if self._path is None or state == self._on_disk:
             return
         document = {
             "epoch": state.membership.epoch,
@@ -78,3 +83,4 @@ class MembershipFile:
             os.fsync(directory)
         finally:
             os.close(directory)
+        self._on_disk = state
