@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import shutil
 import signal
 import sys
@@ -159,6 +160,7 @@ class ChaosCluster:
         self.killed: set[int] = set()
         """Nodes the nemesis killed and has not restarted: not crashes."""
         self.spares: list[NamespacedNode] = []
+        self.pending_removals: list[str] = []
         self.nodes = [self._node(i, f"node{i + 1}", self._peers(i)) for i in range(SIZE)]
         self._lock = threading.Lock()
 
@@ -274,6 +276,14 @@ class ChaosCluster:
         self.spares.append(spare)
         spare.launch()
         return node_id
+
+    def leave(self, node_id: str) -> None:
+        """End a membership fault: decommission the joiner now, or, when no leader
+        can be had (other faults hold a majority down), once everything healed."""
+        try:
+            self.remove_spare(node_id, timeout=10.0)
+        except RingkvError:
+            self.pending_removals.append(node_id)
 
     def remove_spare(self, node_id: str, timeout: float = 30.0) -> None:
         """Decommission a joiner; one that never became a member is just stopped."""
@@ -446,11 +456,13 @@ def settle(cluster: ChaosCluster, timeout: float = 60.0) -> list[str]:
                 node.wait_serving()
             except AssertionError as error:
                 problems.append(f"{node.node_id} did not serve again: {str(error)[:200]}")
+    agreed = functools.partial(_agreed, cluster)
     try:
-        wait_for(
-            lambda: _agreed(cluster), timeout=timeout, interval=0.2, what="one leader after heal"
-        )
-    except AssertionError as error:
+        wait_for(agreed, timeout=timeout, interval=0.2, what="one leader after heal")
+        for node_id in cluster.pending_removals:
+            cluster.remove_spare(node_id, timeout=timeout)
+        wait_for(agreed, timeout=timeout, interval=0.2, what="the joiner's removal to settle")
+    except (AssertionError, RingkvError) as error:
         problems.append(str(error))
     for node in cluster.nodes:
         try:

@@ -243,7 +243,7 @@ class Nemesis:
             return self._skew_kill_two(rng, fault.clock_offset_ms)
         if kind == "membership":
             joiner = cluster.join_spare()
-            return joiner, lambda: cluster.remove_spare(joiner)
+            return joiner, lambda: cluster.leave(joiner)
         return self._network_fault(kind, fault, rng)
 
     def _skew_kill_two(self, rng: random.Random, offset_ms: int) -> tuple[str, Undo] | None:
