@@ -21,7 +21,7 @@ from __future__ import annotations
 import functools
 
 import ringkv
-from ringkv.client.admin import cluster_state, repair
+from ringkv.client.admin import cluster_state, node_stats, repair
 from ringkv.core.checkers import check_lost_writes, check_version_order
 from ringkv.core.errors import Unavailable
 from ringkv.core.history import FinalRead, HistoryOp, OpKind, Outcome
@@ -29,8 +29,8 @@ from ringkv.core.ring import Ring
 from tests.support.nodes import ClusterFactory, NodeProcess, wait_for
 
 SKEW_MS = -10_000
-SLOW_HINTS = ("--hint-replay-interval", "600", "--anti-entropy-interval", "0")
-"""Keep hints and anti-entropy out of the way until the repair at the end."""
+SLOW_HINTS = ("--hint-replay-interval", "5", "--anti-entropy-interval", "0")
+"""Hints reach X well after W2 is sent; anti-entropy waits for the repair at the end."""
 
 
 def key_owned_by(ring: Ring, owner: str) -> tuple[str, tuple[str, ...]]:
@@ -89,6 +89,12 @@ def test_a_write_after_an_acknowledged_one_survives_restart_skew_and_stand_ins(
 
     a.start()
     b.start()
+    # Stand-ins may hold W2 as hints for the replicas that were down.
+    wait_for(
+        lambda: all(node_stats(node.address).hints_pending == 0 for node in nodes),
+        timeout=60,
+        what="every hint to be handed off",
+    )
     for node in nodes:
         wait_for(functools.partial(repaired, node), timeout=30, what=f"a repair on {node.node_id}")
     read_all: list[ringkv.Entry | None] = []

@@ -9,13 +9,24 @@ CockroachDB does, a node measures its clock against its peers and stops
 stamping when it is further than ``max_offset_ms`` from a majority of the
 cluster (its writes are coordinated by another node instead).
 
-A sample comes from one round trip to a peer: sent at ``sent_ms``, answered
-with the peer's wall clock, received at ``received_ms`` (both local wall
-clock). The peer's clock read happened inside the round trip, so its offset
-is ``peer_wall - midpoint`` within plus or minus half the round trip (as
-NTP's, Cristian's algorithm). A slow round trip (a loaded node) makes a
-sample uncertain, and an uncertain sample counts as "possibly within": only
-a clock proven far off stops stamping, never a busy one.
+A sample comes from one round trip to a peer, timed on the monotonic clock
+and answered with the peer's wall clock. The peer read its clock inside the
+round trip, so its offset is ``peer_wall - (local wall at the answer - half
+the round trip)``, within plus or minus half the round trip (as NTP's,
+Cristian's algorithm). A slow round trip (a loaded node) makes a sample
+uncertain, and an uncertain sample counts as "possibly within": only a
+clock proven far off stops stamping, never a busy one.
+
+Each sample also keeps this node's wall clock minus its monotonic clock when
+it was taken (its anchor). When the wall clock steps (an operator, NTP), the
+anchor moves, and samples taken before the step no longer describe the
+clock: they are dropped, so a step shows up at the next probe rather than
+when old samples go stale.
+
+The bound this buys is pairwise in practice: each stamping node is within
+the maximum offset (plus half a round trip) of a majority, and two
+majorities share a member, so two stamping nodes are within about twice
+that of each other.
 
 The verdict counts the members the clock is possibly within reach of
 (``|offset| - uncertainty <= max``), this node included:
@@ -56,14 +67,21 @@ class OffsetSample:
     """Half the round trip: the true offset is within this of ``offset_ms``."""
     taken_at: float
     """When it was taken, on the monotonic clock freshness is judged by (seconds)."""
+    anchor_ms: float = 0.0
+    """This node's wall clock minus its monotonic clock when it was taken."""
 
 
-def measure(sent_ms: int, peer_wall_ms: int, received_ms: int, taken_at: float) -> OffsetSample:
-    """The sample of one round trip (local wall clock at both ends)."""
-    if received_ms < sent_ms:
-        raise ValueError(f"received at {received_ms} before sent at {sent_ms}")
-    half = (received_ms - sent_ms) / 2
-    return OffsetSample(peer_wall_ms - (sent_ms + half), half, taken_at)
+def measure(
+    round_trip_ms: float, peer_wall_ms: int, answered_wall_ms: int, taken_at: float
+) -> OffsetSample:
+    """The sample of one round trip: its length (monotonic), the peer's wall clock,
+    and this node's wall clock when the answer came (``taken_at``, monotonic seconds)."""
+    if round_trip_ms < 0:
+        raise ValueError(f"a round trip cannot take {round_trip_ms} ms")
+    half = round_trip_ms / 2
+    return OffsetSample(
+        peer_wall_ms - (answered_wall_ms - half), half, taken_at, answered_wall_ms - taken_at * 1000
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,16 +116,23 @@ def check_clock(
     max_offset_ms: float,
     now: float,
     fresh_for: float,
+    anchor_ms: float | None = None,
 ) -> ClockCheck:
     """The verdict on this clock from the latest sample of each peer.
 
     ``members`` counts every member of the cluster, this node included;
     samples older than ``fresh_for`` seconds (at ``now``, monotonic) are
-    ignored.
+    ignored, and so are samples whose anchor is more than a quarter of the
+    maximum offset from ``anchor_ms`` (the wall clock stepped since).
     """
     if members < 1:
         raise ValueError(f"a cluster has at least one member, got {members}")
-    usable = [s for s in samples.values() if now - s.taken_at <= fresh_for]
+    usable = [
+        s
+        for s in samples.values()
+        if now - s.taken_at <= fresh_for
+        and (anchor_ms is None or abs(s.anchor_ms - anchor_ms) <= max_offset_ms / 4)
+    ]
     within = 1 + sum(1 for s in usable if abs(s.offset_ms) - s.uncertainty_ms <= max_offset_ms)
     majority = members // 2 + 1
     offsets = sorted(-s.offset_ms for s in usable)

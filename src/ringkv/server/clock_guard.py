@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING
 
 import grpc
 
-from ringkv.api import replica_pb2, replica_pb2_grpc
+from ringkv.api import replica_pb2
+from ringkv.api.replica_pb2_grpc import ReplicaStub
 from ringkv.core.clock_offset import ClockCheck, ClockVerdict, OffsetSample, check_clock, measure
 from ringkv.core.errors import Unavailable
 from ringkv.core.hlc import HybridLogicalClock
@@ -35,7 +36,10 @@ CLOCK_OFFSET = "CLOCK_OFFSET"
 """The reason of a write refused because this node's clock is too far off."""
 CLOCK_UNCHECKED = "CLOCK_UNCHECKED"
 """The reason of a write refused before this node could measure its clock."""
-_RETRY_S = 0.1
+_REUSE_S = 0.1
+"""How long a verdict is reused: far below any probe interval, far above a write."""
+_STARTING_S = 0.1
+"""How often a node that has had no verdict yet probes its peers."""
 
 
 class ClockGuard:
@@ -44,22 +48,25 @@ class ClockGuard:
     def __init__(
         self,
         view: ClusterView,
+        now_ms: Callable[[], int],
         monotonic: Callable[[], float],
         *,
         max_offset_ms: float,
         fresh_for_s: float,
     ) -> None:
         self._view = view
+        self._now_ms = now_ms
         self._monotonic = monotonic
         self.max_offset_ms = max_offset_ms
         self._fresh_for_s = fresh_for_s
         self._samples: dict[str, OffsetSample] = {}
         self._last_verdict: ClockVerdict | None = None
         self._warned = False
-        self._cached: tuple[Membership, float, ClockCheck] | None = None
         """Whether the last verdict logged stopped the clock from stamping."""
-        self._known = asyncio.Event()
-        """Set while the verdict is WITHIN or BEYOND, clear while UNCHECKED."""
+        self._cached: tuple[Membership, float, ClockCheck] | None = None
+        self.first_verdict = asyncio.Event()
+        """Set once the clock was first found within or beyond: until then (just
+        started) writes wait for a verdict and the prober asks often."""
 
     @property
     def enabled(self) -> bool:
@@ -73,18 +80,20 @@ class ClockGuard:
         """The verdict now; logged when it changes.
 
         Every write asks, so a verdict is reused until a sample arrives, the
-        member table changes or a tenth of a second passes (samples only go
-        stale with time)."""
+        member table changes or ``_REUSE_S`` passes (samples only go stale
+        with time)."""
         now = self._monotonic()
         cached = self._cached
-        if cached is not None and cached[0] is self._view.membership and now - cached[1] < 0.1:
+        if cached is not None and cached[0] is self._view.membership and now - cached[1] < _REUSE_S:
             return cached[2]
         result = self._judge(now)
         self._cached = (self._view.membership, now, result)
         return result
 
     def _judge(self, now: float) -> ClockCheck:
-        members = self._view.membership.addresses
+        # Joiners and leavers do not count: a joiner that never came up must
+        # not leave the cluster without a majority of clocks.
+        members = set(self._view.membership.current_nodes())
         samples = {
             peer: sample
             for peer, sample in self._samples.items()
@@ -97,16 +106,15 @@ class ClockGuard:
                 max_offset_ms=self.max_offset_ms,
                 now=now,
                 fresh_for=self._fresh_for_s,
+                anchor_ms=self._now_ms() - now * 1000,
             )
         else:
             result = ClockCheck(ClockVerdict.WITHIN, 0.0, len(members), 0, len(members))
         if result.verdict is not self._last_verdict:
             self._log_change(result)
             self._last_verdict = result.verdict
-            if result.verdict is ClockVerdict.UNCHECKED:
-                self._known.clear()
-            else:
-                self._known.set()
+            if result.verdict is not ClockVerdict.UNCHECKED:
+                self.first_verdict.set()
         return result
 
     def _log_change(self, result: ClockCheck) -> None:
@@ -130,11 +138,11 @@ class ClockGuard:
         )
 
     async def require_soon(self, timeout_s: float) -> None:
-        """``require``, after waiting up to ``timeout_s`` for a verdict if there is none
-        yet (a node that just started measures its clock within a probe round)."""
-        if self.check().verdict is ClockVerdict.UNCHECKED:
+        """``require``; a node that has had no verdict since it started first waits up
+        to ``timeout_s`` for one (it measures its clock within a probe round)."""
+        if timeout_s > 0 and not self.first_verdict.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._known.wait(), max(0.0, timeout_s))
+                await asyncio.wait_for(self.first_verdict.wait(), timeout_s)
         self.require()
 
     def require(self) -> None:
@@ -168,6 +176,7 @@ class ClockProber:
         monotonic: Callable[[], float],
         *,
         interval_s: float,
+        timeout_s: float,
         open_channel: ChannelOpener,
     ) -> None:
         self._view = view
@@ -176,7 +185,7 @@ class ClockProber:
         self._now_ms = now_ms
         self._monotonic = monotonic
         self._interval_s = interval_s
-        self._timeout_s = min(1.0, interval_s * 2)
+        self._timeout_s = timeout_s
         self._open_channel = open_channel
         self._stubs: dict[str, tuple[str, grpc.aio.Channel, ReplicaAsyncStub]] = {}
         self._task: asyncio.Task[None] | None = None
@@ -187,38 +196,43 @@ class ClockProber:
 
     async def _run(self) -> None:
         while True:
-            members = {
-                node: address
-                for node, address in self._view.membership.addresses.items()
-                if node != self._view.node_id
-            }
-            await self._close_channels(set(self._stubs) - set(members))
-            await asyncio.gather(*(self._probe(node, address) for node, address in members.items()))
-            # Also logs a change of verdict while no write asks. Without a
-            # verdict (just started, most peers silent) probe again soon:
-            # writes wait for it.
-            unchecked = self._guard.check().verdict is ClockVerdict.UNCHECKED
-            await asyncio.sleep(min(self._interval_s, _RETRY_S) if unchecked else self._interval_s)
+            try:
+                await self._round()
+            except Exception:  # a bad round must not end the probing for good
+                log.exception("clock probe round failed")
+            # Until the first verdict writes wait for one: ask often.
+            starting = not self._guard.first_verdict.is_set()
+            await asyncio.sleep(
+                min(self._interval_s, _STARTING_S) if starting else self._interval_s
+            )
+
+    async def _round(self) -> None:
+        members = {
+            node: address
+            for node, address in self._view.membership.addresses.items()
+            if node != self._view.node_id
+        }
+        await self._close_channels(set(self._stubs) - set(members))
+        await asyncio.gather(*(self._probe(node, address) for node, address in members.items()))
+        self._guard.check()  # logs a change of verdict even while no write asks
 
     async def _probe(self, node_id: str, address: str) -> None:
         entry = self._stubs.get(node_id)
         if entry is None or entry[0] != address:
             await self._close_channels({node_id})
             channel = self._open_channel(address)
-            entry = self._stubs[node_id] = (address, channel, replica_pb2_grpc.ReplicaStub(channel))
-        sent = self._now_ms()
+            entry = self._stubs[node_id] = (address, channel, ReplicaStub(channel))
+        sent = self._monotonic()
         try:
             response = await entry[2].Clock(
                 replica_pb2.ClockRequest(clock=self._clock.last), timeout=self._timeout_s
             )
         except grpc.aio.AioRpcError:
             return
-        received = self._now_ms()
+        answered = self._monotonic()
         self._clock.observe_peer(response.clock)
-        if received >= sent:
-            self._guard.record(
-                node_id, measure(sent, response.wall_ms, received, self._monotonic())
-            )
+        sample = measure((answered - sent) * 1000, response.wall_ms, self._now_ms(), answered)
+        self._guard.record(node_id, sample)
 
     async def _close_channels(self, nodes: set[str]) -> None:
         for node in nodes:

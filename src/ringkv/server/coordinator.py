@@ -153,6 +153,7 @@ class Coordinator:
         tombstone: bool = False,
         ttl_ms: int = 0,
         expected: int | None = None,
+        clock_wait_s: float = 0.0,
     ) -> Written:
         """Write a new version of a key at ``level``.
 
@@ -164,7 +165,7 @@ class Coordinator:
         # A clock far behind its peers' would stamp below writes they already
         # acknowledged; one far ahead would bury the writes that follow.
         deadline = _deadline(timeout_s)
-        await self._clock_guard.require_soon(timeout_s / 2)
+        await self._clock_guard.require_soon(clock_wait_s)
         conditional = expected is not None or level is Consistency.LINEARIZABLE
         if not conditional and not self._key_locks.held(key):
             record = self._stamp(key, value, tombstone, ttl_ms)
@@ -181,14 +182,17 @@ class Coordinator:
             return await self._replicate(record, level, deadline, restamp=expected is None)
 
     def _stamp(self, key: bytes, value: bytes, tombstone: bool, ttl_ms: int) -> Record:
+        # Asked again at the moment of stamping: a lock wait or a read may have
+        # passed since the write began, and the verdict with it.
+        self._clock_guard.require()
         # Past the local copy first: the clock restarts at 0 with the process.
         local = self._store.read(key)
         if local is not None:
             self._clock.observe(local.version.timestamp)
         version = self._clock.tick(self._now_ms())
         # Expiry counts from the version's time, not this node's wall clock:
-        # the clock has caught up with every peer it heard from, so a node
-        # whose wall clock lags does not write values that are born expired.
+        # the clock has caught up with the peers it heard from (up to the
+        # maximum offset), so a lagging wall clock writes no value born expired.
         expires_at_ms = physical_ms(version.timestamp) + ttl_ms if ttl_ms else NO_EXPIRY
         return Record(key, value, version, tombstone=tombstone, expires_at_ms=expires_at_ms)
 
@@ -213,6 +217,12 @@ class Coordinator:
                     metadata={"expected": str(record.version.timestamp), "actual": str(newer)},
                 )
             self._clock.observe(newer)
+            if not self._clock_guard.check().may_stamp:
+                raise DeadlineExceeded(
+                    "the write met a newer version and this node may no longer stamp a "
+                    "later one; it may or may not become visible",
+                    reason="WRITE_UNCERTAIN",
+                )
             record = replace(record, version=self._clock.tick(self._now_ms()))
         raise InternalError(f"could not write past newer versions in {_MAX_STAMPS} rounds")
 

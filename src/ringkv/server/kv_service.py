@@ -4,7 +4,9 @@ Every check runs before anything is written, so a rejected request changes
 nothing. Reads are coordinated by the node that receives them. Writes are
 coordinated by the key's owner (its first live replica), as in the seed:
 another node forwards the request there, with a hop limit and the caller's
-remaining deadline, and coordinates it itself if the owner cannot be reached.
+remaining deadline, and coordinates it itself if the owner cannot be reached
+or may not stamp versions. A node whose own clock may not stamp
+(``ringkv.server.clock_guard``) forwards its writes to another node instead.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from ringkv.core.consistency import Consistency
 from ringkv.core.errors import InvalidArgument
 from ringkv.core.records import Record
 from ringkv.core.validation import Limits, expected_version, ttl_ms
-from ringkv.server.clock_guard import ClockGuard
+from ringkv.server.clock_guard import CLOCK_OFFSET, CLOCK_UNCHECKED, ClockGuard
 from ringkv.server.cluster_view import ClusterView
 from ringkv.server.coordinator import Coordinator
 from ringkv.server.counters import Counters
@@ -122,12 +124,21 @@ class KeyValueService:
         expected = expected_version(request.version)
         ttl = ttl_ms(request.ttl_ms)
         level = self._level(request.consistency, self._write_level)
-        forwarded = await self._forward(key, lambda kv: kv.Set, request, context)
+        conditional = expected is not None or level is Consistency.LINEARIZABLE
+        forwarded = await self._forward(
+            key, lambda kv: kv.Set, request, context, conditional=conditional
+        )
         if forwarded is not None:
             return forwarded
         timeout = self._timeout(context)
         written = await self._coordinator.write(
-            key, value, level=level, timeout_s=timeout, ttl_ms=ttl, expected=expected
+            key,
+            value,
+            level=level,
+            timeout_s=timeout,
+            ttl_ms=ttl,
+            expected=expected,
+            clock_wait_s=_clock_wait(context, timeout),
         )
         return kv_pb2.SetResponse(ok=True, version=written.record.version.timestamp)
 
@@ -138,16 +149,21 @@ class KeyValueService:
         key = self._limits.key(request.key)
         expected = expected_version(request.version)
         level = self._level(request.consistency, self._write_level)
-        forwarded = await self._forward(key, lambda kv: kv.Delete, request, context)
+        conditional = expected is not None or level is Consistency.LINEARIZABLE
+        forwarded = await self._forward(
+            key, lambda kv: kv.Delete, request, context, conditional=conditional
+        )
         if forwarded is not None:
             return forwarded
+        timeout = self._timeout(context)
         written = await self._coordinator.write(
             key,
             b"",
             level=level,
-            timeout_s=self._timeout(context),
+            timeout_s=timeout,
             tombstone=True,
             expected=expected,
+            clock_wait_s=_clock_wait(context, timeout),
         )
         return kv_pb2.DeleteResponse(
             ok=True, version=written.record.version.timestamp, found=written.replaced_live
@@ -158,15 +174,23 @@ class KeyValueService:
     ) -> kv_pb2.ReplicateResponse:
         key = self._limits.key(request.key)
         value = b"" if request.is_delete else self._limits.value(request.value)
-        forwarded = await self._forward(key, lambda kv: kv.Replicate, request, context)
+        forwarded = await self._forward(
+            key,
+            lambda kv: kv.Replicate,
+            request,
+            context,
+            conditional=self._write_level is Consistency.LINEARIZABLE,
+        )
         if forwarded is not None:
             return forwarded
+        timeout = self._timeout(context)
         await self._coordinator.write(
             key,
             value,
             level=self._write_level,
-            timeout_s=self._timeout(context),
+            timeout_s=timeout,
             tombstone=request.is_delete,
+            clock_wait_s=_clock_wait(context, timeout),
         )
         return kv_pb2.ReplicateResponse(ok=True)
 
@@ -198,13 +222,22 @@ class KeyValueService:
                 (self._limits.key(entry.key), self._limits.value(entry.value), ttl_ms(entry.ttl_ms))
             )
         if not self._clock_guard.check().may_stamp and entries:
-            forwarded = await self._forward(entries[0][0], lambda kv: kv.MultiSet, request, context)
+            forwarded = await self._forward(
+                entries[0][0], lambda kv: kv.MultiSet, request, context, conditional=False
+            )
             if forwarded is not None:
                 return forwarded
         timeout = self._timeout(context)
         written = await asyncio.gather(
             *(
-                self._coordinator.write(key, value, level=level, timeout_s=timeout, ttl_ms=ttl)
+                self._coordinator.write(
+                    key,
+                    value,
+                    level=level,
+                    timeout_s=timeout,
+                    ttl_ms=ttl,
+                    clock_wait_s=_clock_wait(context, timeout),
+                )
                 for key, value, ttl in entries
             )
         )
@@ -225,17 +258,23 @@ class KeyValueService:
         ],
         request: RequestT,
         context: Context,
+        *,
+        conditional: bool,
     ) -> ResponseT | None:
         """The owner's answer when the write belongs there; None to coordinate here.
 
         While this node's clock may not stamp versions, the other live nodes
-        (the key's replicas first) are tried in turn until one answers.
+        (the key's replicas first) are tried in turn until one answers. Not
+        for a conditional write this node owns: its check-and-write runs under
+        the owner's lock, and a second coordinator would race it; it fails here.
         """
         hops = _hops(context)
         if hops >= MAX_HOPS:
             return None
         for _ in range(len(self._view.peers)):
             may_stamp = self._clock_guard.check().may_stamp
+            if not may_stamp and conditional and self._view.owner(key) == self._view.node_id:
+                return None
             target = self._view.owner(key) if may_stamp else self._view.first_live_other(key)
             if target is None or target == self._view.node_id:
                 return None
@@ -265,6 +304,8 @@ class KeyValueService:
         except grpc.aio.AioRpcError as error:
             info = error_info(error.trailing_metadata())
             reason = None if info is None else info.reason
+            if reason in (CLOCK_OFFSET, CLOCK_UNCHECKED):
+                return None  # it does not stamp now; nothing ran there
             if reason == SHUTTING_DOWN or (
                 reason is None and error.code() == grpc.StatusCode.UNAVAILABLE
             ):
@@ -297,6 +338,13 @@ def _check_batch_size(count: int) -> None:
             reason="TOO_MANY_KEYS",
             metadata={"count": str(count), "limit": str(MAX_KEYS_PER_CALL)},
         )
+
+
+def _clock_wait(context: Context, timeout_s: float) -> float:
+    """How long a write may wait for this node's first clock verdict: half its
+    deadline when a client sent it here, none when another node forwarded it
+    (that node can coordinate it itself)."""
+    return timeout_s / 2 if _hops(context) == 0 else 0.0
 
 
 def _hops(context: Context) -> int:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import random
 import time
@@ -341,7 +342,10 @@ class MembershipManager:
         vote = self._vote()
         try:
             self._file.save(SavedState(self.membership, *vote))
-        except OSError as error:  # a full disk: nothing that needs this state may act
+        except OSError as error:
+            if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            # A full disk: nothing that needs this state may act on it.
             raise StorageFull(
                 f"cannot save the member table and vote: {error.strerror or error}"
             ) from error
@@ -437,7 +441,11 @@ class MembershipManager:
             ),
             None,
         )
-        return reply if self._step(output) else None
+        if not self._step(output):
+            # Answer nothing rather than something the disk does not back:
+            # the sender treats the failed call as a lost message.
+            raise StorageFull("this node cannot save its vote; it answers no election message")
+        return reply
 
     # -- handlers of kv.Cluster calls ------------------------------------------
 
@@ -509,6 +517,7 @@ class MembershipManager:
         return (
             self._election is not None
             and self._election.role is Role.LEADER
+            and self._election.vote == self._saved_vote  # a term the disk does not back
             and not self.membership.made_after(self._election.term)
         )
 

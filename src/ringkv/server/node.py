@@ -111,6 +111,7 @@ async def serve(
         resources.push_async_callback(prober.close)
         clock_guard = ClockGuard(
             view,
+            now_ms,
             time.monotonic,
             max_offset_ms=config.max_clock_offset_s * 1000,
             # A few missed probes, as when a pause or a cut link stops them.
@@ -123,6 +124,7 @@ async def serve(
             now_ms,
             time.monotonic,
             interval_s=config.heartbeat_interval_s,
+            timeout_s=config.peer_timeout_s,
             open_channel=lambda address: security.open_channel(address, SIDE_CHANNEL_OPTIONS),
         )
         resources.push_async_callback(clock_prober.close)

@@ -20,12 +20,24 @@ def verdict(samples: dict[str, OffsetSample], members: int, now: float = 100.0) 
 
 
 def test_a_round_trip_gives_the_offset_from_its_midpoint() -> None:
-    s = measure(sent_ms=1_000, peer_wall_ms=11_005, received_ms=1_010, taken_at=3.0)
+    s = measure(round_trip_ms=10, peer_wall_ms=11_005, answered_wall_ms=1_010, taken_at=3.0)
     assert s.offset_ms == 10_000
     assert s.uncertainty_ms == 5
     assert s.taken_at == 3.0
-    with pytest.raises(ValueError, match="before sent"):
-        measure(sent_ms=10, peer_wall_ms=0, received_ms=9, taken_at=0.0)
+    assert s.anchor_ms == 1_010 - 3_000
+    with pytest.raises(ValueError, match="cannot take"):
+        measure(round_trip_ms=-1, peer_wall_ms=0, answered_wall_ms=9, taken_at=0.0)
+
+
+def test_samples_from_before_a_wall_clock_step_are_dropped() -> None:
+    # Taken when wall - monotonic was 5,000 ms; the clock then stepped 10 s back.
+    before = {"b": OffsetSample(0, 1, 100.0, 5_000), "c": OffsetSample(0, 1, 100.0, 5_000)}
+    kept = check_clock(before, 3, max_offset_ms=MAX_MS, now=100.0, fresh_for=5.0, anchor_ms=5_050)
+    assert kept.verdict is ClockVerdict.WITHIN
+    stepped = check_clock(
+        before, 3, max_offset_ms=MAX_MS, now=100.0, fresh_for=5.0, anchor_ms=-5_000
+    )
+    assert stepped.verdict is ClockVerdict.UNCHECKED
 
 
 def test_a_lone_node_is_within_reach_of_itself() -> None:
