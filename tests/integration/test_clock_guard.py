@@ -3,7 +3,8 @@
 Three nodes, RF 3; node3's clock runs 20 s ahead. Its peers' clocks agree,
 so node3 is "beyond" --max-clock-offset and the others "within". A write
 sent to node3 is coordinated by another node: it is acknowledged, its
-version is close to true time, and node3 counts it as forwarded. With the
+version is close to true time, and node3 counts it as forwarded; a write
+of a key node3 owns, sent to another node, is coordinated there. With the
 check off (--max-clock-offset 0) node3 stamps with its own clock.
 """
 
@@ -14,6 +15,7 @@ import time
 import ringkv
 from ringkv.client.admin import node_stats
 from ringkv.core.hlc import physical_ms
+from ringkv.core.ring import Ring
 from tests.support.nodes import ClusterFactory, NodeProcess, wait_for
 
 AHEAD_MS = 20_000
@@ -43,6 +45,15 @@ def test_a_node_far_ahead_forwards_its_writes_and_says_so(cluster: ClusterFactor
     with ringkv.Client(skewed.address, token_aware=False) as client:
         versions = [client.set(f"skew/{i}", b"v") for i in range(20)]
         assert client.set_many({f"batch/{i}": b"v" for i in range(5)})
+    # Keys node3 owns, written through a healthy node: coordinated around node3.
+    ring = Ring(tuple(node.node_id for node in nodes))
+    owned = [
+        k for k in (f"owned/{i}" for i in range(200)) if ring.replicas(k.encode(), 3)[0] == "node3"
+    ]
+    assert owned
+    with ringkv.Client(nodes[0].address, token_aware=False) as client:
+        versions += [client.set(key, b"v") for key in owned[:10]]
+        versions += [client.set(key, b"v", consistency="all") for key in owned[10:15]]
     true_ms = time.time() * 1000
     for version in versions:
         assert abs(physical_ms(version) - true_ms) < AHEAD_MS / 2, "stamped by the fast clock"
