@@ -23,12 +23,16 @@ from ringkv.core.checkers import Status
 from ringkv.core.history import OpKind
 from tests.chaos.matrix import schedule_line
 from tests.support.chaos import run_schedule
+from tests.support.nemesis import FAULT_KINDS
 from tests.support.netns import require_netns
 
 pytestmark = pytest.mark.needs_root
 
 SMOKE_SEEDS = (1, 6)
 SMOKE_DURATION_S = 15.0
+SMOKE_FAULTS = tuple(kind for kind in FAULT_KINDS if kind != "membership")
+"""A join and a decommission do not settle within a 15 s schedule on a loaded
+CI box; the matrix (scripts/chaos) runs them."""
 
 
 def test_seeded_fault_schedules_keep_the_promises(tmp_path: Path) -> None:
@@ -40,7 +44,7 @@ def test_seeded_fault_schedules_keep_the_promises(tmp_path: Path) -> None:
 
 def check_schedule(seed: int, workdir: Path) -> None:
     workdir.mkdir()
-    result = run_schedule(seed, SMOKE_DURATION_S, workdir)
+    result = run_schedule(seed, SMOKE_DURATION_S, workdir, kinds=SMOKE_FAULTS)
     print(schedule_line(result))
     print("\n".join(result.events))
     for violation in result.analysis.violations[:10]:

@@ -127,6 +127,7 @@ class Nemesis:
         self._restarting: set[int] = set()
         self._lock = threading.Lock()
         self._partitioned = False
+        self._disk_full = False
         self._undo: dict[int, tuple[float, str, str, Undo]] = {}
         self.error: BaseException | None = None
 
@@ -216,6 +217,8 @@ class Nemesis:
         if kind in ("kill", "pause", "clock-skew", "kill-leader", "disk-full"):
             if len(self._down) >= MAX_DOWN and kind != "disk-full":
                 return None
+            if kind == "disk-full" and self._disk_full:
+                return None
             if kind == "kill-leader":
                 target = cluster.leader_index()
                 if target is None or target in self._down:
@@ -281,7 +284,13 @@ class Nemesis:
         name = cluster.name(target)
         if kind == "disk-full":
             cluster.fill_disk()
-            return name, cluster.free_disk
+            self._disk_full = True
+
+            def free() -> None:
+                cluster.free_disk()
+                self._disk_full = False
+
+            return name, free
         self._down.add(target)
         if kind == "pause":
             cluster.pause(target)

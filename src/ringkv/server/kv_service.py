@@ -272,7 +272,11 @@ class KeyValueService:
         if hops >= MAX_HOPS:
             return None
         for _ in range(len(self._view.peers)):
-            may_stamp = self._clock_guard.check().may_stamp
+            # Until its first verdict a node (just started) keeps its writes:
+            # it waits for the verdict rather than send everything elsewhere.
+            may_stamp = (
+                self._clock_guard.check().may_stamp or not self._clock_guard.first_verdict.is_set()
+            )
             if not may_stamp and conditional and self._view.owner(key) == self._view.node_id:
                 return None
             target = self._view.owner(key) if may_stamp else self._view.first_live_other(key)
