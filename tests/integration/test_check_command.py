@@ -34,20 +34,25 @@ def check_command(endpoints: str, *args: str) -> list[str]:
     return [*RINGKV, "check", "--endpoints", endpoints, *args]
 
 
-def test_a_healthy_cluster_is_linearizable_and_the_history_is_kept(
-    cluster: ClusterFactory, tmp_path: Path
-) -> None:
-    nodes = cluster(3, replicas=2)
-    endpoints = ",".join(node.address for node in nodes)
-    history = tmp_path / "history.jsonl"
-    done = subprocess.run(
-        check_command(endpoints, *REGISTER_LINEARIZABLE, "--history", str(history)),
+def run_check(endpoints: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """``ringkv check`` to completion, output captured."""
+    return subprocess.run(
+        check_command(endpoints, *args),
         capture_output=True,
         text=True,
         timeout=120,
         env=child_env(),
         check=False,
     )
+
+
+def test_a_healthy_cluster_is_linearizable_and_the_history_is_kept(
+    cluster: ClusterFactory, tmp_path: Path
+) -> None:
+    nodes = cluster(3, replicas=2)
+    endpoints = ",".join(node.address for node in nodes)
+    history = tmp_path / "history.jsonl"
+    done = run_check(endpoints, *REGISTER_LINEARIZABLE, "--history", str(history))
     assert done.returncode == 0, done.stdout + done.stderr
     assert "register @linearizable" in done.stdout
     assert re.search(r"linearizable\s+│\s+holds\s+│\s+3 keys", done.stdout), done.stdout
@@ -101,26 +106,12 @@ def test_reads_at_one_with_a_paused_replica_are_reported_as_a_violation(
 
 def test_bad_options_are_usage_errors() -> None:
     for args in (["--duration", "0"], ["--processes", "0"], ["--workload", "bank"]):
-        done = subprocess.run(
-            check_command("127.0.0.1:1", *args),
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env=child_env(),
-            check=False,
-        )
+        done = run_check("127.0.0.1:1", *args)
         assert done.returncode == EXIT_USAGE, (args, done.stderr)
         assert "ringkv check: error:" in done.stderr
 
 
 def test_an_unreachable_cluster_exits_3() -> None:
-    done = subprocess.run(
-        check_command("127.0.0.1:1", "--duration", "1", "--op-timeout", "0.5"),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=child_env(),
-        check=False,
-    )
+    done = run_check("127.0.0.1:1", "--duration", "1", "--op-timeout", "0.5")
     assert done.returncode == 3, done.stdout + done.stderr
     assert done.stderr.startswith("ringkv check: error: 127.0.0.1:1: UNAVAILABLE")

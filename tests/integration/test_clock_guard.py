@@ -25,14 +25,19 @@ def clock_check(node: NodeProcess) -> str:
     return node_stats(node.address).clock_check
 
 
-def test_a_node_far_ahead_forwards_its_writes_and_says_so(cluster: ClusterFactory) -> None:
-    nodes = cluster(3, replicas=3, start=False)
-    skewed = nodes[2]
-    skewed.extra_args += ["--clock-offset-ms", str(AHEAD_MS)]
+def start_with_node3_ahead(cluster: ClusterFactory, *args: str) -> list[NodeProcess]:
+    nodes = cluster(3, *args, replicas=3, start=False)
+    nodes[2].extra_args += ["--clock-offset-ms", str(AHEAD_MS)]
     for node in nodes:
         node.launch()
     for node in nodes:
         node.wait_serving()
+    return nodes
+
+
+def test_a_node_far_ahead_forwards_its_writes_and_says_so(cluster: ClusterFactory) -> None:
+    nodes = start_with_node3_ahead(cluster)
+    skewed = nodes[2]
     wait_for(
         lambda: [clock_check(node) for node in nodes] == ["within", "within", "beyond"],
         timeout=30,
@@ -63,13 +68,8 @@ def test_a_node_far_ahead_forwards_its_writes_and_says_so(cluster: ClusterFactor
 def test_with_the_check_off_a_skewed_node_stamps_with_its_own_clock(
     cluster: ClusterFactory,
 ) -> None:
-    nodes = cluster(3, "--max-clock-offset", "0", replicas=3, start=False)
+    nodes = start_with_node3_ahead(cluster, "--max-clock-offset", "0")
     skewed = nodes[2]
-    skewed.extra_args += ["--clock-offset-ms", str(AHEAD_MS)]
-    for node in nodes:
-        node.launch()
-    for node in nodes:
-        node.wait_serving()
     assert clock_check(skewed) == "within"
     with ringkv.Client(skewed.address, token_aware=False) as client:
         # Forwarded to the key's owner unless node3 owns it: find one it owns.

@@ -28,7 +28,6 @@ import errno
 import functools
 import shutil
 import signal
-import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -84,13 +83,9 @@ class NamespacedNode(NodeProcess):
     """Where its data dir lives when not under ``workdir`` (a small tmpfs)."""
 
     @property
-    def ip(self) -> str:
+    def host(self) -> str:
         assert self.lab is not None
         return self.lab.ips[self.index]
-
-    @property
-    def address(self) -> str:
-        return f"{self.ip}:{self.port}"
 
     @property
     def data_dir(self) -> Path:
@@ -98,15 +93,7 @@ class NamespacedNode(NodeProcess):
 
     def command(self) -> list[str]:
         assert self.lab is not None
-        argv = [
-            sys.executable, "-m", "ringkv", "node",
-            "-id", self.node_id,
-            "-addr", f"{self.ip}:{PORT}",
-            "--data-dir", str(self.data_dir),
-            "--log-format", "json",
-            *self.extra_args,
-        ]  # fmt: skip
-        return self.lab.command(self.index, argv)
+        return self.lab.command(self.index, super().command())
 
     @property
     def running(self) -> bool:

@@ -232,16 +232,7 @@ class Nemesis:
             if len(self._down) > MAX_DOWN - 2:
                 return None
             targets = rng.sample(up, 2)
-            for i in targets:
-                cluster.kill(i)
-                self._down.add(i)
-
-            def restart_both() -> None:
-                for i in targets:
-                    cluster.restart(i)
-                    self._restarted(i)
-
-            return f"{cluster.name(targets[0])}+{cluster.name(targets[1])}", restart_both
+            return "+".join(cluster.name(i) for i in targets), self._kill(targets)
         if kind == "skew-kill-two":
             return self._skew_kill_two(rng, fault.clock_offset_ms)
         if kind == "membership":
@@ -258,26 +249,42 @@ class Nemesis:
             return None
         cluster = self.cluster
         skewed = rng.randrange(cluster.size)
-        cluster.kill(skewed)
-        cluster.restart(skewed, clock_offset_ms=offset_ms)
-        self._restarted(skewed)
+        true_clock = self._restart_skewed(skewed, offset_ms)
         cluster.wait_serving(skewed)
         self._count_restarted_up()
         others = rng.sample([i for i in range(cluster.size) if i != skewed], 2)
-        for i in others:
-            cluster.kill(i)
-            self._down.add(i)
+        restart_others = self._kill(others)
 
         def undo() -> None:
-            for i in others:
-                cluster.restart(i)
-                self._restarted(i)
-            cluster.kill(skewed)
-            cluster.restart(skewed)
-            self._restarted(skewed)
+            restart_others()
+            true_clock()
 
         names = "+".join(cluster.name(i) for i in others)
         return f"{cluster.name(skewed)} {offset_ms:+d}ms, {names} down", undo
+
+    def _kill(self, targets: Sequence[int]) -> Undo:
+        """``kill -9`` each target; the undo restarts them on the same data dirs."""
+        for i in targets:
+            self.cluster.kill(i)
+            self._down.add(i)
+
+        def restart() -> None:
+            for i in targets:
+                self.cluster.restart(i)
+                self._restarted(i)
+
+        return restart
+
+    def _restart_skewed(self, target: int, offset_ms: int) -> Undo:
+        """Restart a node at once with a skewed clock; the undo restarts it on a true one."""
+        self.cluster.restart(target, clock_offset_ms=offset_ms)
+        self._restarted(target)
+
+        def true_clock() -> None:
+            self.cluster.restart(target)
+            self._restarted(target)
+
+        return true_clock
 
     def _process_fault(self, kind: str, target: int, offset_ms: int) -> tuple[str, Undo]:
         cluster = self.cluster
@@ -291,36 +298,20 @@ class Nemesis:
                 self._disk_full = False
 
             return name, free
-        self._down.add(target)
-        if kind == "pause":
-            cluster.pause(target)
-
-            def resume() -> None:
-                cluster.resume(target)
-                self._down.discard(target)
-
-            return name, resume
         if kind == "clock-skew":
-            # Restart on the same data dir with a skewed clock; it serves at
-            # once (the lost write of issue 10 needed exactly this), and keeps
-            # the skew until the fault ends and it restarts on a true clock.
-            cluster.kill(target)
-            cluster.restart(target, clock_offset_ms=offset_ms)
-            self._restarted(target)
+            # It serves at once (the lost write of issue 10 needed exactly
+            # this) and keeps the skew until the fault ends.
+            return f"{name} {offset_ms:+d}ms", self._restart_skewed(target, offset_ms)
+        if kind != "pause":
+            return name, self._kill([target])
+        self._down.add(target)
+        cluster.pause(target)
 
-            def true_clock() -> None:
-                cluster.kill(target)
-                cluster.restart(target)
-                self._restarted(target)
+        def resume() -> None:
+            cluster.resume(target)
+            self._down.discard(target)
 
-            return f"{name} {offset_ms:+d}ms", true_clock
-        cluster.kill(target)
-
-        def restart() -> None:
-            cluster.restart(target)
-            self._restarted(target)
-
-        return name, restart
+        return name, resume
 
     def _network_fault(
         self, kind: str, fault: PlannedFault, rng: random.Random

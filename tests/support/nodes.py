@@ -62,14 +62,19 @@ class NodeProcess:
         return self.workdir / f"node-{self.starts}.log"
 
     @property
+    def host(self) -> str:
+        """The address the node listens on and is reached at."""
+        return "127.0.0.1"
+
+    @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.host}:{self.port}"
 
     def command(self) -> list[str]:
         return [
             sys.executable, "-m", "ringkv", "node",
             "-id", self.node_id,
-            "-addr", f"127.0.0.1:{self.port}",
+            "-addr", self.address,
             "--data-dir", str(self.data_dir),
             "--log-format", "json",
             *self.extra_args,

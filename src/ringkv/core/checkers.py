@@ -382,32 +382,26 @@ def check_lost_cas(
                     )
                 )
         failed = {op.value: op for op in cas if op.outcome is Outcome.FAILED}
-        readers = [op for op in ops if op.kind is OpKind.READ and op.ok]
-        for reader in readers:
-            if reader.value in failed:
-                loser = failed[reader.value]
-                violations.append(
-                    Violation(
-                        "lost-cas",
-                        key,
-                        f"#{reader.index} read {reader.value!r}, written by #{loser.index}, "
-                        f"which answered {loser.error or 'failed'}",
-                        (loser, reader),
-                    )
-                )
         last = final.get(key)
+        # Where a failed conditional write's value showed: a read, or the end.
+        sightings: list[tuple[str | None, str, tuple[HistoryOp, ...]]] = [
+            (op.value, f"#{op.index} read", (op,)) for op in ops if op.kind is OpKind.READ and op.ok
+        ]
         if last is not None:
-            if last.value in failed:
-                loser = failed[last.value]
+            sightings.append((last.value, "the final value is", ()))
+        for value, seen, witnesses in sightings:
+            if value in failed:
+                loser = failed[value]
                 violations.append(
                     Violation(
                         "lost-cas",
                         key,
-                        f"the final value {last.value!r} was written by #{loser.index}, "
+                        f"{seen} {value!r}, written by #{loser.index}, "
                         f"which answered {loser.error or 'failed'}",
-                        (loser,),
+                        (loser, *witnesses),
                     )
                 )
+        if last is not None:
             count = counter_value(last.value)
             if count < 0:
                 violations.append(
