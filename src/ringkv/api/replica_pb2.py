@@ -22,43 +22,46 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from ringkv.api import kv_pb2 as ringkv_dot_api_dot_kv__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18ringkv/api/replica.proto\x12\x0fringkv.internal\"-\n\x07Version\x12\x11\n\ttimestamp\x18\x01 \x01(\x03\x12\x0f\n\x07node_id\x18\x02 \x01(\t\"y\n\x06Record\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\r\n\x05value\x18\x02 \x01(\x0c\x12)\n\x07version\x18\x03 \x01(\x0b\x32\x18.ringkv.internal.Version\x12\x11\n\ttombstone\x18\x04 \x01(\x08\x12\x15\n\rexpires_at_ms\x18\x05 \x01(\x03\"\x1d\n\x0c\x43lockRequest\x12\r\n\x05\x63lock\x18\x01 \x01(\x03\"/\n\rClockResponse\x12\x0f\n\x07wall_ms\x18\x01 \x01(\x03\x12\r\n\x05\x63lock\x18\x02 \x01(\x03\"*\n\x0bReadRequest\x12\x0c\n\x04keys\x18\x01 \x03(\x0c\x12\r\n\x05\x63lock\x18\x02 \x01(\x03\"K\n\x0cReadResponse\x12,\n\x07results\x18\x01 \x03(\x0b\x32\x1b.ringkv.internal.ReadResult\x12\r\n\x05\x63lock\x18\x02 \x01(\x03\"D\n\nReadResult\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\x12\'\n\x06record\x18\x02 \x01(\x0b\x32\x17.ringkv.internal.Record\"Y\n\x0cWriteRequest\x12(\n\x07records\x18\x01 \x03(\x0b\x32\x17.ringkv.internal.Record\x12\x10\n\x08hint_for\x18\x02 \x01(\t\x12\r\n\x05\x63lock\x18\x03 \x01(\x03\"T\n\rWriteResponse\x12\x15\n\rreplaced_live\x18\x01 \x03(\x08\x12\r\n\x05\x63lock\x18\x02 \x01(\x03\x12\r\n\x05newer\x18\x03 \x03(\x03\x12\x0e\n\x06\x66\x61iled\x18\x04 \x03(\x08\"7\n\tTokenSpan\x12\r\n\x05start\x18\x01 \x01(\x04\x12\x0b\n\x03\x65nd\x18\x02 \x01(\x04\x12\x0e\n\x06to_end\x18\x03 \x01(\x08\"e\n\x0bScanRequest\x12(\n\x04span\x18\x01 \x01(\x0b\x32\x1a.ringkv.internal.TokenSpan\x12\x0e\n\x06\x63ursor\x18\x02 \x01(\x0c\x12\r\n\x05limit\x18\x03 \x01(\r\x12\r\n\x05\x63lock\x18\x04 \x01(\x03\"\\\n\x0cScanResponse\x12(\n\x07records\x18\x01 \x03(\x0b\x32\x17.ringkv.internal.Record\x12\x13\n\x0bnext_cursor\x18\x02 \x01(\x0c\x12\r\n\x05\x63lock\x18\x03 \x01(\x03\"r\n\rMerkleRequest\x12)\n\x05spans\x18\x01 \x03(\x0b\x32\x1a.ringkv.internal.TokenSpan\x12\r\n\x05\x64\x65pth\x18\x02 \x01(\r\x12\x18\n\x10purge_horizon_ms\x18\x03 \x01(\x03\x12\r\n\x05\x63lock\x18\x04 \x01(\x03\"/\n\x0eMerkleResponse\x12\x0e\n\x06leaves\x18\x01 \x03(\x06\x12\r\n\x05\x63lock\x18\x02 \x01(\x03\x32\xee\x02\n\x07Replica\x12\x43\n\x04Read\x12\x1c.ringkv.internal.ReadRequest\x1a\x1d.ringkv.internal.ReadResponse\x12\x46\n\x05Write\x12\x1d.ringkv.internal.WriteRequest\x1a\x1e.ringkv.internal.WriteResponse\x12\x43\n\x04Scan\x12\x1c.ringkv.internal.ScanRequest\x1a\x1d.ringkv.internal.ScanResponse\x12I\n\x06Merkle\x12\x1e.ringkv.internal.MerkleRequest\x1a\x1f.ringkv.internal.MerkleResponse\x12\x46\n\x05\x43lock\x12\x1d.ringkv.internal.ClockRequest\x1a\x1e.ringkv.internal.ClockResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18ringkv/api/replica.proto\x12\x0fringkv.internal\x1a\x13ringkv/api/kv.proto\"-\n\x07Version\x12\x11\n\ttimestamp\x18\x01 \x01(\x03\x12\x0f\n\x07node_id\x18\x02 \x01(\t\"y\n\x06Record\x12\x0b\n\x03key\x18\x01 \x01(\x0c\x12\r\n\x05value\x18\x02 \x01(\x0c\x12)\n\x07version\x18\x03 \x01(\x0b\x32\x18.ringkv.internal.Version\x12\x11\n\ttombstone\x18\x04 \x01(\x08\x12\x15\n\rexpires_at_ms\x18\x05 \x01(\x03\"\x1d\n\x0c\x43lockRequest\x12\r\n\x05\x63lock\x18\x01 \x01(\x03\"/\n\rClockResponse\x12\x0f\n\x07wall_ms\x18\x01 \x01(\x03\x12\r\n\x05\x63lock\x18\x02 \x01(\x03\"$\n\x05\x46\x65nce\x12\r\n\x05\x65poch\x18\x01 \x01(\x03\x12\x0c\n\x04term\x18\x02 \x01(\x03\"Q\n\x0bReadRequest\x12\x0c\n\x04keys\x18\x01 \x03(\x0c\x12\r\n\x05\x63lock\x18\x02 \x01(\x03\x12%\n\x05\x66\x65nce\x18\x03 \x01(\x0b\x32\x16.ringkv.internal.Fence\"q\n\x0cReadResponse\x12,\n\x07results\x18\x01 \x03(\x0b\x32\x1b.ringkv.internal.ReadResult\x12\r\n\x05\x63lock\x18\x02 \x01(\x03\x12$\n\x0bnewer_table\x18\x03 \x01(\x0b\x32\x0f.kv.MemberTable\"D\n\nReadResult\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\x12\'\n\x06record\x18\x02 \x01(\x0b\x32\x17.ringkv.internal.Record\"\x80\x01\n\x0cWriteRequest\x12(\n\x07records\x18\x01 \x03(\x0b\x32\x17.ringkv.internal.Record\x12\x10\n\x08hint_for\x18\x02 \x01(\t\x12\r\n\x05\x63lock\x18\x03 \x01(\x03\x12%\n\x05\x66\x65nce\x18\x04 \x01(\x0b\x32\x16.ringkv.internal.Fence\"z\n\rWriteResponse\x12\x15\n\rreplaced_live\x18\x01 \x03(\x08\x12\r\n\x05\x63lock\x18\x02 \x01(\x03\x12\r\n\x05newer\x18\x03 \x03(\x03\x12\x0e\n\x06\x66\x61iled\x18\x04 \x03(\x08\x12$\n\x0bnewer_table\x18\x05 \x01(\x0b\x32\x0f.kv.MemberTable\"7\n\tTokenSpan\x12\r\n\x05start\x18\x01 \x01(\x04\x12\x0b\n\x03\x65nd\x18\x02 \x01(\x04\x12\x0e\n\x06to_end\x18\x03 \x01(\x08\"e\n\x0bScanRequest\x12(\n\x04span\x18\x01 \x01(\x0b\x32\x1a.ringkv.internal.TokenSpan\x12\x0e\n\x06\x63ursor\x18\x02 \x01(\x0c\x12\r\n\x05limit\x18\x03 \x01(\r\x12\r\n\x05\x63lock\x18\x04 \x01(\x03\"\\\n\x0cScanResponse\x12(\n\x07records\x18\x01 \x03(\x0b\x32\x17.ringkv.internal.Record\x12\x13\n\x0bnext_cursor\x18\x02 \x01(\x0c\x12\r\n\x05\x63lock\x18\x03 \x01(\x03\"r\n\rMerkleRequest\x12)\n\x05spans\x18\x01 \x03(\x0b\x32\x1a.ringkv.internal.TokenSpan\x12\r\n\x05\x64\x65pth\x18\x02 \x01(\r\x12\x18\n\x10purge_horizon_ms\x18\x03 \x01(\x03\x12\r\n\x05\x63lock\x18\x04 \x01(\x03\"/\n\x0eMerkleResponse\x12\x0e\n\x06leaves\x18\x01 \x03(\x06\x12\r\n\x05\x63lock\x18\x02 \x01(\x03\x32\xee\x02\n\x07Replica\x12\x43\n\x04Read\x12\x1c.ringkv.internal.ReadRequest\x1a\x1d.ringkv.internal.ReadResponse\x12\x46\n\x05Write\x12\x1d.ringkv.internal.WriteRequest\x1a\x1e.ringkv.internal.WriteResponse\x12\x43\n\x04Scan\x12\x1c.ringkv.internal.ScanRequest\x1a\x1d.ringkv.internal.ScanResponse\x12I\n\x06Merkle\x12\x1e.ringkv.internal.MerkleRequest\x1a\x1f.ringkv.internal.MerkleResponse\x12\x46\n\x05\x43lock\x12\x1d.ringkv.internal.ClockRequest\x1a\x1e.ringkv.internal.ClockResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'ringkv.api.replica_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_VERSION']._serialized_start=45
-  _globals['_VERSION']._serialized_end=90
-  _globals['_RECORD']._serialized_start=92
-  _globals['_RECORD']._serialized_end=213
-  _globals['_CLOCKREQUEST']._serialized_start=215
-  _globals['_CLOCKREQUEST']._serialized_end=244
-  _globals['_CLOCKRESPONSE']._serialized_start=246
-  _globals['_CLOCKRESPONSE']._serialized_end=293
-  _globals['_READREQUEST']._serialized_start=295
-  _globals['_READREQUEST']._serialized_end=337
-  _globals['_READRESPONSE']._serialized_start=339
-  _globals['_READRESPONSE']._serialized_end=414
-  _globals['_READRESULT']._serialized_start=416
-  _globals['_READRESULT']._serialized_end=484
-  _globals['_WRITEREQUEST']._serialized_start=486
-  _globals['_WRITEREQUEST']._serialized_end=575
-  _globals['_WRITERESPONSE']._serialized_start=577
-  _globals['_WRITERESPONSE']._serialized_end=661
-  _globals['_TOKENSPAN']._serialized_start=663
-  _globals['_TOKENSPAN']._serialized_end=718
-  _globals['_SCANREQUEST']._serialized_start=720
-  _globals['_SCANREQUEST']._serialized_end=821
-  _globals['_SCANRESPONSE']._serialized_start=823
-  _globals['_SCANRESPONSE']._serialized_end=915
-  _globals['_MERKLEREQUEST']._serialized_start=917
-  _globals['_MERKLEREQUEST']._serialized_end=1031
-  _globals['_MERKLERESPONSE']._serialized_start=1033
-  _globals['_MERKLERESPONSE']._serialized_end=1080
-  _globals['_REPLICA']._serialized_start=1083
-  _globals['_REPLICA']._serialized_end=1449
+  _globals['_VERSION']._serialized_start=66
+  _globals['_VERSION']._serialized_end=111
+  _globals['_RECORD']._serialized_start=113
+  _globals['_RECORD']._serialized_end=234
+  _globals['_CLOCKREQUEST']._serialized_start=236
+  _globals['_CLOCKREQUEST']._serialized_end=265
+  _globals['_CLOCKRESPONSE']._serialized_start=267
+  _globals['_CLOCKRESPONSE']._serialized_end=314
+  _globals['_FENCE']._serialized_start=316
+  _globals['_FENCE']._serialized_end=352
+  _globals['_READREQUEST']._serialized_start=354
+  _globals['_READREQUEST']._serialized_end=435
+  _globals['_READRESPONSE']._serialized_start=437
+  _globals['_READRESPONSE']._serialized_end=550
+  _globals['_READRESULT']._serialized_start=552
+  _globals['_READRESULT']._serialized_end=620
+  _globals['_WRITEREQUEST']._serialized_start=623
+  _globals['_WRITEREQUEST']._serialized_end=751
+  _globals['_WRITERESPONSE']._serialized_start=753
+  _globals['_WRITERESPONSE']._serialized_end=875
+  _globals['_TOKENSPAN']._serialized_start=877
+  _globals['_TOKENSPAN']._serialized_end=932
+  _globals['_SCANREQUEST']._serialized_start=934
+  _globals['_SCANREQUEST']._serialized_end=1035
+  _globals['_SCANRESPONSE']._serialized_start=1037
+  _globals['_SCANRESPONSE']._serialized_end=1129
+  _globals['_MERKLEREQUEST']._serialized_start=1131
+  _globals['_MERKLEREQUEST']._serialized_end=1245
+  _globals['_MERKLERESPONSE']._serialized_start=1247
+  _globals['_MERKLERESPONSE']._serialized_end=1294
+  _globals['_REPLICA']._serialized_start=1297
+  _globals['_REPLICA']._serialized_end=1663
 # @@protoc_insertion_point(module_scope)

@@ -11,6 +11,7 @@ from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
+from ringkv.api import kv_pb2 as _kv_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -120,24 +121,56 @@ class ClockResponse(_message.Message):
 Global___ClockResponse: _TypeAlias = ClockResponse  # noqa: Y015
 
 @_typing.final
+class Fence(_message.Message):
+    """The member table a coordinator planned a request on. A replica whose own
+    table is newer refuses the request, whatever its keys, and answers with that
+    table (`newer_table`): the coordinator adopts it and plans again, so no
+    request reaches a quorum of a ring the cluster has left behind.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EPOCH_FIELD_NUMBER: _builtins.int
+    TERM_FIELD_NUMBER: _builtins.int
+    epoch: _builtins.int
+    term: _builtins.int
+    def __init__(
+        self,
+        *,
+        epoch: _builtins.int = ...,
+        term: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["epoch", b"epoch", "term", b"term"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Fence: _TypeAlias = Fence  # noqa: Y015
+
+@_typing.final
 class ReadRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     KEYS_FIELD_NUMBER: _builtins.int
     CLOCK_FIELD_NUMBER: _builtins.int
+    FENCE_FIELD_NUMBER: _builtins.int
     clock: _builtins.int
     """The sender's hybrid logical clock, so the receiver's clock advances."""
     @_builtins.property
     def keys(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]: ...
+    @_builtins.property
+    def fence(self) -> Global___Fence: ...
     def __init__(
         self,
         *,
         keys: _abc.Iterable[_builtins.bytes] | None = ...,
         clock: _builtins.int = ...,
+        fence: Global___Fence | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["fence", b"fence"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["clock", b"clock", "keys", b"keys"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clock", b"clock", "fence", b"fence", "keys", b"keys"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -149,20 +182,26 @@ class ReadResponse(_message.Message):
 
     RESULTS_FIELD_NUMBER: _builtins.int
     CLOCK_FIELD_NUMBER: _builtins.int
+    NEWER_TABLE_FIELD_NUMBER: _builtins.int
     clock: _builtins.int
     @_builtins.property
     def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReadResult]:
-        """One per requested key, in order."""
+        """One per requested key, in order; none when the request was refused."""
+
+    @_builtins.property
+    def newer_table(self) -> _kv_pb2.MemberTable:
+        """Set when the request was refused: the responder's newer member table."""
 
     def __init__(
         self,
         *,
         results: _abc.Iterable[Global___ReadResult] | None = ...,
         clock: _builtins.int = ...,
+        newer_table: _kv_pb2.MemberTable | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["newer_table", b"newer_table"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["clock", b"clock", "results", b"results"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clock", b"clock", "newer_table", b"newer_table", "results", b"results"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -199,21 +238,25 @@ class WriteRequest(_message.Message):
     RECORDS_FIELD_NUMBER: _builtins.int
     HINT_FOR_FIELD_NUMBER: _builtins.int
     CLOCK_FIELD_NUMBER: _builtins.int
+    FENCE_FIELD_NUMBER: _builtins.int
     hint_for: _builtins.str
     """Empty: store in this replica. Otherwise: hold as hints for that node."""
     clock: _builtins.int
     @_builtins.property
     def records(self) -> _containers.RepeatedCompositeFieldContainer[Global___Record]: ...
+    @_builtins.property
+    def fence(self) -> Global___Fence: ...
     def __init__(
         self,
         *,
         records: _abc.Iterable[Global___Record] | None = ...,
         hint_for: _builtins.str = ...,
         clock: _builtins.int = ...,
+        fence: Global___Fence | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["fence", b"fence"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["clock", b"clock", "hint_for", b"hint_for", "records", b"records"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clock", b"clock", "fence", b"fence", "hint_for", b"hint_for", "records", b"records"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -227,6 +270,7 @@ class WriteResponse(_message.Message):
     CLOCK_FIELD_NUMBER: _builtins.int
     NEWER_FIELD_NUMBER: _builtins.int
     FAILED_FIELD_NUMBER: _builtins.int
+    NEWER_TABLE_FIELD_NUMBER: _builtins.int
     clock: _builtins.int
     @_builtins.property
     def replaced_live(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bool]:
@@ -244,6 +288,12 @@ class WriteResponse(_message.Message):
     def failed(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bool]:
         """One per record: the record could not be stored (the others were)."""
 
+    @_builtins.property
+    def newer_table(self) -> _kv_pb2.MemberTable:
+        """Set when the request was refused (nothing was stored): the responder's
+        newer member table, as in ReadResponse.
+        """
+
     def __init__(
         self,
         *,
@@ -251,10 +301,11 @@ class WriteResponse(_message.Message):
         clock: _builtins.int = ...,
         newer: _abc.Iterable[_builtins.int] | None = ...,
         failed: _abc.Iterable[_builtins.bool] | None = ...,
+        newer_table: _kv_pb2.MemberTable | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["newer_table", b"newer_table"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["clock", b"clock", "failed", b"failed", "newer", b"newer", "replaced_live", b"replaced_live"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clock", b"clock", "failed", b"failed", "newer", b"newer", "newer_table", b"newer_table", "replaced_live", b"replaced_live"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

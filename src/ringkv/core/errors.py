@@ -71,6 +71,16 @@ class Unavailable(RingkvError):
     default_reason = "UNAVAILABLE"
 
 
+class StaleMemberTable(Unavailable):
+    """A replica refused a request planned on an older member table than its own.
+
+    The coordinator adopts the replica's table and plans the request again;
+    a client sees this only when the table kept changing under every retry.
+    """
+
+    default_reason = "STALE_MEMBER_TABLE"
+
+
 class DeadlineExceeded(RingkvError):
     """The request did not finish before its deadline."""
 

@@ -77,7 +77,13 @@ class Membership:
         return cls(1, tuple(Member(n, a) for n, a in sorted(addresses.items())))
 
     def newer_than(self, other: Membership) -> bool:
-        return (self.epoch, self.term) > (other.epoch, other.term)
+        return self.fence > other.fence
+
+    @property
+    def fence(self) -> tuple[int, int]:
+        """(epoch, term): what replica messages carry, so a replica on a newer
+        table refuses requests planned on an older one."""
+        return (self.epoch, self.term)
 
     def get(self, node_id: str) -> Member | None:
         for member in self.members:

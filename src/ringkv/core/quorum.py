@@ -7,7 +7,7 @@ repair) are tested without a network.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from ringkv.core.consistency import Consistency
@@ -64,15 +64,63 @@ def targets(
     return chosen
 
 
-def check_reachable(level: Consistency, replicas: int, reachable: int) -> None:
-    """Fail fast, before sending anything, when the level cannot be met."""
-    needed = required_replies(level, replicas)
-    if reachable < needed:
-        raise Unavailable(
-            f"{level.name} needs {needed} of {replicas} replicas, only {reachable} reachable",
-            reason="NOT_ENOUGH_REPLICAS",
-            metadata={"needed": str(needed), "reachable": str(reachable)},
-        )
+@dataclass(frozen=True, slots=True)
+class ReplicaSets:
+    """A key's replicas now and, while a membership change is in flight, after it.
+
+    During a change a request must reach the level in both sets (joint
+    quorums, as Raft's joint consensus): then every request made during the
+    change meets every request made before it (a quorum of ``current``) and
+    every one made after it settles (a quorum of ``upcoming``), whichever
+    of those rings its coordinator was on.
+    """
+
+    current: tuple[str, ...]
+    upcoming: tuple[str, ...] | None = None
+    """None when no change is in flight."""
+
+    def all(self) -> tuple[str, ...]:
+        """Every replica of either set, current ones first."""
+        if self.upcoming is None:
+            return self.current
+        return self.current + tuple(n for n in self.upcoming if n not in self.current)
+
+    def pending(self) -> tuple[str, ...]:
+        """The replicas after the change that are not replicas now."""
+        if self.upcoming is None:
+            return ()
+        return tuple(n for n in self.upcoming if n not in self.current)
+
+
+def met(level: Consistency, sets: ReplicaSets, covered: Collection[str]) -> bool:
+    """Whether answers covering these replicas meet ``level`` in every set.
+
+    A stand-in's answer covers the replica it stands in for.
+    """
+    return all(
+        sum(1 for node in replicas if node in covered) >= required_replies(level, len(replicas))
+        for replicas in _sets(sets)
+    )
+
+
+def _sets(sets: ReplicaSets) -> tuple[tuple[str, ...], ...]:
+    return (sets.current,) if sets.upcoming is None else (sets.current, sets.upcoming)
+
+
+def check_reachable(level: Consistency, sets: ReplicaSets, reachable: Collection[str]) -> None:
+    """Fail fast, before sending anything, when the level cannot be met.
+
+    ``reachable``: the replicas a live target answers for.
+    """
+    for replicas in _sets(sets):
+        needed = required_replies(level, len(replicas))
+        count = sum(1 for node in replicas if node in reachable)
+        if count < needed:
+            raise Unavailable(
+                f"{level.name} needs {needed} of {len(replicas)} replicas, only {count} reachable",
+                reason="NOT_ENOUGH_REPLICAS",
+                metadata={"needed": str(needed), "reachable": str(count)},
+            )
 
 
 def newest(records: Iterable[Record | None]) -> Record | None:

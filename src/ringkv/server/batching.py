@@ -1,8 +1,10 @@
-"""Batching: items submitted while one batch is in flight form the next batch.
+"""Batching: items submitted while a batch is in flight form the next batch.
 
 This is group commit in general form. Under light load every item goes out
 alone at once; under heavy load one disk sync or one network round trip
-carries many items, with no timer and no added latency.
+carries many items, with no timer and no added latency. With more than one
+batch in flight (a pipeline, for network calls) the next batch leaves
+without waiting for the answer to the one before.
 """
 
 from __future__ import annotations
@@ -22,7 +24,11 @@ class Batcher(Generic[ItemT, ResultT]):
 
     ``flush`` gets a list of items and returns one result per item, in order;
     an exception in that list fails its item alone, an exception raised fails
-    every item of the batch.
+    every item of the batch. Up to ``max_in_flight`` calls of ``flush`` run at
+    once, started in submission order.
+
+    Items submitted together (``submit_many``) share one future and travel in
+    one batch, so a caller with many items costs one wakeup, not one per item.
     """
 
     def __init__(
@@ -31,24 +37,40 @@ class Batcher(Generic[ItemT, ResultT]):
         *,
         max_batch: int,
         name: str,
+        max_in_flight: int = 1,
     ) -> None:
         self._flush = flush
         self._max_batch = max_batch
         self._name = name
-        self._pending: list[tuple[ItemT, asyncio.Future[ResultT]]] = []
+        self._pending: list[tuple[list[ItemT], asyncio.Future[list[ResultT | Exception]]]] = []
         self._wakeup = asyncio.Event()
         self._closing = False
+        self._slots = asyncio.Semaphore(max_in_flight)
+        self._in_flight: set[asyncio.Task[None]] = set()
         self._task = asyncio.get_running_loop().create_task(self._run(), name=name)
 
     async def submit(self, item: ItemT) -> ResultT:
         """The item's result, once the batch that carried it is done."""
+        (result,) = await self.submit_many([item])
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    async def submit_many(self, items: list[ItemT]) -> list[ResultT | Exception]:
+        """One result per item, in order: the item's result or the exception that failed it.
+
+        Raises only when the whole batch failed (the call did not happen or
+        did not answer).
+        """
         if self._closing or self._task.done():
             raise Unavailable(f"{self._name} is shutting down")
-        future: asyncio.Future[ResultT] = asyncio.get_running_loop().create_future()
-        self._pending.append((item, future))
+        future: asyncio.Future[list[ResultT | Exception]] = (
+            asyncio.get_running_loop().create_future()
+        )
+        self._pending.append((items, future))
         self._wakeup.set()
-        # A caller that gives up must not cancel the batch its item may already
-        # be part of; the shield leaves the future to _run.
+        # A caller that gives up must not cancel the batch its items may already
+        # be part of; the shield leaves the future to the batch.
         return await asyncio.shield(future)
 
     async def _run(self) -> None:
@@ -56,26 +78,48 @@ class Batcher(Generic[ItemT, ResultT]):
             await self._wakeup.wait()
             self._wakeup.clear()
             while self._pending:
-                batch = self._pending[: self._max_batch]
-                del self._pending[: self._max_batch]
-                try:
-                    results = await self._flush([item for item, _ in batch])
-                    if len(results) != len(batch):
-                        raise ValueError(f"{len(results)} results for {len(batch)} items")
-                except Exception as error:  # fail this batch, keep serving the next
-                    for _, future in batch:
-                        if not future.done():
-                            future.set_exception(error)
-                            future.exception()  # retrieved: a caller may have gone
-                    continue
-                for (_, future), result in zip(batch, results, strict=True):
-                    if future.done():
-                        continue
-                    if isinstance(result, Exception):
-                        future.set_exception(result)
+                await self._slots.acquire()
+                groups = self._take_batch()
+                task = asyncio.get_running_loop().create_task(self._send(groups))
+                self._in_flight.add(task)
+                task.add_done_callback(self._in_flight.discard)
+        if self._in_flight:
+            await asyncio.wait(set(self._in_flight))
+
+    def _take_batch(self) -> list[tuple[list[ItemT], asyncio.Future[list[ResultT | Exception]]]]:
+        """The oldest groups, up to ``max_batch`` items (at least one group)."""
+        taken, size = 0, 0
+        for items, _ in self._pending:
+            if taken and size + len(items) > self._max_batch:
+                break
+            taken += 1
+            size += len(items)
+        groups = self._pending[:taken]
+        del self._pending[:taken]
+        return groups
+
+    async def _send(
+        self, groups: list[tuple[list[ItemT], asyncio.Future[list[ResultT | Exception]]]]
+    ) -> None:
+        try:
+            batch = [item for items, _ in groups for item in items]
+            try:
+                results = await self._flush(batch)
+                if len(results) != len(batch):
+                    raise ValueError(f"{len(results)} results for {len(batch)} items")
+            except Exception as error:  # fail this batch, keep serving the next
+                for _, future in groups:
+                    if not future.done():
+                        future.set_exception(error)
                         future.exception()  # retrieved: a caller may have gone
-                    else:
-                        future.set_result(result)
+                return
+            start = 0
+            for items, future in groups:
+                if not future.done():
+                    future.set_result(list(results[start : start + len(items)]))
+                start += len(items)
+        finally:
+            self._slots.release()
 
     async def close(self) -> None:
         """Flush what is pending, then stop."""

@@ -7,6 +7,7 @@ import logging
 from collections.abc import Callable
 
 from ringkv.core.membership import Liveness, Membership, RingMaker, replica_count
+from ringkv.core.quorum import ReplicaSets
 from ringkv.core.ring import Ring
 from ringkv.core.tokens import token_of
 from ringkv.server.peers import Peer
@@ -88,17 +89,17 @@ class ClusterView:
         nodes: tuple[str, ...] = self.ring.preference_list(token_of(key), len(self.ring.nodes))
         return nodes
 
-    def pending_replicas(self, key: bytes) -> tuple[str, ...]:
-        """Replicas of the key in the ring after the change in flight that are
-        not replicas now: writes must reach them too."""
-        if self.next_ring is None:
-            return ()
+    def replica_sets(self, key: bytes) -> ReplicaSets:
+        """The key's replicas now and, during a membership change, after it:
+        requests must meet their level in both (``ringkv.core.quorum``)."""
         token = token_of(key)
-        now = self.ring.preference_list(token, self.replicas)
-        upcoming = self.next_ring.preference_list(
+        now: tuple[str, ...] = self.ring.preference_list(token, self.replicas)
+        if self.next_ring is None:
+            return ReplicaSets(now)
+        upcoming: tuple[str, ...] = self.next_ring.preference_list(
             token, replica_count(self._replication_factor, self.next_ring)
         )
-        return tuple(node for node in upcoming if node not in now)
+        return ReplicaSets(now, upcoming)
 
     def holds(self, token: int) -> bool:
         """Whether this node replicates a token now or after the change in flight."""

@@ -9,11 +9,12 @@ its own transaction.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from ringkv.core.errors import StorageFull
-from ringkv.core.records import ApplyResult, Mutation
+from ringkv.core.records import ApplyResult, Mutation, Record
 from ringkv.server.batching import Batcher
 from ringkv.storage import Engine
 
@@ -53,10 +54,19 @@ class CommitQueue:
         """Apply one mutation; returns once it is durable as the fsync mode says."""
         return await self._batcher.submit(mutation)
 
-    async def purge(self, keys: Sequence[bytes]) -> int:
-        """Remove records outright on the commit thread, so no write interleaves."""
+    async def submit_many(self, mutations: list[Mutation]) -> list[ApplyResult | Exception]:
+        """Apply mutations in one batch (one sync); one result or error each, in order."""
+        return await self._batcher.submit_many(mutations)
+
+    async def purge(self, records: Sequence[Record]) -> int:
+        """Remove records outright on the commit thread, each only if it is still
+        the stored version."""
+        keys = [record.key for record in records]
+        versions = [record.version for record in records]
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._thread, self._engine.purge, keys)
+        return await loop.run_in_executor(
+            self._thread, functools.partial(self._engine.purge, keys, expected=versions)
+        )
 
     async def close(self) -> None:
         """Commit what is pending, then stop the commit thread."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
@@ -27,10 +27,11 @@ from ringkv.core.errors import (
     PreconditionFailed,
     ResourceExhausted,
     RingkvError,
+    StaleMemberTable,
     Unavailable,
 )
 from ringkv.core.hlc import HybridLogicalClock, physical_ms
-from ringkv.core.quorum import Target
+from ringkv.core.quorum import ReplicaSets, Target
 from ringkv.core.records import NO_EXPIRY, Record, ReplicaAck, ack, check_precondition
 from ringkv.server.clock_guard import ClockGuard
 from ringkv.server.cluster_view import ClusterView
@@ -42,6 +43,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 _MAX_STAMPS = 3
 """Rounds a write is stamped again past newer versions before giving up."""
+_MAX_REPLANS = 3
+"""Times a request is planned again after a replica refused its member table."""
 StandInFinder = Callable[[Target, set[str]], Target | None]
 """Given a failed target and the nodes in use, the node to try in its place."""
 
@@ -90,18 +93,28 @@ class Coordinator:
 
     async def _read_newest(self, key: bytes, level: Consistency, deadline: float) -> Record | None:
         """The newest version a quorum at ``level`` holds, tombstones included."""
-        n, targets = self._targets(key, level)
-        needed = quorum.required_replies(level, n)
+        return await _replanned(lambda: self._read_newest_once(key, level, deadline))
+
+    async def _read_newest_once(
+        self, key: bytes, level: Consistency, deadline: float
+    ) -> Record | None:
+        sets, targets = self._plan(key, level)
         # Ask just enough replicas, this node first (its answer is local);
-        # each failure brings in the next one.
+        # each failure brings in the next one. During a membership change ask
+        # every replica of both rings: the level must be met in each.
         targets.sort(key=lambda target: target.node_id != self._view.node_id)
+        launch = (
+            quorum.required_replies(level, len(sets.current))
+            if sets.upcoming is None
+            else len(targets)
+        )
         replies, late = await self._gather(
             targets,
             lambda target: self._read_one(target, key),
-            needed,
+            _LevelMet(level, sets),
             deadline,
             "read",
-            launch=needed,
+            launch=launch,
             stand_in=self._stand_in_finder(key, level),
         )
         winner = quorum.newest(replies.values())
@@ -230,27 +243,28 @@ class Coordinator:
         """The answers of a quorum at ``level`` to one record.
 
         During a membership change the key's replicas in the next ring are
-        written too, and each one that is up adds to the answers needed (as
-        Cassandra's pending ranges do): once the change settles, a quorum of
-        the new replicas still holds every acknowledged write.
+        written too, and the level must be met among them as well as among
+        the current ones (joint quorums, ``ringkv.core.quorum.ReplicaSets``):
+        once the change settles, a quorum of the new replicas holds every
+        acknowledged write.
         """
-        n, targets = self._targets(record.key, level)
-        pending = [
-            Target(node)
-            for node in self._view.pending_replicas(record.key)
-            if self._view.is_live(node)
-        ]
+        return await _replanned(lambda: self._send_once(record, level, deadline))
+
+    async def _send_once(
+        self, record: Record, level: Consistency, deadline: float
+    ) -> list[ReplicaAck]:
+        sets, targets = self._plan(record.key, level)
         try:
             acks, running = await self._gather(
-                targets + pending,
+                targets,
                 lambda target: self._write_one(target, record),
-                quorum.required_replies(level, n) + len(pending),
+                _LevelMet(level, sets),
                 deadline,
                 "write",
-                launch=len(targets) + len(pending),
+                launch=len(targets),
                 stand_in=self._stand_in_finder(record.key, level),
             )
-            self._hint_missed(record, n, acks, running)
+            self._hint_missed(record, sets, acks, running)
         except QuorumFailed as failure:
             if (
                 not failure.answered
@@ -269,7 +283,7 @@ class Coordinator:
     def _hint_missed(
         self,
         record: Record,
-        n: int,
+        sets: ReplicaSets,
         acks: dict[Target, ReplicaAck],
         running: dict[asyncio.Task[ReplicaAck], Target],
     ) -> None:
@@ -282,11 +296,10 @@ class Coordinator:
         repaired it. Hints do not count toward the level; the usual case, every
         replica written or still being written, costs one callback per call.
         """
-        covered = {target.stands_in_for or target.node_id for target in (*acks, *running.values())}
-        if len(covered) < n:
-            for node in self._view.clockwise(record.key)[:n]:
-                if node not in covered:
-                    self._hint_for(record, node)
+        covered = _covered((*acks, *running.values()))
+        for node in sets.all():
+            if node not in covered:
+                self._hint_for(record, node)
         for task, target in running.items():
             task.add_done_callback(
                 functools.partial(
@@ -314,18 +327,26 @@ class Coordinator:
 
     # -- shared ----------------------------------------------------------------
 
-    def _targets(self, key: bytes, level: Consistency) -> tuple[int, list[Target]]:
-        n = self._view.replicas
-        targets = quorum.targets(self._view.clockwise(key), n, self._view.is_live, level)
-        counting = [t for t in targets if t.stands_in_for is None or level in quorum.SLOPPY_LEVELS]
-        quorum.check_reachable(level, n, len(counting))
-        return n, targets
+    def _plan(self, key: bytes, level: Consistency) -> tuple[ReplicaSets, list[Target]]:
+        """The key's replica sets and the live nodes to ask: its replicas (with
+        stand-ins for the down ones at sloppy levels) and, during a membership
+        change, its replicas after the change.
+
+        Raises Unavailable, before anything is sent, when too few are live.
+        """
+        sets = self._view.replica_sets(key)
+        targets = quorum.targets(
+            self._view.clockwise(key), len(sets.current), self._view.is_live, level
+        )
+        targets += [Target(node) for node in sets.pending() if self._view.is_live(node)]
+        quorum.check_reachable(level, sets, _covered(targets))
+        return sets, targets
 
     async def _gather(
         self,
         targets: list[Target],
         call: Callable[[Target], Coroutine[Any, Any, T]],
-        needed: int,
+        enough: _LevelMet,
         deadline: float,
         what: str,
         *,
@@ -333,10 +354,13 @@ class Coordinator:
         stand_in: StandInFinder | None,
     ) -> tuple[dict[Target, T], dict[asyncio.Task[T], Target]]:
         """Call the first ``launch`` targets, and one more for each failure,
-        until ``needed`` succeed; calls still running go on in the background.
+        until the targets that succeeded are ``enough``; calls still running go
+        on in the background.
 
         When the targets run out, a failed replica is replaced by a stand-in
         (at sloppy levels), so the call that finds a node down need not fail.
+        A replica that refused the request's member table ends it at once
+        (StaleMemberTable): it must be planned again on the newer table.
         Returns the successful results and the calls still running.
         """
         loop = asyncio.get_running_loop()
@@ -360,7 +384,7 @@ class Coordinator:
         results: dict[Target, T] = {}
         errors: list[BaseException] = []
         try:
-            while running and len(results) < needed:
+            while running and not enough(results.keys()):
                 done, _ = await asyncio.wait(
                     running, timeout=deadline - loop.time(), return_when=asyncio.FIRST_COMPLETED
                 )
@@ -369,18 +393,22 @@ class Coordinator:
                 for task in done:
                     target = running.pop(task)
                     error = task.exception()
+                    if isinstance(error, StaleMemberTable):
+                        raise error
                     if error is None:
                         results[target] = task.result()
                     else:
                         errors.append(error)
                         start_next(failed=target)
+                if not running and not enough(results.keys()):
+                    start_next()
         finally:
             # Calls still running (or orphaned by a cancelled request) finish
             # in the background; close() waits for them.
             for task in running:
                 self._track(task)
-        if len(results) < needed:
-            raise QuorumFailed(what, needed, len(results), errors)
+        if not enough(results.keys()):
+            raise QuorumFailed(what, enough.needed, len(results), errors)
         return results, running
 
     def _stand_in_finder(self, key: bytes, level: Consistency) -> StandInFinder | None:
@@ -416,6 +444,38 @@ class Coordinator:
             await asyncio.wait(set(self._background), timeout=5.0)
         for task in list(self._background):
             task.cancel()
+
+
+def _covered(targets: Collection[Target]) -> set[str]:
+    """The replicas these targets answer for (a stand-in for the one it replaces)."""
+    return {target.stands_in_for or target.node_id for target in targets}
+
+
+@dataclass(frozen=True, slots=True)
+class _LevelMet:
+    """Whether the targets that answered meet a level in every replica set."""
+
+    level: Consistency
+    sets: ReplicaSets
+
+    def __call__(self, answered: Collection[Target]) -> bool:
+        return quorum.met(self.level, self.sets, _covered(answered))
+
+    @property
+    def needed(self) -> int:
+        """Answers the level needs from the current replicas (for messages)."""
+        return quorum.required_replies(self.level, len(self.sets.current))
+
+
+async def _replanned(attempt: Callable[[], Awaitable[T]]) -> T:
+    """Run a request, planning it again each time a replica refuses its member
+    table (the refusal brought the newer table, so the next plan uses it)."""
+    for _ in range(_MAX_REPLANS):
+        try:
+            return await attempt()
+        except StaleMemberTable:
+            continue
+    return await attempt()
 
 
 def _deadline(timeout_s: float) -> float:

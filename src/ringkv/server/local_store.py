@@ -31,9 +31,16 @@ class LocalStore:
         """Store a record if it is newer than the one held (or the hint, with ``hint_for``)."""
         return await self._commits.submit(Mutation(record, hint_for=hint_for))
 
-    async def purge(self, keys: Sequence[bytes]) -> int:
-        """Remove the records of ``keys`` outright (ranges handed off, old tombstones)."""
-        return await self._commits.purge(keys)
+    async def apply_many(
+        self, records: list[Record], *, hint_for: str | None = None
+    ) -> list[ApplyResult | Exception]:
+        """``apply`` for many records at once, in one commit: a result or an error each."""
+        return await self._commits.submit_many([Mutation(r, hint_for=hint_for) for r in records])
+
+    async def purge(self, records: Sequence[Record]) -> int:
+        """Remove these records outright (ranges handed off), each only if it is
+        still the version given: a newer write that landed since stays."""
+        return await self._commits.purge(records)
 
     async def drop_hint(self, record: Record, node_id: str) -> None:
         """Forget a hint held for ``node_id`` if it is still this version."""

@@ -36,7 +36,7 @@ from ringkv.server.membership import MembershipManager
 from ringkv.server.membership_file import MembershipFile
 from ringkv.server.metrics import MetricsServer, NodeCollector, NodeMetrics
 from ringkv.server.metrics import bind as bind_metrics
-from ringkv.server.peers import Peer, PeerProber
+from ringkv.server.peers import Fencing, Peer, PeerProber
 from ringkv.server.rebalance import Rebalancer
 from ringkv.server.replica_service import ReplicaService
 from ringkv.storage import FsyncMode, open_engine
@@ -88,6 +88,14 @@ async def serve(
         )
         counters = Counters()
 
+        def offer_table(table: Membership) -> None:
+            # A table that leaves this node out is not taken from a replica's
+            # refusal: joining and being removed are the membership layer's.
+            if config.node_id in table.addresses:
+                membership.offer(table)
+
+        fencing = Fencing(lambda: view.membership, offer_table)
+
         def open_peer(node_id: str, address: str) -> Peer:
             return Peer(
                 node_id,
@@ -96,6 +104,7 @@ async def serve(
                 config.peer_timeout_s,
                 counters=counters,
                 open_channel=security.open_channel,
+                fencing=fencing,
             )
 
         advertised = HostPort(config.advertised.host, config.advertised.port or port)
@@ -202,7 +211,7 @@ async def serve(
                 clock_guard=clock_guard,
                 member_port_offset=security.member_port_offset,
             ),
-            ReplicaService(store, clock, now_ms, engine=engine),
+            ReplicaService(store, clock, now_ms, engine=engine, tables=view),
             AdminService(
                 config.node_id,
                 engine,

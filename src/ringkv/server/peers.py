@@ -11,27 +11,43 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 import grpc
 
 from ringkv.api import kv_pb2, kv_pb2_grpc, replica_pb2, replica_pb2_grpc
-from ringkv.core.errors import InternalError, Unavailable
+from ringkv.core.errors import InternalError, StaleMemberTable, Unavailable
 from ringkv.core.hlc import HybridLogicalClock
+from ringkv.core.membership import Membership
 from ringkv.core.records import Record, ReplicaAck
 from ringkv.server.auth import CHANNEL_OPTIONS, NodeSecurity
 from ringkv.server.batching import Batcher
 from ringkv.server.counters import Counters
-from ringkv.server.wire import record_from_wire, record_to_wire
+from ringkv.server.wire import membership_from_wire, record_from_wire, record_to_wire
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CHANNEL_OPTIONS", "Peer", "PeerProber"]
+__all__ = ["CHANNEL_OPTIONS", "Fencing", "Peer", "PeerProber"]
 
 ChannelOpener = Callable[[str], grpc.aio.Channel]
 """Opens a channel to another node's address with the node's credentials
 (``NodeSecurity.open_channel``)."""
 MAX_RECORDS_PER_CALL = 512
 _DOWN_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+
+
+@dataclass(frozen=True, slots=True)
+class Fencing:
+    """How replica calls are fenced by member table (``replica.proto``'s Fence)."""
+
+    table: Callable[[], Membership]
+    """The table requests are planned on: its (epoch, term) goes with each call."""
+    offer: Callable[[Membership], None]
+    """Takes the newer table a replica refused a call with."""
+
+
+UNFENCED = Fencing(lambda: Membership(0, ()), lambda _: None)
+"""For tools and tests that talk to one replica directly."""
 
 
 class Peer:
@@ -46,8 +62,10 @@ class Peer:
         *,
         counters: Counters | None = None,
         open_channel: ChannelOpener | None = None,
+        fencing: Fencing = UNFENCED,
     ) -> None:
         self.node_id = node_id
+        self._fencing = fencing
         self.address = address
         self.alive = True
         self._clock = clock
@@ -89,12 +107,13 @@ class Peer:
         return await self._reader.submit(key)
 
     async def _read_batch(self, keys: list[bytes]) -> list[Record | None]:
-        request = replica_pb2.ReadRequest(keys=keys, clock=self._clock.last)
+        request = replica_pb2.ReadRequest(keys=keys, clock=self._clock.last, fence=self._fence())
         try:
             response = await self._replica.Read(request, timeout=self._timeout_s)
         except grpc.aio.AioRpcError as error:
             raise self._failed(error, "replica read") from None
         self._clock.observe_peer(response.clock)
+        self._check_fence(response.newer_table, request.fence)
         return [record_from_wire(r.record) if r.found else None for r in response.results]
 
     async def write(self, record: Record, *, hint_for: str | None = None) -> ReplicaAck:
@@ -116,13 +135,17 @@ class Peer:
         self, records: list[Record], hint_for: str
     ) -> list[ReplicaAck | Exception]:
         request = replica_pb2.WriteRequest(
-            records=[record_to_wire(r) for r in records], hint_for=hint_for, clock=self._clock.last
+            records=[record_to_wire(r) for r in records],
+            hint_for=hint_for,
+            clock=self._clock.last,
+            fence=self._fence(),
         )
         try:
             response = await self._replica.Write(request, timeout=self._timeout_s)
         except grpc.aio.AioRpcError as error:
             raise self._failed(error, "replica write") from None
         self._clock.observe_peer(response.clock)
+        self._check_fence(response.newer_table, request.fence)
         if not len(response.replaced_live) == len(response.newer) == len(records):
             raise InternalError(f"{self.node_id} answered a write of {len(records)} records oddly")
         return [
@@ -131,6 +154,22 @@ class Peer:
             else ReplicaAck(response.replaced_live[i], response.newer[i])
             for i in range(len(records))
         ]
+
+    def _fence(self) -> replica_pb2.Fence:
+        epoch, term = self._fencing.table().fence
+        return replica_pb2.Fence(epoch=epoch, term=term)
+
+    def _check_fence(self, newer: kv_pb2.MemberTable, sent: replica_pb2.Fence) -> None:
+        """Raise StaleMemberTable if the peer refused the call, after offering its table."""
+        table = membership_from_wire(newer)
+        if table is None:
+            return
+        self._fencing.offer(table)
+        raise StaleMemberTable(
+            f"{self.node_id} is on member table epoch {table.epoch} (term {table.term}); "
+            f"the request was planned on epoch {sent.epoch} (term {sent.term})",
+            metadata={"epoch": str(table.epoch)},
+        )
 
     async def probe(self) -> bool:
         """Ping the peer; mark it alive again if it answers."""

@@ -2,16 +2,20 @@
 
 When a member table with a change in flight is adopted, this node works out
 the token ranges it replicates in the next ring but not in the current one
-and pulls each from a current replica (paged ``Scan`` calls, applied by
-version, so writes that arrive meanwhile are never overwritten by older
-data). When every range is in, it reports the epoch as synced in its
-heartbeat replies; the leader settles the change once every gainer has.
+and pulls each from a quorum of its current replicas (paged ``Scan``
+calls, applied by version, so writes that arrive meanwhile are never
+overwritten by older data). A quorum, not one: a write acknowledged before
+the change may be on a bare quorum of the old replicas, and only a quorum
+of them is sure to include one that holds it. When every range is in, it
+reports the epoch as synced in its heartbeat replies; the leader settles the
+change once every gainer has.
 
 Pulling waits ``settle_delay_s`` first, so that every node has adopted the
 table and sends new writes to both rings before the scan passes their keys
 (Cassandra's ring delay). After a change settles and ``cleanup_delay_s``
 has passed, records of ranges this node no longer replicates are sent to
-their replicas once more and then removed.
+their replicas once more and then removed, each only if it is still the
+version that was sent.
 """
 
 from __future__ import annotations
@@ -23,9 +27,11 @@ from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any
 
+from ringkv.core.consistency import Consistency
 from ringkv.core.errors import RingkvError
 from ringkv.core.membership import Membership, replica_count
-from ringkv.core.records import Record
+from ringkv.core.quorum import required_replies
+from ringkv.core.records import Outcome, Record
 from ringkv.core.ring import TOKEN_SPACE, moved_ranges
 from ringkv.core.tokens import token_of
 from ringkv.server.cluster_view import ClusterView
@@ -123,18 +129,35 @@ class Rebalancer:
 
         async def pull_one(pull: Pull) -> None:
             async with limit:
-                while not await self._pull(pull):
-                    await asyncio.sleep(_RETRY_S)
+                pulled: set[str] = set()
+                while len(pulled) < self._sources_needed(pull):
+                    await self._pull(pull, pulled)
+                    if len(pulled) < self._sources_needed(pull):
+                        await asyncio.sleep(_RETRY_S)
                 self.progress.ranges_done += 1
 
         await asyncio.gather(*(pull_one(pull) for pull in pulls))
         self.synced_epoch = epoch
         log.info("gained ranges pulled", extra={"epoch": epoch, "records": self.progress.records})
 
-    async def _pull(self, pull: Pull) -> bool:
-        """Fetch one range from the first source that serves all of it."""
+    def _sources_needed(self, pull: Pull) -> int:
+        """A quorum of the range's old replicas, but no more than are up now and
+        at least one: a join or a removal must not wait for a down member
+        (the hints held for it, read repair and anti-entropy fill in what it
+        alone held)."""
+        live = sum(1 for source in pull.sources if self._view.is_live(source))
+        quorum = required_replies(Consistency.QUORUM, len(pull.sources))
+        return max(1, min(quorum, live))
+
+    async def _pull(self, pull: Pull, pulled: set[str]) -> None:
+        """Fetch the range from the sources not yet ``pulled``, live ones first,
+        until enough have served all of it."""
         sources = sorted(pull.sources, key=lambda node: not self._view.is_live(node))
         for source in sources:
+            if len(pulled) >= self._sources_needed(pull):
+                return
+            if source in pulled:
+                continue
             peer = self._view.peers.get(source)
             if peer is None:
                 continue
@@ -142,13 +165,17 @@ class Rebalancer:
             try:
                 while True:
                     records, cursor = await peer.scan(pull.start, pull.end, cursor, PAGE_RECORDS)
-                    await asyncio.gather(*(self._store.apply(record) for record in records))
-                    self.progress.records += len(records)
+                    for result in await self._store.apply_many(records):
+                        if isinstance(result, Exception):
+                            raise result
+                        # What a second source sends again is not counted twice.
+                        if result.outcome is Outcome.APPLIED:
+                            self.progress.records += 1
                     if not cursor:
-                        return True
+                        pulled.add(source)
+                        break
             except RingkvError as error:
                 log.info("range pull failed", extra={"peer": source, "error": str(error)})
-        return False
 
     async def _clean_up(self, epoch: int) -> None:
         """Hand off, then remove, the records of ranges this node no longer replicates."""
@@ -165,9 +192,9 @@ class Rebalancer:
         if removed:
             log.info("handed-off records removed", extra={"epoch": epoch, "records": removed})
 
-    async def hand_off(self) -> list[bytes]:
+    async def hand_off(self) -> list[Record]:
         """Send each record this node no longer replicates to the key's replicas; the
-        keys every live replica acknowledged.
+        records every live replica acknowledged.
 
         The new replicas pulled these ranges already, but a coordinator that
         adopted the change late may have written a key only here after the
@@ -176,7 +203,7 @@ class Rebalancer:
         decommissioned node gives its data away before it stops.
         """
         records = await asyncio.to_thread(self._unowned_records)
-        delivered: list[bytes] = []
+        delivered: list[Record] = []
 
         async def send(record: Record) -> None:
             view = self._view
@@ -192,7 +219,7 @@ class Rebalancer:
                 *(peer.write(record) for peer in peers), return_exceptions=True
             )
             if not any(isinstance(result, BaseException) for result in results):
-                delivered.append(record.key)
+                delivered.append(record)
 
         for first in range(0, len(records), PURGE_CHUNK):
             await asyncio.gather(*(send(r) for r in records[first : first + PURGE_CHUNK]))

@@ -6,10 +6,12 @@ import asyncio
 import logging
 import struct
 from collections.abc import Callable
+from typing import Protocol
 
-from ringkv.api import replica_pb2
+from ringkv.api import kv_pb2, replica_pb2
 from ringkv.core.errors import InvalidArgument
 from ringkv.core.hlc import HybridLogicalClock
+from ringkv.core.membership import Liveness, Membership
 from ringkv.core.merkle import MAX_DEPTH
 from ringkv.core.records import Record, ack
 from ringkv.core.ring import TOKEN_SPACE
@@ -17,7 +19,7 @@ from ringkv.core.tokens import token_of
 from ringkv.server.anti_entropy import span_tree
 from ringkv.server.local_store import LocalStore
 from ringkv.server.rpc import Context, Method
-from ringkv.server.wire import record_from_wire, record_to_wire
+from ringkv.server.wire import membership_to_wire, record_from_wire, record_to_wire
 from ringkv.storage import Engine
 
 log = logging.getLogger(__name__)
@@ -29,6 +31,16 @@ SCAN_PAGE_BYTES = 4 << 20
 at the 1 MiB value limit would not fit in one message."""
 # A Scan cursor is the last token of the page before.
 _CURSOR = struct.Struct(">Q")
+
+
+class MemberTableHolder(Protocol):
+    """Where the replica finds the member table in effect (the cluster view)."""
+
+    @property
+    def membership(self) -> Membership: ...
+
+    @property
+    def liveness(self) -> dict[str, Liveness]: ...
 
 
 class ReplicaService:
@@ -43,8 +55,11 @@ class ReplicaService:
         now_ms: Callable[[], int],
         *,
         engine: Engine,
+        tables: MemberTableHolder | None = None,
     ) -> None:
         self._store = store
+        self._tables = tables
+        """Fences reads and writes by member table; None in tests of one replica alone."""
         self._clock = clock
         self._now_ms = now_ms
         # Scans go to the engine directly: the store reads and writes keys,
@@ -66,8 +81,25 @@ class ReplicaService:
         self._clock.observe_peer(request.clock)
         return replica_pb2.ClockResponse(wall_ms=self._now_ms(), clock=self._clock.last)
 
+    def _newer_table(self, fence: replica_pb2.Fence) -> kv_pb2.MemberTable | None:
+        """This node's table if it is newer than the one the request was planned on.
+
+        Then the request is refused whatever its keys: its coordinator may have
+        chosen replicas, or a quorum size, that the newer table no longer
+        has, and it adopts this table and plans again.
+        """
+        if self._tables is None:
+            return None
+        mine = self._tables.membership
+        if mine.fence <= (fence.epoch, fence.term):
+            return None
+        return membership_to_wire(mine, self._tables.liveness)
+
     async def read(self, request: replica_pb2.ReadRequest, _: Context) -> replica_pb2.ReadResponse:
         self._clock.observe_peer(request.clock)
+        newer = self._newer_table(request.fence)
+        if newer is not None:
+            return replica_pb2.ReadResponse(newer_table=newer, clock=self._clock.last)
         results = []
         for key in request.keys:
             record = self._store.read(key)
@@ -82,17 +114,18 @@ class ReplicaService:
         self, request: replica_pb2.WriteRequest, _: Context
     ) -> replica_pb2.WriteResponse:
         self._clock.observe_peer(request.clock)
+        newer = self._newer_table(request.fence)
+        if newer is not None:
+            return replica_pb2.WriteResponse(newer_table=newer, clock=self._clock.last)
         hint_for = request.hint_for or None
         records = [record_from_wire(r) for r in request.records]
-        # One record that cannot be stored must not fail the others in the call.
-        applied = await asyncio.gather(
-            *(self._store.apply(record, hint_for=hint_for) for record in records),
-            return_exceptions=True,
-        )
+        # The call's records go to one commit; one that cannot be stored fails
+        # alone, not the others in the call.
+        applied = await self._store.apply_many(records, hint_for=hint_for)
         now = self._now_ms()
         response = replica_pb2.WriteResponse(clock=self._clock.last)
         for record, result in zip(records, applied, strict=True):
-            if isinstance(result, BaseException):
+            if isinstance(result, Exception):
                 log.warning("replica write failed", extra={"error": str(result)})
                 response.replaced_live.append(False)
                 response.newer.append(0)

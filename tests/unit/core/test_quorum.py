@@ -10,8 +10,10 @@ from ringkv.core.consistency import Consistency
 from ringkv.core.errors import Unavailable
 from ringkv.core.hlc import Version
 from ringkv.core.quorum import (
+    ReplicaSets,
     Target,
     check_reachable,
+    met,
     newest,
     required_replies,
     stale_replicas,
@@ -93,10 +95,59 @@ def test_targets_are_distinct_live_and_at_most_n(
 
 
 def test_fail_fast_says_how_many_are_reachable() -> None:
-    check_reachable(Consistency.QUORUM, 3, 2)
+    sets = ReplicaSets(("a", "b", "c"))
+    check_reachable(Consistency.QUORUM, sets, {"a", "c"})
     with pytest.raises(Unavailable, match="QUORUM needs 2 of 3 replicas, only 1 reachable") as e:
-        check_reachable(Consistency.QUORUM, 3, 1)
+        check_reachable(Consistency.QUORUM, sets, {"c", "x"})
     assert e.value.metadata == {"needed": "2", "reachable": "1"}
+
+
+def test_during_a_change_both_sets_must_be_reachable() -> None:
+    sets = ReplicaSets(("a", "b", "c"), ("a", "b", "d"))
+    check_reachable(Consistency.QUORUM, sets, {"a", "c", "d"})
+    with pytest.raises(Unavailable, match="only 1 reachable"):
+        check_reachable(Consistency.QUORUM, sets, {"b", "c"})
+
+
+def test_joint_quorum_needs_the_level_in_both_sets() -> None:
+    sets = ReplicaSets(("a", "b", "c"), ("a", "b", "d"))
+    assert sets.all() == ("a", "b", "c", "d")
+    assert sets.pending() == ("d",)
+    assert not met(Consistency.QUORUM, sets, {"a", "c"})  # only a of the upcoming set
+    assert met(Consistency.QUORUM, sets, {"a", "c", "d"})
+    assert met(Consistency.QUORUM, sets, {"a", "b"})
+    assert met(Consistency.QUORUM, ReplicaSets(("a", "b", "c")), {"b", "c"})
+
+
+_RINGS = st.lists(st.sampled_from(NODES), min_size=1, max_size=5, unique=True)
+
+
+@given(
+    old=_RINGS,
+    new=_RINGS,
+    level=st.sampled_from([Consistency.QUORUM, Consistency.ALL, Consistency.LINEARIZABLE]),
+    first=st.sets(st.sampled_from(NODES)),
+    second=st.sets(st.sampled_from(NODES)),
+    second_ring=st.sampled_from(["old", "joint", "new"]),
+)
+def test_a_joint_quorum_meets_every_quorum_of_either_ring(  # noqa: PLR0917 (hypothesis)
+    old: list[str],
+    new: list[str],
+    level: Consistency,
+    first: set[str],
+    second: set[str],
+    second_ring: str,
+) -> None:
+    """Whatever ring the other coordinator used, before, during or after the
+    change, a request made during it shares a replica with it."""
+    joint = ReplicaSets(tuple(old), tuple(new))
+    other = {
+        "old": ReplicaSets(tuple(old)),
+        "joint": joint,
+        "new": ReplicaSets(tuple(new)),
+    }[second_ring]
+    if met(level, joint, first) and met(level, other, second):
+        assert first & second
 
 
 def test_newest_wins_and_ties_break_by_node() -> None:
