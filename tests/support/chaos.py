@@ -320,9 +320,14 @@ class ChaosCluster:
             mine = [key for key in keys if node_id in replicas[key]]
             with grpc.insecure_channel(by_id[node_id].address) as channel:
                 stub = replica_pb2_grpc.ReplicaStub(channel)
-                response = stub.Read(
-                    replica_pb2.ReadRequest(keys=[key.encode() for key in mine]), timeout=10.0
-                )
+                request = replica_pb2.ReadRequest(keys=[key.encode() for key in mine])
+                response = stub.Read(request, timeout=10.0)
+                if response.HasField("newer_table"):
+                    # Replica reads are fenced by member table: the first call
+                    # learns the node's, the second is planned on it.
+                    table = response.newer_table
+                    request.fence.CopyFrom(replica_pb2.Fence(epoch=table.epoch, term=table.term))
+                    response = stub.Read(request, timeout=10.0)
             for key, result in zip(mine, response.results, strict=True):
                 copies[key][node_id] = (
                     ReplicaCopy(

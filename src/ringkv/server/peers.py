@@ -33,6 +33,10 @@ ChannelOpener = Callable[[str], grpc.aio.Channel]
 """Opens a channel to another node's address with the node's credentials
 (``NodeSecurity.open_channel``)."""
 MAX_RECORDS_PER_CALL = 512
+PIPELINE_DEPTH = 4
+"""Replica calls in flight per peer and kind: the next batch leaves while
+earlier ones are still on the wire or syncing on the replica (one HTTP/2
+connection carries them all, in order)."""
 _DOWN_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 
 
@@ -102,7 +106,10 @@ class Peer:
         """
         if self._reader is None:
             self._reader = Batcher(
-                self._read_batch, max_batch=MAX_RECORDS_PER_CALL, name=f"reads from {self.node_id}"
+                self._read_batch,
+                max_batch=MAX_RECORDS_PER_CALL,
+                name=f"reads from {self.node_id}",
+                max_in_flight=PIPELINE_DEPTH,
             )
         return await self._reader.submit(key)
 
@@ -128,6 +135,7 @@ class Peer:
                 lambda records: self._write_batch(records, target),
                 max_batch=MAX_RECORDS_PER_CALL,
                 name=f"writes to {self.node_id}",
+                max_in_flight=PIPELINE_DEPTH,
             )
         return await writer.submit(record)
 

@@ -25,13 +25,22 @@ class Recorder:
         return [ValueError(f"bad {i}") if i < 0 else i * 10 for i in items]
 
 
+async def flushes_started(recorder: Recorder, count: int) -> None:
+    """Let the loop run until ``count`` flushes have started (bounded)."""
+    for _ in range(1000):
+        if len(recorder.batches) >= count:
+            return
+        await asyncio.sleep(0)
+    raise AssertionError(f"{len(recorder.batches)} flushes started, expected {count}")
+
+
 def test_items_queued_during_a_flush_share_the_next_batch() -> None:
     async def scenario() -> list[list[int]]:
         recorder = Recorder()
         recorder.gate.clear()
         batcher = Batcher(recorder.flush, max_batch=100, name="test")
         first = asyncio.ensure_future(batcher.submit(1))
-        await asyncio.sleep(0)  # the first flush starts and waits on the gate
+        await flushes_started(recorder, 1)  # the first flush waits on the gate
         rest = [asyncio.ensure_future(batcher.submit(i)) for i in range(2, 6)]
         await asyncio.sleep(0)
         recorder.gate.set()
@@ -41,6 +50,44 @@ def test_items_queued_during_a_flush_share_the_next_batch() -> None:
         return recorder.batches
 
     assert asyncio.run(scenario()) == [[1], [2, 3, 4, 5]]
+
+
+def test_a_pipeline_sends_the_next_batch_before_the_first_is_answered() -> None:
+    async def scenario() -> list[list[int]]:
+        recorder = Recorder()
+        recorder.gate.clear()
+        batcher = Batcher(recorder.flush, max_batch=100, name="test", max_in_flight=2)
+        first = asyncio.ensure_future(batcher.submit(1))
+        await flushes_started(recorder, 1)
+        second = asyncio.ensure_future(batcher.submit_many([2, 3]))
+        await flushes_started(recorder, 2)  # two batches in flight, neither answered
+        third = asyncio.ensure_future(batcher.submit(4))
+        for _ in range(100):
+            await asyncio.sleep(0)
+        assert len(recorder.batches) == 2  # the pipeline is full: 4 waits
+        recorder.gate.set()
+        assert await first == 10
+        assert await second == [20, 30]
+        assert await third == 40
+        await batcher.close()
+        return recorder.batches
+
+    assert asyncio.run(scenario()) == [[1], [2, 3], [4]]
+
+
+def test_items_submitted_together_travel_together_and_fail_alone() -> None:
+    async def scenario() -> list[int | Exception]:
+        recorder = Recorder()
+        batcher = Batcher(recorder.flush, max_batch=2, name="test")
+        results = await batcher.submit_many([1, -2, 3])
+        await batcher.close()
+        assert recorder.batches == [[1, -2, 3]]  # a group is never split
+        return results
+
+    results = asyncio.run(scenario())
+    assert results[0] == 10
+    assert results[2] == 30
+    assert isinstance(results[1], ValueError)
 
 
 def test_batches_are_capped() -> None:
