@@ -26,7 +26,7 @@ from ringkv.client.admin import cluster_state
 from ringkv.core.errors import DeadlineExceeded, Unauthenticated, Unavailable
 from ringkv.core.hlc import Version
 from ringkv.core.records import Record
-from ringkv.server.wire import record_to_wire
+from ringkv.server.transport.wire import record_to_wire
 from tests.support.nodes import (
     ClusterFactory,
     NodeFactory,

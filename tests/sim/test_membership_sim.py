@@ -1,6 +1,6 @@
 """Member tables spread by the election's messages, under a seeded storm of faults.
 
-The real node (``ringkv.server.membership``) has no separate gossip for its
+The real node (``ringkv.server.cluster.membership``) has no separate gossip for its
 member table: the leader's Heartbeat and Coordinator carry its table, a reply
 carries the responder's table when that is newer than the one it got, and a
 node adopts a table only if it is newer (``Membership.newer_than``, i.e. a

@@ -2,7 +2,7 @@
 
 Each error carries a machine-readable ``reason`` (an upper-case word, as in
 google.rpc.ErrorInfo) and string ``metadata``. The server maps each class to
-one gRPC status code in a single table (``ringkv.server.errors``); the client
+one gRPC status code in a single table (``ringkv.server.transport.errors``); the client
 maps status codes back to these classes (``ringkv.client.errors``).
 """
 

@@ -18,27 +18,27 @@ from ringkv.core.election import ElectionConfig
 from ringkv.core.errors import Unavailable
 from ringkv.core.hlc import HybridLogicalClock
 from ringkv.core.membership import Membership, RingMaker
-from ringkv.server import rpc
-from ringkv.server.admin_service import AdminService
-from ringkv.server.anti_entropy import AntiEntropy, RepairSchedule
-from ringkv.server.auth import SIDE_CHANNEL_OPTIONS, NodeSecurity, Policy
-from ringkv.server.clock_guard import ClockGuard, ClockProber
-from ringkv.server.cluster_service import ClusterService
-from ringkv.server.cluster_view import ClusterView
-from ringkv.server.commit import DEFAULT_MAX_BATCH, CommitQueue
+from ringkv.server.cluster.clock_guard import ClockGuard, ClockProber
+from ringkv.server.cluster.cluster_view import ClusterView
+from ringkv.server.cluster.membership import MembershipManager
+from ringkv.server.cluster.membership_file import MembershipFile
 from ringkv.server.config import HostPort, NodeConfig
-from ringkv.server.coordinator import Coordinator
 from ringkv.server.counters import Counters
-from ringkv.server.hints import HintReplayer
-from ringkv.server.kv_service import KeyValueService
-from ringkv.server.local_store import LocalStore
-from ringkv.server.membership import MembershipManager
-from ringkv.server.membership_file import MembershipFile
-from ringkv.server.metrics import MetricsServer, NodeCollector, NodeMetrics
-from ringkv.server.metrics import bind as bind_metrics
-from ringkv.server.peers import Fencing, Peer, PeerProber
-from ringkv.server.rebalance import Rebalancer
-from ringkv.server.replica_service import ReplicaService
+from ringkv.server.data.anti_entropy import AntiEntropy, RepairSchedule
+from ringkv.server.data.commit import DEFAULT_MAX_BATCH, CommitQueue
+from ringkv.server.data.coordinator import Coordinator
+from ringkv.server.data.hints import HintReplayer
+from ringkv.server.data.local_store import LocalStore
+from ringkv.server.data.rebalance import Rebalancer
+from ringkv.server.services.admin_service import AdminService
+from ringkv.server.services.cluster_service import ClusterService
+from ringkv.server.services.kv_service import KeyValueService
+from ringkv.server.services.metrics import MetricsServer, NodeCollector, NodeMetrics
+from ringkv.server.services.metrics import bind as bind_metrics
+from ringkv.server.services.replica_service import ReplicaService
+from ringkv.server.transport import rpc
+from ringkv.server.transport.auth import SIDE_CHANNEL_OPTIONS, NodeSecurity, Policy
+from ringkv.server.transport.peers import Fencing, Peer, PeerProber
 from ringkv.storage import FsyncMode, open_engine
 
 log = logging.getLogger("ringkv.node")
@@ -210,6 +210,7 @@ async def serve(
                 repairs,
                 clock_guard=clock_guard,
                 member_port_offset=security.member_port_offset,
+                rebalancer=rebalancer,
             ),
             ReplicaService(store, clock, now_ms, engine=engine, tables=view),
             AdminService(
@@ -228,7 +229,11 @@ async def serve(
         metrics: NodeMetrics | None = None
         metrics_server: MetricsServer | None = None
         if metrics_socket is not None:
-            metrics = NodeMetrics(NodeCollector(view, engine, counters, membership, clock_guard))
+            metrics = NodeMetrics(
+                NodeCollector(
+                    view, engine, counters, membership, clock_guard, rebalancer=rebalancer
+                )
+            )
             metrics_server = MetricsServer(metrics)
             await metrics_server.start(metrics_socket)
             resources.push_async_callback(metrics_server.close)

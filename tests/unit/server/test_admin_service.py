@@ -13,8 +13,8 @@ import pytest
 
 from ringkv.client.admin import BackupInfo, backup
 from ringkv.core.errors import PreconditionFailed, Unavailable
-from ringkv.server import rpc
-from ringkv.server.admin_service import AdminService
+from ringkv.server.services.admin_service import AdminService
+from ringkv.server.transport import rpc
 from ringkv.storage.engine import Engine, FsyncMode
 from ringkv.storage.lmdb_engine import LmdbEngine
 from ringkv.storage.memory import MemoryEngine

@@ -19,13 +19,13 @@ from ringkv.core.merkle import DEFAULT_DEPTH, MAX_DEPTH, MerkleTree
 from ringkv.core.records import Mutation, Record
 from ringkv.core.ring import TOKEN_SPACE, Ring
 from ringkv.core.tokens import token_of
-from ringkv.server import rpc
-from ringkv.server.anti_entropy import AntiEntropy, RepairReport, ReplicaView, span_tree
-from ringkv.server.cluster_view import ClusterView
-from ringkv.server.commit import CommitQueue
-from ringkv.server.local_store import LocalStore
-from ringkv.server.peers import Peer
-from ringkv.server.replica_service import SCAN_PAGE_RECORDS, ReplicaService
+from ringkv.server.cluster.cluster_view import ClusterView
+from ringkv.server.data.anti_entropy import AntiEntropy, RepairReport, ReplicaView, span_tree
+from ringkv.server.data.commit import CommitQueue
+from ringkv.server.data.local_store import LocalStore
+from ringkv.server.services.replica_service import SCAN_PAGE_RECORDS, ReplicaService
+from ringkv.server.transport import rpc
+from ringkv.server.transport.peers import Peer
 from ringkv.storage import Engine, FsyncMode
 from ringkv.storage.lmdb_engine import LmdbEngine
 from ringkv.storage.memory import MemoryEngine
@@ -445,7 +445,7 @@ def test_scan_pages_never_split_the_keys_of_one_token(
         return 7 if key.startswith(b"a") else 9
 
     monkeypatch.setattr("ringkv.storage.memory.token_of", two_tokens)
-    monkeypatch.setattr("ringkv.server.replica_service.token_of", two_tokens)
+    monkeypatch.setattr("ringkv.server.services.replica_service.token_of", two_tokens)
     engine = MemoryEngine()
     engine.apply([Mutation(value(k, 10, "b")) for k in (b"a1", b"a2", b"a3", b"b1", b"b2")])
 

@@ -1,4 +1,4 @@
-"""The call policy of ``server/auth.py``, against fake call contexts."""
+"""The call policy of ``server/transport/auth.py``, against fake call contexts."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 
 from ringkv.api.member_port import member_address
 from ringkv.core.errors import Unauthenticated
-from ringkv.server.auth import Access, NodeSecurity, Policy, access_of
 from ringkv.server.config import ConfigError, HostPort, NodeConfig
+from ringkv.server.transport.auth import Access, NodeSecurity, Policy, access_of
 
 
 class FakeContext:

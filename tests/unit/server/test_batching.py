@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import pytest
 
 from ringkv.core.errors import Unavailable
-from ringkv.server.batching import Batcher
+from ringkv.server.transport.batching import Batcher
 
 
 class Recorder:

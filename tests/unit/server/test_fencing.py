@@ -22,16 +22,16 @@ from ringkv.core.consistency import Consistency
 from ringkv.core.hlc import HybridLogicalClock
 from ringkv.core.membership import Member, Membership, MemberStatus, RingMaker
 from ringkv.core.records import Record
-from ringkv.server import rpc
-from ringkv.server.clock_guard import ClockGuard
-from ringkv.server.cluster_view import ClusterView
-from ringkv.server.commit import CommitQueue
-from ringkv.server.coordinator import Coordinator
+from ringkv.server.cluster.clock_guard import ClockGuard
+from ringkv.server.cluster.cluster_view import ClusterView
 from ringkv.server.counters import Counters
-from ringkv.server.local_store import LocalStore
-from ringkv.server.peers import Fencing, Peer
-from ringkv.server.rebalance import Rebalancer
-from ringkv.server.replica_service import ReplicaService
+from ringkv.server.data.commit import CommitQueue
+from ringkv.server.data.coordinator import Coordinator
+from ringkv.server.data.local_store import LocalStore
+from ringkv.server.data.rebalance import Rebalancer
+from ringkv.server.services.replica_service import ReplicaService
+from ringkv.server.transport import rpc
+from ringkv.server.transport.peers import Fencing, Peer
 from ringkv.storage import FsyncMode
 from ringkv.storage.lmdb_engine import LmdbEngine
 from tests.support.nodes import free_ports

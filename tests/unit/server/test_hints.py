@@ -6,10 +6,10 @@ import asyncio
 
 from ringkv.core.hlc import LOGICAL_BITS, Version
 from ringkv.core.records import Mutation, Record
-from ringkv.server.commit import CommitQueue
 from ringkv.server.counters import Counters
-from ringkv.server.hints import HintReplayer
-from ringkv.server.local_store import LocalStore
+from ringkv.server.data.commit import CommitQueue
+from ringkv.server.data.hints import HintReplayer
+from ringkv.server.data.local_store import LocalStore
 from ringkv.storage.memory import MemoryEngine
 
 HOUR_MS = 3600 * 1000

@@ -21,19 +21,19 @@ from ringkv.core.errors import PreconditionFailed
 from ringkv.core.hlc import HybridLogicalClock, Version
 from ringkv.core.membership import Liveness, Member, Membership, MemberStatus, RingMaker
 from ringkv.core.records import Mutation, Record
-from ringkv.server import rpc
-from ringkv.server.anti_entropy import AntiEntropy, PeerRepair, RepairReport, RepairSchedule
-from ringkv.server.cluster_view import ClusterView
+from ringkv.server.cluster.cluster_view import ClusterView
 from ringkv.server.config import HostPort
 from ringkv.server.counters import Counters
-from ringkv.server.metrics import (
+from ringkv.server.data.anti_entropy import AntiEntropy, PeerRepair, RepairReport, RepairSchedule
+from ringkv.server.data.rebalance import Progress, Rebalancer
+from ringkv.server.services.metrics import (
     MetricsServer,
     NodeCollector,
     NodeMetrics,
     bind,
 )
-from ringkv.server.peers import Peer
-from ringkv.server.rebalance import Progress, Rebalancer
+from ringkv.server.transport import rpc
+from ringkv.server.transport.peers import Peer
 from ringkv.storage.memory import MemoryEngine
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -55,7 +55,6 @@ def value(found: Samples, name: str, **labels: str) -> float:
 class FakeMembership:
     def __init__(self) -> None:
         self.synced_epoch = 6
-        self.rebalancer: Rebalancer | None = None
 
 
 class FakeRebalancer:
@@ -96,13 +95,16 @@ def test_the_collector_reads_counters_view_storage_and_pulls_when_scraped() -> N
         counters.replica_error("b", "write")
         counters.replica_error("b", "write")
         counters.replica_error("c", "read")
-        membership = FakeMembership()
-        metrics = NodeMetrics(NodeCollector(view, engine, counters, membership), process=False)
+        rebalancer = FakeRebalancer(Progress())
+        collector = NodeCollector(
+            view, engine, counters, FakeMembership(), rebalancer=cast(Rebalancer, rebalancer)
+        )
+        metrics = NodeMetrics(collector, process=False)
         first = samples(metrics.exposition()[0].decode())
         # Nothing is copied: the next scrape sees the objects as they are then.
         counters.forwarded_writes += 1
         view.leader_id = "d"
-        membership.rebalancer = cast(Rebalancer, FakeRebalancer(Progress(7, 12, 5, 300)))
+        rebalancer.progress = Progress(7, 12, 5, 300)
         second = samples(metrics.exposition()[0].decode())
         await view.close()
         return first, second

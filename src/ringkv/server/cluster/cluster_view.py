@@ -10,7 +10,7 @@ from ringkv.core.membership import Liveness, Membership, RingMaker, replica_coun
 from ringkv.core.quorum import ReplicaSets
 from ringkv.core.ring import Ring
 from ringkv.core.tokens import token_of
-from ringkv.server.peers import Peer
+from ringkv.server.transport.peers import Peer
 
 log = logging.getLogger(__name__)
 

@@ -26,8 +26,8 @@ import errno
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable, Mapping, Sized
+from typing import Any, Protocol, TypeVar
 
 import grpc
 
@@ -56,14 +56,17 @@ from ringkv.core.membership import (
     gainers,
     leader_decision,
 )
-from ringkv.server.auth import NodeSecurity
-from ringkv.server.cluster_view import ClusterView
-from ringkv.server.membership_file import FILE_NAME as MEMBERSHIP_FILE
-from ringkv.server.membership_file import MembershipFile, SavedState
-from ringkv.server.peers import ChannelOpener, Peer
-from ringkv.server.rebalance import Rebalancer
-from ringkv.server.rpc import RelayedError
-from ringkv.server.wire import liveness_from_wire, membership_from_wire, membership_to_wire
+from ringkv.server.cluster.cluster_view import ClusterView
+from ringkv.server.cluster.membership_file import FILE_NAME as MEMBERSHIP_FILE
+from ringkv.server.cluster.membership_file import MembershipFile, SavedState
+from ringkv.server.transport.auth import NodeSecurity
+from ringkv.server.transport.peers import ChannelOpener, Peer
+from ringkv.server.transport.rpc import RelayedError
+from ringkv.server.transport.wire import (
+    liveness_from_wire,
+    membership_from_wire,
+    membership_to_wire,
+)
 
 log = logging.getLogger("ringkv.membership")
 
@@ -73,6 +76,21 @@ _REPLIES = (HeartbeatAck, CoordinatorAck, Answer)
 _HAND_OFF_TIMEOUT_S = 120.0
 """The longest a decommissioned node spends giving its records away before it stops."""
 T = TypeVar("T")
+
+
+class RangeMover(Protocol):
+    """What moves data when the table changes (``ringkv.server.data.rebalance``):
+    the data path sits above the cluster layer, so it is known by this shape."""
+
+    @property
+    def synced_epoch(self) -> int:
+        """The latest epoch whose gained ranges this node holds."""
+
+    def adopted(self, membership: Membership) -> None:
+        """React to a newly adopted member table."""
+
+    async def hand_off(self) -> Sized:
+        """Send the records this node no longer replicates to their replicas."""
 
 
 def monotonic_ms() -> int:
@@ -115,7 +133,7 @@ class MembershipManager:
         self._synced: dict[str, int] = {}
         self._was_leader = False
         self._leaving = False
-        self.rebalancer: Rebalancer | None = None
+        self.rebalancer: RangeMover | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._main: asyncio.Task[None] | None = None
         self._refreshing: asyncio.Task[None] | None = None

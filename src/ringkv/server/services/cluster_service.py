@@ -3,7 +3,7 @@
 ``GetClusterState`` reports every member, its address, liveness and place in
 the ring, the epoch and the token ranges a token-aware client routes by.
 ``Heartbeat`` and ``RequestVote`` carry the bully election (see
-:mod:`ringkv.server.membership`); ``Join`` and ``RemoveNode`` change the
+:mod:`ringkv.server.cluster.membership`); ``Join`` and ``RemoveNode`` change the
 member table through the leader; ``Repair`` runs anti-entropy now.
 """
 
@@ -11,13 +11,14 @@ from __future__ import annotations
 
 from ringkv.api import kv_pb2
 from ringkv.core.errors import Unavailable
-from ringkv.server.anti_entropy import RepairSchedule
-from ringkv.server.clock_guard import ClockGuard
-from ringkv.server.cluster_view import ClusterView
+from ringkv.server.cluster.clock_guard import ClockGuard
+from ringkv.server.cluster.cluster_view import ClusterView
+from ringkv.server.cluster.membership import MembershipManager
 from ringkv.server.counters import Counters
-from ringkv.server.membership import MembershipManager
-from ringkv.server.rpc import Context, Method
-from ringkv.server.wire import membership_to_wire
+from ringkv.server.data.anti_entropy import RepairSchedule
+from ringkv.server.data.rebalance import Rebalancer
+from ringkv.server.transport.rpc import Context, Method
+from ringkv.server.transport.wire import membership_to_wire
 from ringkv.storage import Engine
 
 
@@ -36,7 +37,9 @@ class ClusterService:
         *,
         clock_guard: ClockGuard | None = None,
         member_port_offset: int = 0,
+        rebalancer: Rebalancer | None = None,
     ) -> None:
+        self._rebalancer = rebalancer
         self._clock_guard = clock_guard
         self._member_port_offset = member_port_offset
         self._counters = counters
@@ -115,7 +118,7 @@ class ClusterService:
         self, _request: kv_pb2.GetNodeStatsRequest, _: Context
     ) -> kv_pb2.GetNodeStatsResponse:
         stats = self._engine.stats()
-        rebalancer = self._membership.rebalancer
+        rebalancer = self._rebalancer
         progress = rebalancer.progress if rebalancer is not None else None
         clock = self._clock_guard.check() if self._clock_guard is not None else None
         return kv_pb2.GetNodeStatsResponse(

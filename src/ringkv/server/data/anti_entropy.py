@@ -37,8 +37,8 @@ from ringkv.core.merkle import DEFAULT_DEPTH, MerkleTree, differing_leaves, purg
 from ringkv.core.records import Record
 from ringkv.core.ring import TOKEN_SPACE, Ring
 from ringkv.server.counters import Counters
-from ringkv.server.local_store import LocalStore
-from ringkv.server.peers import Peer
+from ringkv.server.data.local_store import LocalStore
+from ringkv.server.transport.peers import Peer
 from ringkv.storage import Engine
 
 log = logging.getLogger(__name__)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ringkv.api import admin_pb2
 from ringkv.core.errors import Unavailable
-from ringkv.server.rpc import Context, Method, StreamMethod
+from ringkv.server.transport.rpc import Context, Method, StreamMethod
 from ringkv.storage import Engine, EngineStats
 from ringkv.storage.snapshot import file_sha256
 

@@ -34,8 +34,8 @@ from ringkv.core.quorum import required_replies
 from ringkv.core.records import Outcome, Record
 from ringkv.core.ring import TOKEN_SPACE, moved_ranges
 from ringkv.core.tokens import token_of
-from ringkv.server.cluster_view import ClusterView
-from ringkv.server.local_store import LocalStore
+from ringkv.server.cluster.cluster_view import ClusterView
+from ringkv.server.data.local_store import LocalStore
 from ringkv.storage import Engine
 
 log = logging.getLogger(__name__)

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from ringkv.core.quorum import newest
 from ringkv.core.records import ApplyResult, Mutation, Record
-from ringkv.server.commit import CommitQueue
+from ringkv.server.data.commit import CommitQueue
 from ringkv.storage import Engine
 
 

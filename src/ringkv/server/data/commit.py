@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from ringkv.core.errors import StorageFull
 from ringkv.core.records import ApplyResult, Mutation, Record
-from ringkv.server.batching import Batcher
+from ringkv.server.transport.batching import Batcher
 from ringkv.storage import Engine
 
 DEFAULT_MAX_BATCH = 1024

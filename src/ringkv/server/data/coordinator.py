@@ -33,10 +33,10 @@ from ringkv.core.errors import (
 from ringkv.core.hlc import HybridLogicalClock, physical_ms
 from ringkv.core.quorum import ReplicaSets, Target
 from ringkv.core.records import NO_EXPIRY, Record, ReplicaAck, ack, check_precondition
-from ringkv.server.clock_guard import ClockGuard
-from ringkv.server.cluster_view import ClusterView
+from ringkv.server.cluster.clock_guard import ClockGuard
+from ringkv.server.cluster.cluster_view import ClusterView
 from ringkv.server.counters import Counters
-from ringkv.server.local_store import LocalStore
+from ringkv.server.data.local_store import LocalStore
 
 log = logging.getLogger(__name__)
 

@@ -24,8 +24,8 @@ from ringkv.core.clock_offset import ClockCheck, ClockVerdict, OffsetSample, che
 from ringkv.core.errors import Unavailable
 from ringkv.core.hlc import HybridLogicalClock
 from ringkv.core.membership import Membership
-from ringkv.server.cluster_view import ClusterView
-from ringkv.server.peers import ChannelOpener
+from ringkv.server.cluster.cluster_view import ClusterView
+from ringkv.server.transport.peers import ChannelOpener
 
 if TYPE_CHECKING:  # the async stub type exists only in the generated .pyi
     from ringkv.api.replica_pb2_grpc import ReplicaAsyncStub

@@ -16,10 +16,10 @@ from ringkv.core.merkle import MAX_DEPTH
 from ringkv.core.records import Record, ack
 from ringkv.core.ring import TOKEN_SPACE
 from ringkv.core.tokens import token_of
-from ringkv.server.anti_entropy import span_tree
-from ringkv.server.local_store import LocalStore
-from ringkv.server.rpc import Context, Method
-from ringkv.server.wire import membership_to_wire, record_from_wire, record_to_wire
+from ringkv.server.data.anti_entropy import span_tree
+from ringkv.server.data.local_store import LocalStore
+from ringkv.server.transport.rpc import Context, Method
+from ringkv.server.transport.wire import membership_to_wire, record_from_wire, record_to_wire
 from ringkv.storage import Engine
 
 log = logging.getLogger(__name__)

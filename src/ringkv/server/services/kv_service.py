@@ -6,7 +6,7 @@ coordinated by the key's owner (its first live replica), as in the seed:
 another node forwards the request there, with a hop limit and the caller's
 remaining deadline, and coordinates it itself if the owner cannot be reached
 or may not stamp versions. A node whose own clock may not stamp
-(``ringkv.server.clock_guard``) forwards its writes to another node instead.
+(``ringkv.server.cluster.clock_guard``) forwards its writes to another node instead.
 """
 
 from __future__ import annotations
@@ -24,12 +24,12 @@ from ringkv.core.consistency import Consistency
 from ringkv.core.errors import InvalidArgument
 from ringkv.core.records import Record
 from ringkv.core.validation import Limits, expected_version, ttl_ms
-from ringkv.server.clock_guard import CLOCK_OFFSET, CLOCK_UNCHECKED, ClockGuard
-from ringkv.server.cluster_view import ClusterView
-from ringkv.server.coordinator import Coordinator
+from ringkv.server.cluster.clock_guard import CLOCK_OFFSET, CLOCK_UNCHECKED, ClockGuard
+from ringkv.server.cluster.cluster_view import ClusterView
 from ringkv.server.counters import Counters
-from ringkv.server.peers import Peer
-from ringkv.server.rpc import SHUTTING_DOWN, Context, Method, RelayedError
+from ringkv.server.data.coordinator import Coordinator
+from ringkv.server.transport.peers import Peer
+from ringkv.server.transport.rpc import SHUTTING_DOWN, Context, Method, RelayedError
 
 if TYPE_CHECKING:  # the async stub type exists only in the generated .pyi
     from ringkv.api.kv_pb2_grpc import KeyValueAsyncStub

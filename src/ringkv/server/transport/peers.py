@@ -20,10 +20,10 @@ from ringkv.core.errors import InternalError, StaleMemberTable, Unavailable
 from ringkv.core.hlc import HybridLogicalClock
 from ringkv.core.membership import Membership
 from ringkv.core.records import Record, ReplicaAck
-from ringkv.server.auth import CHANNEL_OPTIONS, NodeSecurity
-from ringkv.server.batching import Batcher
 from ringkv.server.counters import Counters
-from ringkv.server.wire import membership_from_wire, record_from_wire, record_to_wire
+from ringkv.server.transport.auth import CHANNEL_OPTIONS, NodeSecurity
+from ringkv.server.transport.batching import Batcher
+from ringkv.server.transport.wire import membership_from_wire, record_from_wire, record_to_wire
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ Two kinds of metric, kept in a registry of the node's own (so several nodes
 in one process never share one):
 
 - Request counts and latencies, recorded as each call leaves its handler
-  (before its answer is sent): ``server/rpc.py`` tells
+  (before its answer is sent): ``server/transport/rpc.py`` tells
   :meth:`RequestMetrics.observe` of every call of every service, with
   the level it ran at and its status code.
 - Everything else mirrors state the node keeps anyway (``Counters``, the
@@ -43,11 +43,11 @@ from prometheus_client.metrics_core import (
 
 from ringkv.core.errors import Unavailable
 from ringkv.core.membership import Liveness, MemberStatus
-from ringkv.server.clock_guard import ClockGuard
-from ringkv.server.cluster_view import ClusterView
+from ringkv.server.cluster.clock_guard import ClockGuard
+from ringkv.server.cluster.cluster_view import ClusterView
 from ringkv.server.config import HostPort
 from ringkv.server.counters import Counters
-from ringkv.server.rebalance import Rebalancer
+from ringkv.server.data.rebalance import Rebalancer
 from ringkv.storage import Engine
 
 log = logging.getLogger(__name__)
@@ -132,7 +132,7 @@ class NodeMetrics:
     def __init__(self, *collectors: _Collector, process: bool = True) -> None:
         self.registry = CollectorRegistry()
         self.requests = RequestMetrics()
-        """Where ``server/rpc.py`` reports each call."""
+        """Where ``server/transport/rpc.py`` reports each call."""
         self.registry.register(self.requests)
         if process:
             ProcessCollector(registry=self.registry)
@@ -155,9 +155,6 @@ class _Membership(Protocol):
     @property
     def synced_epoch(self) -> int: ...
 
-    @property
-    def rebalancer(self) -> Rebalancer | None: ...
-
 
 class NodeCollector:
     """Reads a node's live state at scrape time: counters, ring, leader, storage, pulls."""
@@ -169,8 +166,11 @@ class NodeCollector:
         counters: Counters,
         membership: _Membership,
         clock_guard: ClockGuard | None = None,
+        *,
+        rebalancer: Rebalancer | None = None,
     ) -> None:
         self._clock_guard = clock_guard
+        self._rebalancer = rebalancer
         self._view = view
         self._engine = engine
         self._counters = counters
@@ -301,8 +301,7 @@ class NodeCollector:
         yield GaugeMetricFamily(
             "ringkv_hints_pending", "Hints held for other nodes.", value=stats.hints
         )
-        rebalancer = self._membership.rebalancer
-        progress = rebalancer.progress if rebalancer is not None else None
+        progress = self._rebalancer.progress if self._rebalancer is not None else None
         yield GaugeMetricFamily(
             "ringkv_ranges_to_pull",
             "Token ranges this node gains in the latest membership change.",

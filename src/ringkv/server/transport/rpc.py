@@ -19,8 +19,8 @@ import grpc
 from google.protobuf.message import DecodeError, Message
 
 from ringkv.core.errors import InternalError, InvalidArgument, RingkvError, Unavailable
-from ringkv.server.auth import Policy, access_of
-from ringkv.server.errors import abort_with, status_code
+from ringkv.server.transport.auth import Policy, access_of
+from ringkv.server.transport.errors import abort_with, status_code
 
 log = logging.getLogger(__name__)
 
@@ -258,7 +258,7 @@ def generic_handler(
     policy: Policy | None = None,
 ) -> grpc.GenericRpcHandler:
     """A grpc handler that serves ``service`` through ``gate``, telling
-    ``observe`` of every call; ``policy`` (``server/auth.py``) decides, per
+    ``observe`` of every call; ``policy`` (``server/transport/auth.py``) decides, per
     method and before the request is parsed, whether the caller may call it."""
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
     for method_name, method in service.methods().items():

@@ -17,8 +17,8 @@ from collections.abc import Callable, Mapping
 from ringkv.core.hlc import physical_ms
 from ringkv.core.records import Record
 from ringkv.server.counters import Counters
-from ringkv.server.local_store import LocalStore
-from ringkv.server.peers import Peer
+from ringkv.server.data.local_store import LocalStore
+from ringkv.server.transport.peers import Peer
 from ringkv.storage import Engine
 
 log = logging.getLogger(__name__)

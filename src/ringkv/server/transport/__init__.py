@@ -1,0 +1,2 @@
+"""The wire: calls to other members, their batching, security, and the
+server-side gRPC glue (dispatch, error statuses, core values as messages)."""
