@@ -17,8 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import pytest
 
 from ringkv.core.consistency import Consistency
+from ringkv.core.errors import DeadlineExceeded, Unavailable
 from ringkv.core.hlc import HybridLogicalClock
 from ringkv.core.membership import Member, Membership, MemberStatus, RingMaker
 from ringkv.core.records import Record
@@ -61,8 +63,11 @@ def tables(addresses: dict[str, str]) -> tuple[Membership, ...]:
 
 
 @asynccontextmanager
-async def cluster(root: Path, tables_of: dict[str, int]) -> AsyncIterator[dict[str, Node]]:
-    """One node per id, each on the table of the epoch ``tables_of`` gives it."""
+async def cluster(
+    root: Path, tables_of: dict[str, int], *, adopting: bool = True
+) -> AsyncIterator[dict[str, Node]]:
+    """One node per id, each on the table of the epoch ``tables_of`` gives it;
+    ``adopting`` False: no node adopts the tables replicas refuse calls with."""
     ports = free_ports(len(NODES))
     addresses = {node: f"127.0.0.1:{port}" for node, port in zip(NODES, ports, strict=True)}
     by_epoch = dict(enumerate(tables(addresses), start=1))
@@ -70,13 +75,18 @@ async def cluster(root: Path, tables_of: dict[str, int]) -> AsyncIterator[dict[s
         nodes: dict[str, Node] = {}
         for node_id in NODES:
             nodes[node_id] = await _start(
-                stack, root, node_id, by_epoch[tables_of[node_id]], addresses[node_id]
+                stack, root, node_id, by_epoch[tables_of[node_id]], addresses[node_id], adopting
             )
         yield nodes
 
 
-async def _start(
-    stack: AsyncExitStack, root: Path, node_id: str, table: Membership, address: str
+async def _start(  # noqa: PLR0917 (one node of the fixture)
+    stack: AsyncExitStack,
+    root: Path,
+    node_id: str,
+    table: Membership,
+    address: str,
+    adopting: bool,
 ) -> Node:
     engine = LmdbEngine(root / node_id, FsyncMode.NEVER)
     stack.callback(engine.close)
@@ -87,7 +97,8 @@ async def _start(
     view: ClusterView
 
     def adopt(table: Membership) -> None:
-        view.adopt(table)  # bound late: the view opens its peers as it is made
+        if adopting:
+            view.adopt(table)  # bound late: the view opens its peers as it is made
 
     def open_peer(peer_id: str, peer_address: str) -> Peer:
         fencing = Fencing(lambda: view.membership, adopt)
@@ -162,6 +173,24 @@ def test_a_read_planned_on_an_old_table_is_refused_and_replanned(tmp_path: Path)
 
             assert a.view.epoch == 2
             assert read == record
+
+    run(scenario())
+
+
+def test_a_table_that_cannot_be_caught_up_with_fails_reads_cleanly_and_writes_as_uncertain(
+    tmp_path: Path,
+) -> None:
+    async def scenario() -> None:
+        async with cluster(tmp_path, {"a": 1, "b": 2, "c": 2, "d": 2}, adopting=False) as nodes:
+            a = nodes["a"]
+            key = key_pending_on_d(nodes["b"].view)
+            with pytest.raises(Unavailable) as refused:
+                await a.coordinator.read(key, Consistency.QUORUM, timeout_s=5.0)
+            assert refused.value.reason == "STALE_MEMBER_TABLE"
+            with pytest.raises(DeadlineExceeded) as uncertain:
+                await a.coordinator.write(key, b"v", level=Consistency.QUORUM, timeout_s=5.0)
+            assert uncertain.value.reason == "WRITE_UNCERTAIN"
+            assert a.view.epoch == 1
 
     run(scenario())
 

@@ -248,7 +248,14 @@ class Coordinator:
         once the change settles, a quorum of the new replicas holds every
         acknowledged write.
         """
-        return await _replanned(lambda: self._send_once(record, level, deadline))
+        try:
+            return await _replanned(lambda: self._send_once(record, level, deadline))
+        except StaleMemberTable as error:
+            # Replicas on the tables planned before may have stored it.
+            raise DeadlineExceeded(
+                f"{error.message}; the write may or may not become visible",
+                reason="WRITE_UNCERTAIN",
+            ) from None
 
     async def _send_once(
         self, record: Record, level: Consistency, deadline: float
