@@ -225,6 +225,13 @@ class Coordinator:
             if not newer:
                 return Written(record, any(answer.replaced_live for answer in acks))
             if not restamp:
+                if any(not answer.newer for answer in acks):
+                    # Stored on some replicas: a read there may still see it.
+                    raise DeadlineExceeded(
+                        "a newer version of the key appeared while the conditional write "
+                        "was made; it may or may not become visible",
+                        reason="WRITE_UNCERTAIN",
+                    )
                 raise PreconditionFailed(
                     "a newer version of the key appeared while the write was made",
                     metadata={"expected": str(record.version.timestamp), "actual": str(newer)},

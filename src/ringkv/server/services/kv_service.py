@@ -21,7 +21,7 @@ from ringkv.api import kv_pb2
 from ringkv.api.headers import FORWARD_HOPS, RING_EPOCH
 from ringkv.api.status import error_info
 from ringkv.core.consistency import Consistency
-from ringkv.core.errors import InvalidArgument
+from ringkv.core.errors import DeadlineExceeded, InvalidArgument
 from ringkv.core.records import Record
 from ringkv.core.validation import Limits, expected_version, ttl_ms
 from ringkv.server.cluster.clock_guard import CLOCK_OFFSET, CLOCK_UNCHECKED, ClockGuard
@@ -282,7 +282,9 @@ class KeyValueService:
             target = self._view.owner(key) if may_stamp else self._view.first_live_other(key)
             if target is None or target == self._view.node_id:
                 return None
-            answer = await self._relay(self._view.peers[target], method, request, context, hops)
+            answer = await self._relay(
+                self._view.peers[target], method, request, context, hops, conditional=conditional
+            )
             if answer is not None or may_stamp:
                 return answer
         return None
@@ -296,6 +298,8 @@ class KeyValueService:
         request: RequestT,
         context: Context,
         hops: int,
+        *,
+        conditional: bool,
     ) -> ResponseT | None:
         """The peer's answer to a forwarded write; None if it did not run there."""
         self._counters.forwarded_writes += 1
@@ -310,11 +314,21 @@ class KeyValueService:
             reason = None if info is None else info.reason
             if reason in (CLOCK_OFFSET, CLOCK_UNCHECKED):
                 return None  # it does not stamp now; nothing ran there
-            if reason == SHUTTING_DOWN or (
-                reason is None and error.code() == grpc.StatusCode.UNAVAILABLE
-            ):
-                # Nothing ran there: it is unreachable or closing, and another
-                # node may coordinate instead.
+            if reason is None and error.code() == grpc.StatusCode.UNAVAILABLE:
+                peer.mark_down()
+                if conditional and not _never_connected(error):
+                    # The connection broke during the call: the check-and-write
+                    # may have run there, and running it again here could fail
+                    # on its own first run (VERSION_MISMATCH for a stored write).
+                    raise DeadlineExceeded(
+                        f"{peer.node_id} dropped the forwarded conditional write; "
+                        "it may or may not have been applied",
+                        reason="WRITE_UNCERTAIN",
+                    ) from None
+                return None  # Unreachable: another node may coordinate instead.
+            if reason == SHUTTING_DOWN:
+                # Nothing ran there: it is closing, and another node may
+                # coordinate instead.
                 peer.mark_down()
                 return None
             if reason is None and error.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
@@ -322,6 +336,12 @@ class KeyValueService:
                 # unknown to the caller, but later writes go elsewhere.
                 peer.mark_down()
             raise RelayedError(error) from None
+
+
+def _never_connected(error: grpc.aio.AioRpcError) -> bool:
+    """Whether an UNAVAILABLE call never reached the peer (so nothing ran there)."""
+    details = (error.details() or "").lower()
+    return "failed to connect" in details or "connection refused" in details
 
 
 def _get_response(record: Record | None) -> kv_pb2.GetResponse:
