@@ -52,27 +52,32 @@ def test_items_queued_during_a_flush_share_the_next_batch() -> None:
     assert asyncio.run(scenario()) == [[1], [2, 3, 4, 5]]
 
 
-def test_a_pipeline_sends_the_next_batch_before_the_first_is_answered() -> None:
+def test_a_full_batch_leaves_before_the_one_in_flight_is_answered() -> None:
     async def scenario() -> list[list[int]]:
         recorder = Recorder()
         recorder.gate.clear()
-        batcher = Batcher(recorder.flush, max_batch=100, name="test", max_in_flight=2)
+        batcher = Batcher(recorder.flush, max_batch=2, name="test", max_in_flight=2)
         first = asyncio.ensure_future(batcher.submit(1))
         await flushes_started(recorder, 1)
-        second = asyncio.ensure_future(batcher.submit_many([2, 3]))
-        await flushes_started(recorder, 2)  # two batches in flight, neither answered
-        third = asyncio.ensure_future(batcher.submit(4))
+        # A partial batch waits for the answer in flight: it may grow meanwhile.
+        second = asyncio.ensure_future(batcher.submit(2))
         for _ in range(100):
             await asyncio.sleep(0)
-        assert len(recorder.batches) == 2  # the pipeline is full: 4 waits
+        assert len(recorder.batches) == 1
+        # A full one does not.
+        third = asyncio.ensure_future(batcher.submit(3))
+        await flushes_started(recorder, 2)  # two batches in flight, neither answered
+        fourth = asyncio.ensure_future(batcher.submit_many([4, 5]))
+        for _ in range(100):
+            await asyncio.sleep(0)
+        assert len(recorder.batches) == 2  # the pipeline is full: 4 and 5 wait
         recorder.gate.set()
-        assert await first == 10
-        assert await second == [20, 30]
-        assert await third == 40
+        assert await asyncio.gather(first, second, third) == [10, 20, 30]
+        assert await fourth == [40, 50]
         await batcher.close()
         return recorder.batches
 
-    assert asyncio.run(scenario()) == [[1], [2, 3], [4]]
+    assert asyncio.run(scenario()) == [[1], [2, 3], [4, 5]]
 
 
 def test_items_submitted_together_travel_together_and_fail_alone() -> None:
