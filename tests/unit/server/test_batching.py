@@ -72,7 +72,7 @@ def test_a_full_batch_leaves_before_the_one_in_flight_is_answered() -> None:
             await asyncio.sleep(0)
         assert len(recorder.batches) == 2  # the pipeline is full: 4 and 5 wait
         recorder.gate.set()
-        assert await asyncio.gather(first, second, third) == [10, 20, 30]
+        assert list(await asyncio.gather(first, second, third)) == [10, 20, 30]
         assert await fourth == [40, 50]
         await batcher.close()
         return recorder.batches
