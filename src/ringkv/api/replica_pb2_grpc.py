@@ -59,6 +59,21 @@ class ReplicaStub:
                 request_serializer=ringkv_dot_api_dot_replica__pb2.ClockRequest.SerializeToString,
                 response_deserializer=ringkv_dot_api_dot_replica__pb2.ClockResponse.FromString,
                 _registered_method=True)
+        self.Prepare = channel.unary_unary(
+                '/ringkv.internal.Replica/Prepare',
+                request_serializer=ringkv_dot_api_dot_replica__pb2.PrepareRequest.SerializeToString,
+                response_deserializer=ringkv_dot_api_dot_replica__pb2.PrepareResponse.FromString,
+                _registered_method=True)
+        self.Propose = channel.unary_unary(
+                '/ringkv.internal.Replica/Propose',
+                request_serializer=ringkv_dot_api_dot_replica__pb2.ProposeRequest.SerializeToString,
+                response_deserializer=ringkv_dot_api_dot_replica__pb2.ProposeResponse.FromString,
+                _registered_method=True)
+        self.Commit = channel.unary_unary(
+                '/ringkv.internal.Replica/Commit',
+                request_serializer=ringkv_dot_api_dot_replica__pb2.CommitRequest.SerializeToString,
+                response_deserializer=ringkv_dot_api_dot_replica__pb2.CommitResponse.FromString,
+                _registered_method=True)
 
 
 class ReplicaServicer:
@@ -104,6 +119,26 @@ class ReplicaServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Prepare(self, request, context):
+        """The three Paxos rounds of a conditional write (ringkv.core.paxos). Each
+        answers only once the acceptor's new state is durable.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Propose(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Commit(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ReplicaServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -131,6 +166,21 @@ def add_ReplicaServicer_to_server(servicer, server):
                     servicer.Clock,
                     request_deserializer=ringkv_dot_api_dot_replica__pb2.ClockRequest.FromString,
                     response_serializer=ringkv_dot_api_dot_replica__pb2.ClockResponse.SerializeToString,
+            ),
+            'Prepare': grpc.unary_unary_rpc_method_handler(
+                    servicer.Prepare,
+                    request_deserializer=ringkv_dot_api_dot_replica__pb2.PrepareRequest.FromString,
+                    response_serializer=ringkv_dot_api_dot_replica__pb2.PrepareResponse.SerializeToString,
+            ),
+            'Propose': grpc.unary_unary_rpc_method_handler(
+                    servicer.Propose,
+                    request_deserializer=ringkv_dot_api_dot_replica__pb2.ProposeRequest.FromString,
+                    response_serializer=ringkv_dot_api_dot_replica__pb2.ProposeResponse.SerializeToString,
+            ),
+            'Commit': grpc.unary_unary_rpc_method_handler(
+                    servicer.Commit,
+                    request_deserializer=ringkv_dot_api_dot_replica__pb2.CommitRequest.FromString,
+                    response_serializer=ringkv_dot_api_dot_replica__pb2.CommitResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -268,6 +318,87 @@ class Replica:
             '/ringkv.internal.Replica/Clock',
             ringkv_dot_api_dot_replica__pb2.ClockRequest.SerializeToString,
             ringkv_dot_api_dot_replica__pb2.ClockResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Prepare(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ringkv.internal.Replica/Prepare',
+            ringkv_dot_api_dot_replica__pb2.PrepareRequest.SerializeToString,
+            ringkv_dot_api_dot_replica__pb2.PrepareResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Propose(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ringkv.internal.Replica/Propose',
+            ringkv_dot_api_dot_replica__pb2.ProposeRequest.SerializeToString,
+            ringkv_dot_api_dot_replica__pb2.ProposeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Commit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ringkv.internal.Replica/Commit',
+            ringkv_dot_api_dot_replica__pb2.CommitRequest.SerializeToString,
+            ringkv_dot_api_dot_replica__pb2.CommitResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -54,6 +54,12 @@ class ReplicaStub:
     """This node's wall clock, for a peer measuring how far its own clock is
     from the cluster's (ringkv.core.clock_offset).
     """
+    Prepare: _grpc.UnaryUnaryMultiCallable[_replica_pb2.PrepareRequest, _replica_pb2.PrepareResponse]
+    """The three Paxos rounds of a conditional write (ringkv.core.paxos). Each
+    answers only once the acceptor's new state is durable.
+    """
+    Propose: _grpc.UnaryUnaryMultiCallable[_replica_pb2.ProposeRequest, _replica_pb2.ProposeResponse]
+    Commit: _grpc.UnaryUnaryMultiCallable[_replica_pb2.CommitRequest, _replica_pb2.CommitResponse]
 
 @_typing.type_check_only
 class ReplicaAsyncStub(ReplicaStub):
@@ -77,6 +83,12 @@ class ReplicaAsyncStub(ReplicaStub):
     """This node's wall clock, for a peer measuring how far its own clock is
     from the cluster's (ringkv.core.clock_offset).
     """
+    Prepare: _aio.UnaryUnaryMultiCallable[_replica_pb2.PrepareRequest, _replica_pb2.PrepareResponse]  # type: ignore[assignment]
+    """The three Paxos rounds of a conditional write (ringkv.core.paxos). Each
+    answers only once the acceptor's new state is durable.
+    """
+    Propose: _aio.UnaryUnaryMultiCallable[_replica_pb2.ProposeRequest, _replica_pb2.ProposeResponse]  # type: ignore[assignment]
+    Commit: _aio.UnaryUnaryMultiCallable[_replica_pb2.CommitRequest, _replica_pb2.CommitResponse]  # type: ignore[assignment]
 
 class ReplicaServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -127,5 +139,29 @@ class ReplicaServicer(metaclass=_abc_1.ABCMeta):
         """This node's wall clock, for a peer measuring how far its own clock is
         from the cluster's (ringkv.core.clock_offset).
         """
+
+    @_abc_1.abstractmethod
+    def Prepare(
+        self,
+        request: _replica_pb2.PrepareRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_replica_pb2.PrepareResponse, _abc.Awaitable[_replica_pb2.PrepareResponse]]:
+        """The three Paxos rounds of a conditional write (ringkv.core.paxos). Each
+        answers only once the acceptor's new state is durable.
+        """
+
+    @_abc_1.abstractmethod
+    def Propose(
+        self,
+        request: _replica_pb2.ProposeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_replica_pb2.ProposeResponse, _abc.Awaitable[_replica_pb2.ProposeResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def Commit(
+        self,
+        request: _replica_pb2.CommitRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_replica_pb2.CommitResponse, _abc.Awaitable[_replica_pb2.CommitResponse]]: ...
 
 def add_ReplicaServicer_to_server(servicer: ReplicaServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

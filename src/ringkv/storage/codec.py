@@ -13,6 +13,7 @@ import hashlib
 import struct
 
 from ringkv.core.hlc import Version
+from ringkv.core.paxos import AcceptorState, Ballot, Proposal
 from ringkv.core.records import Record
 from ringkv.core.tokens import MAX_TOKEN, token_of
 
@@ -97,3 +98,55 @@ def decode_record(key: bytes, data: bytes | memoryview) -> Record:
         tombstone=bool(flags & _TOMBSTONE),
         expires_at_ms=expires_at_ms,
     )
+
+
+# Which parts of a Paxos acceptor state are present.
+_PROMISED, _ACCEPTED, _COMMITTED = 0x01, 0x02, 0x04
+_BALLOT = struct.Struct(">qH")
+_RECORD_LENGTH = struct.Struct(">I")
+
+
+def _encode_ballot(ballot: Ballot) -> bytes:
+    node = ballot.node_id.encode("utf-8")
+    return _BALLOT.pack(ballot.timestamp, len(node)) + node
+
+
+def _decode_ballot(data: bytes | memoryview, start: int) -> tuple[Ballot, int]:
+    timestamp, node_len = _BALLOT.unpack_from(data, start)
+    start += _BALLOT.size
+    node_id = bytes(data[start : start + node_len]).decode("utf-8")
+    return Ballot(timestamp, node_id), start + node_len
+
+
+def encode_acceptor_state(state: AcceptorState) -> bytes:
+    """The stored form of a key's Paxos acceptor state."""
+    flags = (
+        (_PROMISED if state.promised is not None else 0)
+        | (_ACCEPTED if state.accepted is not None else 0)
+        | (_COMMITTED if state.committed is not None else 0)
+    )
+    parts = [bytes([flags])]
+    if state.promised is not None:
+        parts.append(_encode_ballot(state.promised))
+    if state.committed is not None:
+        parts.append(_encode_ballot(state.committed))
+    if state.accepted is not None:
+        record = encode_record(state.accepted.record)
+        parts += [_encode_ballot(state.accepted.ballot), _RECORD_LENGTH.pack(len(record)), record]
+    return b"".join(parts)
+
+
+def decode_acceptor_state(key: bytes, data: bytes | memoryview) -> AcceptorState:
+    """The acceptor state stored for ``key`` (the user key) as ``data``."""
+    flags, start = data[0], 1
+    promised = committed = accepted = None
+    if flags & _PROMISED:
+        promised, start = _decode_ballot(data, start)
+    if flags & _COMMITTED:
+        committed, start = _decode_ballot(data, start)
+    if flags & _ACCEPTED:
+        ballot, start = _decode_ballot(data, start)
+        (length,) = _RECORD_LENGTH.unpack_from(data, start)
+        start += _RECORD_LENGTH.size
+        accepted = Proposal(ballot, decode_record(key, data[start : start + length]))
+    return AcceptorState(promised, accepted, committed)

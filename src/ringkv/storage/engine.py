@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from ringkv.core.errors import PreconditionFailed
 from ringkv.core.hlc import Version
+from ringkv.core.paxos import AcceptorState
 from ringkv.core.records import ApplyResult, Mutation, Record
+
+T = TypeVar("T")
+PaxosStep = Callable[[AcceptorState, Record | None], tuple[AcceptorState, T, Record | None]]
+"""One acceptor rule applied to a key's state and record (``Engine.paxos``)."""
 
 
 class FsyncMode(enum.StrEnum):
@@ -91,6 +96,15 @@ class Engine(Protocol):
         if it is still that version: a write that replaced it after the caller
         looked stays. The check and the removal share the transaction, so no
         write can slip in between. Raises StorageFull like ``apply``.
+        """
+        ...
+
+    def paxos(self, key: bytes, step: PaxosStep[T]) -> T:
+        """One Paxos step on a key, atomically and durably: ``step`` gets the
+        key's acceptor state and record and returns the new state, its answer,
+        and a record to apply (a commit) or None. The new state and the record
+        commit in one transaction before this returns; called from the commit
+        thread, like ``apply``.
         """
         ...
 

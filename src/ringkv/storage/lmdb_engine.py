@@ -20,10 +20,13 @@ import lmdb
 
 from ringkv.core.errors import StorageFull, Unavailable
 from ringkv.core.hlc import Version
+from ringkv.core.paxos import AcceptorState
 from ringkv.core.records import ApplyResult, Mutation, Outcome, Record, resolve
 from ringkv.core.tokens import MAX_TOKEN
 from ringkv.storage.codec import (
+    decode_acceptor_state,
     decode_record,
+    encode_acceptor_state,
     encode_record,
     hint_key,
     hint_parts,
@@ -32,7 +35,7 @@ from ringkv.storage.codec import (
     stored_user_key,
     token_bound,
 )
-from ringkv.storage.engine import EngineStats, FsyncMode, purge_checks
+from ringkv.storage.engine import EngineStats, FsyncMode, PaxosStep, T, purge_checks
 
 DEFAULT_INITIAL_MAP_BYTES = 256 << 20
 DEFAULT_MAX_MAP_BYTES = 1 << 40
@@ -66,6 +69,7 @@ class LmdbEngine:
             )
             self._records = self._env.open_db(b"records")
             self._hints = self._env.open_db(b"hints")
+            self._paxos = self._env.open_db(b"paxos")
         except BaseException:
             os.close(self._dir_lock)
             raise
@@ -118,6 +122,22 @@ class LmdbEngine:
                     txn.put(stored_key, encode_record(record), db=db)
             results.append(result)
         return results
+
+    def paxos(self, key: bytes, step: PaxosStep[T]) -> T:
+        return self._write(lambda txn: self._paxos_in(txn, key, step))
+
+    def _paxos_in(self, txn: lmdb.Transaction, key: bytes, step: PaxosStep[T]) -> T:
+        stored_key = storage_key(key)
+        data = txn.get(stored_key, db=self._paxos)
+        state = AcceptorState() if data is None else decode_acceptor_state(key, data)
+        data = txn.get(stored_key, db=self._records)
+        current = None if data is None else decode_record(key, data)
+        new_state, answer, chosen = step(state, current)
+        if new_state != state:
+            txn.put(stored_key, encode_acceptor_state(new_state), db=self._paxos)
+        if chosen is not None and resolve(Mutation(chosen), current).outcome is Outcome.APPLIED:
+            txn.put(stored_key, encode_record(chosen), db=self._records)
+        return answer
 
     def purge(self, keys: Sequence[bytes], *, expected: Sequence[Version] | None = None) -> int:
         versions = purge_checks(keys, expected)

@@ -8,9 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from ringkv.core.hlc import Version
+from ringkv.core.paxos import AcceptorState
 from ringkv.core.records import ApplyResult, Mutation, Outcome, Record, resolve
 from ringkv.core.tokens import token_of
-from ringkv.storage.engine import BackupUnsupported, EngineStats, purge_checks
+from ringkv.storage.engine import BackupUnsupported, EngineStats, PaxosStep, T, purge_checks
 
 
 class MemoryEngine:
@@ -19,6 +20,7 @@ class MemoryEngine:
     def __init__(self) -> None:
         self._records: dict[bytes, Record] = {}
         self._hints: dict[tuple[bytes, str], Record] = {}
+        self._paxos: dict[bytes, AcceptorState] = {}
         self._lock = threading.Lock()
 
     def get(self, key: bytes) -> Record | None:
@@ -48,6 +50,18 @@ class MemoryEngine:
                     store[slot] = mutation.record
                 results.append(result)
         return results
+
+    def paxos(self, key: bytes, step: PaxosStep[T]) -> T:
+        with self._lock:
+            state, answer, chosen = step(
+                self._paxos.get(key, AcceptorState()), self._records.get(key)
+            )
+            self._paxos[key] = state
+            if chosen is not None:
+                result = resolve(Mutation(chosen), self._records.get(key))
+                if result.outcome is Outcome.APPLIED:
+                    self._records[key] = chosen
+        return answer
 
     def purge(self, keys: Sequence[bytes], *, expected: Sequence[Version] | None = None) -> int:
         versions = purge_checks(keys, expected)

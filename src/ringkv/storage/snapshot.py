@@ -28,6 +28,7 @@ import lmdb
 from ringkv.core.errors import InvalidArgument, PreconditionFailed
 from ringkv.core.records import Record
 from ringkv.storage.codec import (
+    decode_acceptor_state,
     decode_record,
     hint_key,
     hint_parts,
@@ -43,6 +44,8 @@ DATA_FILE = "data.mdb"
 _LMDB_LOCK_FILE = "lock.mdb"
 _DIR_LOCK_FILE = "ringkv.lock"
 _TABLES = (b"records", b"hints")
+_PAXOS = b"paxos"
+"""Conditional writes' acceptor state: in snapshots of nodes that ran any."""
 _COPY_CHUNK = 1 << 20
 
 
@@ -203,6 +206,11 @@ def _count_entries(path: Path, size: int) -> tuple[int, int]:
                 if hint_key(key, node) != stored_key:
                     raise CorruptBackup(f"{path}: a hint is stored under another key")
                 counts[b"hints"] += 1
+            if _PAXOS in tables:
+                counts[_PAXOS] = 0
+                for _, data in txn.cursor(db=tables[_PAXOS]):
+                    decode_acceptor_state(b"", data)
+                    counts[_PAXOS] += 1
             for table, db in tables.items():
                 if txn.stat(db)["entries"] != counts[table]:
                     raise CorruptBackup(f"{path}: the {table.decode()} table is inconsistent")
@@ -226,10 +234,12 @@ def _open_snapshot(path: Path, size: int) -> Iterator[tuple[lmdb.Environment, di
             raise CorruptBackup(f"{path} is truncated: {size} bytes, its pages need {needed}")
         with env.begin() as txn:
             names = sorted(bytes(name) for name, _ in txn.cursor())
-        if names != sorted(_TABLES):
+        if names not in (sorted(_TABLES), sorted((*_TABLES, _PAXOS))):
             found = ", ".join(repr(name.decode(errors="replace")) for name in names) or "none"
-            raise CorruptBackup(f"{path} has the tables {found}, not 'hints' and 'records'")
-        yield env, {name: env.open_db(name, create=False) for name in _TABLES}
+            raise CorruptBackup(
+                f"{path} has the tables {found}, not 'hints' and 'records' (and 'paxos')"
+            )
+        yield env, {name: env.open_db(name, create=False) for name in names}
     finally:
         env.close()
 

@@ -17,6 +17,7 @@ from ringkv.core.errors import StorageFull
 from ringkv.core.records import ApplyResult, Mutation, Record
 from ringkv.server.transport.batching import Batcher
 from ringkv.storage import Engine
+from ringkv.storage.engine import PaxosStep, T
 
 DEFAULT_MAX_BATCH = 1024
 
@@ -67,6 +68,12 @@ class CommitQueue:
         return await loop.run_in_executor(
             self._thread, functools.partial(self._engine.purge, keys, expected=versions)
         )
+
+    async def paxos(self, key: bytes, step: PaxosStep[T]) -> T:
+        """One Paxos step on the commit thread (``Engine.paxos``), so it is
+        ordered with the writes around it and durable when it returns."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._thread, self._engine.paxos, key, step)
 
     async def close(self) -> None:
         """Commit what is pending, then stop the commit thread."""

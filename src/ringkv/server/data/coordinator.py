@@ -7,6 +7,7 @@ logical clock and return once the level's quorum stored them; the remaining
 replicas keep receiving them in the background. LINEARIZABLE follows ABD:
 a write first learns the newest version from a quorum and writes a larger
 one; a read whose quorum disagrees writes the winner back before answering.
+Conditional writes are Paxos rounds (``compare_and_set``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
@@ -24,7 +26,6 @@ from ringkv.core.consistency import Consistency
 from ringkv.core.errors import (
     DeadlineExceeded,
     InternalError,
-    PreconditionFailed,
     ResourceExhausted,
     RingkvError,
     StaleMemberTable,
@@ -32,10 +33,11 @@ from ringkv.core.errors import (
 )
 from ringkv.core.hlc import HybridLogicalClock, physical_ms
 from ringkv.core.quorum import ReplicaSets, Target
-from ringkv.core.records import NO_EXPIRY, Record, ReplicaAck, ack, check_precondition
+from ringkv.core.records import NO_EXPIRY, Record, ReplicaAck, ack
 from ringkv.server.cluster.clock_guard import ClockGuard
 from ringkv.server.cluster.cluster_view import ClusterView
 from ringkv.server.counters import Counters
+from ringkv.server.data.compare_and_set import CompareAndSet
 from ringkv.server.data.local_store import LocalStore
 
 log = logging.getLogger(__name__)
@@ -83,6 +85,7 @@ class Coordinator:
         # this node (their coordinator, the key's owner), so read-check-write
         # is not interleaved with another such write.
         self._key_locks = KeyLocks()
+        self._compare_and_set = CompareAndSet(view, store, clock, rng=random.Random())
 
     # -- reads ---------------------------------------------------------------
 
@@ -183,16 +186,28 @@ class Coordinator:
         if not conditional and not self._key_locks.held(key):
             record = self._stamp(key, value, tombstone, ttl_ms)
             return await self._replicate(record, level, deadline)
-        # Conditional writes read, check and write under the key's lock; plain
-        # writes queue behind them so they cannot slip between check and write.
+        # Conditional writes are Paxos rounds (compare_and_set); this node runs
+        # its own one key at a time, and plain writes queue behind them and
+        # linearizable ones here.
         async with self._key_locks.hold(key):
+            if expected is not None:
+                swapped = await self._compare_and_set.write(
+                    key,
+                    expected,
+                    lambda _: self._stamp(key, value, tombstone, ttl_ms),
+                    self._now_ms,
+                    deadline,
+                )
+                previous = swapped.previous
+                return Written(
+                    swapped.record, previous is not None and previous.is_live(self._now_ms())
+                )
             if conditional:
                 current = await self._read_newest(key, level, deadline)
-                check_precondition(expected, current, self._now_ms())
                 if current is not None:
                     self._clock.observe(current.version.timestamp)
             record = self._stamp(key, value, tombstone, ttl_ms)
-            return await self._replicate(record, level, deadline, restamp=expected is None)
+            return await self._replicate(record, level, deadline)
 
     def _stamp(self, key: bytes, value: bytes, tombstone: bool, ttl_ms: int) -> Record:
         # Asked again at the moment of stamping: a lock wait or a read may have
@@ -209,33 +224,18 @@ class Coordinator:
         expires_at_ms = physical_ms(version.timestamp) + ttl_ms if ttl_ms else NO_EXPIRY
         return Record(key, value, version, tombstone=tombstone, expires_at_ms=expires_at_ms)
 
-    async def _replicate(
-        self, record: Record, level: Consistency, deadline: float, *, restamp: bool = True
-    ) -> Written:
+    async def _replicate(self, record: Record, level: Consistency, deadline: float) -> Written:
         """Send a stamped record to the key's targets; return once the level is met.
 
         A replica holding a newer version (a coordinator whose clock ran
         ahead) answers with its timestamp: the record is stamped again past it
         and resent, so an acknowledged write is never silently lost to skew.
-        A conditional write does not do that: the key moved on since its check.
         """
         for _ in range(_MAX_STAMPS):
             acks = await self._send(record, level, deadline)
             newer = max(answer.newer for answer in acks)
             if not newer:
                 return Written(record, any(answer.replaced_live for answer in acks))
-            if not restamp:
-                if any(not answer.newer for answer in acks):
-                    # Stored on some replicas: a read there may still see it.
-                    raise DeadlineExceeded(
-                        "a newer version of the key appeared while the conditional write "
-                        "was made; it may or may not become visible",
-                        reason="WRITE_UNCERTAIN",
-                    )
-                raise PreconditionFailed(
-                    "a newer version of the key appeared while the write was made",
-                    metadata={"expected": str(record.version.timestamp), "actual": str(newer)},
-                )
             self._clock.observe(newer)
             if not self._clock_guard.check().may_stamp:
                 raise DeadlineExceeded(

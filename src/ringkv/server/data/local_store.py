@@ -8,6 +8,7 @@ from ringkv.core.quorum import newest
 from ringkv.core.records import ApplyResult, Mutation, Record
 from ringkv.server.data.commit import CommitQueue
 from ringkv.storage import Engine
+from ringkv.storage.engine import PaxosStep, T
 
 
 class LocalStore:
@@ -41,6 +42,10 @@ class LocalStore:
         """Remove these records outright (ranges handed off), each only if it is
         still the version given: a newer write that landed since stays."""
         return await self._commits.purge(records)
+
+    async def paxos(self, key: bytes, step: PaxosStep[T]) -> T:
+        """One acceptor step on a key, durable before it returns (``Engine.paxos``)."""
+        return await self._commits.paxos(key, step)
 
     async def drop_hint(self, record: Record, node_id: str) -> None:
         """Forget a hint held for ``node_id`` if it is still this version."""

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from ringkv.api import kv_pb2, replica_pb2
+from ringkv.core import paxos
 from ringkv.core.errors import InvalidArgument
 from ringkv.core.hlc import HybridLogicalClock
 from ringkv.core.membership import Liveness, Membership
@@ -19,7 +20,14 @@ from ringkv.core.tokens import token_of
 from ringkv.server.data.anti_entropy import span_tree
 from ringkv.server.data.local_store import LocalStore
 from ringkv.server.transport.rpc import Context, Method
-from ringkv.server.transport.wire import membership_to_wire, record_from_wire, record_to_wire
+from ringkv.server.transport.wire import (
+    ballot_from_wire,
+    membership_to_wire,
+    promise_to_wire,
+    proposal_from_wire,
+    record_from_wire,
+    record_to_wire,
+)
 from ringkv.storage import Engine
 
 log = logging.getLogger(__name__)
@@ -73,7 +81,47 @@ class ReplicaService:
             "Scan": Method(replica_pb2.ScanRequest, self.scan),
             "Merkle": Method(replica_pb2.MerkleRequest, self.merkle),
             "Clock": Method(replica_pb2.ClockRequest, self.clock),
+            "Prepare": Method(replica_pb2.PrepareRequest, self.prepare),
+            "Propose": Method(replica_pb2.ProposeRequest, self.propose),
+            "Commit": Method(replica_pb2.CommitRequest, self.commit),
         }
+
+    async def prepare(
+        self, request: replica_pb2.PrepareRequest, _: Context
+    ) -> replica_pb2.PrepareResponse:
+        self._clock.observe_peer(request.clock)
+        newer = self._newer_table(request.fence)
+        if newer is not None:
+            return replica_pb2.PrepareResponse(newer_table=newer, clock=self._clock.last)
+        _check_paxos_key(request.key)
+        step = paxos.prepare_step(ballot_from_wire(request.ballot))
+        response = promise_to_wire(await self._store.paxos(request.key, step))
+        response.clock = self._clock.last
+        return response
+
+    async def propose(
+        self, request: replica_pb2.ProposeRequest, _: Context
+    ) -> replica_pb2.ProposeResponse:
+        self._clock.observe_peer(request.clock)
+        newer = self._newer_table(request.fence)
+        if newer is not None:
+            return replica_pb2.ProposeResponse(newer_table=newer, clock=self._clock.last)
+        proposal = proposal_from_wire(request.proposal)
+        _check_paxos_key(proposal.record.key)
+        accepted = await self._store.paxos(proposal.record.key, paxos.propose_step(proposal))
+        return replica_pb2.ProposeResponse(accepted=accepted, clock=self._clock.last)
+
+    async def commit(
+        self, request: replica_pb2.CommitRequest, _: Context
+    ) -> replica_pb2.CommitResponse:
+        self._clock.observe_peer(request.clock)
+        newer = self._newer_table(request.fence)
+        if newer is not None:
+            return replica_pb2.CommitResponse(newer_table=newer, clock=self._clock.last)
+        proposal = proposal_from_wire(request.proposal)
+        _check_paxos_key(proposal.record.key)
+        await self._store.paxos(proposal.record.key, paxos.commit_step(proposal))
+        return replica_pb2.CommitResponse(clock=self._clock.last)
 
     async def clock(
         self, request: replica_pb2.ClockRequest, _: Context
@@ -168,6 +216,11 @@ class ReplicaService:
             span_tree, self._engine, spans, request.depth, request.purge_horizon_ms
         )
         return replica_pb2.MerkleResponse(leaves=tree.leaves, clock=self._clock.last)
+
+
+def _check_paxos_key(key: bytes) -> None:
+    if not key:
+        raise InvalidArgument("a Paxos message names no key", reason="EMPTY_KEY")
 
 
 def _span_from_wire(span: replica_pb2.TokenSpan) -> tuple[int, int]:

@@ -19,11 +19,19 @@ from ringkv.api import kv_pb2, kv_pb2_grpc, replica_pb2, replica_pb2_grpc
 from ringkv.core.errors import InternalError, StaleMemberTable, Unavailable
 from ringkv.core.hlc import HybridLogicalClock
 from ringkv.core.membership import Membership
+from ringkv.core.paxos import Ballot, Promise, Proposal
 from ringkv.core.records import Record, ReplicaAck
 from ringkv.server.counters import Counters
 from ringkv.server.transport.auth import CHANNEL_OPTIONS, NodeSecurity
 from ringkv.server.transport.batching import Batcher
-from ringkv.server.transport.wire import membership_from_wire, record_from_wire, record_to_wire
+from ringkv.server.transport.wire import (
+    ballot_to_wire,
+    membership_from_wire,
+    promise_from_wire,
+    proposal_to_wire,
+    record_from_wire,
+    record_to_wire,
+)
 
 log = logging.getLogger(__name__)
 
@@ -162,6 +170,44 @@ class Peer:
             else ReplicaAck(response.replaced_live[i], response.newer[i])
             for i in range(len(records))
         ]
+
+    async def prepare(self, key: bytes, ballot: Ballot) -> Promise:
+        """The peer's promise for ``ballot`` on ``key``, with its copy of the key."""
+        request = replica_pb2.PrepareRequest(
+            key=key, ballot=ballot_to_wire(ballot), clock=self._clock.last, fence=self._fence()
+        )
+        try:
+            response = await self._replica.Prepare(request, timeout=self._timeout_s)
+        except grpc.aio.AioRpcError as error:
+            raise self._failed(error, "replica prepare") from None
+        self._clock.observe_peer(response.clock)
+        self._check_fence(response.newer_table, request.fence)
+        return promise_from_wire(response)
+
+    async def propose(self, proposal: Proposal) -> bool:
+        """Whether the peer accepted the proposal."""
+        request = replica_pb2.ProposeRequest(
+            proposal=proposal_to_wire(proposal), clock=self._clock.last, fence=self._fence()
+        )
+        try:
+            response = await self._replica.Propose(request, timeout=self._timeout_s)
+        except grpc.aio.AioRpcError as error:
+            raise self._failed(error, "replica propose") from None
+        self._clock.observe_peer(response.clock)
+        self._check_fence(response.newer_table, request.fence)
+        return response.accepted
+
+    async def commit(self, proposal: Proposal) -> None:
+        """Have the peer apply a chosen proposal."""
+        request = replica_pb2.CommitRequest(
+            proposal=proposal_to_wire(proposal), clock=self._clock.last, fence=self._fence()
+        )
+        try:
+            response = await self._replica.Commit(request, timeout=self._timeout_s)
+        except grpc.aio.AioRpcError as error:
+            raise self._failed(error, "replica commit") from None
+        self._clock.observe_peer(response.clock)
+        self._check_fence(response.newer_table, request.fence)
 
     def _fence(self) -> replica_pb2.Fence:
         epoch, term = self._fencing.table().fence

@@ -1,4 +1,5 @@
-"""Core values on the wire: records (ringkv.internal) and member tables (kv.Cluster)."""
+"""Core values on the wire: records and Paxos messages (ringkv.internal), member
+tables (kv.Cluster)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from ringkv.api import kv_pb2, replica_pb2
 from ringkv.core.errors import InvalidArgument
 from ringkv.core.hlc import Version
 from ringkv.core.membership import Liveness, Member, Membership, MemberStatus
+from ringkv.core.paxos import Ballot, Promise, Proposal
 from ringkv.core.records import Record
 from ringkv.server.config import validate_node_id
 
@@ -76,3 +78,44 @@ def membership_from_wire(table: kv_pb2.MemberTable) -> Membership | None:
 def liveness_from_wire(table: kv_pb2.MemberTable) -> dict[str, Liveness]:
     states = {state.value for state in Liveness}
     return {m.node_id: Liveness(m.state) for m in table.members if m.state in states}
+
+
+def ballot_to_wire(ballot: Ballot) -> replica_pb2.Ballot:
+    return replica_pb2.Ballot(timestamp=ballot.timestamp, node_id=ballot.node_id)
+
+
+def ballot_from_wire(message: replica_pb2.Ballot) -> Ballot:
+    return Ballot(message.timestamp, message.node_id)
+
+
+def proposal_to_wire(proposal: Proposal) -> replica_pb2.Proposal:
+    return replica_pb2.Proposal(
+        ballot=ballot_to_wire(proposal.ballot), record=record_to_wire(proposal.record)
+    )
+
+
+def proposal_from_wire(message: replica_pb2.Proposal) -> Proposal:
+    return Proposal(ballot_from_wire(message.ballot), record_from_wire(message.record))
+
+
+def promise_to_wire(promise: Promise) -> replica_pb2.PrepareResponse:
+    response = replica_pb2.PrepareResponse(granted=promise.granted)
+    if promise.promised is not None:
+        response.promised.CopyFrom(ballot_to_wire(promise.promised))
+    if promise.accepted is not None:
+        response.accepted.CopyFrom(proposal_to_wire(promise.accepted))
+    if promise.committed is not None:
+        response.committed.CopyFrom(ballot_to_wire(promise.committed))
+    if promise.current is not None:
+        response.current.CopyFrom(record_to_wire(promise.current))
+    return response
+
+
+def promise_from_wire(message: replica_pb2.PrepareResponse) -> Promise:
+    return Promise(
+        granted=message.granted,
+        promised=ballot_from_wire(message.promised) if message.HasField("promised") else None,
+        accepted=proposal_from_wire(message.accepted) if message.HasField("accepted") else None,
+        committed=ballot_from_wire(message.committed) if message.HasField("committed") else None,
+        current=record_from_wire(message.current) if message.HasField("current") else None,
+    )
