@@ -507,10 +507,18 @@ class _Requests:
     async def read_modify_write(self, number: int) -> bool:
         key = record_key(number)
         entry = await self._client.get(key, consistency=self._consistency)
-        # Modified: the first byte bumped, so the write depends on what was read.
+        # Modified: the first byte bumped, so the write depends on what was read,
+        # and written only if the record is still what was read (compare-and-set;
+        # a conflict counts as a PreconditionFailed error).
         value = entry.value if entry is not None else self._value
         value = bytes([(value[0] + 1) % 256]) + value[1:] if value else value
-        await self._client.set(key, value, consistency=self._consistency)
+        await self._client.set(
+            key,
+            value,
+            consistency=self._consistency,
+            if_version=entry.version if entry is not None else None,
+            if_absent=entry is None,
+        )
         return entry is not None
 
     async def ping(self) -> bool:
