@@ -94,10 +94,14 @@ class CompareAndSet:
                 raise self._gave_up(mine, "the conditional write ran out of time")
             try:
                 done = await self._attempt(key, expected, stamp, now_ms, deadline, mine)
-            except (RoundFailed, StaleMemberTable) as error:
-                if loop.time() >= deadline or not isinstance(error, StaleMemberTable):
-                    raise self._gave_up(mine, str(error) or "too few replicas answered") from None
-                continue
+            except StaleMemberTable as error:
+                if loop.time() >= deadline:
+                    raise self._gave_up(mine, error.message) from None
+                continue  # The replica's newer table was adopted: plan again.
+            except Unavailable as error:  # Too few home replicas up: fails fast.
+                raise self._gave_up(mine, error.message) from None
+            except RoundFailed as error:
+                raise self._gave_up(mine, str(error)) from None
             if done is not None:
                 return done
             attempt += 1
