@@ -129,12 +129,19 @@ def after_prepare(promises: Sequence[Promise]) -> Outbid | Unfinished | Prepared
         return Outbid(max(refusals))
     commits = [p.committed for p in promises if p.committed is not None]
     latest_commit = max(commits) if commits else None
+    current = newest(p.current for p in promises)
     in_progress = [p.accepted for p in promises if p.accepted is not None]
     if in_progress:
         latest = max(in_progress, key=lambda proposal: proposal.ballot)
-        if latest_commit is None or latest.ballot > latest_commit:
+        # A proposal older than the newest copy is done with: had it been
+        # chosen, the round that wrote that copy would have finished it first.
+        # The copy also speaks where commit ballots cannot: a replica that
+        # gained the range in a membership change pulled the data, not the
+        # acceptor state, so only versions say that a later round committed.
+        newer = current is None or latest.record.version > current.version
+        if newer and (latest_commit is None or latest.ballot > latest_commit):
             return Unfinished(latest)
-    return Prepared(newest(p.current for p in promises))
+    return Prepared(current)
 
 
 # The acceptor rules in the shape a storage engine runs them in one

@@ -175,6 +175,7 @@ async def serve(
             engine,
             settle_delay_s=2 * config.heartbeat_interval_s,
             cleanup_delay_s=2 * config.election_timeout_s,
+            quorum_patience_s=4 * config.election_timeout_s,
         )
         membership.rebalancer = rebalancer
         resources.push_async_callback(rebalancer.close)

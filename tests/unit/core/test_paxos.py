@@ -78,6 +78,11 @@ def test_after_prepare() -> None:
     assert after_prepare(
         [promise(accepted=unfinished, committed=ballot(7)), promise(committed=ballot(7))]
     ) == Unfinished(unfinished)
+    # Accepted, but a newer copy exists (the round that wrote it finished or
+    # superseded the proposal; a gainer that pulled the copy has no ballots).
+    assert after_prepare(
+        [promise(accepted=unfinished, current=rec(5)), promise(current=rec(2))]
+    ) == Prepared(rec(5))
     # Accepted but already committed (here or on another replica): done.
     assert after_prepare(
         [promise(accepted=unfinished, current=rec(2)), promise(committed=ballot(8), current=rec(3))]

@@ -74,7 +74,9 @@ class Rebalancer:
         *,
         settle_delay_s: float,
         cleanup_delay_s: float,
+        quorum_patience_s: float = 0.0,
     ) -> None:
+        self._quorum_patience_s = quorum_patience_s
         self._view = view
         self._store = store
         self._engine = engine
@@ -126,35 +128,49 @@ class Rebalancer:
         # A few ranges at a time: most are small, and one call each in turn
         # would make a join wait on round trips rather than on data.
         limit = asyncio.Semaphore(PARALLEL_PULLS)
+        loop = asyncio.get_running_loop()
+        # One patience for the whole change, not one per range.
+        patient_until = loop.time() + self._quorum_patience_s
 
         async def pull_one(pull: Pull) -> None:
             async with limit:
                 pulled: set[str] = set()
-                while len(pulled) < self._sources_needed(pull):
-                    await self._pull(pull, pulled)
-                    if len(pulled) < self._sources_needed(pull):
-                        await asyncio.sleep(_RETRY_S)
+                while True:
+                    impatient = loop.time() >= patient_until
+                    await self._pull(pull, pulled, impatient)
+                    if len(pulled) >= self._sources_needed(pull, impatient):
+                        break
+                    await asyncio.sleep(_RETRY_S)
+                if len(pulled) < required_replies(Consistency.QUORUM, len(pull.sources)):
+                    log.warning(
+                        "range pulled from fewer than a quorum of its replicas",
+                        extra={"pulled": ",".join(sorted(pulled)), "of": ",".join(pull.sources)},
+                    )
                 self.progress.ranges_done += 1
 
         await asyncio.gather(*(pull_one(pull) for pull in pulls))
         self.synced_epoch = epoch
         log.info("gained ranges pulled", extra={"epoch": epoch, "records": self.progress.records})
 
-    def _sources_needed(self, pull: Pull) -> int:
-        """A quorum of the range's old replicas, but no more than are up now and
-        at least one: a join or a removal must not wait for a down member
+    def _sources_needed(self, pull: Pull, impatient: bool) -> int:
+        """A quorum of the range's old replicas. Once ``impatient`` (a source
+        stayed down for ``quorum_patience_s``), no more than are up and at
+        least one: a join or a removal must not wait for good on a down member,
+        and the removal of a dead one cannot start before this change ends
         (the hints held for it, read repair and anti-entropy fill in what it
-        alone held)."""
-        live = sum(1 for source in pull.sources if self._view.is_live(source))
+        alone held; the log says so)."""
         quorum = required_replies(Consistency.QUORUM, len(pull.sources))
+        if not impatient:
+            return quorum
+        live = sum(1 for source in pull.sources if self._view.is_live(source))
         return max(1, min(quorum, live))
 
-    async def _pull(self, pull: Pull, pulled: set[str]) -> None:
+    async def _pull(self, pull: Pull, pulled: set[str], impatient: bool) -> None:
         """Fetch the range from the sources not yet ``pulled``, live ones first,
         until enough have served all of it."""
         sources = sorted(pull.sources, key=lambda node: not self._view.is_live(node))
         for source in sources:
-            if len(pulled) >= self._sources_needed(pull):
+            if len(pulled) >= self._sources_needed(pull, impatient):
                 return
             if source in pulled:
                 continue
