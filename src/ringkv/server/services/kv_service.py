@@ -264,9 +264,9 @@ class KeyValueService:
         """The owner's answer when the write belongs there; None to coordinate here.
 
         While this node's clock may not stamp versions, the other live nodes
-        (the key's replicas first) are tried in turn until one answers. Not
-        for a conditional write this node owns: its check-and-write runs under
-        the owner's lock, and a second coordinator would race it; it fails here.
+        (the key's replicas first) are tried in turn until one answers:
+        conditional writes too, since their Paxos rounds are safe from any
+        coordinator.
         """
         hops = _hops(context)
         if hops >= MAX_HOPS:
@@ -277,8 +277,6 @@ class KeyValueService:
             may_stamp = (
                 self._clock_guard.check().may_stamp or not self._clock_guard.first_verdict.is_set()
             )
-            if not may_stamp and conditional and self._view.owner(key) == self._view.node_id:
-                return None
             target = self._view.owner(key) if may_stamp else self._view.first_live_other(key)
             if target is None or target == self._view.node_id:
                 return None
