@@ -11,6 +11,7 @@ import json
 import time
 from collections import Counter
 from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
 
@@ -28,6 +29,7 @@ from tests.support.nodes import (
     wait_for,
     wait_for_leader,
 )
+from tests.support.tmpfs import fill, small_tmpfs
 
 FAST = ("--heartbeat-interval", "0.3", "--election-timeout", "1.5")
 """Membership timings for tests that are not about the defaults."""
@@ -246,3 +248,49 @@ def test_a_node_dead_past_the_limit_is_removed_and_its_ranges_re_replicated(
         what="every survivor to hold exactly its keys",
     )
     assert_all_present(survivors[0].address, data)
+
+
+@pytest.mark.needs_root
+def test_a_change_adopted_on_a_full_disk_settles_once_the_disk_frees(
+    nodes: NodeFactory, tmp_path: Path
+) -> None:
+    """Found by the fault matrix (a decommission while the leader's disk was
+    full): the leader could not save the new table, so its rebalancer never
+    heard of the change, never pulled the ranges it gained, and the change
+    waited on it for good, long after the disk had room again."""
+    with small_tmpfs(tmp_path / "disk", size="16m") as disk:
+        members = ClusterFactory(nodes)(4, *FAST, replicas=3, start=False)
+        node1, node2, node3, node4 = members
+        node4.extra_args += ["--data-dir", str(disk / "data")]
+        try:
+            for node in members:
+                node.launch()
+            for node in members:
+                node.wait_serving()
+            wait_for_leader(members, "node4", timeout=20)
+            data = {f"k/{i:04d}": f"v{i}".encode() for i in range(500)}
+            with ringkv.Client(",".join(n.address for n in members)) as client:
+                set_all(client, data)
+
+            fill(disk / "ballast")
+            remove_node(node4.address, "node1")
+            wait_for(
+                lambda: (
+                    (s := state_of(node4)) is not None
+                    and any(m.node_id == "node1" and m.status == "leaving" for m in s.members)
+                ),
+                timeout=20,
+                what="node4 to adopt the decommission on its full disk",
+            )
+            (disk / "ballast").unlink()
+
+            assert node1.wait(timeout=60) == 0, node1.log_text()
+            wait_for_members(
+                [node2, node3, node4],
+                {"node2": "normal", "node3": "normal", "node4": "normal"},
+                timeout=60,
+            )
+            assert_all_present(node2.address, data)
+        finally:
+            for node in members:
+                node.kill()  # before the disk is unmounted under node4

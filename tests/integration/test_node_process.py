@@ -7,7 +7,6 @@ seed's flags, a chosen working directory, text logs) are started here with
 
 from __future__ import annotations
 
-import errno
 import json
 import re
 import signal
@@ -17,7 +16,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import Protocol
 
 import grpc
 import pytest
@@ -28,7 +27,7 @@ from ringkv.client.health import check, wait_until_serving
 from ringkv.core.errors import RingkvError, Unavailable
 from tests.support.load import ConcurrentWriter, assert_all_present
 from tests.support.nodes import NodeFactory, NodeProcess, child_env, wait_for
-from tests.support.tmpfs import small_tmpfs
+from tests.support.tmpfs import fill, small_tmpfs
 
 RINGKV = [sys.executable, "-m", "ringkv"]
 SEED_PEERS = "node2=127.0.0.1:50052,node3=127.0.0.1:50053"
@@ -480,19 +479,6 @@ def test_a_node_restarted_on_a_full_disk_serves_what_it_stored(
                     client.set("more", b"x" * 65536)
         finally:
             node.kill()  # before the disk is unmounted under it
-
-
-def fill(ballast: Path) -> None:
-    """Write zeros to ``ballast`` until the file system is full."""
-    with ballast.open("wb") as file, pytest.raises(OSError, match="No space left") as full:
-        _write_zeros_forever(file)
-    assert full.value.errno == errno.ENOSPC
-
-
-def _write_zeros_forever(file: BinaryIO) -> None:
-    while True:
-        file.write(b"\0" * (1 << 16))
-        file.flush()
 
 
 @pytest.mark.needs_root

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 import pytest
 
@@ -48,3 +50,16 @@ def small_tmpfs(mountpoint: Path, size: str = "2m") -> Iterator[Path]:
             # Detach it anyway so it does not outlive the test, then report.
             subprocess.run([umount, "--lazy", str(mountpoint)], check=False)
             pytest.fail(f"umount {mountpoint} failed: {unmounted.stderr.strip()}")
+
+
+def fill(ballast: Path) -> None:
+    """Write zeros to ``ballast`` until the file system is full."""
+    with ballast.open("wb") as file, pytest.raises(OSError, match="No space left") as full:
+        _write_zeros_forever(file)
+    assert full.value.errno == errno.ENOSPC
+
+
+def _write_zeros_forever(file: BinaryIO) -> None:
+    while True:
+        file.write(b"\0" * (1 << 16))
+        file.flush()

@@ -317,7 +317,14 @@ class MembershipManager:
         if self._election is not None:
             self._election.set_members(table.node_ids)
         self._detector.forget(set(self._synced) - set(table.node_ids))
-        self._save()
+        try:
+            self._save()
+        except StorageFull as error:
+            # The table is in effect all the same: a node that did not pull the
+            # ranges it gains would hold the change up for good (the leader
+            # waits for every live gainer). Restarted, the node resumes an older
+            # table and learns this one again from the leader.
+            log.warning("member table not saved", extra={"epoch": table.epoch, "error": str(error)})
         if self.rebalancer is not None:
             self.rebalancer.adopted(table)
 
