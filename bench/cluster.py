@@ -1,13 +1,15 @@
-"""YCSB A, B and C against a local 3-node cluster with replication factor 3.
+"""YCSB workloads (A, B and C by default) against a local 3-node cluster with
+replication factor 3.
 
 Starts the seed's three ``ringkv node`` command lines on three consecutive
 free ports with their data in a temporary directory, waits until each serves,
 then runs ``ringkv bench --workload A,B,C --baseline --consistency quorum``
-against all three endpoints and prints its table and the exact command. The
+(``--workload`` and ``--consistency`` change those two) against all three endpoints and prints its table and the exact command. The
 cluster is always stopped (SIGTERM, then SIGKILL after a timeout) and the
 data removed, on success, failure or Ctrl-C.
 
     PYTHONPATH=src .venv/bin/python bench/cluster.py --duration 5
+    PYTHONPATH=src .venv/bin/python bench/cluster.py --workload A,F --consistency linearizable
 """
 
 from __future__ import annotations
@@ -119,9 +121,9 @@ def bench_command(addresses: list[str], args: argparse.Namespace) -> list[str]:
     return [
         sys.executable, "-m", "ringkv", "bench",
         "--endpoints", ",".join(addresses),
-        "--workload", "A,B,C",
+        "--workload", args.workload,
         "--baseline",
-        "--consistency", "quorum",
+        "--consistency", args.consistency,
         "--duration", f"{args.duration:g}",
         "--records", str(args.records),
         "--concurrency", str(args.concurrency),
@@ -136,6 +138,10 @@ def _exit_on_sigterm(signum: int, _frame: FrameType | None) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per workload")
+    parser.add_argument("--workload", default="A,B,C", help="YCSB workloads, comma-separated")
+    parser.add_argument(
+        "--consistency", default="quorum", help="level of every request (F at linearizable: CAS)"
+    )
     parser.add_argument("--records", type=int, default=10_000, help="records loaded")
     parser.add_argument("--concurrency", type=int, default=64, help="requests in flight")
     args = parser.parse_args()
