@@ -4,8 +4,9 @@ replication factor 3.
 Starts the seed's three ``ringkv node`` command lines on three consecutive
 free ports with their data in a temporary directory, waits until each serves,
 then runs ``ringkv bench --workload A,B,C --baseline --consistency quorum``
-(``--workload`` and ``--consistency`` change those two) against all three endpoints and prints its table and the exact command. The
-cluster is always stopped (SIGTERM, then SIGKILL after a timeout) and the
+(``--workload`` and ``--consistency`` change those two) against all three
+endpoints and prints its table and the exact command. The cluster is always
+stopped (SIGTERM, then SIGKILL after a timeout) and the
 data removed, on success, failure or Ctrl-C.
 
     PYTHONPATH=src .venv/bin/python bench/cluster.py --duration 5
