@@ -12,6 +12,7 @@ import contextlib
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Protocol, TypeVar
 
 import grpc
 
@@ -57,6 +58,26 @@ class Fencing:
     offer: Callable[[Membership], None]
     """Takes the newer table a replica refused a call with."""
 
+
+class _Fenced(Protocol):
+    """A replica request that carries the table it was planned on."""
+
+    @property
+    def fence(self) -> replica_pb2.Fence: ...
+
+
+class _FencedAnswer(Protocol):
+    """A replica answer: the peer's clock, and its table if it refused."""
+
+    @property
+    def clock(self) -> int: ...
+
+    @property
+    def newer_table(self) -> kv_pb2.MemberTable: ...
+
+
+FencedRequest = TypeVar("FencedRequest", bound=_Fenced)
+FencedResponse = TypeVar("FencedResponse", bound=_FencedAnswer)
 
 UNFENCED = Fencing(lambda: Membership(0, ()), lambda _: None)
 """For tools and tests that talk to one replica directly."""
@@ -123,12 +144,7 @@ class Peer:
 
     async def _read_batch(self, keys: list[bytes]) -> list[Record | None]:
         request = replica_pb2.ReadRequest(keys=keys, clock=self._clock.last, fence=self._fence())
-        try:
-            response = await self._replica.Read(request, timeout=self._timeout_s)
-        except grpc.aio.AioRpcError as error:
-            raise self._failed(error, "replica read") from None
-        self._clock.observe_peer(response.clock)
-        self._check_fence(response.newer_table, request.fence)
+        response = await self._fenced_call(self._replica.Read, request, "replica read")
         return [record_from_wire(r.record) if r.found else None for r in response.results]
 
     async def write(self, record: Record, *, hint_for: str | None = None) -> ReplicaAck:
@@ -156,12 +172,7 @@ class Peer:
             clock=self._clock.last,
             fence=self._fence(),
         )
-        try:
-            response = await self._replica.Write(request, timeout=self._timeout_s)
-        except grpc.aio.AioRpcError as error:
-            raise self._failed(error, "replica write") from None
-        self._clock.observe_peer(response.clock)
-        self._check_fence(response.newer_table, request.fence)
+        response = await self._fenced_call(self._replica.Write, request, "replica write")
         if not len(response.replaced_live) == len(response.newer) == len(records):
             raise InternalError(f"{self.node_id} answered a write of {len(records)} records oddly")
         return [
@@ -176,12 +187,7 @@ class Peer:
         request = replica_pb2.PrepareRequest(
             key=key, ballot=ballot_to_wire(ballot), clock=self._clock.last, fence=self._fence()
         )
-        try:
-            response = await self._replica.Prepare(request, timeout=self._timeout_s)
-        except grpc.aio.AioRpcError as error:
-            raise self._failed(error, "replica prepare") from None
-        self._clock.observe_peer(response.clock)
-        self._check_fence(response.newer_table, request.fence)
+        response = await self._fenced_call(self._replica.Prepare, request, "replica prepare")
         return promise_from_wire(response)
 
     async def propose(self, proposal: Proposal) -> bool:
@@ -189,12 +195,7 @@ class Peer:
         request = replica_pb2.ProposeRequest(
             proposal=proposal_to_wire(proposal), clock=self._clock.last, fence=self._fence()
         )
-        try:
-            response = await self._replica.Propose(request, timeout=self._timeout_s)
-        except grpc.aio.AioRpcError as error:
-            raise self._failed(error, "replica propose") from None
-        self._clock.observe_peer(response.clock)
-        self._check_fence(response.newer_table, request.fence)
+        response = await self._fenced_call(self._replica.Propose, request, "replica propose")
         return response.accepted
 
     async def commit(self, proposal: Proposal) -> None:
@@ -202,12 +203,23 @@ class Peer:
         request = replica_pb2.CommitRequest(
             proposal=proposal_to_wire(proposal), clock=self._clock.last, fence=self._fence()
         )
+        await self._fenced_call(self._replica.Commit, request, "replica commit")
+
+    async def _fenced_call(
+        self,
+        method: grpc.aio.UnaryUnaryMultiCallable[FencedRequest, FencedResponse],
+        request: FencedRequest,
+        what: str,
+    ) -> FencedResponse:
+        """Make one fenced replica call: its answer, after the peer's clock is
+        observed; StaleMemberTable if the peer refused the request's table."""
         try:
-            response = await self._replica.Commit(request, timeout=self._timeout_s)
+            response = await method(request, timeout=self._timeout_s)
         except grpc.aio.AioRpcError as error:
-            raise self._failed(error, "replica commit") from None
+            raise self._failed(error, what) from None
         self._clock.observe_peer(response.clock)
         self._check_fence(response.newer_table, request.fence)
+        return response
 
     def _fence(self) -> replica_pb2.Fence:
         epoch, term = self._fencing.table().fence
