@@ -158,7 +158,7 @@ def test_join_remove_kill_and_restart_under_load_keep_every_acknowledged_write(
         writer.wait_for_acks(len(writer.acked) + 200)
 
         # A 4th node joins through any member and pulls its ranges.
-        keys_at_join = len(before) + len(writer.acked)
+        keys_before_join = len(before) + len(writer.acked)
         (port,) = free_ports(1)
         node4 = nodes("node4", "-peers", f"node1={node1.address}", *FAST, start=False)
         node4.extra_args += ["-replicas", str(replicas)]
@@ -169,7 +169,7 @@ def test_join_remove_kill_and_restart_under_load_keep_every_acknowledged_write(
             {"node1": "normal", "node2": "normal", "node3": "normal", "node4": "normal"},
             timeout=60,
         )
-        keys_at_join = (keys_at_join + len(before) + len(writer.acked)) // 2
+        keys_after_join = len(before) + len(writer.acked)
         pulled = node_stats(node4.address).records_pulled
         writer.wait_for_acks(len(writer.acked) + 200)
 
@@ -198,11 +198,12 @@ def test_join_remove_kill_and_restart_under_load_keep_every_acknowledged_write(
     assert_all_present(node3.address, expected)
 
     # Keys moved by the join against the ring's prediction: the share of the
-    # token space node4 replicates, times the keys stored when it joined.
+    # token space node4 replicates, times the keys stored while it joined
+    # (writes go on meanwhile, and a range is scanned any time in between).
     share = Ring(("node1", "node2", "node3", "node4")).ownership(replicas)["node4"]
-    predicted = share * keys_at_join
-    print(f"join: node4 pulled {pulled} records; the ring predicts {predicted:.0f}")
-    assert pulled == pytest.approx(predicted, rel=0.2)
+    low, high = share * keys_before_join, share * keys_after_join
+    print(f"join: node4 pulled {pulled} records; the ring predicts {low:.0f} to {high:.0f}")
+    assert 0.8 * low <= pulled <= 1.2 * high
 
     # Every key on exactly its replicas (after the handed-off copies are removed).
     final_ring = Ring(("node2", "node3", "node4"))

@@ -31,7 +31,7 @@ from ringkv.core.consistency import Consistency
 from ringkv.core.errors import RingkvError
 from ringkv.core.membership import Membership, replica_count
 from ringkv.core.quorum import required_replies
-from ringkv.core.records import Outcome, Record
+from ringkv.core.records import Record
 from ringkv.core.ring import TOKEN_SPACE, moved_ranges
 from ringkv.core.tokens import token_of
 from ringkv.server.cluster.cluster_view import ClusterView
@@ -135,9 +135,10 @@ class Rebalancer:
         async def pull_one(pull: Pull) -> None:
             async with limit:
                 pulled: set[str] = set()
+                received: set[bytes] = set()
                 while True:
                     impatient = loop.time() >= patient_until
-                    await self._pull(pull, pulled, impatient)
+                    await self._pull(pull, pulled, received, impatient)
                     if len(pulled) >= self._sources_needed(pull, impatient):
                         break
                     await asyncio.sleep(_RETRY_S)
@@ -165,9 +166,11 @@ class Rebalancer:
         live = sum(1 for source in pull.sources if self._view.is_live(source))
         return max(1, min(quorum, live))
 
-    async def _pull(self, pull: Pull, pulled: set[str], impatient: bool) -> None:
+    async def _pull(
+        self, pull: Pull, pulled: set[str], received: set[bytes], impatient: bool
+    ) -> None:
         """Fetch the range from the sources not yet ``pulled``, live ones first,
-        until enough have served all of it."""
+        until enough have served all of it; ``received``: the keys any sent."""
         sources = sorted(pull.sources, key=lambda node: not self._view.is_live(node))
         for source in sources:
             if len(pulled) >= self._sources_needed(pull, impatient):
@@ -184,9 +187,10 @@ class Rebalancer:
                     for result in await self._store.apply_many(records):
                         if isinstance(result, Exception):
                             raise result
-                        # What a second source sends again is not counted twice.
-                        if result.outcome is Outcome.APPLIED:
-                            self.progress.records += 1
+                    # A key a second source sends again is not counted twice.
+                    fresh = {record.key for record in records} - received
+                    received |= fresh
+                    self.progress.records += len(fresh)
                     if not cursor:
                         pulled.add(source)
                         break
