@@ -6,7 +6,7 @@ import enum
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from ringkv.core.errors import PreconditionFailed
 from ringkv.core.hlc import Version
@@ -16,6 +16,8 @@ from ringkv.core.records import ApplyResult, Mutation, Record
 T = TypeVar("T")
 PaxosStep = Callable[[AcceptorState, Record | None], tuple[AcceptorState, T, Record | None]]
 """One acceptor rule applied to a key's state and record (``Engine.paxos``)."""
+PaxosOp = tuple[bytes, PaxosStep[Any]]
+"""A key and the acceptor rule to apply to it."""
 
 
 class FsyncMode(enum.StrEnum):
@@ -99,12 +101,12 @@ class Engine(Protocol):
         """
         ...
 
-    def paxos(self, key: bytes, step: PaxosStep[T]) -> T:
-        """One Paxos step on a key, atomically and durably: ``step`` gets the
-        key's acceptor state and record and returns the new state, its answer,
-        and a record to apply (a commit) or None. The new state and the record
-        commit in one transaction before this returns; called from the commit
-        thread, like ``apply``.
+    def paxos(self, ops: Sequence[PaxosOp]) -> list[Any]:
+        """Paxos steps, in order, in one transaction, durably: each step gets
+        its key's acceptor state and record (as the steps before it left them)
+        and returns the new state, its answer, and a record to apply (a commit)
+        or None. Returns the answers once everything is committed; called from
+        the commit thread, like ``apply``. Raises StorageFull like ``apply``.
         """
         ...
 

@@ -35,7 +35,7 @@ from ringkv.storage.codec import (
     stored_user_key,
     token_bound,
 )
-from ringkv.storage.engine import EngineStats, FsyncMode, PaxosStep, T, purge_checks
+from ringkv.storage.engine import EngineStats, FsyncMode, PaxosOp, PaxosStep, T, purge_checks
 
 DEFAULT_INITIAL_MAP_BYTES = 256 << 20
 DEFAULT_MAX_MAP_BYTES = 1 << 40
@@ -123,8 +123,8 @@ class LmdbEngine:
             results.append(result)
         return results
 
-    def paxos(self, key: bytes, step: PaxosStep[T]) -> T:
-        return self._write(lambda txn: self._paxos_in(txn, key, step))
+    def paxos(self, ops: Sequence[PaxosOp]) -> list[Any]:
+        return self._write(lambda txn: [self._paxos_in(txn, key, step) for key, step in ops])
 
     def _paxos_in(self, txn: lmdb.Transaction, key: bytes, step: PaxosStep[T]) -> T:
         stored_key = storage_key(key)

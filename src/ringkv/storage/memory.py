@@ -11,7 +11,7 @@ from ringkv.core.hlc import Version
 from ringkv.core.paxos import AcceptorState
 from ringkv.core.records import ApplyResult, Mutation, Outcome, Record, resolve
 from ringkv.core.tokens import token_of
-from ringkv.storage.engine import BackupUnsupported, EngineStats, PaxosStep, T, purge_checks
+from ringkv.storage.engine import BackupUnsupported, EngineStats, PaxosOp, purge_checks
 
 
 class MemoryEngine:
@@ -51,17 +51,20 @@ class MemoryEngine:
                 results.append(result)
         return results
 
-    def paxos(self, key: bytes, step: PaxosStep[T]) -> T:
+    def paxos(self, ops: Sequence[PaxosOp]) -> list[Any]:
+        answers = []
         with self._lock:
-            state, answer, chosen = step(
-                self._paxos.get(key, AcceptorState()), self._records.get(key)
-            )
-            self._paxos[key] = state
-            if chosen is not None:
-                result = resolve(Mutation(chosen), self._records.get(key))
-                if result.outcome is Outcome.APPLIED:
+            for key, step in ops:
+                current = self._records.get(key)
+                state, answer, chosen = step(self._paxos.get(key, AcceptorState()), current)
+                self._paxos[key] = state
+                if (
+                    chosen is not None
+                    and resolve(Mutation(chosen), current).outcome is Outcome.APPLIED
+                ):
                     self._records[key] = chosen
-        return answer
+                answers.append(answer)
+        return answers
 
     def purge(self, keys: Sequence[bytes], *, expected: Sequence[Version] | None = None) -> int:
         versions = purge_checks(keys, expected)

@@ -12,12 +12,13 @@ import asyncio
 import functools
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from ringkv.core.errors import StorageFull
 from ringkv.core.records import ApplyResult, Mutation, Record
 from ringkv.server.transport.batching import Batcher
 from ringkv.storage import Engine
-from ringkv.storage.engine import PaxosStep, T
+from ringkv.storage.engine import PaxosOp, PaxosStep, T
 
 DEFAULT_MAX_BATCH = 1024
 
@@ -29,6 +30,11 @@ class CommitQueue:
         self._engine = engine
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ringkv-commit")
         self._batcher = Batcher(self._commit, max_batch=max_batch, name="the commit queue")
+        # Paxos steps have their own queue (their answers are not ApplyResults)
+        # on the same thread: group commit for them too.
+        self._paxos_batcher: Batcher[PaxosOp, Any] = Batcher(
+            self._commit_paxos, max_batch=max_batch, name="the Paxos commit queue"
+        )
 
     async def _commit(self, mutations: list[Mutation]) -> list[ApplyResult | Exception]:
         loop = asyncio.get_running_loop()
@@ -71,11 +77,33 @@ class CommitQueue:
 
     async def paxos(self, key: bytes, step: PaxosStep[T]) -> T:
         """One Paxos step on the commit thread (``Engine.paxos``), so it is
-        ordered with the writes around it and durable when it returns."""
+        ordered with the writes around it and durable when it returns; the
+        steps that queue up meanwhile share one transaction and one sync."""
+        answer: T = await self._paxos_batcher.submit((key, step))
+        return answer
+
+    async def _commit_paxos(self, ops: list[PaxosOp]) -> list[Any]:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._thread, self._engine.paxos, key, step)
+        try:
+            return await loop.run_in_executor(self._thread, self._engine.paxos, ops)
+        except StorageFull:
+            raise
+        except Exception:
+            if len(ops) == 1:
+                raise
+        # As for writes: a step that fails must not fail the others.
+        answers: list[Any] = []
+        for op in ops:
+            try:
+                (answer,) = await loop.run_in_executor(self._thread, self._engine.paxos, [op])
+            except Exception as error:
+                answers.append(error)
+            else:
+                answers.append(answer)
+        return answers
 
     async def close(self) -> None:
         """Commit what is pending, then stop the commit thread."""
         await self._batcher.close()
+        await self._paxos_batcher.close()
         self._thread.shutdown(wait=True)
