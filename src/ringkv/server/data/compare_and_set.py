@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Callable, Collection, Coroutine
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from ringkv.core import quorum
 from ringkv.core.consistency import Consistency
@@ -87,7 +87,7 @@ class CompareAndSet:
         sent but the write could not be confirmed in time.
         """
         loop = asyncio.get_running_loop()
-        mine: dict[Version, Record] = {}
+        mine: set[Version] = set()
         attempt = 0
         while True:
             if loop.time() >= deadline:
@@ -116,7 +116,7 @@ class CompareAndSet:
         stamp: Callable[[Record | None], Record],
         now_ms: Callable[[], int],
         deadline: float,
-        mine: dict[Version, Record],
+        mine: set[Version],
     ) -> Swapped | None:
         """One prepare-read-propose-commit; None when a larger ballot won."""
         sets, targets = self._plan(key)
@@ -143,7 +143,7 @@ class CompareAndSet:
         if current is not None:
             self._clock.observe(current.version.timestamp)
         record = stamp(current)
-        mine[record.version] = record
+        mine.add(record.version)
         if not await self._choose(sets, targets, Proposal(ballot, record), deadline):
             return None
         return Swapped(record, current)
@@ -171,13 +171,13 @@ class CompareAndSet:
         self,
         sets: ReplicaSets,
         targets: list[str],
-        call: Callable[[str], Awaitable[T]],
+        call: Callable[[str], Coroutine[Any, Any, T]],
         deadline: float,
     ) -> dict[str, T]:
         """Send ``call`` to every target; the answers once a quorum of each set
         answered. The calls still running finish in the background."""
         loop = asyncio.get_running_loop()
-        running = {loop.create_task(_awaited(call(node))): node for node in targets}
+        running = {loop.create_task(call(node)): node for node in targets}
         answers: dict[str, T] = {}
         try:
             while running and not quorum.met(Consistency.QUORUM, sets, answers.keys()):
@@ -224,10 +224,6 @@ class CompareAndSet:
             f"{why}; the conditional write may or may not become visible",
             reason="WRITE_UNCERTAIN",
         )
-
-
-async def _awaited(call: Awaitable[T]) -> T:
-    return await call
 
 
 def _retrieve(task: asyncio.Task[object]) -> None:
