@@ -21,6 +21,7 @@ import pytest
 import ringkv
 from ringkv.client.admin import cluster_state, node_stats, remove_node, repair
 from ringkv.core.errors import RingkvError, Unavailable
+from ringkv.server.cluster.leader_lease import NO_LEADER_LEASE
 from tests.support.chaos import PORT, NamespacedNode
 from tests.support.netns import NetnsLab, require_netns
 from tests.support.nodes import NodeProcess, agreed_leader, wait_for, wait_for_leader
@@ -149,3 +150,52 @@ def test_isolated_leader_steps_down_majority_elects_and_heal_converges(
             entry = client.get(key, consistency="one")
             assert entry is not None, key
             assert entry.value == b"v2"
+
+
+def quorum_read(node: NodeProcess, key: str, level: str = "quorum") -> bytes | None:
+    with ringkv.Client(node.address, token_aware=False, timeout=5.0) as client:
+        entry = client.get(key, consistency=level)
+    return None if entry is None else entry.value
+
+
+def refuses_for_want_of_a_leader(node: NodeProcess, key: str) -> bool:
+    try:
+        quorum_read(node, key)
+    except Unavailable as error:
+        return error.reason == NO_LEADER_LEASE
+    return False
+
+
+def test_a_node_cut_off_from_the_leader_alone_stops_coordinating_until_it_hears_one(
+    cluster: tuple[NetnsLab, list[NamespacedNode]],
+) -> None:
+    """Item 11 of docs/correctness.md. node1 loses its link to the leader but still
+    reaches node2, a quorum of every key's replicas with itself. On the member
+    table it last heard of, which the leader may have moved past, it would go on
+    serving QUORUM reads; instead, an election timeout after the last heartbeat,
+    it refuses them as UNAVAILABLE/NO_LEADER_LEASE (a client tries another node),
+    while node2, which hears the leader, serves them. Healed, node1 serves again."""
+    lab, nodes = cluster
+    node1, node2, _ = nodes
+    wait_for_leader(nodes, "node3", timeout=30)
+    write_all(node2.address, {"lease/key": b"v"})
+    assert quorum_read(node1, "lease/key") == b"v"
+
+    lab.cut(0, 2)
+    cut_at = time.monotonic()
+    wait_for(
+        lambda: refuses_for_want_of_a_leader(node1, "lease/key"),
+        timeout=20,
+        what="node1 to refuse QUORUM reads for want of a leader",
+    )
+    print(f"node1 stopped coordinating {time.monotonic() - cut_at:.2f}s after the cut")
+    assert quorum_read(node2, "lease/key") == b"v"
+    assert quorum_read(node1, "lease/key", "one") == b"v"  # ONE promises no order
+
+    lab.heal()
+    wait_for(
+        lambda: not refuses_for_want_of_a_leader(node1, "lease/key"),
+        timeout=30,
+        what="node1 to coordinate again once it hears the leader",
+    )
+    assert quorum_read(node1, "lease/key") == b"v"

@@ -22,6 +22,7 @@ from ringkv.core.hlc import HybridLogicalClock
 from ringkv.core.membership import Member, Membership, MemberStatus, RingMaker
 from ringkv.server.cluster.clock_guard import ClockGuard
 from ringkv.server.cluster.cluster_view import ClusterView
+from ringkv.server.cluster.leader_lease import LeaderLease
 from ringkv.server.counters import Counters
 from ringkv.server.data.commit import CommitQueue
 from ringkv.server.data.coordinator import Coordinator
@@ -103,7 +104,12 @@ async def _start(  # noqa: PLR0917 (one node of the fixture)
     stack.push_async_callback(view.close)
     # Off: these tests are about tables, not clocks (test_clock_guard's subject).
     guard = ClockGuard(view, now_ms, time.monotonic, max_offset_ms=0, fresh_for_s=1.0)
-    coordinator = Coordinator(view, store, clock, now_ms, Counters(), clock_guard=guard)
+    # Every node leads: these tests are about tables, not elections.
+    lease = LeaderLease(1000, lambda: 0)
+    lease.exempt(True)
+    coordinator = Coordinator(
+        view, store, clock, now_ms, Counters(), clock_guard=guard, lease=lease
+    )
     stack.push_async_callback(coordinator.close)
     service = ReplicaService(store, clock, now_ms, engine=engine, tables=view)
     server = grpc.aio.server()

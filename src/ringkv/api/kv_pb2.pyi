@@ -441,6 +441,7 @@ class HeartbeatResponse(_message.Message):
     NODE_ID_FIELD_NUMBER: _builtins.int
     SYNCED_EPOCH_FIELD_NUMBER: _builtins.int
     MEMBERS_FIELD_NUMBER: _builtins.int
+    EPOCH_FIELD_NUMBER: _builtins.int
     term: _builtins.int
     accepted: _builtins.bool
     """Whether the responder follows the sender in `term`."""
@@ -448,6 +449,10 @@ class HeartbeatResponse(_message.Message):
     """Added: the responder's id."""
     synced_epoch: _builtins.int
     """Added: the latest epoch for which the responder holds every range it gains."""
+    epoch: _builtins.int
+    """Added: the epoch of the responder's member table after the request's was
+    offered to it (the leader moves past a change once every member has it).
+    """
     @_builtins.property
     def members(self) -> Global___MemberTable:
         """Added: the responder's member table, when newer than the request's."""
@@ -460,10 +465,11 @@ class HeartbeatResponse(_message.Message):
         node_id: _builtins.str = ...,
         synced_epoch: _builtins.int = ...,
         members: Global___MemberTable | None = ...,
+        epoch: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["members", b"members"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "members", b"members", "node_id", b"node_id", "synced_epoch", b"synced_epoch", "term", b"term"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "epoch", b"epoch", "members", b"members", "node_id", b"node_id", "synced_epoch", b"synced_epoch", "term", b"term"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -187,6 +187,11 @@ class Membership:
         return Membership(self.epoch + 1, tuple(sorted(members, key=lambda m: m.node_id)), term)
 
 
+def caught_up(membership: Membership, adopted: Mapping[str, int]) -> bool:
+    """Whether every member is known to have adopted this table (or a later one)."""
+    return all(adopted.get(node, 0) >= membership.epoch for node in membership.node_ids)
+
+
 def gainers(membership: Membership, ring_of: RingMaker, replicas: int) -> frozenset[str]:
     """The members that replicate some range in the next ring but not in the current one."""
     if not membership.changing:
@@ -296,14 +301,26 @@ def leader_decision(
     liveness: Mapping[str, Liveness],
     dead_for_ms: Mapping[str, int],
     remove_dead_after_ms: int,
+    adopted: Mapping[str, int],
+    leases_expired: bool,
 ) -> Membership | None:
     """The leader's next membership change, if any is due.
 
     A change in flight settles once its gainers have synced; a joiner dead
     past the limit is dropped. Otherwise the member dead longest past
     ``remove_dead_after_ms`` starts leaving, so its ranges are re-replicated.
+
+    Leaving a change (settling it or dropping its joiner) also waits until no
+    member can still coordinate on a table older than the change: each has
+    ``adopted`` it, or ``leases_expired`` (no lease granted before the change
+    is still running). Then every coordinator is on this table or the next,
+    and the requests of two neighbouring tables meet (joint quorums): a node
+    that missed the change cannot serve on the ring before it while the
+    others serve on the ring after it.
     """
     if membership.changing:
+        if not leases_expired and not caught_up(membership, adopted):
+            return None
         for member in membership.members:
             if (
                 member.status is MemberStatus.JOINING

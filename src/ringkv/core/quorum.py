@@ -1,8 +1,8 @@
 """Quorum arithmetic: who a request goes to and when it has enough answers.
 
 Pure functions over a key's clockwise node order and a liveness predicate,
-so the rules (sloppy quorum, what counts toward which level, who needs read
-repair) are tested without a network.
+so the rules (when stand-ins count, what counts toward which level, who needs
+read repair) are tested without a network.
 """
 
 from __future__ import annotations
@@ -14,9 +14,24 @@ from ringkv.core.consistency import Consistency
 from ringkv.core.errors import Unavailable
 from ringkv.core.records import Record
 
-# Levels whose quorum may include stand-ins holding hints for a down replica
-# (Dynamo's sloppy quorum). ALL and LINEARIZABLE need the real replicas.
-SLOPPY_LEVELS = frozenset({Consistency.ONE, Consistency.QUORUM})
+STRICT_QUORUM_FROM = 3
+"""The replica count from which QUORUM counts only the key's own replicas."""
+
+
+def sloppy(level: Consistency, replicas: int) -> bool:
+    """Whether stand-ins holding hints for down replicas count toward ``level``.
+
+    ONE: always (Dynamo's sloppy quorum; ONE promises no order). QUORUM: only
+    below three replicas, where a strict quorum is every replica and one node
+    down would refuse every write (the seed's default of RF 2). From three
+    replicas up QUORUM is strict, as in Cassandra: a write acknowledged by
+    one side of a partition with stand-ins and a read served by the other
+    side's replicas would not meet, and a QUORUM read must see every QUORUM
+    write that completed before it. ALL and LINEARIZABLE: never.
+    """
+    if level is Consistency.ONE:
+        return True
+    return level is Consistency.QUORUM and replicas < STRICT_QUORUM_FROM
 
 
 def required_replies(level: Consistency, replicas: int) -> int:
@@ -48,12 +63,12 @@ def targets(
     """The live nodes a request for a key goes to.
 
     ``clockwise`` is every member in the key's clockwise order; the first
-    ``replicas`` are its preference list. For sloppy levels each down replica
-    is replaced by the next live node past the preference list.
+    ``replicas`` are its preference list. Where stand-ins count (``sloppy``)
+    each down replica is replaced by the next live node past the preference list.
     """
     preference = clockwise[:replicas]
     chosen = [Target(node) for node in preference if is_live(node)]
-    if level in SLOPPY_LEVELS:
+    if sloppy(level, replicas):
         stand_ins = (node for node in clockwise[replicas:] if is_live(node))
         for node in preference:
             if not is_live(node):

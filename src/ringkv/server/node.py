@@ -20,7 +20,8 @@ from ringkv.core.hlc import HybridLogicalClock
 from ringkv.core.membership import Membership, RingMaker
 from ringkv.server.cluster.clock_guard import ClockGuard, ClockProber
 from ringkv.server.cluster.cluster_view import ClusterView
-from ringkv.server.cluster.membership import MembershipManager
+from ringkv.server.cluster.leader_lease import LeaderLease
+from ringkv.server.cluster.membership import MembershipManager, monotonic_ms
 from ringkv.server.cluster.membership_file import MembershipFile
 from ringkv.server.config import HostPort, NodeConfig
 from ringkv.server.counters import Counters
@@ -137,7 +138,10 @@ async def serve(
             open_channel=lambda address: security.open_channel(address, SIDE_CHANNEL_OPTIONS),
         )
         resources.push_async_callback(clock_prober.close)
-        coordinator = Coordinator(view, store, clock, now_ms, counters, clock_guard=clock_guard)
+        lease = LeaderLease(int(config.election_timeout_s * 1000), monotonic_ms)
+        coordinator = Coordinator(
+            view, store, clock, now_ms, counters, clock_guard=clock_guard, lease=lease
+        )
         resources.push_async_callback(coordinator.close)
         replayer = HintReplayer(
             engine,
@@ -166,6 +170,7 @@ async def serve(
             remove_dead_after_ms=int(config.dead_after_s * 1000),
             rings=rings,
             on_removed=stop.set,
+            lease=lease,
             open_channel=security.open_channel,
         )
         resources.push_async_callback(membership.close)
@@ -232,7 +237,13 @@ async def serve(
         if metrics_socket is not None:
             metrics = NodeMetrics(
                 NodeCollector(
-                    view, engine, counters, membership, clock_guard, rebalancer=rebalancer
+                    view,
+                    engine,
+                    counters,
+                    membership,
+                    clock_guard,
+                    rebalancer=rebalancer,
+                    lease=lease,
                 )
             )
             metrics_server = MetricsServer(metrics)

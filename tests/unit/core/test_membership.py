@@ -13,6 +13,7 @@ from ringkv.core.membership import (
     Membership,
     MemberStatus,
     RingMaker,
+    caught_up,
     gainers,
     leader_decision,
     ready_to_settle,
@@ -115,12 +116,46 @@ def test_a_dead_joiner_is_waited_for_then_dropped() -> None:
         "synced": {},
         "liveness": dead,
         "remove_dead_after_ms": 60_000,
+        "adopted": {},
+        "leases_expired": True,
     }
     assert leader_decision(joining, dead_for_ms={"n4": 59_999}, **decide) is None  # type: ignore[arg-type]
     dropped = leader_decision(joining, dead_for_ms={"n4": 60_000}, **decide)  # type: ignore[arg-type]
     assert dropped is not None
     assert dropped.node_ids == ("n1", "n2", "n3")
     assert not dropped.changing
+
+
+def test_a_change_settles_only_once_no_member_can_coordinate_on_an_older_table() -> None:
+    """Item 11 of docs/correctness.md: a member cut off from the leader still holds
+    the table before the change; were the change settled, it and the others would be
+    two tables apart, with quorums that need not meet."""
+    leaving = THREE.with_leaving("n3", term=1)
+    gaining = gainers(leaving, RINGS, 2)
+    synced = dict.fromkeys(("n1", "n2", "n3"), leaving.epoch)
+    assert ready_to_settle(leaving, gaining, synced, ALIVE)
+
+    def decide(adopted: dict[str, int], leases_expired: bool) -> Membership | None:
+        return leader_decision(
+            leaving,
+            term=1,
+            gaining=gaining,
+            synced=synced,
+            liveness=ALIVE,
+            dead_for_ms={},
+            remove_dead_after_ms=60_000,
+            adopted=adopted,
+            leases_expired=leases_expired,
+        )
+
+    behind = {"n1": leaving.epoch, "n2": leaving.epoch - 1, "n3": leaving.epoch}
+    assert not caught_up(leaving, behind)
+    assert decide(behind, leases_expired=False) is None
+    settled = decide(behind, leases_expired=True)
+    assert settled is not None and not settled.changing
+    everyone = dict.fromkeys(("n1", "n2", "n3"), leaving.epoch)
+    assert caught_up(leaving, everyone)
+    assert decide(everyone, leases_expired=False) == settled
 
 
 def test_the_leader_removes_a_member_dead_past_the_limit() -> None:
@@ -135,6 +170,8 @@ def test_the_leader_removes_a_member_dead_past_the_limit() -> None:
             liveness=liveness,
             dead_for_ms={"n2": dead_for},
             remove_dead_after_ms=60_000,
+            adopted={},
+            leases_expired=False,  # starting a change does not wait for leases
         )
 
     assert decide(59_000) is None

@@ -16,6 +16,7 @@ from ringkv.core.quorum import (
     met,
     newest,
     required_replies,
+    sloppy,
     stale_replicas,
     targets,
 )
@@ -55,16 +56,51 @@ def test_all_live_targets_are_the_preference_list() -> None:
     assert chosen == [Target("a"), Target("b"), Target("c")]
 
 
-def test_a_down_replica_gets_the_next_live_stand_in_at_sloppy_levels() -> None:
+def test_a_down_replica_gets_the_next_live_stand_in_at_one() -> None:
     live = {"a", "c", "e"}
-    chosen = targets(NODES, 3, live.__contains__, Consistency.QUORUM)
+    chosen = targets(NODES, 3, live.__contains__, Consistency.ONE)
     assert chosen == [Target("a"), Target("c"), Target("e", stands_in_for="b")]
 
 
-@pytest.mark.parametrize("level", [Consistency.ALL, Consistency.LINEARIZABLE])
-def test_strict_levels_never_use_stand_ins(level: Consistency) -> None:
+def test_quorum_of_two_replicas_uses_stand_ins() -> None:
+    """RF 2: a strict quorum is both replicas, so one node down would refuse every write."""
+    live = {"a", "c"}
+    chosen = targets(NODES, 2, live.__contains__, Consistency.QUORUM)
+    assert chosen == [Target("a"), Target("c", stands_in_for="b")]
+
+
+@pytest.mark.parametrize(
+    ("level", "n"),
+    [(Consistency.QUORUM, 3), (Consistency.QUORUM, 5), (Consistency.ALL, 3), (Consistency.ALL, 2)]
+    + [(Consistency.LINEARIZABLE, n) for n in (1, 2, 3)],
+)
+def test_strict_levels_never_use_stand_ins(level: Consistency, n: int) -> None:
     live = {"a", "c", "d", "e"}
-    assert targets(NODES, 3, live.__contains__, level) == [Target("a"), Target("c")]
+    chosen = targets(NODES, n, live.__contains__, level)
+    assert chosen == [Target(node) for node in NODES[:n] if node in live]
+
+
+@given(
+    n=st.integers(1, 5),
+    level=st.sampled_from([Consistency.QUORUM, Consistency.ALL, Consistency.LINEARIZABLE]),
+    write_live=st.sets(st.sampled_from(NODES)),
+    read_live=st.sets(st.sampled_from(NODES)),
+)
+def test_strict_quorums_of_one_key_always_meet(
+    n: int, level: Consistency, write_live: set[str], read_live: set[str]
+) -> None:
+    """Where stand-ins do not count, any write quorum and read quorum share a replica,
+    whatever each side of a partition sees as live: a QUORUM read sees every QUORUM
+    write that completed before it."""
+    if sloppy(level, n):
+        return
+    sets = ReplicaSets(NODES[:n])
+    wrote = {
+        t.stands_in_for or t.node_id for t in targets(NODES, n, write_live.__contains__, level)
+    }
+    read = {t.stands_in_for or t.node_id for t in targets(NODES, n, read_live.__contains__, level)}
+    if met(level, sets, wrote) and met(level, sets, read):
+        assert wrote & read
 
 
 def test_stand_ins_run_out() -> None:

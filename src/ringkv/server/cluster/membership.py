@@ -57,6 +57,7 @@ from ringkv.core.membership import (
     leader_decision,
 )
 from ringkv.server.cluster.cluster_view import ClusterView
+from ringkv.server.cluster.leader_lease import LeaderLease
 from ringkv.server.cluster.membership_file import FILE_NAME as MEMBERSHIP_FILE
 from ringkv.server.cluster.membership_file import MembershipFile, SavedState
 from ringkv.server.transport.auth import NodeSecurity
@@ -111,6 +112,7 @@ class MembershipManager:
         remove_dead_after_ms: int,
         rings: RingMaker,
         on_removed: Callable[[], None],
+        lease: LeaderLease,
         now_ms: Callable[[], int] = monotonic_ms,
         rng: random.Random | None = None,
         open_channel: ChannelOpener | None = None,
@@ -131,6 +133,11 @@ class MembershipManager:
         self._saved_vote: tuple[int, str | None] = (0, None)
         self._detector = self._fresh_detector()
         self._synced: dict[str, int] = {}
+        self._lease = lease
+        self._adopted: dict[str, int] = {}
+        """LEADER: the epoch of the table each member had when it last answered."""
+        self._table_since_ms = now_ms()
+        self._led_since_ms = 0
         self._was_leader = False
         self._leaving = False
         self.rebalancer: RangeMover | None = None
@@ -157,6 +164,7 @@ class MembershipManager:
         A lone node or one with a saved table is leading or following before
         the node reports itself serving.
         """
+        self._update_lease()
         saved = self._file.load()
         if saved is not None and saved.decommissioned:
             # A restart policy must not bring a removed node back into the ring.
@@ -304,6 +312,7 @@ class MembershipManager:
         before = self.membership.get(self.node_id)
         self._leaving = before is not None and before.status is MemberStatus.LEAVING
         self._view.adopt(table)
+        self._table_since_ms = self._now_ms()
         log.info(
             "member table adopted",
             extra={
@@ -327,6 +336,11 @@ class MembershipManager:
             log.warning("member table not saved", extra={"epoch": table.epoch, "error": str(error)})
         if self.rebalancer is not None:
             self.rebalancer.adopted(table)
+        self._update_lease()
+
+    def _update_lease(self) -> None:
+        table = self.membership
+        self._lease.exempt(table.epoch == 0 or len(table.members) == 1 or self._leads())
 
     def _removed(self, *, was_leaving: bool) -> None:
         if was_leaving:
@@ -397,9 +411,11 @@ class MembershipManager:
                 self._save()  # Before any reply or claim leaves this node.
             except StorageFull as error:
                 log.warning("vote not saved; not acting on it", extra={"error": error.message})
+                self._update_lease()
                 return False
         self._view.leader_id = election.leader or ""
         self._view.term = election.term
+        self._update_lease()
         for envelope in output.messages:
             if not isinstance(envelope.message, _REPLIES):
                 self._spawn(self._send(envelope))
@@ -444,6 +460,7 @@ class MembershipManager:
         sender = response.node_id or peer.node_id
         self._detector.heard(sender, self._now_ms())
         self._synced[sender] = response.synced_epoch
+        self._adopted[sender] = response.epoch
         self.offer(membership_from_wire(response.members))
         reply = HeartbeatAck if isinstance(message, Heartbeat) else CoordinatorAck
         self._receive(reply(sender, response.term, response.accepted))
@@ -495,12 +512,16 @@ class MembershipManager:
             term = self._view.term
         if accepted:
             self._view.liveness = liveness_from_wire(request.members)
+            if not request.claim:
+                # The leader's table, offered above, is in effect here now.
+                self._lease.renew()
         mine = self.membership
         return kv_pb2.HeartbeatResponse(
             term=term,
             accepted=accepted,
             node_id=self.node_id,
             synced_epoch=self.synced_epoch,
+            epoch=mine.epoch,
             members=membership_to_wire(mine, self._view.liveness)
             if sent is None or mine.newer_than(sent)
             else None,
@@ -561,6 +582,8 @@ class MembershipManager:
             self._detector = self._fresh_detector()
             self._detector.watch(self.membership.node_ids, self._now_ms())
             self._synced.clear()
+            self._adopted.clear()
+            self._led_since_ms = self._now_ms()
             log.info("leading", extra={"term": self._view.term, "epoch": self.membership.epoch})
         self._was_leader = leading
         if not leading:
@@ -578,6 +601,7 @@ class MembershipManager:
             log.info("member states", extra=changed)
         self._view.liveness = liveness
         self._synced[self.node_id] = self.synced_epoch
+        self._adopted[self.node_id] = self.membership.epoch
         change = leader_decision(
             self.membership,
             term=self._view.term,
@@ -586,9 +610,24 @@ class MembershipManager:
             liveness=liveness,
             dead_for_ms={node: self._detector.silent_for(node, now) for node in members},
             remove_dead_after_ms=self._remove_dead_after_ms,
+            adopted=self._adopted,
+            leases_expired=now >= self._leases_drained_at_ms(),
         )
         if change is not None:
             self._adopt(change)
+
+    def _leases_drained_at_ms(self) -> int:
+        """When no lease granted on a table older than the one in effect can still run.
+
+        A follower's lease lasts an election timeout from a heartbeat, which
+        arrives within its deadline (another election timeout) of being sent;
+        every heartbeat sent since this table was adopted carried it. A leader
+        deposed before this one was elected leads for at most two election
+        timeouts more (its last majority of acknowledgements may arrive one
+        timeout late), and its heartbeats' leases run two timeouts past that.
+        """
+        timeout = self._config.election_timeout_ms
+        return max(self._table_since_ms + 2 * timeout, self._led_since_ms + 4 * timeout)
 
     def _gainers(self) -> frozenset[str]:
         """The gainers of the table in effect, worked out once per table (a ring diff)."""

@@ -36,6 +36,7 @@ from ringkv.core.quorum import ReplicaSets, Target
 from ringkv.core.records import NO_EXPIRY, Record, ReplicaAck, ack
 from ringkv.server.cluster.clock_guard import ClockGuard
 from ringkv.server.cluster.cluster_view import ClusterView
+from ringkv.server.cluster.leader_lease import LeaderLease
 from ringkv.server.counters import Counters
 from ringkv.server.data.compare_and_set import CompareAndSet
 from ringkv.server.data.local_store import LocalStore
@@ -72,9 +73,11 @@ class Coordinator:
         counters: Counters,
         *,
         clock_guard: ClockGuard,
+        lease: LeaderLease,
     ) -> None:
         self._counters = counters
         self._clock_guard = clock_guard
+        self._lease = lease
         self._view = view
         self._store = store
         self._clock = clock
@@ -90,8 +93,15 @@ class Coordinator:
     # -- reads ---------------------------------------------------------------
 
     async def read(self, key: bytes, level: Consistency, timeout_s: float) -> Record | None:
-        """The key's live value at ``level``, or None."""
-        winner = await self._read_newest(key, level, _deadline(timeout_s))
+        """The key's live value at ``level``, or None.
+
+        Above ONE only while this node holds its leader lease (waiting up to
+        half the timeout for one): its member table might be out of date.
+        """
+        deadline = _deadline(timeout_s)
+        if level is not Consistency.ONE:
+            await self._require_lease(key, level, timeout_s / 2)
+        winner = await self._read_newest(key, level, deadline)
         return winner if winner is not None and winner.is_live(self._now_ms()) else None
 
     async def _read_newest(self, key: bytes, level: Consistency, deadline: float) -> Record | None:
@@ -173,14 +183,17 @@ class Coordinator:
     ) -> Written:
         """Write a new version of a key at ``level``.
 
-        Raises Unavailable when the level cannot be met, or this node's clock
-        may not stamp versions, and nothing was sent (safe to retry);
+        Raises Unavailable when the level cannot be met, this node's clock
+        may not stamp versions or it holds no leader lease, and nothing was
+        sent (safe to retry);
         DeadlineExceeded when the write was sent but too few replicas
         confirmed it in time (it may or may not become visible).
         """
         # A clock far behind its peers' would stamp below writes they already
-        # acknowledged; one far ahead would bury the writes that follow.
+        # acknowledged; one far ahead would bury the writes that follow. A
+        # member table out of date would send it to the wrong replicas.
         deadline = _deadline(timeout_s)
+        await self._require_lease(key, level, clock_wait_s)
         await self._clock_guard.require_soon(clock_wait_s)
         conditional = expected is not None or level is Consistency.LINEARIZABLE
         if not conditional and not self._key_locks.held(key):
@@ -341,6 +354,12 @@ class Coordinator:
 
     # -- shared ----------------------------------------------------------------
 
+    async def _require_lease(self, key: bytes, level: Consistency, wait_s: float) -> None:
+        if not self._lease.held:
+            # Too few replicas reachable says more, and needs no wait.
+            self._plan(key, level)
+            await self._lease.require(wait_s)
+
     def _plan(self, key: bytes, level: Consistency) -> tuple[ReplicaSets, list[Target]]:
         """The key's replica sets and the live nodes to ask: its replicas (with
         stand-ins for the down ones at sloppy levels) and, during a membership
@@ -427,7 +446,7 @@ class Coordinator:
 
     def _stand_in_finder(self, key: bytes, level: Consistency) -> StandInFinder | None:
         """How to replace a replica that failed a call, at levels that allow it."""
-        if level not in quorum.SLOPPY_LEVELS:
+        if not quorum.sloppy(level, self._view.replicas):
             return None
         past_preference = self._view.clockwise(key)[self._view.replicas :]
 

@@ -26,6 +26,7 @@ from ringkv.core.records import Record
 from ringkv.core.validation import Limits, expected_version, ttl_ms
 from ringkv.server.cluster.clock_guard import CLOCK_OFFSET, CLOCK_UNCHECKED, ClockGuard
 from ringkv.server.cluster.cluster_view import ClusterView
+from ringkv.server.cluster.leader_lease import NO_LEADER_LEASE
 from ringkv.server.counters import Counters
 from ringkv.server.data.coordinator import Coordinator
 from ringkv.server.transport.peers import Peer
@@ -310,8 +311,8 @@ class KeyValueService:
         except grpc.aio.AioRpcError as error:
             info = error_info(error.trailing_metadata())
             reason = None if info is None else info.reason
-            if reason in (CLOCK_OFFSET, CLOCK_UNCHECKED):
-                return None  # it does not stamp now; nothing ran there
+            if reason in (CLOCK_OFFSET, CLOCK_UNCHECKED, NO_LEADER_LEASE):
+                return None  # it does not coordinate now; nothing ran there
             if reason is None and error.code() == grpc.StatusCode.UNAVAILABLE:
                 peer.mark_down()
                 if conditional and not _never_connected(error):

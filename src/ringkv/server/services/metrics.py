@@ -45,6 +45,7 @@ from ringkv.core.errors import Unavailable
 from ringkv.core.membership import Liveness, MemberStatus
 from ringkv.server.cluster.clock_guard import ClockGuard
 from ringkv.server.cluster.cluster_view import ClusterView
+from ringkv.server.cluster.leader_lease import LeaderLease
 from ringkv.server.config import HostPort
 from ringkv.server.counters import Counters
 from ringkv.server.data.rebalance import Rebalancer
@@ -168,9 +169,11 @@ class NodeCollector:
         clock_guard: ClockGuard | None = None,
         *,
         rebalancer: Rebalancer | None = None,
+        lease: LeaderLease | None = None,
     ) -> None:
         self._clock_guard = clock_guard
         self._rebalancer = rebalancer
+        self._lease = lease
         self._view = view
         self._engine = engine
         self._counters = counters
@@ -274,6 +277,13 @@ class NodeCollector:
         for node_id, peer in sorted(view.peers.items()):
             peers.add_metric((node_id,), int(peer.alive))
         yield peers
+        if self._lease is not None:
+            yield GaugeMetricFamily(
+                "ringkv_leader_lease",
+                "1 while this node leads or heard its leader within the election timeout "
+                "and coordinates requests; 0 while it refuses them (NO_LEADER_LEASE).",
+                value=int(self._lease.held),
+            )
         if self._clock_guard is not None:
             check = self._clock_guard.check()
             yield GaugeMetricFamily(

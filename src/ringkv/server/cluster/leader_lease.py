@@ -1,0 +1,87 @@
+"""Whether this node may coordinate requests: it leads, or it heard its leader lately.
+
+A node cut off from the leader keeps the member table it last had, while the
+leader goes on through membership changes without it (to the leader it is
+just not live). Two coordinators two changes apart can each find a quorum
+the other's does not meet, and fencing does not stop them when the replicas
+they reach are as far behind as they are. So a node coordinates only while
+it holds a lease: the leader holds one while a majority acknowledges its
+heartbeats (``ringkv.core.election``), a follower for an election timeout
+after it accepted a heartbeat, which carried the leader's table and was
+adopted first. The leader, for its part, moves past a membership change only
+once every member is known to have the change, or every lease granted
+before it has run out (``ringkv.core.membership.leader_decision``).
+
+A lease is only the absence of a reason to doubt the table; it is counted
+on this node's monotonic clock from the moment the heartbeat arrived.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from ringkv.core.errors import Unavailable
+
+NO_LEADER_LEASE = "NO_LEADER_LEASE"
+"""The reason of the UNAVAILABLE a node answers while it holds no lease."""
+
+
+class LeaderLease:
+    """This node's lease to coordinate, renewed by the leader's heartbeats."""
+
+    def __init__(self, duration_ms: int, monotonic_ms: Callable[[], int]) -> None:
+        self._duration_ms = duration_ms
+        self._monotonic_ms = monotonic_ms
+        self._expires_ms = 0
+        self._exempt = False
+        self._renewed = asyncio.Event()
+
+    @property
+    def held(self) -> bool:
+        return self._exempt or self._monotonic_ms() < self._expires_ms
+
+    def renew(self) -> None:
+        """This node, a follower, accepted a heartbeat of its leader just now."""
+        self._expires_ms = self._monotonic_ms() + self._duration_ms
+        self._wake()
+
+    def exempt(self, exempt: bool) -> None:
+        """Whether this node coordinates with no heartbeat needed.
+
+        It does while it leads (its election keeps a majority's
+        acknowledgements), while it is the only member, and while no leader
+        has published a table yet (epoch 0, the table from its flags: there is
+        no change to have missed, and a cluster being born is writable).
+        """
+        if exempt and not self._exempt:
+            self._wake()
+        if self._exempt and not exempt:
+            self._expires_ms = 0  # a deposed leader does not fall back on an old heartbeat
+        self._exempt = exempt
+
+    def _wake(self) -> None:
+        self._renewed.set()
+        self._renewed = asyncio.Event()
+
+    async def require(self, wait_s: float) -> None:
+        """Return once the lease is held, waiting up to ``wait_s`` for a heartbeat.
+
+        Raises Unavailable (nothing was done; safe to retry on another node).
+        """
+        if self.held:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_s
+        while not self.held:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise Unavailable(
+                    "this node has not heard from a leader within the election timeout, "
+                    "so its member table may be out of date; retry on another node",
+                    reason=NO_LEADER_LEASE,
+                )
+            try:
+                await asyncio.wait_for(self._renewed.wait(), remaining)
+            except TimeoutError:
+                continue

@@ -1,0 +1,63 @@
+"""LeaderLease: a node coordinates while it leads or heard its leader within the lease."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from ringkv.core.errors import Unavailable
+from ringkv.server.cluster.leader_lease import NO_LEADER_LEASE, LeaderLease
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now_ms = 10_000
+
+    def __call__(self) -> int:
+        return self.now_ms
+
+
+def test_a_follower_holds_the_lease_for_its_duration_after_a_heartbeat() -> None:
+    clock = FakeClock()
+    lease = LeaderLease(1_500, clock)
+    assert not lease.held  # no leader heard yet: a node just started
+    lease.renew()
+    clock.now_ms += 1_499
+    assert lease.held
+    clock.now_ms += 1
+    assert not lease.held
+    lease.renew()
+    assert lease.held
+
+
+def test_an_exempt_node_holds_it_until_no_longer_exempt_and_then_not_on_an_old_heartbeat() -> None:
+    clock = FakeClock()
+    lease = LeaderLease(1_500, clock)
+    lease.renew()
+    lease.exempt(True)
+    clock.now_ms += 60_000
+    assert lease.held
+    lease.renew()  # a heartbeat followed just before it led
+    lease.exempt(False)
+    assert not lease.held
+
+
+def test_require_fails_fast_with_a_retryable_reason() -> None:
+    lease = LeaderLease(1_500, FakeClock())
+    with pytest.raises(Unavailable) as raised:
+        asyncio.run(lease.require(0.0))
+    assert raised.value.reason == NO_LEADER_LEASE
+
+
+def test_require_returns_once_a_heartbeat_arrives() -> None:
+    async def scenario() -> bool:
+        lease = LeaderLease(1_500, FakeClock())
+        waiting = asyncio.create_task(lease.require(30.0))
+        await asyncio.sleep(0)
+        assert not waiting.done()
+        lease.renew()
+        await asyncio.wait_for(waiting, 5.0)
+        return lease.held
+
+    assert asyncio.run(scenario())
