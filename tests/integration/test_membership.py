@@ -295,3 +295,32 @@ def test_a_change_adopted_on_a_full_disk_settles_once_the_disk_frees(
         finally:
             for node in members:
                 node.kill()  # before the disk is unmounted under node4
+
+
+def test_a_node_told_the_cluster_exists_waits_for_a_seed_instead_of_founding_one(
+    nodes: NodeFactory,
+) -> None:
+    """Issue 12: with its seed down, a node started with ``--initial-cluster-state
+    existing`` does not found a cluster of its own from its flags (which would
+    split the data in two once the seed is back); it waits, then joins."""
+    (seed_port,) = free_ports(1)
+    node2 = nodes(
+        "node2",
+        "-peers",
+        f"node1=127.0.0.1:{seed_port}",
+        "--initial-cluster-state",
+        "existing",
+        *FAST,
+    )
+    # Past the point where a new cluster would have been founded, it says it waits.
+    wait_for(
+        lambda: any(e.get("msg", "").startswith("no seed answers") for e in node2.events()),
+        timeout=30,
+        what="node2 to wait for its seed",
+    )
+    assert not any(e.get("msg") == "bootstrapping" for e in node2.events())
+    node1 = nodes("node1", *FAST, start=False)
+    node1.port = seed_port
+    node1.start()
+    wait_for_members([node1, node2], {"node1": "normal", "node2": "normal"}, timeout=60)
+    assert not any(e.get("msg") == "bootstrapping" for e in node2.events())

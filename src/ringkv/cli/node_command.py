@@ -122,6 +122,14 @@ def add_parser(commands: Commands) -> None:
         "ranges are re-replicated (default: 60)",
     )
     parser.add_argument(
+        "--initial-cluster-state",
+        choices=("new", "existing"),
+        default="new",
+        help="new: with no seed answering, found the cluster from -peers after two "
+        "heartbeat intervals (the seed's command lines); existing: never found one, "
+        "wait for a seed and join its cluster, as etcd's flag (default: new)",
+    )
+    parser.add_argument(
         "--anti-entropy-interval",
         type=float,
         default=600.0,
@@ -217,6 +225,7 @@ def config_from(args: argparse.Namespace) -> NodeConfig:
         heartbeat_interval_s=args.heartbeat_interval,
         election_timeout_s=args.election_timeout,
         dead_after_s=args.dead_after,
+        joins_existing=args.initial_cluster_state == "existing",
         anti_entropy_interval_s=args.anti_entropy_interval,
         tombstone_grace_s=args.tombstone_grace,
         max_clock_offset_s=args.max_clock_offset,

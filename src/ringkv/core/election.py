@@ -51,7 +51,7 @@ import enum
 import random
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 _NEVER = 1 << 62
 """A time no timer reaches: the wake-up time when nothing is due."""
@@ -68,6 +68,9 @@ class Heartbeat:
     """The node that leads."""
     term: int
     """The term it leads."""
+    sent_ms: int | None = field(default=None, compare=False)
+    """When the sender sent it, on its own clock (None when not known here); the
+    reply echoes it, so the leader's lease counts from sending, not from a late reply."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +83,8 @@ class HeartbeatAck:
     """The heartbeat's term if accepted, else the member's own current term."""
     accepted: bool
     """Whether the member follows the heartbeat's leader in that term."""
+    sent_ms: int | None = field(default=None, compare=False)
+    """The ``sent_ms`` of the message it answers: the leader's lease counts from then."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +115,9 @@ class Coordinator:
     """The candidate that claims the term."""
     term: int
     """The term it claims: one past the largest term it has seen."""
+    sent_ms: int | None = field(default=None, compare=False)
+    """When the sender sent it, on its own clock (None when not known here); the
+    reply echoes it, so the leader's lease counts from sending, not from a late reply."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +130,8 @@ class CoordinatorAck:
     """The claimed term if accepted, else the member's own current term."""
     accepted: bool
     """Whether the member accepted the claimant as the leader of that term."""
+    sent_ms: int | None = field(default=None, compare=False)
+    """The ``sent_ms`` of the message it answers: the leader's lease counts from then."""
 
 
 Message = Heartbeat | HeartbeatAck | Election | Answer | Coordinator | CoordinatorAck
@@ -364,9 +374,10 @@ class ElectionNode:
                     accepted = self._on_claim(leader, term, now_ms, out)
                     ack_type = HeartbeatAck if isinstance(message, Heartbeat) else CoordinatorAck
                     ack_term = term if accepted else self._term
-                    out.insert(0, Envelope(leader, ack_type(self.node_id, ack_term, accepted)))
-                case HeartbeatAck(sender, term, accepted) | CoordinatorAck(sender, term, accepted):
-                    self._on_ack(sender, term, accepted, now_ms, out)
+                    ack = ack_type(self.node_id, ack_term, accepted, message.sent_ms)
+                    out.insert(0, Envelope(leader, ack))
+                case HeartbeatAck() | CoordinatorAck():
+                    self._on_ack(message, now_ms, out)
                 case Election(candidate, _):
                     self._on_election(candidate, now_ms, out)
                 case Answer(responder, _):
@@ -398,18 +409,20 @@ class ElectionNode:
         self._deadline_ms = now_ms + self._election_timeout()
         return True
 
-    def _on_ack(
-        self, sender: str, term: int, accepted: bool, now_ms: int, out: list[Envelope]
-    ) -> None:
+    def _on_ack(self, ack: HeartbeatAck | CoordinatorAck, now_ms: int, out: list[Envelope]) -> None:
         """A member's reply to our Heartbeat or Coordinator."""
+        sender, term, accepted = ack.sender, ack.term, ack.accepted
+        # A reply vouches for the moment its message was sent (at most now).
+        sent_ms = now_ms if ack.sent_ms is None else min(ack.sent_ms, now_ms)
         if accepted:
             if term != self._term or self._term_leader != self.node_id:
                 return  # A reply to an older claim.
+            acked = max(sent_ms, self._acked_at.get(sender, sent_ms))
             if self._role is Role.LEADER:
-                self._acked_at[sender] = now_ms
+                self._acked_at[sender] = acked
             elif self._role is Role.CANDIDATE and self._phase is _Phase.COORDINATING:
                 self._acks.add(sender)
-                self._acked_at[sender] = now_ms
+                self._acked_at[sender] = acked
                 if len(self._acks) >= self._majority:
                     self._become_leader(now_ms, out)
             return
@@ -435,7 +448,7 @@ class ElectionNode:
         out.append(Envelope(candidate, Answer(self.node_id, self._term)))
         if self._role is Role.LEADER:
             # Reassert ourselves to the candidate rather than start over.
-            out.append(Envelope(candidate, Heartbeat(self.node_id, self._term)))
+            out.append(Envelope(candidate, Heartbeat(self.node_id, self._term, now_ms)))
         elif self._role is Role.FOLLOWER:
             self._start_election(now_ms, out)
 
@@ -466,7 +479,7 @@ class ElectionNode:
         if len(self._acks) >= self._majority:
             self._become_leader(now_ms, out)
             return
-        out.extend(Envelope(m, Coordinator(self.node_id, self._term)) for m in self._others)
+        out.extend(Envelope(m, Coordinator(self.node_id, self._term, now_ms)) for m in self._others)
 
     def _become_leader(self, now_ms: int, out: list[Envelope]) -> None:
         self._role = Role.LEADER
@@ -483,7 +496,7 @@ class ElectionNode:
 
     def _send_heartbeats(self, now_ms: int, out: list[Envelope]) -> None:
         self._next_heartbeat_ms = now_ms + self.config.heartbeat_interval_ms
-        out.extend(Envelope(m, Heartbeat(self.node_id, self._term)) for m in self._others)
+        out.extend(Envelope(m, Heartbeat(self.node_id, self._term, now_ms)) for m in self._others)
 
     # -- helpers -------------------------------------------------------------
 
@@ -494,7 +507,10 @@ class ElectionNode:
         """When the leader has gone ``election_timeout_ms`` without a majority of acks.
 
         The lease runs from the oldest of the ``majority - 1`` most recent
-        acks from other members (this node counts for itself).
+        acks from other members (this node counts for itself), each counted
+        from when the message it answers was sent: a reply that arrives late
+        vouches only for the moment the member accepted, which was no later,
+        so a deposed leader's lease never outlives its followers' patience.
         """
         needed = self._majority - 1
         if needed == 0:

@@ -151,6 +151,10 @@ class NodeConfig:
     a member may stay silent before the leader counts it dead."""
     dead_after_s: float = 60.0
     """How long a member may stay dead before the leader removes it."""
+    joins_existing: bool = False
+    """``--initial-cluster-state existing``: never found a cluster from the flags;
+    wait until a seed answers with its table (a node whose seeds are down
+    must not start a second cluster)."""
     anti_entropy_interval_s: float = 600.0
     """How often replicas compare Merkle trees; 0 for never (repair on demand only)."""
     tombstone_grace_s: float = 10 * 86400.0
@@ -209,6 +213,8 @@ class NodeConfig:
             )
         if self.dead_after_s < self.election_timeout_s:
             raise ConfigError("--dead-after must be at least the election timeout")
+        if self.joins_existing and not self.peers:
+            raise ConfigError("--initial-cluster-state existing needs -peers to join through")
         if self.anti_entropy_interval_s < 0 or self.tombstone_grace_s < 0:
             raise ConfigError("the anti-entropy interval and tombstone grace must not be negative")
         if self.max_clock_offset_s < 0:

@@ -38,7 +38,12 @@ from ringkv.server.services.metrics import MetricsServer, NodeCollector, NodeMet
 from ringkv.server.services.metrics import bind as bind_metrics
 from ringkv.server.services.replica_service import ReplicaService
 from ringkv.server.transport import rpc
-from ringkv.server.transport.auth import SIDE_CHANNEL_OPTIONS, NodeSecurity, Policy
+from ringkv.server.transport.auth import (
+    SERVER_KEEPALIVE_OPTIONS,
+    SIDE_CHANNEL_OPTIONS,
+    NodeSecurity,
+    Policy,
+)
 from ringkv.server.transport.peers import Fencing, Peer, PeerProber
 from ringkv.storage import FsyncMode, open_engine
 
@@ -171,6 +176,7 @@ async def serve(
             rings=rings,
             on_removed=stop.set,
             lease=lease,
+            joins_existing=config.joins_existing,
             open_channel=security.open_channel,
         )
         resources.push_async_callback(membership.close)
@@ -277,6 +283,7 @@ def _bind(config: NodeConfig, security: NodeSecurity | None = None) -> tuple[grp
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", limit),
             ("grpc.so_reuseport", 0),
+            *SERVER_KEEPALIVE_OPTIONS,
         ]
     )
     credentials = security.server_credentials() if security is not None else None

@@ -250,6 +250,40 @@ def test_a_leader_steps_down_without_acks_from_a_majority() -> None:
     assert (state.role, state.leader) == (Role.FOLLOWER, None)
 
 
+def test_a_late_ack_extends_the_lease_only_from_when_its_heartbeat_was_sent() -> None:
+    """Issue 12: a deposed leader's lease must not outlive its followers' patience.
+    An ack that arrives just before the lease ends, answering a heartbeat sent long
+    before, vouches only for the moment that heartbeat left."""
+    state = node("n3")
+    state.start(0)
+    state.receive(CoordinatorAck("n1", 1, True, sent_ms=0), 10)
+    assert state.role is Role.LEADER
+    sent_at = 10 + CONFIG.heartbeat_interval_ms  # the first heartbeat went out on leading
+    out = state.tick(sent_at)
+    (heartbeat,) = {e.message for e in out.messages if e.to == "n1"}
+    assert isinstance(heartbeat, Heartbeat)
+    assert heartbeat.sent_ms == sent_at
+    # n1 accepted it at once, but its ack is held up until just before the lease ends.
+    late = HeartbeatAck("n1", 1, True, sent_ms=heartbeat.sent_ms)
+    expiry = sent_at + ET
+    state.receive(late, expiry - 1)
+    roles = []
+    for now in (expiry - 1, expiry):
+        state.tick(now)
+        roles.append(state.role)
+    assert roles == [Role.LEADER, Role.FOLLOWER]
+
+
+def test_a_follower_echoes_the_send_time_of_what_it_accepts() -> None:
+    state = node("n1")
+    state.start(0)
+    out = state.receive(Heartbeat("n3", 1, sent_ms=1234), 2000)
+    (ack,) = (e.message for e in out.messages if e.to == "n3")
+    assert ack == HeartbeatAck("n1", 1, True)
+    assert isinstance(ack, HeartbeatAck)
+    assert ack.sent_ms == 1234
+
+
 def test_config_is_validated() -> None:
     with pytest.raises(ValueError, match="must exceed"):
         ElectionConfig(heartbeat_interval_ms=3000, election_timeout_ms=3000)

@@ -476,3 +476,11 @@ def test_bind_address(listen: HostPort, bind: str) -> None:
 def test_bind_address_ignores_advertise() -> None:
     config = NodeConfig(listen=HostPort("", 50051), advertise=HostPort("10.0.0.1", 50051))
     assert config.bind_address == "0.0.0.0:50051"
+
+
+def test_joining_an_existing_cluster_needs_a_seed() -> None:
+    with pytest.raises(ConfigError, match="existing needs -peers"):
+        NodeConfig(joins_existing=True)
+    seed = (Peer("node2", HostPort("127.0.0.1", 50052)),)
+    assert NodeConfig(joins_existing=True, peers=seed).joins_existing
+    assert not NodeConfig(peers=seed).joins_existing  # the seed's command lines: new

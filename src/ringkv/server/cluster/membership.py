@@ -113,6 +113,7 @@ class MembershipManager:
         rings: RingMaker,
         on_removed: Callable[[], None],
         lease: LeaderLease,
+        joins_existing: bool = False,
         now_ms: Callable[[], int] = monotonic_ms,
         rng: random.Random | None = None,
         open_channel: ChannelOpener | None = None,
@@ -134,6 +135,7 @@ class MembershipManager:
         self._detector = self._fresh_detector()
         self._synced: dict[str, int] = {}
         self._lease = lease
+        self._joins_existing = joins_existing
         self._adopted: dict[str, int] = {}
         """LEADER: the epoch of the table each member had when it last answered."""
         self._table_since_ms = now_ms()
@@ -208,6 +210,7 @@ class MembershipManager:
     async def _find_cluster(self, saved: SavedState | None) -> None:
         """Adopt the table a seed has, joining it first if this node is not in it."""
         deadline = self._now_ms() + 2 * self._config.heartbeat_interval_ms
+        waiting_logged = False
         while True:
             table = await self._ask_seeds()
             if table is not None:
@@ -219,8 +222,15 @@ class MembershipManager:
                 self._start_election(term, leader, campaign=not joining)
                 return
             if saved is None and self._now_ms() >= deadline:
-                self._bootstrap()
-                return
+                if not self._joins_existing:
+                    self._bootstrap()
+                    return
+                if not waiting_logged:
+                    log.info(
+                        "no seed answers; waiting for one (--initial-cluster-state existing)",
+                        extra={"seeds": ",".join(self._seeds)},
+                    )
+                    waiting_logged = True
             await asyncio.sleep(0.2)
 
     def _bootstrap(self) -> None:
@@ -463,7 +473,7 @@ class MembershipManager:
         self._adopted[sender] = response.epoch
         self.offer(membership_from_wire(response.members))
         reply = HeartbeatAck if isinstance(message, Heartbeat) else CoordinatorAck
-        self._receive(reply(sender, response.term, response.accepted))
+        self._receive(reply(sender, response.term, response.accepted, message.sent_ms))
 
     def _receive(self, message: Answer | HeartbeatAck | CoordinatorAck) -> None:
         if self._election is not None:
@@ -622,12 +632,13 @@ class MembershipManager:
         A follower's lease lasts an election timeout from a heartbeat, which
         arrives within its deadline (another election timeout) of being sent;
         every heartbeat sent since this table was adopted carried it. A leader
-        deposed before this one was elected leads for at most two election
-        timeouts more (its last majority of acknowledgements may arrive one
-        timeout late), and its heartbeats' leases run two timeouts past that.
+        deposed before this one was elected leads for at most an election
+        timeout more (its lease counts from when its heartbeats were sent,
+        ``ringkv.core.election``), and its heartbeats' leases run two timeouts
+        past that.
         """
         timeout = self._config.election_timeout_ms
-        return max(self._table_since_ms + 2 * timeout, self._led_since_ms + 4 * timeout)
+        return max(self._table_since_ms + 2 * timeout, self._led_since_ms + 3 * timeout)
 
     def _gainers(self) -> frozenset[str]:
         """The gainers of the table in effect, worked out once per table (a ring diff)."""

@@ -48,6 +48,20 @@ CHANNEL_OPTIONS: list[tuple[str, Any]] = [
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 1000),
+    # A connection whose peer vanished (a cut link drops packets, no reset
+    # comes) is found dead within two seconds, under an election timeout,
+    # instead of when TCP gives up: calls then fail fast and reconnect once
+    # the link is back, so views reconverge soon after a heal.
+    ("grpc.keepalive_time_ms", 1000),
+    ("grpc.keepalive_timeout_ms", 1000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+]
+SERVER_KEEPALIVE_OPTIONS: list[tuple[str, Any]] = [
+    # Let peers ping as often as CHANNEL_OPTIONS says, idle or not.
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", 500),
+    ("grpc.http2.max_ping_strikes", 0),
 ]
 SIDE_CHANNEL_OPTIONS: list[tuple[str, Any]] = [
     *CHANNEL_OPTIONS,
