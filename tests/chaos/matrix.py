@@ -66,6 +66,7 @@ def schedule_line(result: ScheduleResult) -> str:
     cas = analysis.report("lost-cas")
     order = analysis.report("version-order")
     conv = analysis.report("convergence")
+    leaders = analysis.report("single-leader")
     ok, calls = result.availability_under_faults()
     verdict = "FAIL" if result.violated() else "ok"
     if not result.violated() and not analysis.holds:
@@ -79,8 +80,8 @@ def schedule_line(result: ScheduleResult) -> str:
         f"(skipped {len(result.skipped)}), ops {len(result.history):>6}, "
         f"acked writes {result.acknowledged_writes:>5}, lost {count(lost)}, "
         f"non-linearizable keys {count(lin)}, lost CAS {count(cas)}, "
-        f"order {count(order)}, divergent {count(conv)}, crashes {len(result.crashes)}, "
-        f"availability {ok / calls if calls else 1:.0%}"
+        f"order {count(order)}, divergent {count(conv)}, dual leaders {count(leaders)}, "
+        f"crashes {len(result.crashes)}, availability {ok / calls if calls else 1:.0%}"
         + ("" if not result.problems else f"; {'; '.join(result.problems)}")
     )
 
@@ -93,6 +94,7 @@ def summary(results: list[ScheduleResult]) -> str:
     cas = sum(_violations(r, "lost-cas") for r in results)
     order = sum(_violations(r, "version-order") for r in results)
     divergent = sum(_violations(r, "convergence") for r in results)
+    dual = sum(_violations(r, "single-leader") for r in results)
     crashes = sum(len(r.crashes) for r in results)
     ok = sum(r.availability_under_faults()[0] for r in results)
     calls = sum(r.availability_under_faults()[1] for r in results)
@@ -103,7 +105,8 @@ def summary(results: list[ScheduleResult]) -> str:
     return (
         f"{len(results)} schedules: {lost:,} lost of {acked:,} acknowledged writes, "
         f"{non_lin}/{keys} non-linearizable keys, {cas} lost CAS updates, "
-        f"{order} version-order violations, {divergent} divergent keys, {crashes} crashes, "
+        f"{order} version-order violations, {divergent} divergent keys, "
+        f"{dual} dual-leader intervals, {crashes} crashes, "
         f"{undecided} undecided checks, availability {ok / calls if calls else 1:.0%} under "
         f"faults; failing seeds: {', '.join(map(str, failing)) or 'none'}"
     )

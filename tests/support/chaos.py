@@ -50,6 +50,7 @@ from ringkv.core.checkers import NO_FAULT, Analysis, RunEvidence, analyse
 from ringkv.core.errors import NotFound, RingkvError
 from ringkv.core.history import HistoryOp, ReplicaCopy, dump_lines
 from ringkv.core.ring import Ring
+from tests.support.leader_watch import LeaderWatcher
 from tests.support.nemesis import FAULT_KINDS, Nemesis, PlannedFault, make_schedule
 from tests.support.netns import NetnsLab
 from tests.support.nodes import NodeProcess, wait_for
@@ -389,6 +390,8 @@ def run_schedule(
         stack.callback(cluster.kill_all)
         cluster.start()
         recorder = CallRecorder()
+        watcher = LeaderWatcher(lambda: [*cluster.nodes, *cluster.spares], recorder.now)
+        watcher.start()
         nemesis = Nemesis(cluster, schedule, recorder.now)
         nemesis.start()
         try:
@@ -401,6 +404,7 @@ def run_schedule(
             )
         finally:
             nemesis.stop()
+            leaders = watcher.stop()
             crashes = cluster.crashed()
             nemesis.heal_all()
             cluster.lab.heal()
@@ -421,7 +425,7 @@ def run_schedule(
             problems.append(f"{unread} keys could not be read at ALL after the heal")
         analysis = analyse(
             history,
-            RunEvidence(final=final, replicas=copies, faults=nemesis.log.windows),
+            RunEvidence(final=final, replicas=copies, faults=nemesis.log.windows, leaders=leaders),
             max_configurations=max_configurations,
         )
         crashes = sorted({*crashes, *cluster.crashed()})

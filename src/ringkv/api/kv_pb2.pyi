@@ -709,12 +709,19 @@ Global___RepairResponse: _TypeAlias = RepairResponse  # noqa: Y015
 class GetClusterStateRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    OMIT_RANGES_FIELD_NUMBER: _builtins.int
+    omit_ranges: _builtins.bool
+    """Added: leave out `ranges` (thousands of entries), for callers that poll
+    only the leadership or the member table.
+    """
     def __init__(
         self,
+        *,
+        omit_ranges: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["omit_ranges", b"omit_ranges"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -27,6 +27,9 @@ The checkers, and the promise of docs/correctness.md each one tests:
     count is at least the number of acknowledged increments.
 ``convergence``
     After heal and one repair, every replica of a key holds the same version.
+``single-leader``
+    No two nodes lead at once: a watcher polled every node's view of the
+    leadership, and no two nodes' spans of saying "I lead" overlap.
 
 ``availability`` is a measure, not a checker: the share of calls that
 succeeded while each kind of fault was in force.
@@ -44,6 +47,7 @@ from ringkv.core.history import (
     FaultWindow,
     FinalRead,
     HistoryOp,
+    LeaderSample,
     OpKind,
     Outcome,
     ReplicaCopy,
@@ -471,6 +475,48 @@ class Availability:
         return self.succeeded / self.calls if self.calls else 1.0
 
 
+def check_single_leader(samples: Iterable[LeaderSample]) -> CheckerReport:
+    """No two nodes said "I lead" over overlapping spans of time.
+
+    A node's span runs from the first to the last of its consecutive samples
+    that named itself leader in one term; any other node's answer in between
+    ends it. Two spans of different nodes that overlap are a dual-leader
+    interval: at some instant both answered that they led. The watcher's
+    polling hides intervals shorter than its period, so a pass bounds their
+    length, it does not rule them out.
+    """
+    spans: list[tuple[float, float, str, int]] = []
+    open_spans: dict[str, tuple[float, float, int]] = {}
+    for sample in sorted(samples, key=lambda s: s.at):
+        current = open_spans.get(sample.node)
+        leads = sample.leader == sample.node
+        if current is not None and (not leads or sample.term != current[2]):
+            spans.append((current[0], current[1], sample.node, current[2]))
+            del open_spans[sample.node]
+            current = None
+        if leads:
+            start = sample.at if current is None else current[0]
+            open_spans[sample.node] = (start, sample.at, sample.term)
+    spans += [(start, end, node, term) for node, (start, end, term) in open_spans.items()]
+    spans.sort()
+    violations: list[Violation] = []
+    for i, (_start, end, node, term) in enumerate(spans):
+        for other_start, other_end, other, other_term in spans[i + 1 :]:
+            if other_start > end:
+                break
+            if other != node:
+                overlap = min(end, other_end) - other_start
+                violations.append(
+                    Violation(
+                        "single-leader",
+                        "",
+                        f"{node} (term {term}) and {other} (term {other_term}) both led "
+                        f"for {overlap * 1000:.0f} ms from t={other_start:.3f}",
+                    )
+                )
+    return _report("single-leader", len(spans), "leadership spans", violations)
+
+
 NO_FAULT = "none"
 """The ``Availability.kind`` of calls invoked while no fault was in force."""
 
@@ -525,6 +571,8 @@ class RunEvidence:
     final: Mapping[str, FinalRead] = field(default_factory=dict)
     replicas: Mapping[str, Mapping[str, ReplicaCopy | None]] | None = None
     faults: Sequence[FaultWindow] = ()
+    leaders: Sequence[LeaderSample] | None = None
+    """The leader watcher's samples; None when no watcher ran."""
 
 
 def analyse(
@@ -547,6 +595,8 @@ def analyse(
     ]
     if evidence.replicas is not None:
         reports.append(check_convergence(evidence.replicas))
+    if evidence.leaders is not None:
+        reports.append(check_single_leader(evidence.leaders))
     return Analysis(
         tuple(reports), tuple(availability(history, evidence.faults)), operations=len(history)
     )

@@ -192,3 +192,15 @@ class FaultWindow:
     start: float
     end: float
     detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class LeaderSample:
+    """What one node said of the leadership when a watcher asked it."""
+
+    at: float
+    """When the answer arrived, on the history's clock."""
+    node: str
+    leader: str
+    """The leader it follows ("" while it knows none); itself while it leads."""
+    term: int

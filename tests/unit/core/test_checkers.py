@@ -18,6 +18,7 @@ from ringkv.core.checkers import (
     check_linearizable,
     check_lost_cas,
     check_lost_writes,
+    check_single_leader,
     check_version_order,
     timeline,
 )
@@ -26,6 +27,7 @@ from ringkv.core.history import (
     FaultWindow,
     FinalRead,
     HistoryOp,
+    LeaderSample,
     OpKind,
     Outcome,
     ReplicaCopy,
@@ -399,3 +401,43 @@ def test_any_sequential_history_of_a_correct_store_passes(steps: list[tuple[str,
     copies = {key: {"a": ReplicaCopy(v, "a", value.encode())} for key, (value, v) in store.items()}
     analysis = analyse(history, RunEvidence(final=final, replicas=copies))
     assert analysis.holds, [v.message for v in analysis.violations]
+
+
+def polled(rounds: list[dict[str, tuple[str, int]]], period: float = 0.1) -> list[LeaderSample]:
+    """Samples of every node per polling round: node -> (leader it names, term)."""
+    return [
+        LeaderSample(i * period + j * 0.001, node, leader, term)
+        for i, answers in enumerate(rounds)
+        for j, (node, (leader, term)) in enumerate(sorted(answers.items()))
+    ]
+
+
+def test_a_clean_failover_has_one_leader_at_a_time() -> None:
+    rounds = [
+        {"n1": ("n3", 1), "n2": ("n3", 1), "n3": ("n3", 1)},
+        {"n1": ("", 1), "n2": ("", 1), "n3": ("", 1)},  # n3 stepped down
+        {"n1": ("n2", 2), "n2": ("n2", 2), "n3": ("n2", 2)},
+    ]
+    report = check_single_leader(polled(rounds))
+    assert report.holds, report.violations
+    assert report.checked == 2
+
+
+def test_a_deposed_leader_that_still_says_it_leads_is_a_dual_leader_interval() -> None:
+    rounds = [
+        {"n1": ("n3", 1), "n2": ("n3", 1), "n3": ("n3", 1)},
+        {"n1": ("n2", 2), "n2": ("n2", 2), "n3": ("n3", 1)},  # n3 cut off, not yet down
+        {"n1": ("n2", 2), "n2": ("n2", 2), "n3": ("n3", 1)},
+        {"n1": ("n2", 2), "n2": ("n2", 2), "n3": ("n2", 2)},
+    ]
+    report = check_single_leader(polled(rounds))
+    assert report.status is Status.VIOLATED
+    (violation,) = report.violations
+    assert "n3 (term 1) and n2 (term 2) both led" in violation.message
+
+
+def test_a_leader_of_a_new_term_is_a_new_span() -> None:
+    rounds = [{"n1": ("n1", 1)}, {"n1": ("n1", 2)}, {"n1": ("n1", 2)}]
+    report = check_single_leader(polled(rounds))
+    assert report.holds
+    assert report.checked == 2

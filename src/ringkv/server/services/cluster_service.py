@@ -91,7 +91,7 @@ class ClusterService:
         )
 
     async def get_cluster_state(
-        self, _request: kv_pb2.GetClusterStateRequest, _: Context
+        self, request: kv_pb2.GetClusterStateRequest, _: Context
     ) -> kv_pb2.GetClusterStateResponse:
         view = self._view
         ring = view.ring
@@ -106,7 +106,9 @@ class ClusterService:
             replicas=view.replicas,
             vnodes=ring.vnodes_per_node,
             members=table.members,
-            ranges=[
+            ranges=[]
+            if request.omit_ranges
+            else [
                 kv_pb2.TokenRange(start=r.start, last=r.end - 1, replicas=list(r.replicas))
                 for r in ring.ranges(view.replicas)
             ],
