@@ -3,12 +3,13 @@
 Each fixed seed runs its nemesis schedule for 15 s against five real nodes,
 each in its own network namespace, while the mixed workloads record their
 history; then the cluster heals, every node runs one repair and the
-checkers judge the history. Asserted here are the promises the 100-seed
-matrix found kept, or broken only by bugs since fixed: no acknowledged write
-lost, replicas converged, no node crashed, the cluster settled. The
-violations it still finds (stale reads after sloppy writes, lost
-conditional-write updates, LINEARIZABLE reads around membership changes:
-docs/correctness.md) are printed, not asserted, until their issues land.
+checkers judge the history. Asserted here is every promise the matrix
+found kept in its last runs (docs/correctness.md, Results): no acknowledged
+write lost, no stale QUORUM read or write ordered backwards, LINEARIZABLE
+keys linearizable, no lost compare-and-set update, replicas converged, no
+node crashed, the cluster settled. Dual-leader intervals are printed, not
+asserted: the bully take-over lets a returning higher node lead before the
+one it replaces has stepped down (issue 12).
 
 Needs root (namespaces, a tmpfs); CI runs as root and must run it.
 """
@@ -58,3 +59,7 @@ def check_schedule(seed: int, workdir: Path) -> None:
     decided = {report.name: report.status for report in result.analysis.reports}
     assert decided["lost-writes"] is Status.HOLDS
     assert decided["convergence"] is Status.HOLDS
+    assert decided["version-order"] is Status.HOLDS
+    assert decided["lost-cas"] is Status.HOLDS
+    # UNKNOWN when the search runs out of steps: undecided, not a violation.
+    assert decided["linearizable"] is not Status.VIOLATED

@@ -7,8 +7,11 @@ off). Invariants are checked after every event:
 
 * never two leaders in one term, over the whole run (not just at one instant);
 * no node's term ever decreases;
-* once a stable phase has lasted two election timeouts, its majority has
-  exactly one leader, and it is the majority's highest id.
+* once a stable phase has lasted three election timeouts, its majority has
+  exactly one leader, and it is the majority's highest id. (Two would do
+  without stickiness: a follower that heard its leader within an election
+  timeout refuses a second one, so the take-over may wait that long, and a
+  claim refused then is retried only after an Election round.)
 
 A failure names its seed. Replay one with ``RINGKV_SIM_SEED=<seed> pytest
 tests/sim/test_election_sim.py -k replay``; explore fresh seeds with
@@ -28,6 +31,8 @@ from tests.sim.network import Faults, SimNetwork
 
 CONFIG = ElectionConfig()
 ET = CONFIG.election_timeout_ms
+STABLE_FOR_MS = 3 * ET
+"""How long a stable phase lasts before its majority must have its one leader."""
 RUN_MS = 40_000
 SCHEDULES = 1000
 CHUNKS = 4
@@ -67,7 +72,7 @@ def make_schedule(rng: random.Random, nodes: list[str]) -> list[Phase]:
             rest = [n for n in nodes if n not in group]
             groups = (group, *random_groups(rng, rest)) if rest else (group,)
             phases.append(Phase(now, groups, STABLE_FAULTS, group))
-            now += 2 * ET + rng.randint(500, 5000)
+            now += STABLE_FOR_MS + rng.randint(500, 5000)
         else:
             faults = Faults(
                 drop=rng.choice((0.0, 0.05, 0.3, 0.6)),
@@ -117,7 +122,7 @@ def run_schedule(seed: int) -> None:
         phase = current[-1] if current else None
         if phase is None or phase.stable_group is None:
             return
-        if net.now_ms < phase.start_ms + 2 * ET:
+        if net.now_ms < phase.start_ms + STABLE_FOR_MS:
             return
         group = phase.stable_group
         leading = [n for n in group if net.nodes[n].role is Role.LEADER]

@@ -425,22 +425,29 @@ def test_the_simulation_is_deterministic() -> None:
     assert run_schedule(7).history != run_schedule(8).history
 
 
-def test_a_stale_leader_does_not_mint_the_new_leaders_epoch() -> None:
-    """The collision the random schedules rarely line up, scripted step by step.
+def test_a_cut_off_leader_has_stepped_down_before_the_other_side_elects() -> None:
+    """The collision of two tables named alike needed two leaders at once.
 
-    n5 leads term 1. A partition leaves n1-n3 on one side; n1 is already
-    campaigning, so n3 takes over in term 2 well before n5's lease (acks
-    within an election timeout) runs out. n3 admits x1. Its heartbeat reaches
-    n4 alone; n4 adopts the table, bullies n3 and asks n5 whether it is
-    alive; n5 reasserts itself, n4 accepts (same term, same leader) and
-    replies with its newer table, which n5 adopts while still leading. Any
-    change n5 now makes is stamped term 2, and n3 makes its own next epoch
-    in term 2 too: two different tables named (3, 2), and the nodes holding
-    them never converge, since neither is newer.
+    It went: n5 leads term 1; a partition leaves n1-n3 on one side, n3 takes
+    over in term 2 while n5 still leads, admits x1, and a table carrying it
+    reaches n5 through n4; n5, still leading, then stamps its own change with
+    term 2, and two different tables are named (3, 2). A follower now refuses
+    a second leader while it has heard its own within an election timeout,
+    and a leader counts its lease from when its heartbeats were sent, so the
+    other side elects only after the cut-off leader has stepped down (the
+    refusal to build on a later term's table, ``Membership.made_after``, stays
+    as a second line: test_membership.py).
     """
     nodes = ["n1", "n2", "n3", "n4", "n5"]
     net = TableNetwork(nodes, CONFIG, random.Random(1), Faults(min_delay_ms=5, max_delay_ms=5))
     n3, n5 = net.nodes["n3"], net.nodes["n5"]
+    overlaps: list[int] = []
+
+    def watch() -> None:
+        if n3.role is Role.LEADER and n5.role is Role.LEADER:
+            overlaps.append(net.now_ms)
+
+    net.observers.append(watch)
 
     def run_until(done: Callable[[], bool], within_ms: int) -> None:
         deadline = net.now_ms + within_ms
@@ -454,23 +461,6 @@ def test_a_stale_leader_does_not_mint_the_new_leaders_epoch() -> None:
     net.partition(["n2", "n3", "n4", "n5"])
     run_until(lambda: net.nodes["n1"].role is Role.CANDIDATE, 10_000)
     net.partition(["n1", "n2", "n3"], ["n4", "n5"])
-    run_until(lambda: n3.role is Role.LEADER, 2 * ET)
-    assert n5.role is Role.LEADER and n3.term > n5.term
-    net.make("n3", net.tables["n3"].with_joining("x1", "x1@0", n3.term))
-    net.run_until(net.now_ms + 10)  # n3's first heartbeats, with the old table, land.
-    net.partition(["n3", "n4"], ["n1", "n2"], ["n5"])
-    run_until(lambda: net.tables["n4"].term == n3.term, 2 * HB)
-    net.partition(["n1", "n2", "n3"], ["n4", "n5"])
-    run_until(lambda: net.tables["n5"].term == n3.term, HB)
-    assert n5.role is Role.LEADER and n5.term < net.tables["n5"].term
-
-    try:
-        stale = net.tables["n5"].settled(n5.term)
-    except RingkvError:
-        return  # Refusing to build on a later term's table is one fix.
-    fresh = net.tables["n3"].without_joining("x1", n3.term)
-    if (stale.epoch, stale.term) == (fresh.epoch, fresh.term) and stale != fresh:
-        raise InvariantViolation(
-            f"two tables named ({stale.epoch}, {stale.term}): n5, leading term {n5.term}, "
-            f"made {show(stale)}; n3, leading term {n3.term}, made {show(fresh)}"
-        )
+    run_until(lambda: n3.role is Role.LEADER, 3 * ET)
+    assert n5.role is not Role.LEADER
+    assert overlaps == []

@@ -280,6 +280,8 @@ class ElectionNode:
         # The largest term seen in any message: a new claim must exceed it.
         self._max_term_seen = term
         self._leader: str | None = None
+        # FOLLOWER: when it last accepted its leader's heartbeat.
+        self._leader_heard_ms = 0
         # FOLLOWER: when it starts an election; CANDIDATE: when the phase times out.
         self._deadline_ms = 0
         # COORDINATING: the members that accepted the claimed term, self included.
@@ -371,7 +373,8 @@ class ElectionNode:
                 case Heartbeat(leader, term) | Coordinator(leader, term):
                     if leader == self.node_id:
                         return self._output(out)  # Our own claim echoed back.
-                    accepted = self._on_claim(leader, term, now_ms, out)
+                    heartbeat = isinstance(message, Heartbeat)
+                    accepted = self._on_claim(leader, term, heartbeat, now_ms, out)
                     ack_type = HeartbeatAck if isinstance(message, Heartbeat) else CoordinatorAck
                     ack_term = term if accepted else self._term
                     ack = ack_type(self.node_id, ack_term, accepted, message.sent_ms)
@@ -392,8 +395,16 @@ class ElectionNode:
 
     # -- handlers ------------------------------------------------------------
 
-    def _on_claim(self, leader: str, term: int, now_ms: int, out: list[Envelope]) -> bool:
+    def _on_claim(
+        self, leader: str, term: int, heartbeat: bool, now_ms: int, out: list[Envelope]
+    ) -> bool:
         """A Heartbeat or Coordinator from ``leader`` for ``term``: follow it or not."""
+        if leader != self._leader and self._hears_leader(now_ms):
+            # Sticky, as Raft's check-quorum: the leader this node follows was
+            # heard within an election timeout and may still hold its lease; a
+            # second leader now would overlap it. A bridge node that switched
+            # would also make the two sides' leaders take turns for good.
+            return False
         if priority(leader) < priority(self.node_id):
             # Bully: a lower id never leads us. We are alive, so we take over.
             if self._role is not Role.CANDIDATE:
@@ -405,9 +416,20 @@ class ElectionNode:
         self._term_leader = leader
         self._role = Role.FOLLOWER
         self._leader = leader
+        # Only a heartbeat shows a leader; a claimant may never get its majority,
+        # and holding on to it would keep this node from the one that does.
+        self._leader_heard_ms = now_ms if heartbeat else now_ms - self.config.election_timeout_ms
         self._acked_at.clear()
         self._deadline_ms = now_ms + self._election_timeout()
         return True
+
+    def _hears_leader(self, now_ms: int) -> bool:
+        """Whether this node follows a leader it heard within an election timeout."""
+        return (
+            self._role is Role.FOLLOWER
+            and self._leader is not None
+            and now_ms < self._leader_heard_ms + self.config.election_timeout_ms
+        )
 
     def _on_ack(self, ack: HeartbeatAck | CoordinatorAck, now_ms: int, out: list[Envelope]) -> None:
         """A member's reply to our Heartbeat or Coordinator."""
@@ -449,7 +471,8 @@ class ElectionNode:
         if self._role is Role.LEADER:
             # Reassert ourselves to the candidate rather than start over.
             out.append(Envelope(candidate, Heartbeat(self.node_id, self._term, now_ms)))
-        elif self._role is Role.FOLLOWER:
+        elif self._role is Role.FOLLOWER and not self._hears_leader(now_ms):
+            # With a leader heard lately, the answer is all: the leader lives.
             self._start_election(now_ms, out)
 
     # -- transitions ---------------------------------------------------------

@@ -44,9 +44,9 @@ def leaders(net: SimNetwork) -> list[str]:
     return [n for n, state in net.nodes.items() if state.role is Role.LEADER]
 
 
-def follow(state: ElectionNode, leader: str, term: int) -> None:
-    """Make ``state`` a follower of ``leader`` in ``term``."""
-    out = state.receive(Coordinator(leader, term), 0)
+def follow(state: ElectionNode, leader: str, term: int, at: int = 0) -> None:
+    """Make ``state`` a follower of ``leader`` in ``term``, at ``at``."""
+    out = state.receive(Coordinator(leader, term), at)
     assert out.messages[0] == Envelope(leader, CoordinatorAck(state.node_id, term, True))
     assert (state.role, state.leader, state.term) == (Role.FOLLOWER, leader, term)
 
@@ -122,16 +122,50 @@ def test_no_answer_then_claim_answer_then_wait() -> None:
     assert other.role is Role.CANDIDATE
 
 
-def test_a_higher_node_answers_an_election_and_runs_its_own() -> None:
+def test_a_higher_node_answers_an_election_and_runs_its_own_once_its_leader_is_silent() -> None:
     state = node("n2")
     state.start(0)
     follow(state, "n3", 1)
+    state.receive(Heartbeat("n3", 1), 0)
+    # Its leader spoke lately: it only answers (the leader lives).
     out = state.receive(Election("n1", 1), 50)
+    assert out.messages == (Envelope("n1", Answer("n2", 1)),)
+    assert (state.role, state.leader) == (Role.FOLLOWER, "n3")
+    out = state.receive(Election("n1", 1), ET)
     assert out.messages == (
         Envelope("n1", Answer("n2", 1)),
         Envelope("n3", Election("n2", 1)),
     )
     assert state.role is Role.CANDIDATE
+
+
+def test_a_claimant_that_never_led_does_not_hold_a_follower_back() -> None:
+    state = node("n2", FIVE)
+    state.start(0)
+    follow(state, "n4", 1)  # n4 claimed; it may never get its majority
+    state.receive(Coordinator("n5", 2), 100)
+    assert (state.leader, state.term) == ("n5", 2)
+
+
+def test_a_follower_that_hears_its_leader_refuses_a_second_one() -> None:
+    """Issue 12: a bridge node that switched to the other side's claimant would make
+    two leaders overlap, and the two sides take turns for good."""
+    state = node("n2", FIVE)
+    state.start(0)
+    follow(state, "n4", 1)
+    # A claimant is not a leader yet: only a heartbeat makes the follower stick.
+    state.receive(Heartbeat("n4", 1), 0)
+    out = state.receive(Coordinator("n5", 2), 100)
+    assert out.messages == (Envelope("n5", CoordinatorAck("n2", 1, False)),)
+    assert (state.role, state.leader, state.term) == (Role.FOLLOWER, "n4", 1)
+    # The leader it follows may claim a later term; heartbeats keep it fresh.
+    state.receive(Heartbeat("n4", 1), ET - 1)
+    assert state.receive(Coordinator("n5", 2), ET).messages[0].message == CoordinatorAck(
+        "n2", 1, False
+    )
+    # An election timeout after n4 was last heard, n5 is followed.
+    state.receive(Coordinator("n5", 3), 2 * ET - 1)
+    assert (state.leader, state.term) == ("n5", 3)
 
 
 def test_a_leader_answers_an_election_with_a_heartbeat() -> None:
@@ -182,8 +216,8 @@ def test_a_node_never_accepts_two_leaders_in_one_term() -> None:
         out = state.receive(claim, 10)
         assert not out.messages[0].message.accepted  # type: ignore[union-attr]
         assert (state.leader, state.term) == ("n4", 2)
-    # A later term may have another leader.
-    follow(state, "n5", 3)
+    # A later term may have another leader (once n4 has been silent for a while).
+    follow(state, "n5", 3, at=ET)
 
 
 def test_a_candidate_does_not_accept_another_leader_in_its_own_term() -> None:

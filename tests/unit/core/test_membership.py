@@ -229,3 +229,12 @@ def test_epochs_only_grow_and_a_settled_table_has_no_leavers(
             assert not after.changing
         assert after.current_nodes()
         table = after
+
+
+def test_a_leader_does_not_build_on_a_table_a_later_term_made() -> None:
+    later = THREE.with_leaving("n3", term=5)
+    assert later.made_after(4)
+    with pytest.raises(Unavailable) as refused:
+        later.settled(term=4)
+    assert refused.value.reason == "STALE_LEADER"
+    assert later.settled(term=5).term == 5
