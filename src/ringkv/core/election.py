@@ -280,7 +280,7 @@ class ElectionNode:
         # The largest term seen in any message: a new claim must exceed it.
         self._max_term_seen = term
         self._leader: str | None = None
-        # FOLLOWER: when it last accepted its leader's heartbeat.
+        # FOLLOWER: when it last accepted its leader's heartbeat or claim.
         self._leader_heard_ms = 0
         # FOLLOWER: when it starts an election; CANDIDATE: when the phase times out.
         self._deadline_ms = 0
@@ -373,8 +373,7 @@ class ElectionNode:
                 case Heartbeat(leader, term) | Coordinator(leader, term):
                     if leader == self.node_id:
                         return self._output(out)  # Our own claim echoed back.
-                    heartbeat = isinstance(message, Heartbeat)
-                    accepted = self._on_claim(leader, term, heartbeat, now_ms, out)
+                    accepted = self._on_claim(leader, term, now_ms, out)
                     ack_type = HeartbeatAck if isinstance(message, Heartbeat) else CoordinatorAck
                     ack_term = term if accepted else self._term
                     ack = ack_type(self.node_id, ack_term, accepted, message.sent_ms)
@@ -395,9 +394,7 @@ class ElectionNode:
 
     # -- handlers ------------------------------------------------------------
 
-    def _on_claim(
-        self, leader: str, term: int, heartbeat: bool, now_ms: int, out: list[Envelope]
-    ) -> bool:
+    def _on_claim(self, leader: str, term: int, now_ms: int, out: list[Envelope]) -> bool:
         """A Heartbeat or Coordinator from ``leader`` for ``term``: follow it or not."""
         if leader != self._leader and self._hears_leader(now_ms):
             # Sticky, as Raft's check-quorum: the leader this node follows was
@@ -416,15 +413,20 @@ class ElectionNode:
         self._term_leader = leader
         self._role = Role.FOLLOWER
         self._leader = leader
-        # Only a heartbeat shows a leader; a claimant may never get its majority,
-        # and holding on to it would keep this node from the one that does.
-        self._leader_heard_ms = now_ms if heartbeat else now_ms - self.config.election_timeout_ms
+        # Its ack counts toward the claimant's lease as a heartbeat's does, so it
+        # holds this node as long (a claimant that never gets its majority
+        # delays another by up to an election timeout).
+        self._leader_heard_ms = now_ms
         self._acked_at.clear()
         self._deadline_ms = now_ms + self._election_timeout()
         return True
 
     def _hears_leader(self, now_ms: int) -> bool:
-        """Whether this node follows a leader it heard within an election timeout."""
+        """Whether this node follows a leader it heard within an election timeout.
+
+        While it does, its last acknowledgement may still count toward that
+        leader's lease, so it follows no other.
+        """
         return (
             self._role is Role.FOLLOWER
             and self._leader is not None
@@ -525,6 +527,11 @@ class ElectionNode:
 
     def _election_timeout(self) -> int:
         return self.config.election_timeout_ms + self._rng.randint(0, self.config.jitter_ms)
+
+    @property
+    def lease_expiry_ms(self) -> int:
+        """LEADER: when its lease runs out unless more acks arrive; 0 otherwise."""
+        return self._lease_expiry_ms() if self._role is Role.LEADER else 0
 
     def _lease_expiry_ms(self) -> int:
         """When the leader has gone ``election_timeout_ms`` without a majority of acks.

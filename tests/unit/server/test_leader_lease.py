@@ -31,14 +31,27 @@ def test_a_follower_holds_the_lease_for_its_duration_after_a_heartbeat() -> None
     assert lease.held
 
 
-def test_an_exempt_node_holds_it_until_no_longer_exempt_and_then_not_on_an_old_heartbeat() -> None:
+def test_a_leader_holds_it_to_its_election_lease_and_then_not_on_an_old_heartbeat() -> None:
     clock = FakeClock()
     lease = LeaderLease(1_500, clock)
-    lease.renew()
+    lease.renew()  # a heartbeat followed just before it led
+    lease.lead(clock.now_ms + 3_000)
+    clock.now_ms += 2_999
+    assert lease.held
+    clock.now_ms += 1  # paused past its lease: not held, whatever the role says
+    assert not lease.held
+    lease.lead(clock.now_ms + 3_000)
+    assert lease.held
+    lease.lead(0)  # deposed
+    assert not lease.held
+
+
+def test_the_only_member_and_a_cluster_being_born_need_no_leader() -> None:
+    clock = FakeClock()
+    lease = LeaderLease(1_500, clock)
     lease.exempt(True)
     clock.now_ms += 60_000
     assert lease.held
-    lease.renew()  # a heartbeat followed just before it led
     lease.exempt(False)
     assert not lease.held
 

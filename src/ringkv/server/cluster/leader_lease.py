@@ -34,30 +34,39 @@ class LeaderLease:
         self._duration_ms = duration_ms
         self._monotonic_ms = monotonic_ms
         self._expires_ms = 0
+        self._leads_until_ms = 0
         self._exempt = False
         self._renewed = asyncio.Event()
 
     @property
     def held(self) -> bool:
-        return self._exempt or self._monotonic_ms() < self._expires_ms
+        now = self._monotonic_ms()
+        return self._exempt or now < self._leads_until_ms or now < self._expires_ms
 
     def renew(self) -> None:
         """This node, a follower, accepted a heartbeat of its leader just now."""
         self._expires_ms = self._monotonic_ms() + self._duration_ms
         self._wake()
 
-    def exempt(self, exempt: bool) -> None:
-        """Whether this node coordinates with no heartbeat needed.
+    def lead(self, until_ms: int) -> None:
+        """This node leads until ``until_ms`` (its election's lease), or not at all (0).
 
-        It does while it leads (its election keeps a majority's
-        acknowledgements), while it is the only member, and while no leader
-        has published a table yet (epoch 0, the table from its flags: there is
-        no change to have missed, and a cluster being born is writable).
+        Held to the time, not to the role: a leader whose process was paused
+        past its lease does not coordinate before its election notices.
         """
+        if until_ms > self._leads_until_ms:
+            self._wake()
+        if self._leads_until_ms and not until_ms:
+            self._expires_ms = 0  # a deposed leader does not fall back on an old heartbeat
+        self._leads_until_ms = until_ms
+
+    def exempt(self, exempt: bool) -> None:
+        """Whether this node coordinates with no leader at all: while it is the
+        only member, and while no leader has published a table yet (epoch 0,
+        the table from its flags: there is no change to have missed, and a
+        cluster being born is writable)."""
         if exempt and not self._exempt:
             self._wake()
-        if self._exempt and not exempt:
-            self._expires_ms = 0  # a deposed leader does not fall back on an old heartbeat
         self._exempt = exempt
 
     def _wake(self) -> None:

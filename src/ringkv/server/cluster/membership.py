@@ -350,7 +350,15 @@ class MembershipManager:
 
     def _update_lease(self) -> None:
         table = self.membership
-        self._lease.exempt(table.epoch == 0 or len(table.members) == 1 or self._leads())
+        self._lease.exempt(table.epoch == 0 or len(table.members) == 1)
+        election = self._election
+        self._lease.lead(election.lease_expiry_ms if election and self._leads() else 0)
+
+    def catch_up(self) -> None:
+        """Act on election timers due by now, before answering from this node's state
+        (a node resumed from a pause would otherwise say it leads a moment past
+        its lease)."""
+        self._step(self._tick())
 
     def _removed(self, *, was_leaving: bool) -> None:
         if was_leaving:

@@ -93,6 +93,7 @@ class ClusterService:
     async def get_cluster_state(
         self, request: kv_pb2.GetClusterStateRequest, _: Context
     ) -> kv_pb2.GetClusterStateResponse:
+        self._membership.catch_up()
         view = self._view
         ring = view.ring
         addresses = view.membership.addresses
