@@ -577,10 +577,16 @@ class MembershipManager:
         return kv_pb2.RemoveNodeResponse(members=membership_to_wire(table, self._view.liveness))
 
     def _leads(self) -> bool:
-        """Whether this node leads, and no leader of a later term changed the table."""
+        """Whether this node leads, and no leader of a later term changed the table.
+
+        Its election's lease must be running now, not only at its last tick: a
+        leader whose process was paused past its lease mints no table (another
+        may have been elected meanwhile) before its election notices.
+        """
         return (
             self._election is not None
             and self._election.role is Role.LEADER
+            and self._election.lease_expiry_ms > self._now_ms()
             and self._election.vote == self._saved_vote  # a term the disk does not back
             and not self.membership.made_after(self._election.term)
         )
