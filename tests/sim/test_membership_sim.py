@@ -32,8 +32,9 @@ while another is in flight). Checked after every event and every change:
   table; after the final heal, every node does.
 
 A failure names its seed and the table changes that led to it. One known
-collision, which random schedules rarely line up, is scripted below (see
-``test_a_stale_leader_does_not_mint_the_new_leaders_epoch``). Replay one
+collision, which random schedules rarely lined up, needed two leaders at
+once; it is scripted below, and can no longer be built
+(``test_a_cut_off_leader_has_stepped_down_before_the_other_side_elects``). Replay one
 with ``RINGKV_SIM_SEED=<seed> pytest tests/sim/test_membership_sim.py -k
 replay``; explore fresh seeds with ``RINGKV_SIM_SEED_BASE=<n>``.
 """
