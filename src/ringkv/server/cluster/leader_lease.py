@@ -45,8 +45,9 @@ class LeaderLease:
 
     def renew(self) -> None:
         """This node, a follower, accepted a heartbeat of its leader just now."""
+        was_held = self.held
         self._expires_ms = self._monotonic_ms() + self._duration_ms
-        self._wake()
+        self._wake_if_gained(was_held)
 
     def lead(self, until_ms: int) -> None:
         """This node leads until ``until_ms`` (its election's lease), or not at all (0).
@@ -54,24 +55,26 @@ class LeaderLease:
         Held to the time, not to the role: a leader whose process was paused
         past its lease does not coordinate before its election notices.
         """
-        if until_ms > self._leads_until_ms:
-            self._wake()
+        was_held = self.held
         if self._leads_until_ms and not until_ms:
             self._expires_ms = 0  # a deposed leader does not fall back on an old heartbeat
         self._leads_until_ms = until_ms
+        self._wake_if_gained(was_held)
 
     def exempt(self, exempt: bool) -> None:
         """Whether this node coordinates with no leader at all: while it is the
         only member, and while no leader has published a table yet (epoch 0,
         the table from its flags: there is no change to have missed, and a
         cluster being born is writable)."""
-        if exempt and not self._exempt:
-            self._wake()
+        was_held = self.held
         self._exempt = exempt
+        self._wake_if_gained(was_held)
 
-    def _wake(self) -> None:
-        self._renewed.set()
-        self._renewed = asyncio.Event()
+    def _wake_if_gained(self, was_held: bool) -> None:
+        """Wake the requests waiting for a lease, if this node has just gained one."""
+        if not was_held and self.held:
+            self._renewed.set()
+            self._renewed = asyncio.Event()
 
     async def require(self, wait_s: float) -> None:
         """Return once the lease is held, waiting up to ``wait_s`` for a heartbeat.
