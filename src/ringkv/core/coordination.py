@@ -46,8 +46,11 @@ from ringkv.core.records import NO_EXPIRY, Record, ReplicaAck
 A = TypeVar("A")
 R = TypeVar("R")
 
-MAX_STAMPS = 3
-"""Rounds a write is stamped again past newer versions before giving up."""
+MAX_STAMPS = 10
+"""Rounds a write is sent, stamped again past newer versions, before it gives
+up. Each round's version is above every version the node has seen, so only
+writes stamped after it (concurrent ones, on a key many write at once) beat
+it again; three rounds proved too few for four writers on a loaded box."""
 MAX_REPLANS = 3
 """Times a request is planned again after a replica refused its member table."""
 
@@ -63,6 +66,10 @@ class Plan:
     stand_ins: tuple[str, ...]
     """Live nodes past the preference list that may replace a replica whose
     call failed (at sloppy levels; empty otherwise)."""
+    fence: tuple[int, int] = (0, 0)
+    """The (epoch, term) of the member table planned on. Every call of the
+    plan carries it, including one started long after: a replica on a newer
+    table refuses it, and the request is planned again."""
 
 
 def plan(
@@ -72,6 +79,7 @@ def plan(
     is_live: Callable[[str], bool],
     *,
     first: str | None = None,
+    fence: tuple[int, int] = (0, 0),
 ) -> Plan:
     """The plan for a key: its live replicas (with stand-ins for the down ones
     at sloppy levels) and, during a membership change, its live replicas after
@@ -87,7 +95,7 @@ def plan(
         targets.sort(key=lambda target: target.node_id != first)
     sloppy = quorum.sloppy(level, replicas)
     stand_ins = tuple(node for node in clockwise[replicas:] if is_live(node)) if sloppy else ()
-    return Plan(sets, tuple(targets), stand_ins)
+    return Plan(sets, tuple(targets), stand_ins, fence)
 
 
 Planner = Callable[[], Plan]
@@ -109,6 +117,8 @@ class Call:
     target: Target
     key: bytes
     record: Record | None
+    fence: tuple[int, int]
+    """The plan's member table: the replica refuses the call if its own is newer."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,6 +248,8 @@ class Request(abc.ABC, Generic[R]):
         self._outcome: tuple[R] | None = None
         self._error: RingkvError | None = None
         self.finished = False
+        self._sent: dict[int, tuple[int, Target]] = {}
+        """The round and target of each call not yet answered."""
 
     @abc.abstractmethod
     def start(self) -> Ready:
@@ -271,8 +283,14 @@ class Request(abc.ABC, Generic[R]):
         if not self.finished:
             self.finished, self._error = True, error
 
-    def _call(self, target: Target, key: bytes, record: Record | None) -> Call:
-        return Call(next(self._ids), target, key, record)
+    def _calls(
+        self, plan: Plan, round_: int, key: bytes, record: Record | None, targets: list[Target]
+    ) -> list[Call]:
+        """Calls to ``targets`` in round ``round_``, remembered until answered."""
+        calls = [Call(next(self._ids), target, key, record, plan.fence) for target in targets]
+        for call in calls:
+            self._sent[call.id] = (round_, call.target)
+        return calls
 
 
 @dataclass(frozen=True, slots=True)
@@ -350,7 +368,6 @@ class WriteRequest(Request[Written]):
         self._planner = planner
         self._node_id = node_id
         self._restamper = restamper
-        self._calls: dict[int, tuple[int, Target]] = {}
         self._records: list[Record] = []
         """The record each round sent, by round."""
         self._met: set[int] = set()
@@ -361,7 +378,7 @@ class WriteRequest(Request[Written]):
         return self._round(self._planner())
 
     def answered(self, call_id: int, answer: object) -> Ready:
-        round_, target = self._calls.pop(call_id)
+        round_, target = self._sent.pop(call_id)
         if round_ != self._current or self.finished or self._fanout is None:
             return Ready()
         assert isinstance(answer, ReplicaAck)
@@ -369,7 +386,7 @@ class WriteRequest(Request[Written]):
         return self._round_met() if self._fanout.met else Ready(calls)
 
     def failed(self, call_id: int, error: BaseException) -> Ready:
-        round_, target = self._calls.pop(call_id)
+        round_, target = self._sent.pop(call_id)
         if round_ in self._met:
             # Still running when its round met the level, and failed since.
             return Ready(hints=self._hints(round_, [target.stands_in_for or target.node_id]))
@@ -397,10 +414,8 @@ class WriteRequest(Request[Written]):
         return Ready(self._calls_to(self._fanout.start()))
 
     def _calls_to(self, targets: list[Target]) -> list[Call]:
-        calls = [self._call(target, self.record.key, self.record) for target in targets]
-        for call in calls:
-            self._calls[call.id] = (self._current, call.target)
-        return calls
+        assert self._fanout is not None
+        return self._calls(self._fanout.plan, self._current, self.record.key, self.record, targets)
 
     def _round_met(self) -> Ready:
         fanout = self._fanout
@@ -418,7 +433,12 @@ class WriteRequest(Request[Written]):
             self._succeed(Written(self.record, any(ack.replaced_live for ack in acks)))
             return ready
         if len(self._records) >= MAX_STAMPS:
-            self._fail(InternalError(f"could not write past newer versions in {MAX_STAMPS} rounds"))
+            self._fail(
+                _uncertain(
+                    f"the write met a newer version in each of {MAX_STAMPS} rounds "
+                    "(the key is being written by many at once)"
+                )
+            )
             return ready
         restamped = self._restamper.past(self.record, newer)
         if restamped is None:
@@ -498,7 +518,6 @@ class ReadRequest(Request[Record | None]):
         self._level = level
         self._planner = planner
         self._node_id = node_id
-        self._calls: dict[int, tuple[int, Target]] = {}
         self._round = 0
         self._fanout: Fanout[Record | None] | None = None
         self._winner: Record | None = None
@@ -509,9 +528,9 @@ class ReadRequest(Request[Record | None]):
         return self._begin(self._planner())
 
     def answered(self, call_id: int, answer: object) -> Ready:
-        if self._write_back is not None and call_id not in self._calls:
+        if self._write_back is not None and call_id not in self._sent:
             return self._written_back(self._write_back.answered(call_id, answer))
-        round_, target = self._calls.pop(call_id)
+        round_, target = self._sent.pop(call_id)
         assert answer is None or isinstance(answer, Record)
         if round_ != self._round or self._fanout is None:
             return Ready()
@@ -521,9 +540,9 @@ class ReadRequest(Request[Record | None]):
         return self._resolve() if self._fanout.met else Ready(calls)
 
     def failed(self, call_id: int, error: BaseException) -> Ready:
-        if self._write_back is not None and call_id not in self._calls:
+        if self._write_back is not None and call_id not in self._sent:
             return self._written_back(self._write_back.failed(call_id, error))
-        round_, target = self._calls.pop(call_id)
+        round_, target = self._sent.pop(call_id)
         if round_ != self._round or self._fanout is None or self._fanout.met:
             return Ready()
         if isinstance(error, StaleMemberTable):
@@ -559,10 +578,8 @@ class ReadRequest(Request[Record | None]):
         return Ready(self._calls_to(self._fanout.start()))
 
     def _calls_to(self, targets: list[Target]) -> list[Call]:
-        calls = [self._call(target, self.key, None) for target in targets]
-        for call in calls:
-            self._calls[call.id] = (self._round, call.target)
-        return calls
+        assert self._fanout is not None
+        return self._calls(self._fanout.plan, self._round, self.key, None, targets)
 
     def _resolve(self) -> Ready:
         assert self._fanout is not None

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from ringkv.core.consistency import Consistency
-from ringkv.core.errors import DeadlineExceeded, Unavailable
+from ringkv.core.errors import DeadlineExceeded, StaleMemberTable, Unavailable
 from ringkv.core.hlc import HybridLogicalClock
 from ringkv.core.records import Record
 from ringkv.server.data.rebalance import Rebalancer
@@ -94,6 +94,27 @@ def test_replicas_on_the_same_or_an_older_table_serve_the_request(tmp_path: Path
             # stay on their table (they learn newer ones from the leader).
             assert nodes["b"].view.epoch == 1
             assert {"a", "b", "c", "d"} <= await _holders(nodes, key, written.record)
+
+    run(scenario())
+
+
+def test_a_call_carries_the_table_it_was_planned_on_not_the_one_it_is_sent_under(
+    tmp_path: Path,
+) -> None:
+    """A call started late in a request (the next replica after a failure) was
+    planned on the table the request began with: if the coordinator has moved
+    on since, a replica on the newer table must still refuse it."""
+
+    async def scenario() -> None:
+        async with cluster(tmp_path, {"a": 2, "b": 2, "c": 2, "d": 2}, adopting=False) as nodes:
+            peer = nodes["a"].view.peers["b"]
+            key = key_pending_on_d(nodes["b"].view)
+            with pytest.raises(StaleMemberTable):
+                await peer.read(key, fence=(1, 0))
+            with pytest.raises(StaleMemberTable):
+                await peer.write(Record(key, b"v", HybridLogicalClock("a").tick(1)), fence=(1, 0))
+            # Planned on the table both are on: served.
+            assert await peer.read(key, fence=(2, 1)) is None
 
     run(scenario())
 

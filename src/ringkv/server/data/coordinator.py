@@ -34,6 +34,7 @@ from ringkv.core.coordination import (
     plan,
     stamp,
 )
+from ringkv.core.errors import StaleMemberTable
 from ringkv.core.hlc import HybridLogicalClock
 from ringkv.core.quorum import Target
 from ringkv.core.records import Record, ReplicaAck, ack
@@ -203,7 +204,12 @@ class Coordinator:
         def plan_now() -> Plan:
             view = self._view
             return plan(
-                level, view.replica_sets(key), view.clockwise(key), view.is_live, first=first
+                level,
+                view.replica_sets(key),
+                view.clockwise(key),
+                view.is_live,
+                first=first,
+                fence=view.membership.fence,
             )
 
         return plan_now
@@ -248,21 +254,33 @@ class Coordinator:
 
     async def _start(self, call: Call) -> object:
         target = call.target
+        if target.node_id == self._view.node_id:
+            # This replica fences the call as a remote one would.
+            mine = self._view.membership
+            if mine.fence > call.fence:
+                raise StaleMemberTable(
+                    f"this node moved on to member table epoch {mine.epoch} (term {mine.term}) "
+                    f"since the request was planned on epoch {call.fence[0]}",
+                    metadata={"epoch": str(mine.epoch)},
+                )
         if call.record is None:
             if target.node_id == self._view.node_id:
                 return self._store.read(call.key)
-            return await self._view.peers[target.node_id].read(call.key)
-        return await self._write_one(target, call.record)
+            return await self._view.peers[target.node_id].read(call.key, fence=call.fence)
+        return await self._write_one(target, call.record, call.fence)
 
-    async def _write_one(self, target: Target, record: Record) -> ReplicaAck:
+    async def _write_one(
+        self, target: Target, record: Record, fence: tuple[int, int] | None
+    ) -> ReplicaAck:
         if target.node_id == self._view.node_id:
             result = await self._store.apply(record, hint_for=target.stands_in_for)
             return ack(record, result, self._now_ms())
         peer = self._view.peers[target.node_id]
-        return await peer.write(record, hint_for=target.stands_in_for)
+        return await peer.write(record, hint_for=target.stands_in_for, fence=fence)
 
     async def _repair(self, repair: Repair) -> None:
-        await self._write_one(Target(repair.node_id), repair.record)
+        # A repair sends a version some replica already holds: it needs no fence.
+        await self._write_one(Target(repair.node_id), repair.record, None)
 
     def _hint_for(self, record: Record, node: str) -> None:
         """Hold a hint here for a replica the write missed, as Cassandra does.

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
@@ -76,6 +76,8 @@ class _FencedAnswer(Protocol):
     def newer_table(self) -> kv_pb2.MemberTable: ...
 
 
+Fence = tuple[int, int]
+"""A member table's (epoch, term), as ``Membership.fence``."""
 FencedRequest = TypeVar("FencedRequest", bound=_Fenced)
 FencedResponse = TypeVar("FencedResponse", bound=_FencedAnswer)
 
@@ -111,8 +113,8 @@ class Peer:
         """The peer's client API, for forwarding writes to it."""
         self.cluster = kv_pb2_grpc.ClusterStub(self._channel)
         """The peer's membership API: heartbeats, elections, joins."""
-        self._writers: dict[str, Batcher[Record, ReplicaAck]] = {}
-        self._reader: Batcher[bytes, Record | None] | None = None
+        self._writers: dict[str, Batcher[tuple[Record, Fence | None], ReplicaAck]] = {}
+        self._reader: Batcher[tuple[bytes, Fence | None], Record | None] | None = None
 
     def _failed(self, error: grpc.aio.AioRpcError, what: str) -> Unavailable:
         if self._counters is not None:
@@ -128,10 +130,11 @@ class Peer:
             self.alive = False
             log.warning("peer down", extra={"peer": self.node_id, "during": "forward"})
 
-    async def read(self, key: bytes) -> Record | None:
+    async def read(self, key: bytes, *, fence: Fence | None = None) -> Record | None:
         """The peer's newest version of a key (None if it holds nothing).
 
-        Concurrent reads from this peer share one call.
+        ``fence``: the (epoch, term) of the table the read was planned on; None
+        for this node's table now. Concurrent reads from this peer share one call.
         """
         if self._reader is None:
             self._reader = Batcher(
@@ -140,17 +143,23 @@ class Peer:
                 name=f"reads from {self.node_id}",
                 max_in_flight=PIPELINE_DEPTH,
             )
-        return await self._reader.submit(key)
+        return await self._reader.submit((key, fence))
 
-    async def _read_batch(self, keys: list[bytes]) -> list[Record | None]:
-        request = replica_pb2.ReadRequest(keys=keys, clock=self._clock.last, fence=self._fence())
+    async def _read_batch(self, reads: list[tuple[bytes, Fence | None]]) -> list[Record | None]:
+        request = replica_pb2.ReadRequest(
+            keys=[key for key, _ in reads],
+            clock=self._clock.last,
+            fence=self._fence(fence for _, fence in reads),
+        )
         response = await self._fenced_call(self._replica.Read, request, "replica read")
         return [record_from_wire(r.record) if r.found else None for r in response.results]
 
-    async def write(self, record: Record, *, hint_for: str | None = None) -> ReplicaAck:
+    async def write(
+        self, record: Record, *, hint_for: str | None = None, fence: Fence | None = None
+    ) -> ReplicaAck:
         """Send one record; the replica's answer.
 
-        Concurrent writes to this peer share one call.
+        ``fence`` as for ``read``. Concurrent writes to this peer share one call.
         """
         target = hint_for or ""
         writer = self._writers.get(target)
@@ -161,16 +170,17 @@ class Peer:
                 name=f"writes to {self.node_id}",
                 max_in_flight=PIPELINE_DEPTH,
             )
-        return await writer.submit(record)
+        return await writer.submit((record, fence))
 
     async def _write_batch(
-        self, records: list[Record], hint_for: str
+        self, writes: list[tuple[Record, Fence | None]], hint_for: str
     ) -> list[ReplicaAck | Exception]:
+        records = [record for record, _ in writes]
         request = replica_pb2.WriteRequest(
             records=[record_to_wire(r) for r in records],
             hint_for=hint_for,
             clock=self._clock.last,
-            fence=self._fence(),
+            fence=self._fence(fence for _, fence in writes),
         )
         response = await self._fenced_call(self._replica.Write, request, "replica write")
         if not len(response.replaced_live) == len(response.newer) == len(records):
@@ -221,8 +231,12 @@ class Peer:
         self._check_fence(response.newer_table, request.fence)
         return response
 
-    def _fence(self) -> replica_pb2.Fence:
-        epoch, term = self._fencing.table().fence
+    def _fence(self, planned: Iterable[Fence | None] = ()) -> replica_pb2.Fence:
+        """The fence a call carries: the oldest table any of its items was
+        planned on (this node's table now for an item planned on none), so
+        the replica refuses the call if it is newer than any of them."""
+        now = self._fencing.table().fence
+        epoch, term = min((fence or now for fence in planned), default=now)
         return replica_pb2.Fence(epoch=epoch, term=term)
 
     def _check_fence(self, newer: kv_pb2.MemberTable, sent: replica_pb2.Fence) -> None:
