@@ -2,7 +2,12 @@
 
 This is the I/O shell around two pure parts: :class:`ringkv.core.election.ElectionNode`
 decides who leads, and :mod:`ringkv.core.membership` decides how the member table
-changes. Election messages travel as the seed's ``Heartbeat`` and ``RequestVote``
+changes. The seeds' RPCs (tables, joins) are :class:`~ringkv.server.cluster.seeds.Seeds`;
+the leader's failure detection and bookkeeping are
+:class:`~ringkv.server.cluster.leader_duties.LeaderDuties`; the saved vote and
+table are :class:`~ringkv.server.cluster.membership_file.MembershipFile`.
+
+Election messages travel as the seed's ``Heartbeat`` and ``RequestVote``
 calls (see kv.proto); every heartbeat carries the sender's member table and every
 reply the responder's synced epoch, so the leader learns who has pulled its
 ranges and followers learn each new epoch within a heartbeat.
@@ -31,7 +36,7 @@ from typing import Any, Protocol, TypeVar
 
 import grpc
 
-from ringkv.api import kv_pb2, kv_pb2_grpc
+from ringkv.api import kv_pb2
 from ringkv.api.status import error_info
 from ringkv.core.election import (
     Answer,
@@ -48,18 +53,17 @@ from ringkv.core.election import (
 )
 from ringkv.core.errors import PreconditionFailed, RingkvError, StorageFull, Unavailable
 from ringkv.core.membership import (
-    FailureDetector,
     Liveness,
     Membership,
     MemberStatus,
     RingMaker,
-    gainers,
-    leader_decision,
 )
 from ringkv.server.cluster.cluster_view import ClusterView
+from ringkv.server.cluster.leader_duties import LeaderDuties
 from ringkv.server.cluster.leader_lease import LeaderLease
 from ringkv.server.cluster.membership_file import FILE_NAME as MEMBERSHIP_FILE
 from ringkv.server.cluster.membership_file import MembershipFile, SavedState
+from ringkv.server.cluster.seeds import Seeds
 from ringkv.server.transport.auth import NodeSecurity
 from ringkv.server.transport.peers import ChannelOpener, Peer
 from ringkv.server.transport.rpc import RelayedError
@@ -119,34 +123,34 @@ class MembershipManager:
         open_channel: ChannelOpener | None = None,
     ) -> None:
         self._view = view
-        self._open_channel = open_channel or NodeSecurity().open_channel
-        """Dials a seed with the node's credentials (the same as its peers' channels)."""
         self._address = address
-        self._seeds = dict(seeds)
+        # Dials a seed with the node's credentials (the same as its peers' channels).
+        self._seeds = Seeds(
+            view.node_id, address, seeds, open_channel or NodeSecurity().open_channel
+        )
         self._file = saved
         self._config = election
-        self._remove_dead_after_ms = remove_dead_after_ms
-        self._rings = rings
         self._on_removed = on_removed
         self._now_ms = now_ms
         self._rng = rng or random.Random()
         self._election: ElectionNode | None = None
         self._saved_vote: tuple[int, str | None] = (0, None)
-        self._detector = self._fresh_detector()
-        self._synced: dict[str, int] = {}
+        self._duties = LeaderDuties(
+            view.node_id,
+            heartbeat_interval_ms=election.heartbeat_interval_ms,
+            election_timeout_ms=election.election_timeout_ms,
+            remove_dead_after_ms=remove_dead_after_ms,
+            rings=rings,
+            replication_factor=view.replication_factor,
+        )
+        self._duties.adopted_table(view.membership, now_ms())
         self._lease = lease
         self._joins_existing = joins_existing
-        self._adopted: dict[str, int] = {}
-        """LEADER: the epoch of the table each member had when it last answered."""
-        self._table_since_ms = now_ms()
-        self._led_since_ms = 0
-        self._was_leader = False
         self._leaving = False
         self.rebalancer: RangeMover | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._main: asyncio.Task[None] | None = None
         self._refreshing: asyncio.Task[None] | None = None
-        self._gainers_of: tuple[Membership, frozenset[str]] | None = None
 
     @property
     def node_id(self) -> str:
@@ -189,12 +193,6 @@ class MembershipManager:
             self._run(find_cluster=not established, saved=saved), name="membership"
         )
 
-    def _fresh_detector(self) -> FailureDetector:
-        return FailureDetector(
-            suspect_after_ms=2 * self._config.heartbeat_interval_ms,
-            dead_after_ms=self._config.election_timeout_ms,
-        )
-
     # -- finding the cluster ---------------------------------------------------
 
     async def _run(self, *, find_cluster: bool, saved: SavedState | None) -> None:
@@ -212,11 +210,11 @@ class MembershipManager:
         deadline = self._now_ms() + 2 * self._config.heartbeat_interval_ms
         waiting_logged = False
         while True:
-            table = await self._ask_seeds()
+            table = await self._seeds.newest_table()
             if table is not None:
                 joining = table.addresses.get(self.node_id) != self._address
                 if joining:
-                    table = await self._join()
+                    table = await self._seeds.join()
                 self._adopt(table)
                 term, leader = (saved.term, saved.term_leader) if saved else (0, None)
                 self._start_election(term, leader, campaign=not joining)
@@ -228,55 +226,16 @@ class MembershipManager:
                 if not waiting_logged:
                     log.info(
                         "no seed answers; waiting for one (--initial-cluster-state existing)",
-                        extra={"seeds": ",".join(self._seeds)},
+                        extra={"seeds": ",".join(self._seeds.addresses)},
                     )
                     waiting_logged = True
             await asyncio.sleep(0.2)
 
     def _bootstrap(self) -> None:
-        table = Membership.bootstrap({self.node_id: self._address, **self._seeds})
+        table = Membership.bootstrap({self.node_id: self._address, **self._seeds.addresses})
         log.info("bootstrapping", extra={"members": ",".join(table.node_ids)})
         self._adopt(table)
         self._start_election(0, None)
-
-    async def _ask_seeds(self) -> Membership | None:
-        """The newest member table any seed reports, or None if none has one."""
-        answers = await asyncio.gather(
-            *(self._table_of(address) for address in self._seeds.values()),
-            return_exceptions=True,
-        )
-        best: Membership | None = None
-        for answer in answers:
-            if isinstance(answer, Membership) and (best is None or answer.newer_than(best)):
-                best = answer
-        return best
-
-    async def _table_of(self, address: str) -> Membership | None:
-        # A channel of its own: failed calls to a seed that is not up yet
-        # would put the peer's channel into reconnect backoff, and the first
-        # replica calls after it comes up would fail.
-        async with self._open_channel(address) as channel:
-            response = await kv_pb2_grpc.ClusterStub(channel).GetClusterState(
-                kv_pb2.GetClusterStateRequest(), timeout=1.0
-            )
-        return membership_from_wire(response.table)
-
-    async def _join(self) -> Membership:
-        """Ask to be admitted until a member admits this node."""
-        request = kv_pb2.JoinRequest(node_id=self.node_id, address=self._address)
-        while True:
-            for seed, address in self._seeds.items():
-                try:
-                    async with self._open_channel(address) as channel:
-                        response = await kv_pb2_grpc.ClusterStub(channel).Join(request, timeout=5.0)
-                except grpc.aio.AioRpcError as error:
-                    log.info("join refused", extra={"peer": seed, "error": error.details()})
-                    continue
-                table = membership_from_wire(response.members)
-                if table is not None and self.node_id in table.addresses:
-                    log.info("joined", extra={"epoch": table.epoch})
-                    return table
-            await asyncio.sleep(1.0)
 
     def _refresh_table(self) -> None:
         if self._refreshing is None or self._refreshing.done():
@@ -322,7 +281,7 @@ class MembershipManager:
         before = self.membership.get(self.node_id)
         self._leaving = before is not None and before.status is MemberStatus.LEAVING
         self._view.adopt(table)
-        self._table_since_ms = self._now_ms()
+        self._duties.adopted_table(table, self._now_ms())
         log.info(
             "member table adopted",
             extra={
@@ -335,7 +294,6 @@ class MembershipManager:
             return
         if self._election is not None:
             self._election.set_members(table.node_ids)
-        self._detector.forget(set(self._synced) - set(table.node_ids))
         try:
             self._save()
         except StorageFull as error:
@@ -385,7 +343,7 @@ class MembershipManager:
             self._on_removed()
 
     async def _rejoin(self) -> None:
-        table = await self._join()
+        table = await self._seeds.join()
         self._adopt(table)
         term, leader = self._saved_vote
         self._start_election(term, leader, campaign=False)
@@ -455,7 +413,7 @@ class MembershipManager:
                     kv_pb2.RequestVoteRequest(node_id=self.node_id, term=message.term),
                     timeout=timeout,
                 )
-                self._detector.heard(peer.node_id, self._now_ms())
+                self._duties.heard(peer.node_id, self._now_ms())
                 self.offer(membership_from_wire(vote.members))
                 if not vote.vote_granted:
                     self._receive(Answer(vote.node_id or peer.node_id, vote.term))
@@ -476,9 +434,9 @@ class MembershipManager:
         except grpc.aio.AioRpcError:
             return
         sender = response.node_id or peer.node_id
-        self._detector.heard(sender, self._now_ms())
-        self._synced[sender] = response.synced_epoch
-        self._adopted[sender] = response.epoch
+        self._duties.answered(
+            sender, synced=response.synced_epoch, adopted=response.epoch, now_ms=self._now_ms()
+        )
         self.offer(membership_from_wire(response.members))
         reply = HeartbeatAck if isinstance(message, Heartbeat) else CoordinatorAck
         self._receive(reply(sender, response.term, response.accepted, message.sent_ms))
@@ -600,66 +558,20 @@ class MembershipManager:
     # -- the leader's duties ---------------------------------------------------
 
     def _leader_duties(self) -> None:
-        leading = self._leads()
-        if leading and not self._was_leader:
-            # Count silence from now: this node did not watch the others before.
-            self._detector = self._fresh_detector()
-            self._detector.watch(self.membership.node_ids, self._now_ms())
-            self._synced.clear()
-            self._adopted.clear()
-            self._led_since_ms = self._now_ms()
-            log.info("leading", extra={"term": self._view.term, "epoch": self.membership.epoch})
-        self._was_leader = leading
-        if not leading:
-            return
         now = self._now_ms()
-        members = self.membership.node_ids
-        self._detector.heard(self.node_id, now)
-        liveness = {node: self._detector.state(node, now) for node in members}
-        changed = {
-            node: state.value
-            for node, state in liveness.items()
-            if self._view.liveness.get(node, Liveness.ALIVE) is not state
-        }
-        if changed:
-            log.info("member states", extra=changed)
-        self._view.liveness = liveness
-        self._synced[self.node_id] = self.synced_epoch
-        self._adopted[self.node_id] = self.membership.epoch
-        change = leader_decision(
+        step = self._duties.step(
+            self._leads(),
             self.membership,
             term=self._view.term,
-            gaining=self._gainers(),
-            synced=self._synced,
-            liveness=liveness,
-            dead_for_ms={node: self._detector.silent_for(node, now) for node in members},
-            remove_dead_after_ms=self._remove_dead_after_ms,
-            adopted=self._adopted,
-            leases_expired=now >= self._leases_drained_at_ms(),
+            synced_epoch=self.synced_epoch,
+            published=self._view.liveness,
+            now_ms=now,
         )
+        if step is None:
+            return
+        self._view.liveness, change = step
         if change is not None:
             self._adopt(change)
-
-    def _leases_drained_at_ms(self) -> int:
-        """When no lease granted on a table older than the one in effect can still run.
-
-        A follower's lease lasts an election timeout from a heartbeat, which
-        arrives within its deadline (another election timeout) of being sent;
-        every heartbeat sent since this table was adopted carried it. A leader
-        deposed before this one was elected leads for at most an election
-        timeout more (its lease counts from when its heartbeats were sent,
-        ``ringkv.core.election``), and its heartbeats' leases run two timeouts
-        past that.
-        """
-        timeout = self._config.election_timeout_ms
-        return max(self._table_since_ms + 2 * timeout, self._led_since_ms + 3 * timeout)
-
-    def _gainers(self) -> frozenset[str]:
-        """The gainers of the table in effect, worked out once per table (a ring diff)."""
-        table = self.membership
-        if self._gainers_of is None or self._gainers_of[0] is not table:
-            self._gainers_of = (table, gainers(table, self._rings, self._view.replication_factor))
-        return self._gainers_of[1]
 
     def _spawn(self, work: Any) -> None:
         task = asyncio.get_running_loop().create_task(work)

@@ -1,0 +1,93 @@
+"""The leader's bookkeeping: silence per member, pulled ranges, adopted tables."""
+
+from __future__ import annotations
+
+from ringkv.core.membership import Liveness, Membership, MemberStatus, RingMaker
+from ringkv.server.cluster.leader_duties import LeaderDuties
+
+HEARTBEAT_MS = 100
+TIMEOUT_MS = 1_000
+REMOVE_DEAD_AFTER_MS = 10_000
+THREE = Membership.bootstrap({"n1": "a:1", "n2": "a:2", "n3": "a:3"})
+
+
+def duties() -> LeaderDuties:
+    return LeaderDuties(
+        "n1",
+        heartbeat_interval_ms=HEARTBEAT_MS,
+        election_timeout_ms=TIMEOUT_MS,
+        remove_dead_after_ms=REMOVE_DEAD_AFTER_MS,
+        rings=RingMaker(16),
+        replication_factor=2,
+    )
+
+
+def step(
+    leader: LeaderDuties, table: Membership, now_ms: int, *, leading: bool = True
+) -> tuple[dict[str, Liveness], Membership | None] | None:
+    return leader.step(
+        leading, table, term=1, synced_epoch=table.epoch, published={}, now_ms=now_ms
+    )
+
+
+def test_a_follower_has_no_duties() -> None:
+    assert step(duties(), THREE, 0, leading=False) is None
+
+
+def test_silence_counts_from_when_the_node_began_to_lead() -> None:
+    leader = duties()
+    # Members unheard for a long time before: as a follower, it did not watch them.
+    assert step(leader, THREE, 50_000, leading=False) is None
+    first = step(leader, THREE, 50_000)
+    assert first is not None
+    assert set(first[0].values()) == {Liveness.ALIVE}
+    leader.answered("n2", synced=1, adopted=1, now_ms=50_000 + TIMEOUT_MS - HEARTBEAT_MS)
+    later = step(leader, THREE, 50_000 + TIMEOUT_MS)
+    assert later is not None
+    assert later[0] == {"n1": Liveness.ALIVE, "n2": Liveness.ALIVE, "n3": Liveness.DEAD}
+
+
+def test_a_member_silent_past_the_limit_is_decommissioned() -> None:
+    leader = duties()
+    step(leader, THREE, 0)
+    for now in range(0, REMOVE_DEAD_AFTER_MS, HEARTBEAT_MS):
+        leader.answered("n2", synced=1, adopted=1, now_ms=now)
+    quiet = step(leader, THREE, REMOVE_DEAD_AFTER_MS - 1)
+    assert quiet is not None and quiet[1] is None
+    removing = step(leader, THREE, REMOVE_DEAD_AFTER_MS)
+    assert removing is not None
+    change = removing[1]
+    assert change is not None and change.epoch == THREE.epoch + 1
+    n3 = change.get("n3")
+    assert n3 is not None and n3.status is MemberStatus.LEAVING
+
+
+def test_a_join_settles_when_every_member_adopted_it_or_the_old_leases_ran_out() -> None:
+    joining = THREE.with_joining("n4", "a:4", term=1)
+
+    def settled(adopted_by: tuple[str, ...], now_ms: int) -> bool:
+        leader = duties()
+        leader.adopted_table(joining, 0)
+        step(leader, joining, 0)
+        for node in ("n2", "n3", "n4"):
+            epoch = joining.epoch if node in adopted_by else THREE.epoch
+            leader.answered(node, synced=joining.epoch, adopted=epoch, now_ms=now_ms)
+        result = step(leader, joining, now_ms)
+        assert result is not None
+        return result[1] is not None and not result[1].changing
+
+    assert settled(("n2", "n3", "n4"), 10)
+    # n3 still answers with the table before the join: it may hold a lease on it.
+    assert not settled(("n2", "n4"), 10)
+    assert leader_drain_ms() == 3 * TIMEOUT_MS
+    assert not settled(("n2", "n4"), 3 * TIMEOUT_MS - 1)
+    assert settled(("n2", "n4"), 3 * TIMEOUT_MS)
+
+
+def leader_drain_ms() -> int:
+    """When leases on older tables have run out, for a node that adopted the
+    join and began to lead at time 0: three election timeouts after it led."""
+    leader = duties()
+    leader.adopted_table(THREE, 0)
+    step(leader, THREE, 0)
+    return leader.leases_drained_at_ms()
