@@ -1,6 +1,6 @@
 """Reads and writes over a fake network, run by the real request machines.
 
-Five nodes, three replicas per key. Every request is the real
+Five members, three replicas per key. Every request is the real
 ``ringkv.core.coordination`` machine (fan-out, stand-ins, restamping past
 newer versions, hints, read repair, the ABD write-back), every replica the
 real memory engine with the real apply rule (``ringkv.core.records``), every
@@ -9,6 +9,15 @@ network loses, duplicates, delays and reorders messages and partitions;
 links slow down past the call timeout; nodes crash and restart with their
 stored records (a synced engine) but a fresh clock. Coordinators judge
 liveness from a view that lags the truth and sometimes suspects a live node.
+
+In most schedules a sixth node joins under the faults: the leader's table
+reaches members with its heartbeats (some miss them for up to an election
+timeout), requests on it meet joint quorums of both rings, replicas refuse
+calls planned on an older table and the coordinator plans again on theirs,
+the joiner pulls each key it gains from a quorum of replicas on its table,
+and the leader settles the join once the joiner has and every member is on
+the join's table. Leader election is not modelled (the election simulation
+checks it): the leader is fixed, and a member cut off from it keeps its table.
 
 After the faults heal, hints are delivered and one ALL read of each key
 repairs its replicas. The checks:
@@ -22,7 +31,8 @@ repairs its replicas. The checks:
 - every replica of a key holds the same version after the heal.
 
 What the sim adds around the machines is what the server's shell adds: the
-read before a LINEARIZABLE write, delivery of held hints, and the network.
+read before a LINEARIZABLE write, delivery of held hints, range pulls, the
+leader's table and the network.
 A failure prints its seed; ``RINGKV_SIM_SEED=<n> pytest tests/sim -k
 replication`` replays one, ``RINGKV_REPLICATION_SIM_SEEDS=<n>`` runs more.
 """
@@ -52,7 +62,7 @@ from ringkv.core.coordination import (
     plan,
     stamp,
 )
-from ringkv.core.errors import RingkvError, Unavailable
+from ringkv.core.errors import RingkvError, StaleMemberTable, Unavailable
 from ringkv.core.hlc import HybridLogicalClock, Version
 from ringkv.core.linearizability import Operation, OpKind, Verdict, check_history
 from ringkv.core.quorum import ReplicaSets
@@ -61,13 +71,26 @@ from ringkv.core.ring import Ring
 from ringkv.core.tokens import token_of
 from ringkv.storage.memory import MemoryEngine
 
-NODES = ("n1", "n2", "n3", "n4", "n5")
+NODES = ("n1", "n2", "n3", "n4", "n5", "n6")
+JOINER = "n6"
+LEADER = "n1"
 REPLICAS = 3
-RING = Ring(NODES)
+RINGS = {1: (Ring(NODES[:5]), None), 2: (Ring(NODES[:5]), Ring(NODES)), 3: (Ring(NODES), None)}
+"""The member tables by epoch: n1-n5; n6 joining (joint quorums over both
+rings); n6 joined. A schedule without a join stays on epoch 1."""
+JOINS = 0.7
+"""The share of schedules in which n6 joins, at a random time under faults."""
+RING_DELAY_MS = 200
+"""How long the joiner waits after adopting the join before it pulls (2 heartbeats)."""
+GOSSIP_MS = 100
+HEARTBEAT_LOSS = 0.2
+ELECTION_TIMEOUT_MS = 1_000
+"""How often the leader's heartbeat carries its table to the members it reaches."""
 STRONG = (Consistency.QUORUM, Consistency.ALL, Consistency.LINEARIZABLE)
 ORDERED_KEYS = tuple(b"q%d" % i for i in range(3))
 LINEARIZABLE_KEYS = tuple(b"lin%d" % i for i in range(2))
 SLOPPY_KEYS = (b"one0",)
+ALL_KEYS = ORDERED_KEYS + LINEARIZABLE_KEYS + SLOPPY_KEYS
 CLIENTS = 6
 OPS_PER_CLIENT = 25
 FAULTS_UNTIL_MS = 15_000
@@ -95,6 +118,8 @@ class Node:
     clock: HybridLogicalClock = field(init=False)
     believed_down: frozenset[str] = frozenset()
     """The failure detector's view: refreshed from the truth now and then."""
+    epoch: int = 1
+    """The member table this node is on (0: not a member yet); kept across restarts."""
 
     def __post_init__(self) -> None:
         self.clock = HybridLogicalClock(self.node_id)
@@ -139,6 +164,14 @@ class Simulation:
         self.rng = random.Random(seed)
         self.now_ms = 0
         self.nodes = {n: Node(n, skew_ms=self._skew()) for n in NODES}
+        self.nodes[JOINER].epoch = 0
+        self.latest_epoch = 1
+        """The newest table the leader has made."""
+        self.joiner_synced = False
+        self.joins = False
+        self.refusals = 0
+        self.deaf_until: dict[str, int] = {}
+        self.pulled_from: dict[bytes, set[str]] = {}
         self.group = dict.fromkeys(NODES, 0)
         self.slow: set[str] = set()
         """Nodes whose messages take up to SLOW_DELAY_MS (a congested link, a pause)."""
@@ -187,6 +220,10 @@ class Simulation:
         for client in range(CLIENTS):
             self.at(self.rng.randint(0, 50), partial(self.next_op, client))
         self.at(self.rng.randint(300, 1_000), self.fault)
+        self.joins = self.rng.random() < JOINS
+        if self.joins:
+            self.at(self.rng.randint(1_000, FAULTS_UNTIL_MS - 3_000), self.admit_joiner)
+        self.at(GOSSIP_MS, self.lead)
         while self.queue:
             at, _, event = heapq.heappop(self.queue)
             self.now_ms = at
@@ -252,9 +289,10 @@ class Simulation:
             self.at(VIEW_REFRESH_MS, lambda: self.refresh_view(node))
 
     def busy(self) -> bool:
-        """Whether faults or client calls are still to come."""
+        """Whether faults, client calls or a membership change are still to come."""
         return (
             self.faulting
+            or (self.joins and self.latest_epoch < 3)
             or any(self.clients_left.values())
             or any(op.ret_ms is None for op in self.ops)
         )
@@ -277,7 +315,9 @@ class Simulation:
         value = b"%d" % next(self.values) if write and not delete else None
         op = Op(client, key, level, write, value, self.now_ms)
         self.ops.append(op)
-        up = [n for n in NODES if self.nodes[n].up]
+        # The joiner serves clients once it has joined.
+        up = [n for n in NODES if self.nodes[n].up and self.nodes[n].epoch in (1, 2, 3)]
+        up = [n for n in up if n != JOINER or self.nodes[n].epoch == 3]
         if not up:
             self.finish(op, ok=False)
             return
@@ -298,12 +338,21 @@ class Simulation:
     # -- coordinating -----------------------------------------------------
 
     def planner(self, key: bytes, level: Consistency, coordinator: str) -> Callable[[], Plan]:
+        """Plans on the coordinator's table when called, as the server's planner does."""
         state = self.nodes[coordinator]
-        clockwise = RING.preference_list(token_of(key), len(NODES))
-        sets = ReplicaSets(clockwise[:REPLICAS])
-        return lambda: plan(
-            level, sets, clockwise, lambda n: n not in state.believed_down, first=coordinator
-        )
+
+        def plan_now() -> Plan:
+            sets, clockwise = replica_sets(key, state.epoch)
+            return plan(
+                level,
+                sets,
+                clockwise,
+                lambda n: n not in state.believed_down,
+                first=coordinator,
+                fence=(state.epoch, 0),
+            )
+
+        return plan_now
 
     def read_request(self, op: Op, coordinator: str) -> ReadRequest:
         return ReadRequest(
@@ -386,6 +435,16 @@ class Simulation:
 
         def at_replica() -> None:
             node = self.nodes[target.node_id]
+            if node.epoch > call.fence[0]:
+                # Fenced: refused, with the newer table sent back.
+                refusal = StaleMemberTable(f"{target.node_id} is on epoch {node.epoch}")
+                epoch = node.epoch
+                self.send(
+                    target.node_id,
+                    coordinator,
+                    lambda: self.refused(running, call.id, refusal, epoch),
+                )
+                return
             if call.record is None:
                 answer: object = node.engine.get(call.key)
             else:
@@ -398,13 +457,28 @@ class Simulation:
     def store(self, node: str, record: Record) -> None:
         self.nodes[node].engine.apply([Mutation(record)])
 
-    def settle(self, running: Running, call_id: int, answer: tuple[object] | None) -> None:
+    def refused(
+        self, running: Running, call_id: int, refusal: StaleMemberTable, epoch: int
+    ) -> None:
+        self.refusals += 1
+        if self.alive(running):
+            coordinator = self.nodes[running.coordinator]
+            coordinator.epoch = max(coordinator.epoch, epoch)
+        self.settle(running, call_id, None, refusal)
+
+    def settle(
+        self,
+        running: Running,
+        call_id: int,
+        answer: tuple[object] | None,
+        error: RingkvError | None = None,
+    ) -> None:
         if call_id in running.settled or not self.alive(running):
             return
         running.settled.add(call_id)
         request = running.request
         if answer is None:
-            ready = request.failed(call_id, Unavailable("the call timed out"))
+            ready = request.failed(call_id, error or Unavailable("the call timed out"))
         else:
             ready = request.answered(call_id, answer[0])
         self.act(running, ready)
@@ -447,6 +521,67 @@ class Simulation:
             op.version = outcome.version if outcome is not None else None
         self.finish(op, ok=True)
 
+    # -- the membership change ------------------------------------------
+
+    def admit_joiner(self) -> None:
+        """The leader admits n6: epoch 2, n6's ranges pending (joint quorums)."""
+        if not self.connected(LEADER, JOINER):
+            self.at(500, self.admit_joiner)  # The join call does not get through: retried.
+            return
+        self.latest_epoch = 2
+        for node in (LEADER, JOINER):
+            self.nodes[node].epoch = 2
+        # The dangerous moment: a member or two miss the change's heartbeats
+        # for up to an election timeout, their lease on the old table still
+        # running, and go on coordinating and serving on it.
+        others = [n for n in NODES[:5] if n != LEADER]
+        for node in self.rng.sample(others, self.rng.randint(0, 2)):
+            self.deaf_until[node] = self.now_ms + self.rng.randint(0, ELECTION_TIMEOUT_MS)
+        self.at(RING_DELAY_MS, self.pull)
+
+    def lead(self) -> None:
+        """The leader's heartbeat carries its table to the members it reaches;
+        it settles the join once the joiner has pulled its ranges and every
+        member is on the join's table (standing in for "or their leases on
+        the table before it have run out", which this simulation does not model)."""
+        leader = self.nodes[LEADER]
+        if leader.up:
+            members = RINGS[leader.epoch][0].nodes + (JOINER,) * (leader.epoch >= 2)
+            for node in members:
+                if self.deaf_until.get(node, 0) > self.now_ms:
+                    continue
+                if self.connected(LEADER, node) and self.rng.random() > HEARTBEAT_LOSS:
+                    self.nodes[node].epoch = max(self.nodes[node].epoch, leader.epoch)
+            if (
+                self.latest_epoch == 2
+                and self.joiner_synced
+                and all(self.nodes[node].epoch >= 2 for node in NODES)
+            ):
+                self.latest_epoch = leader.epoch = 3
+        if self.busy():
+            self.at(GOSSIP_MS, self.lead)
+
+    def pull(self) -> None:
+        """The joiner pulls each key it gains from a quorum of the key's current
+        replicas, as ``server/data/rebalance.py`` does, each on the join's table
+        or newer: a replica behind refuses the scan until it has caught up."""
+        joiner = self.nodes[JOINER]
+        gained = [key for key in ALL_KEYS if JOINER in replica_sets(key, 2)[0].pending()]
+        if joiner.up:
+            for key in gained:
+                served = self.pulled_from.setdefault(key, set())
+                for source in replica_sets(key, 2)[0].current:
+                    state = self.nodes[source]
+                    if source in served or not self.connected(JOINER, source) or state.epoch < 2:
+                        continue
+                    record = state.engine.get(key)
+                    if record is not None:
+                        joiner.engine.apply([Mutation(record)])
+                    served.add(source)
+        self.joiner_synced = all(len(self.pulled_from.get(key, ())) >= 2 for key in gained)
+        if not self.joiner_synced:
+            self.at(300, self.pull)
+
     # -- after the heal ---------------------------------------------------
 
     def replay_hints(self, node: str) -> None:
@@ -470,8 +605,11 @@ class Simulation:
             for target, record in list(self.nodes[node].engine.scan_hints()):
                 self.store(target, record)
                 self.nodes[node].engine.apply([Mutation(record, hint_for=target, delivered=True)])
-        for key in ORDERED_KEYS + LINEARIZABLE_KEYS + SLOPPY_KEYS:
-            coordinator = self.rng.choice(NODES)
+        for node in NODES:
+            if self.latest_epoch >= 2 or node != JOINER:
+                self.nodes[node].epoch = self.latest_epoch  # heartbeats reach everyone now
+        for key in ALL_KEYS:
+            coordinator = self.rng.choice(NODES[:5])
             request = ReadRequest(
                 key,
                 Consistency.ALL,
@@ -491,13 +629,22 @@ class Simulation:
 # -- checks --------------------------------------------------------------------
 
 
-def replicas_of(key: bytes) -> tuple[str, ...]:
-    return RING.replicas(key, REPLICAS)
+def replica_sets(key: bytes, epoch: int) -> tuple[ReplicaSets, tuple[str, ...]]:
+    """A key's replica sets on the table of ``epoch``, and the read ring's clockwise order."""
+    current, upcoming = RINGS[max(epoch, 1)]
+    token = token_of(key)
+    clockwise = current.preference_list(token, len(current.nodes))
+    after = upcoming.preference_list(token, REPLICAS) if upcoming is not None else None
+    return ReplicaSets(clockwise[:REPLICAS], after), clockwise
+
+
+def replicas_of(key: bytes, epoch: int) -> tuple[str, ...]:
+    return replica_sets(key, epoch)[0].current
 
 
 def check(sim: Simulation) -> None:
-    for key in ORDERED_KEYS + LINEARIZABLE_KEYS + SLOPPY_KEYS:
-        versions = {sim.nodes[n].engine.get(key) for n in replicas_of(key)}
+    for key in ALL_KEYS:
+        versions = {sim.nodes[n].engine.get(key) for n in replicas_of(key, sim.latest_epoch)}
         assert len(versions) == 1, f"replicas of {key!r} differ after the heal: {versions}"
         final = next(iter(versions))
         for op in sim.ops:
@@ -579,4 +726,7 @@ def test_the_simulation_exercises_what_it_checks() -> None:
     assert any(op.ok is False for op in ops)
     assert any(op.ok is None for op in ops)
     assert sum(sim.restamps for sim in sims) > 0
+    # Joins settle, and calls planned on the table before them are refused.
+    assert sum(1 for sim in sims if sim.latest_epoch == 3) >= 5
+    assert sum(sim.refusals for sim in sims) > 0
     assert sum(1 for op in ops if not op.write and op.ok) > 100

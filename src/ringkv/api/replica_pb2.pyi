@@ -580,6 +580,7 @@ class ScanRequest(_message.Message):
     CURSOR_FIELD_NUMBER: _builtins.int
     LIMIT_FIELD_NUMBER: _builtins.int
     CLOCK_FIELD_NUMBER: _builtins.int
+    FENCE_FIELD_NUMBER: _builtins.int
     cursor: _builtins.bytes
     """Empty for the first page; then the previous page's next_cursor."""
     limit: _builtins.int
@@ -590,6 +591,14 @@ class ScanRequest(_message.Message):
     clock: _builtins.int
     @_builtins.property
     def span(self) -> Global___TokenSpan: ...
+    @_builtins.property
+    def fence(self) -> Global___Fence:
+        """The member table of the node that scans. A replica on an older table
+        refuses (FAILED_PRECONDITION, MEMBER_TABLE_BEHIND) until it has caught
+        up: once it serves a range a joiner pulls, it refuses every write planned
+        on the table before the change, so none can land behind the pull.
+        """
+
     def __init__(
         self,
         *,
@@ -597,10 +606,11 @@ class ScanRequest(_message.Message):
         cursor: _builtins.bytes = ...,
         limit: _builtins.int = ...,
         clock: _builtins.int = ...,
+        fence: Global___Fence | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["span", b"span"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["fence", b"fence", "span", b"span"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["clock", b"clock", "cursor", b"cursor", "limit", b"limit", "span", b"span"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clock", b"clock", "cursor", b"cursor", "fence", b"fence", "limit", b"limit", "span", b"span"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -119,6 +119,26 @@ def test_a_call_carries_the_table_it_was_planned_on_not_the_one_it_is_sent_under
     run(scenario())
 
 
+def test_a_replica_behind_the_puller_serves_no_range_until_it_has_caught_up(
+    tmp_path: Path,
+) -> None:
+    """Were b to serve d's pull on the table before d joined, a write planned
+    on that table could land on b after the pull passed it and never reach d."""
+
+    async def scenario() -> None:
+        async with cluster(tmp_path, {"a": 1, "b": 1, "c": 2, "d": 2}, adopting=False) as nodes:
+            with pytest.raises(Unavailable, match="FAILED_PRECONDITION"):
+                await nodes["d"].view.peers["b"].scan(0, 2**64, b"", 10)
+            # A replica on the puller's table, or a newer one, serves it.
+            records, cursor = await nodes["d"].view.peers["c"].scan(0, 2**64, b"", 10)
+            assert (records, cursor) == ([], b"")
+            await nodes["a"].view.peers["c"].scan(0, 2**64, b"", 10)
+            # Refused, not failed: the puller tries again, and b is not marked down.
+            assert nodes["d"].view.peers["b"].alive
+
+    run(scenario())
+
+
 async def _holders(nodes: dict[str, Node], key: bytes, record: Record) -> set[str]:
     """The nodes whose engine holds ``record`` (or a newer version of its key)."""
     await asyncio.gather(*(n.coordinator.close() for n in nodes.values()))

@@ -10,7 +10,7 @@ from typing import Protocol
 
 from ringkv.api import kv_pb2, replica_pb2
 from ringkv.core import paxos
-from ringkv.core.errors import InvalidArgument
+from ringkv.core.errors import InvalidArgument, PreconditionFailed
 from ringkv.core.hlc import HybridLogicalClock
 from ringkv.core.membership import Liveness, Membership
 from ringkv.core.merkle import MAX_DEPTH
@@ -187,6 +187,20 @@ class ReplicaService:
 
     async def scan(self, request: replica_pb2.ScanRequest, _: Context) -> replica_pb2.ScanResponse:
         self._clock.observe_peer(request.clock)
+        if self._tables is not None:
+            mine = self._tables.membership
+            theirs = (request.fence.epoch, request.fence.term)
+            if mine.fence < theirs:
+                # A joiner pulling its ranges: were they served from this older
+                # table, writes planned on it could still land here after the
+                # pull passed, and the joiner would never see them. The table
+                # arrives with the leader's next heartbeat; the puller retries.
+                raise PreconditionFailed(
+                    f"this replica is on member table epoch {mine.epoch} (term {mine.term}), "
+                    f"behind the caller's epoch {theirs[0]}; retry once it has caught up",
+                    reason="MEMBER_TABLE_BEHIND",
+                    metadata={"epoch": str(mine.epoch)},
+                )
         start, end = _span_from_wire(request.span)
         if request.cursor:
             if len(request.cursor) != _CURSOR.size:

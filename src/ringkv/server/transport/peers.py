@@ -274,13 +274,19 @@ class Peer:
     ) -> tuple[list[Record], bytes]:
         """One page of the peer's records with ``start <= token < end`` (``end``
         up to 2**64), tombstones included, and the cursor of the next page.
+        PreconditionFailed (MEMBER_TABLE_BEHIND) while the peer is on an older
+        member table than this node's.
 
         Start with an empty cursor; an empty cursor back means the span is
         done. The peer caps ``limit`` (at 1000) and cuts pages of large values
         shorter.
         """
         request = replica_pb2.ScanRequest(
-            span=self._span(start, end), cursor=cursor, limit=limit, clock=self._clock.last
+            span=self._span(start, end),
+            cursor=cursor,
+            limit=limit,
+            clock=self._clock.last,
+            fence=self._fence(),
         )
         try:
             response = await self._replica.Scan(request, timeout=self._timeout_s)
