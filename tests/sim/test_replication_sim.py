@@ -7,7 +7,8 @@ real memory engine with the real apply rule (``ringkv.core.records``), every
 clock the real hybrid logical clock over a wall clock skewed by seconds. The
 network loses, duplicates, delays and reorders messages and partitions;
 links slow down past the call timeout; nodes crash and restart with their
-stored records (a synced engine) but a fresh clock. Coordinators judge
+stored records (a synced engine) but a fresh clock, some right after
+sending a request's calls (a write left on some replicas, no hint held). Coordinators judge
 liveness from a view that lags the truth and sometimes suspects a live node.
 
 In most schedules a sixth node joins under the faults: the leader's table
@@ -100,6 +101,8 @@ HINT_REPLAY_MS = 500
 VIEW_REFRESH_MS = 250
 FALSE_SUSPICION = 0.1
 MAX_SKEW_MS = 3_000
+CRASH_MID_REQUEST = 0.01
+"""The chance that a coordinator dies right after it sent a request's calls."""
 DROP = 0.05
 DUPLICATE = 0.03
 MAX_DELAY_MS = 40
@@ -208,7 +211,9 @@ class Simulation:
             delay = 0 if sender == to else self.rng.randint(1, longest)
 
             def arrive() -> None:
-                if self.connected(sender, to):
+                # A message on the wire arrives even if its sender has died
+                # since; not across a partition, nor to a node that is down.
+                if self.group[sender] == self.group[to] and self.nodes[to].up:
                     deliver()
 
             self.at(delay, arrive)
@@ -421,6 +426,12 @@ class Simulation:
         for call in ready.calls:
             self.call(running, call)
             self.at(CALL_TIMEOUT_MS, partial(self.settle, running, call.id, None))
+        if ready.calls and self.faulting and self.rng.random() < CRASH_MID_REQUEST:
+            # The process dies with its calls on the wire: some replicas get
+            # them, none of the answers come back, no hint is held.
+            self.crash(coordinator)
+            self.at(self.rng.randint(200, 2_000), partial(self.restart, coordinator))
+            return
         for hint in ready.hints:
             self.nodes[coordinator].engine.apply([Mutation(hint.record, hint_for=hint.node_id)])
         for repair in ready.repairs:
