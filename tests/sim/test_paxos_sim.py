@@ -74,6 +74,8 @@ class Proposer:
     replies: dict[str, Any] = field(default_factory=dict)
     waited: int = 0
     mine: set[Version] = field(default_factory=set)
+    repairing: Record | None = None
+    behind: frozenset[str] = frozenset()
     acknowledged: list[Record] = field(default_factory=list)
     ops_left: int = 3
 
@@ -120,16 +122,29 @@ class Simulation:
                 "propose": propose_step,
                 "commit": commit_step,
             }
+            if kind == "repair":
+                # A plain replica write, by version (not an acceptor step).
+                if acceptor.record is None or body.version > acceptor.record.version:
+                    acceptor.record = body
+                self.send(sender, to, kind, (body, True))
+                return
             answer = acceptor.run(steps[kind](body))
             self.send(sender, to, kind, (body, answer))
             return
         proposer = next(p for p in self.proposers if p.name == to)
         sent, answer = body
-        expected_body = proposer.ballot if kind == "prepare" else proposer.proposal
+        expected_body = {
+            "prepare": proposer.ballot,
+            "repair": proposer.repairing,
+        }.get(kind, proposer.proposal)
         if kind != proposer.phase or sent != expected_body:
             return  # a reply to an earlier round
         proposer.replies[sender] = answer
-        if len(proposer.replies) >= QUORUM:
+        if kind == "repair":
+            if proposer.behind <= proposer.replies.keys():
+                assert proposer.repairing is not None
+                self.build_on(proposer, proposer.repairing)
+        elif len(proposer.replies) >= QUORUM:
             self.advance(proposer)
 
     def advance(self, proposer: Proposer) -> None:
@@ -145,21 +160,26 @@ class Simulation:
                 self.propose(proposer, Proposal(proposer.ballot, decision.proposal.record))
             else:
                 current = decision.current
-                if current is not None and current.version in proposer.mine:
-                    self.finish_op(proposer, current)
+                # The newest copy may be a round's commit that reached only
+                # some replicas: the coordinator writes it to the rest of its
+                # quorum before it builds on it or acknowledges it.
+                behind = frozenset(
+                    name
+                    for name, promise in proposer.replies.items()
+                    if current is not None
+                    and (promise.current is None or promise.current.version < current.version)
+                )
+                if behind:
+                    assert current is not None
+                    proposer.phase = "repair"
+                    proposer.repairing = current
+                    proposer.behind = behind
+                    proposer.replies = {}
+                    proposer.waited = 0
+                    for name in behind:
+                        self.send(name, proposer.name, "repair", current)
                     return
-                try:
-                    check_precondition(proposer.expected, current, 0)
-                except PreconditionFailed:
-                    self.finish_op(proposer, None)
-                    return
-                proposer.clock = max(proposer.clock, current.version.timestamp if current else 0)
-                proposer.clock += 1
-                version = Version(proposer.clock, proposer.name)
-                proposer.mine.add(version)
-                record = Record(KEY, str(proposer.base + 1).encode(), version)
-                proposer.finishing = False
-                self.propose(proposer, Proposal(proposer.ballot, record))
+                self.build_on(proposer, current)
         elif proposer.phase == "propose":
             assert proposer.proposal is not None
             if not all(proposer.replies.values()):
@@ -175,6 +195,26 @@ class Simulation:
             else:
                 self.finish_op(proposer, record)
 
+    def build_on(self, proposer: Proposer, current: Record | None) -> None:
+        """The ballot holds a quorum that all have ``current``: acknowledge it if
+        it is this proposer's own write, or check and propose past it."""
+        assert proposer.ballot is not None
+        if current is not None and current.version in proposer.mine:
+            self.finish_op(proposer, current)
+            return
+        try:
+            check_precondition(proposer.expected, current, 0)
+        except PreconditionFailed:
+            self.finish_op(proposer, None)
+            return
+        proposer.clock = max(proposer.clock, current.version.timestamp if current else 0)
+        proposer.clock += 1
+        version = Version(proposer.clock, proposer.name)
+        proposer.mine.add(version)
+        record = Record(KEY, str(proposer.base + 1).encode(), version)
+        proposer.finishing = False
+        self.propose(proposer, Proposal(proposer.ballot, record))
+
     def propose(self, proposer: Proposer, proposal: Proposal) -> None:
         proposer.phase = "propose"
         proposer.proposal = proposal
@@ -182,6 +222,13 @@ class Simulation:
 
     def finish_op(self, proposer: Proposer, acknowledged: Record | None) -> None:
         if acknowledged is not None:
+            # Acknowledged: a LINEARIZABLE read of any quorum must now see it.
+            holding = sum(
+                1
+                for acceptor in self.acceptors.values()
+                if acceptor.record is not None and acceptor.record.version >= acknowledged.version
+            )
+            assert holding >= QUORUM, f"{acknowledged} acknowledged on {holding} acceptors"
             proposer.acknowledged.append(acknowledged)
         proposer.phase = "idle"
         proposer.ops_left -= 1

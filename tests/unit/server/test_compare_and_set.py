@@ -10,7 +10,7 @@ import pytest
 from ringkv.core.consistency import Consistency
 from ringkv.core.errors import PreconditionFailed, Unavailable
 from ringkv.core.hlc import Version
-from ringkv.core.paxos import Ballot, Proposal, prepare_step, propose_step
+from ringkv.core.paxos import Ballot, Proposal, commit_step, prepare_step, propose_step
 from ringkv.core.records import EXPECT_ABSENT, Record
 from tests.support.replicas import Node, cluster, run
 
@@ -74,6 +74,41 @@ def test_a_proposal_left_accepted_is_finished_by_the_next_round(tmp_path: Path) 
             read = await nodes["d"].coordinator.read(key, Consistency.LINEARIZABLE, 5.0)
             assert read == left.record
             assert sum(nodes[n].engine.get(key) == left.record for n in replicas) >= 2
+
+    run(scenario())
+
+
+def test_a_commit_that_reached_one_replica_is_spread_to_the_quorum_before_any_answer(
+    tmp_path: Path,
+) -> None:
+    """A round's commit broke off after one replica applied it: that replica's
+    copy is the newest a prepare finds. Acknowledged (or built on) as it
+    stands, a LINEARIZABLE read of the other replicas would miss it (the
+    fault matrix, seed 6: a read older than an acknowledged CAS)."""
+
+    async def scenario() -> None:
+        async with cluster(tmp_path, SETTLED) as nodes:
+            key = b"half-committed"
+            first, second, third = nodes["a"].view.replica_sets(key).current
+            left = Proposal(Ballot(1, "x"), Record(key, b"chosen", Version(1, "x")))
+            for node_id in (first, second):
+                store = nodes[node_id].store
+                await store.paxos(key, prepare_step(left.ballot))
+                assert await store.paxos(key, propose_step(left))
+            await nodes[first].store.paxos(key, commit_step(left))
+            assert nodes[first].engine.get(key) == left.record
+            assert nodes[second].engine.get(key) is None
+            # The coordinator (not a replica) reaches only the one that
+            # committed and one that did not.
+            outsider = next(n for n in nodes if n not in (first, second, third))
+            coordinator = nodes[outsider]
+            coordinator.view.peers[third].alive = False
+
+            with pytest.raises(PreconditionFailed):
+                await coordinator.coordinator.write(
+                    key, b"mine", level=Consistency.QUORUM, timeout_s=5.0, expected=EXPECT_ABSENT
+                )
+            assert nodes[second].engine.get(key) == left.record
 
     run(scenario())
 

@@ -137,6 +137,8 @@ class CompareAndSet:
                 return Swapped(unfinished.record, None)
             return None
         current = decision.current
+        if current is not None:
+            await self._spread(promises, current, deadline)
         if current is not None and current.version in mine:
             return Swapped(current, None)  # An earlier attempt's proposal, finished by another.
         check_precondition(expected, current, now_ms())
@@ -159,6 +161,43 @@ class CompareAndSet:
             return False
         await self._round(sets, targets, lambda node: self._commit(node, proposal), deadline)
         return True
+
+    async def _spread(self, promises: dict[str, Promise], current: Record, deadline: float) -> None:
+        """Write ``current`` to the promisers whose copy is older, and wait for all.
+
+        The newest copy may be a round's commit that reached only some
+        replicas (its commit round broke off): acknowledged, or built on, as
+        it stands, a LINEARIZABLE read of a quorum without those replicas
+        would not see it. As Cassandra commits the most recent commit to the
+        replicas of the quorum that miss it before it proposes.
+        """
+        behind = [
+            node
+            for node, promise in promises.items()
+            if promise.current is None or promise.current.version < current.version
+        ]
+        if not behind:
+            return
+        loop = asyncio.get_running_loop()
+        writes = asyncio.gather(
+            *(self._write(node, current) for node in behind), return_exceptions=True
+        )
+        try:
+            results = await asyncio.wait_for(writes, timeout=max(0.0, deadline - loop.time()))
+        except TimeoutError:
+            raise RoundFailed("the newest copy could not be spread to its quorum in time") from None
+        errors = [result for result in results if isinstance(result, BaseException)]
+        for error in errors:
+            if isinstance(error, StaleMemberTable):
+                raise error
+        if errors:
+            raise RoundFailed(f"the newest copy could not be spread to its quorum: {errors[0]}")
+
+    async def _write(self, node: str, record: Record) -> None:
+        if node == self._view.node_id:
+            await self._store.apply(record)
+            return
+        await self._view.peers[node].write(record)
 
     def _plan(self, key: bytes) -> tuple[ReplicaSets, list[str]]:
         """The key's home replicas (both rings during a change) that are up."""
