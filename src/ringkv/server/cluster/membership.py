@@ -387,6 +387,11 @@ class MembershipManager:
                 self._save()  # Before any reply or claim leaves this node.
             except StorageFull as error:
                 log.warning("vote not saved; not acting on it", extra={"error": error.message})
+                # The leader it knew may be deposed, and it cannot follow a new
+                # one (nor lead) on a term the disk does not back: it names no
+                # leader until it can (matrix seed 28: a node on a full disk
+                # answered "I lead term 51" while another led term 63).
+                self._view.leader_id = ""
                 self._update_lease()
                 return False
         self._view.leader_id = election.leader or ""

@@ -1,0 +1,119 @@
+"""MembershipManager on its own: a real manager, view and saved file, its clock
+in the test's hands, heartbeats fed to it as the Cluster service would.
+
+Its peers are addresses nobody listens on, so nothing it sends is answered:
+what it does follows from the calls made to it here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+
+from ringkv.api import kv_pb2
+from ringkv.core.election import ElectionConfig
+from ringkv.core.errors import StorageFull
+from ringkv.core.hlc import HybridLogicalClock
+from ringkv.core.membership import Member, Membership, RingMaker
+from ringkv.server.cluster.cluster_view import ClusterView
+from ringkv.server.cluster.leader_lease import LeaderLease
+from ringkv.server.cluster.membership import MembershipManager
+from ringkv.server.cluster.membership_file import MembershipFile, SavedState
+from ringkv.server.transport.peers import Peer
+from ringkv.server.transport.wire import membership_to_wire
+from tests.support.nodes import free_ports
+
+ELECTION = ElectionConfig(
+    heartbeat_interval_ms=100, election_timeout_ms=1_000, answer_timeout_ms=50, jitter_ms=0
+)
+
+
+class FillableFile(MembershipFile):
+    """``cluster.json`` on a disk the test can fill."""
+
+    full = False
+
+    def save(self, state: SavedState) -> None:
+        if self.full:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        super().save(state)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now_ms = 1_000_000
+
+    def __call__(self) -> int:
+        return self.now_ms
+
+
+@asynccontextmanager
+async def manager(
+    tmp_path: Path,
+) -> AsyncIterator[tuple[MembershipManager, FillableFile, ClusterView]]:
+    ports = free_ports(3)
+    table = Membership(
+        1, tuple(Member(n, f"127.0.0.1:{p}") for n, p in zip("abc", ports, strict=True))
+    )
+    clock = HybridLogicalClock("a")
+    view = ClusterView(
+        "a", table, 3, RingMaker(8), lambda node, address: Peer(node, address, clock, 0.2)
+    )
+    saved = FillableFile(tmp_path)
+    saved.save(SavedState(table, 0, None))
+    now = Clock()
+    membership = MembershipManager(
+        view,
+        address=table.addresses["a"],
+        seeds={},
+        saved=saved,
+        election=ELECTION,
+        remove_dead_after_ms=60_000,
+        rings=RingMaker(8),
+        on_removed=lambda: None,
+        lease=LeaderLease(ELECTION.election_timeout_ms, now),
+        now_ms=now,
+    )
+    membership.start()
+    try:
+        yield membership, saved, view
+    finally:
+        await membership.close()
+
+
+def claim(membership: MembershipManager, leader: str, term: int) -> kv_pb2.HeartbeatResponse:
+    return membership.on_heartbeat(
+        kv_pb2.HeartbeatRequest(
+            node_id=leader,
+            term=term,
+            is_leader=True,
+            claim=True,
+            members=membership_to_wire(membership.membership, {}),
+        )
+    )
+
+
+def test_a_node_that_cannot_save_a_new_vote_names_no_leader(tmp_path: Path) -> None:
+    """Matrix seed 28: on a full disk, a node went on answering with the leader
+    it knew while another led a newer term."""
+
+    async def scenario() -> None:
+        async with manager(tmp_path) as (membership, saved, view):
+            assert claim(membership, "c", 5).accepted
+            assert (view.leader_id, view.term) == ("c", 5)
+
+            saved.full = True
+            with pytest.raises(StorageFull):
+                claim(membership, "c", 6)
+            assert view.leader_id == ""
+
+            saved.full = False
+            assert claim(membership, "c", 7).accepted
+            assert (view.leader_id, view.term) == ("c", 7)
+
+    asyncio.run(scenario())
