@@ -64,7 +64,7 @@ from ringkv.core.coordination import (
     stamp,
 )
 from ringkv.core.errors import RingkvError, StaleMemberTable, Unavailable
-from ringkv.core.hlc import HybridLogicalClock, Version
+from ringkv.core.hlc import HybridLogicalClock, Version, next_mark
 from ringkv.core.linearizability import Operation, OpKind, Verdict, check_history
 from ringkv.core.quorum import ReplicaSets
 from ringkv.core.records import Mutation, Record, ack
@@ -123,6 +123,9 @@ class Node:
     """The failure detector's view: refreshed from the truth now and then."""
     epoch: int = 1
     """The member table this node is on (0: not a member yet); kept across restarts."""
+    mark: int = 0
+    """The persisted bound above every timestamp issued (``hlc.next_mark``); kept
+    across restarts, as the server keeps it in its data dir."""
 
     def __post_init__(self) -> None:
         self.clock = HybridLogicalClock(self.node_id)
@@ -269,9 +272,10 @@ class Simulation:
         state = self.nodes[node]
         if not state.up:
             state.up = True
-            state.clock = HybridLogicalClock(
-                node
-            )  # the clock restarts; the engine kept its records
+            # The engine kept its records; the clock restarts from the wall
+            # clock, past the persisted mark.
+            state.clock = HybridLogicalClock(node)
+            state.clock.observe(state.mark)
 
     def heal(self) -> None:
         self.faulting = False
@@ -370,6 +374,10 @@ class Simulation:
 
     def start_write(self, op: Op, coordinator: str) -> None:
         state = self.nodes[coordinator]
+        # As the coordinator does before it stamps: the mark moves ahead first.
+        mark = next_mark(state.clock.last, self.wall_ms(coordinator), state.mark)
+        if mark is not None:
+            state.mark = mark
         record = stamp(
             state.clock,
             self.wall_ms(coordinator),

@@ -21,6 +21,7 @@ import grpc
 from ringkv.core.hlc import HybridLogicalClock
 from ringkv.core.membership import Member, Membership, MemberStatus, RingMaker
 from ringkv.server.cluster.clock_guard import ClockGuard
+from ringkv.server.cluster.clock_mark import ClockMark
 from ringkv.server.cluster.cluster_view import ClusterView
 from ringkv.server.cluster.leader_lease import LeaderLease
 from ringkv.server.counters import Counters
@@ -108,7 +109,14 @@ async def _start(  # noqa: PLR0917 (one node of the fixture)
     lease = LeaderLease(1000, lambda: 0)
     lease.exempt(True)
     coordinator = Coordinator(
-        view, store, clock, now_ms, Counters(), clock_guard=guard, lease=lease
+        view,
+        store,
+        clock,
+        now_ms,
+        Counters(),
+        clock_guard=guard,
+        lease=lease,
+        clock_mark=ClockMark(root / node_id, clock, now_ms),
     )
     stack.push_async_callback(coordinator.close)
     service = ReplicaService(store, clock, now_ms, engine=engine, tables=view)

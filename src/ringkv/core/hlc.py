@@ -13,6 +13,27 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 LOGICAL_BITS = 16
+MARK_WINDOW_MS = 10_000
+"""How far past the clock a node's persisted mark is put (``next_mark``)."""
+
+
+def next_mark(last: int, now_ms: int, mark: int) -> int | None:
+    """The new persisted mark once the next stamp (above ``last``, at least
+    ``now_ms``) would come within half a window of ``mark``; None while the
+    mark is far enough ahead.
+
+    A version is (timestamp, node id): two writes of one key that one node
+    stamped alike are one version to every replica, and the later is taken
+    for a copy of the earlier. The clock restarts from the wall clock, which
+    may be behind what the node issued before it stopped (its clock ran ahead
+    observing peers, or the wall clock was stepped back). So a node keeps a
+    mark above every timestamp it issues, moved ahead by this rule before a
+    stamp could reach it, and its clock starts past the mark.
+    """
+    upcoming = max(last, now_ms << LOGICAL_BITS)
+    if upcoming + ((MARK_WINDOW_MS // 2) << LOGICAL_BITS) < mark:
+        return None
+    return upcoming + (MARK_WINDOW_MS << LOGICAL_BITS)
 
 
 def physical_ms(timestamp: int) -> int:

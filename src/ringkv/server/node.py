@@ -19,6 +19,7 @@ from ringkv.core.errors import Unavailable
 from ringkv.core.hlc import HybridLogicalClock
 from ringkv.core.membership import Membership, RingMaker
 from ringkv.server.cluster.clock_guard import ClockGuard, ClockProber
+from ringkv.server.cluster.clock_mark import ClockMark
 from ringkv.server.cluster.cluster_view import ClusterView
 from ringkv.server.cluster.leader_lease import LeaderLease
 from ringkv.server.cluster.membership import MembershipManager, monotonic_ms
@@ -92,6 +93,8 @@ async def serve(
             now_ms=now_ms,
             max_peer_lead_ms=round(config.max_clock_offset_s * 1000),
         )
+        clock_mark = ClockMark(config.data_path if config.engine == "lmdb" else None, clock, now_ms)
+        clock_mark.resume()
         counters = Counters()
 
         def offer_table(table: Membership) -> None:
@@ -145,7 +148,14 @@ async def serve(
         resources.push_async_callback(clock_prober.close)
         lease = LeaderLease(int(config.election_timeout_s * 1000), monotonic_ms)
         coordinator = Coordinator(
-            view, store, clock, now_ms, counters, clock_guard=clock_guard, lease=lease
+            view,
+            store,
+            clock,
+            now_ms,
+            counters,
+            clock_guard=clock_guard,
+            lease=lease,
+            clock_mark=clock_mark,
         )
         resources.push_async_callback(coordinator.close)
         replayer = HintReplayer(

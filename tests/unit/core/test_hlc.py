@@ -8,7 +8,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ringkv.core.hlc import LOGICAL_BITS, HybridLogicalClock, Version, physical_ms
+from ringkv.core.hlc import (
+    LOGICAL_BITS,
+    MARK_WINDOW_MS,
+    HybridLogicalClock,
+    Version,
+    next_mark,
+    physical_ms,
+)
 
 MINUTE_MS = 60_000
 TEN_MINUTES_MS = 10 * MINUTE_MS
@@ -404,3 +411,23 @@ def test_without_a_bound_a_peer_clock_is_adopted_in_full() -> None:
     clock = HybridLogicalClock("n1")
     clock.observe_peer(90_000 << LOGICAL_BITS)
     assert physical_ms(clock.last) == 90_000
+
+
+def test_the_mark_moves_ahead_only_when_the_next_stamp_comes_near_it() -> None:
+    window = MARK_WINDOW_MS << LOGICAL_BITS
+    mark = next_mark(0, 1_000, 0)
+    assert mark == (1_000 << LOGICAL_BITS) + window
+    # Far enough ahead of the clock and of the wall clock: stays.
+    assert next_mark(1_000 << LOGICAL_BITS, 1_000 + MARK_WINDOW_MS // 2 - 1, mark) is None
+    # Half a window away, by the clock or by the wall clock: moves a window past it.
+    near = (1_000 + MARK_WINDOW_MS // 2) << LOGICAL_BITS
+    assert next_mark(near, 0, mark) == near + window
+    assert next_mark(0, 1_000 + MARK_WINDOW_MS // 2, mark) == near + window
+
+
+@given(st.integers(0, 1 << 60), st.integers(0, 1 << 40), st.integers(0, 1 << 60))
+def test_a_stamp_after_the_mark_moved_stays_below_it(last: int, now_ms: int, mark: int) -> None:
+    clock = HybridLogicalClock("a")
+    clock.observe(last)
+    mark = next_mark(last, now_ms, mark) or mark
+    assert clock.tick(now_ms).timestamp < mark

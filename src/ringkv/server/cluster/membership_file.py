@@ -9,11 +9,11 @@ atomically (write, fsync, rename, fsync the directory) on every change.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from ringkv.core.membership import Member, Membership, MemberStatus
+from ringkv.server.cluster.durable_file import replace_durably
 
 FILE_NAME = "cluster.json"
 
@@ -71,16 +71,5 @@ class MembershipFile:
             "term_leader": state.term_leader,
             "decommissioned": state.decommissioned,
         }
-        self._path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = self._path.with_suffix(".tmp")
-        with temporary.open("w") as file:
-            json.dump(document, file, indent=1)
-            file.flush()
-            os.fsync(file.fileno())
-        temporary.replace(self._path)
-        directory = os.open(self._path.parent, os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
+        replace_durably(self._path, json.dumps(document, indent=1))
         self._on_disk = state

@@ -39,6 +39,7 @@ from ringkv.core.hlc import HybridLogicalClock
 from ringkv.core.quorum import Target
 from ringkv.core.records import Record, ReplicaAck, ack
 from ringkv.server.cluster.clock_guard import ClockGuard
+from ringkv.server.cluster.clock_mark import ClockMark
 from ringkv.server.cluster.cluster_view import ClusterView
 from ringkv.server.cluster.leader_lease import LeaderLease
 from ringkv.server.counters import Counters
@@ -63,8 +64,10 @@ class Coordinator:
         *,
         clock_guard: ClockGuard,
         lease: LeaderLease,
+        clock_mark: ClockMark,
     ) -> None:
         self._counters = counters
+        self._clock_mark = clock_mark
         self._clock_guard = clock_guard
         self._lease = lease
         self._view = view
@@ -128,6 +131,7 @@ class Coordinator:
         deadline = _deadline(timeout_s)
         await self._require_lease(key, level, clock_wait_s)
         await self._clock_guard.require_soon(clock_wait_s)
+        await self._clock_mark.stay_ahead()
         conditional = expected is not None or level is Consistency.LINEARIZABLE
         if not conditional and not self._key_locks.held(key):
             record = self._stamp(key, value, tombstone, ttl_ms)
