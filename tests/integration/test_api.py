@@ -23,7 +23,7 @@ from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 import ringkv
-from ringkv.api import kv_pb2, kv_pb2_grpc
+from ringkv.api import kv_pb2, kv_pb2_grpc, replica_pb2, replica_pb2_grpc
 from ringkv.client.requests import Level
 from ringkv.core.errors import (
     InvalidArgument,
@@ -636,6 +636,71 @@ def test_cluster_state_is_a_cluster_of_one(channel: grpc.Channel, node: NodeProc
     # A lone node is its own majority: it leads from the start, in term 1.
     assert (state.leader_id, state.term, state.epoch) == (NODE_ID, 1, 1)
     assert [(m.node_id, m.state, m.status) for m in state.members] == [(NODE_ID, "alive", "normal")]
+
+
+@pytest.mark.parametrize(
+    ("node_id", "address"),
+    [
+        ("bad id,=", "127.0.0.1:9"),
+        ("", "127.0.0.1:9"),
+        ("n" * 65, "127.0.0.1:9"),
+        ("ok", "nowhere"),
+    ],
+)
+def test_a_join_with_a_malformed_id_or_address_is_refused_and_changes_nothing(
+    channel: grpc.Channel, node_id: str, address: str
+) -> None:
+    """An id followers cannot parse in a member table would make them refuse
+    every heartbeat, and the cluster would lose its leader for good."""
+    cluster = kv_pb2_grpc.ClusterStub(channel)
+    with pytest.raises(grpc.RpcError) as refused:
+        cluster.Join(kv_pb2.JoinRequest(node_id=node_id, address=address), timeout=CALL_TIMEOUT_S)
+    assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert error_info(refused.value).reason == "INVALID_MEMBER"
+    state = cluster.GetClusterState(kv_pb2.GetClusterStateRequest(), timeout=CALL_TIMEOUT_S)
+    assert (list(state.node_ids), state.epoch) == ([NODE_ID], 1)
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        replica_pb2.Record(
+            key=b"", value=b"v", version=replica_pb2.Version(timestamp=1, node_id="x")
+        ),
+        replica_pb2.Record(
+            key=b"\xff", value=b"v", version=replica_pb2.Version(timestamp=1, node_id="x")
+        ),
+        replica_pb2.Record(
+            key=b"neg", value=b"v", version=replica_pb2.Version(timestamp=-1, node_id="x")
+        ),
+        replica_pb2.Record(
+            key=b"id", value=b"v", version=replica_pb2.Version(timestamp=1, node_id="a b")
+        ),
+        replica_pb2.Record(
+            key=b"big",
+            value=b"v" * (2 << 20),
+            version=replica_pb2.Version(timestamp=1, node_id="x"),
+        ),
+    ],
+)
+def test_a_replica_write_of_a_malformed_record_is_refused_and_stores_nothing(
+    channel: grpc.Channel, kv: KV, record: replica_pb2.Record
+) -> None:
+    """A member's records meet the client API's limits: a peer (or anyone who
+    reaches the member API) cannot store what a client could not."""
+    replica = replica_pb2_grpc.ReplicaStub(channel)
+    with pytest.raises(grpc.RpcError) as refused:
+        replica.Write(replica_pb2.WriteRequest(records=[record]), timeout=CALL_TIMEOUT_S)
+    assert refused.value.code() in (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    )
+    # Planned on a table far ahead of the node's, so the node serves the read.
+    ahead = replica_pb2.Fence(epoch=1 << 40)
+    read = replica.Read(
+        replica_pb2.ReadRequest(keys=[record.key], fence=ahead), timeout=CALL_TIMEOUT_S
+    )
+    assert not read.results[0].found
 
 
 def test_heartbeat_and_request_vote_answer(channel: grpc.Channel) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ringkv.core.errors import InvalidArgument, ValueTooLarge
-from ringkv.core.records import EXPECT_ABSENT
+from ringkv.core.records import EXPECT_ABSENT, Record
 
 MAX_KEY_BYTES = 4096
 DEFAULT_MAX_VALUE_BYTES = 1 << 20
@@ -70,3 +70,41 @@ def expected_version(version: int) -> int | None:
             reason="INVALID_VERSION",
         )
     return version
+
+
+def node_id(text: str) -> str:
+    """A node id: 1-64 printable ASCII characters without spaces, commas or '='.
+
+    ASCII keeps ids at 64 bytes, which bounds the storage keys they are part of.
+    """
+    if not 0 < len(text) <= 64 or any(c.isspace() or c in ",=" for c in text):
+        raise InvalidArgument(
+            f"node id {text!r} must be 1-64 characters without spaces, commas or '='",
+            reason="INVALID_NODE_ID",
+        )
+    if not (text.isascii() and text.isprintable()):
+        raise InvalidArgument(f"node id {text!r} must be printable ASCII", reason="INVALID_NODE_ID")
+    return text
+
+
+def replica_record(record: Record, limits: Limits) -> Record:
+    """A record a peer sent, held to the client API's limits: a member's
+    messages are trusted no more than a client's."""
+    try:
+        key = record.key.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidArgument("key is not valid UTF-8", reason="INVALID_UTF8") from exc
+    limits.key(key)
+    limits.value(record.value)
+    node_id(record.version.node_id)
+    if record.version.timestamp <= 0:
+        raise InvalidArgument(
+            f"version timestamp must be positive, got {record.version.timestamp}",
+            reason="INVALID_VERSION",
+        )
+    if record.expires_at_ms < 0 or (record.tombstone and record.value):
+        raise InvalidArgument(
+            "a record's expiry must not be negative, and a tombstone has no value",
+            reason="INVALID_RECORD",
+        )
+    return record

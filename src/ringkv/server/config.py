@@ -6,7 +6,9 @@ import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ringkv.core import validation
 from ringkv.core.consistency import Consistency
+from ringkv.core.errors import InvalidArgument
 from ringkv.core.ring import DEFAULT_VNODES_PER_NODE
 from ringkv.core.validation import DEFAULT_MAX_VALUE_BYTES, Limits
 from ringkv.storage import ENGINE_KINDS, FsyncMode
@@ -103,17 +105,11 @@ def parse_peers(text: str, *, self_id: str) -> tuple[Peer, ...]:
 
 
 def validate_node_id(node_id: str) -> str:
-    """A node id: 1-64 printable ASCII characters without spaces, commas or '='.
-
-    ASCII keeps ids at 64 bytes, which bounds the storage keys they are part of.
-    """
-    if not 0 < len(node_id) <= 64 or any(c.isspace() or c in ",=" for c in node_id):
-        raise ConfigError(
-            f"node id {node_id!r} must be 1-64 characters without spaces, commas or '='"
-        )
-    if not (node_id.isascii() and node_id.isprintable()):
-        raise ConfigError(f"node id {node_id!r} must be printable ASCII")
-    return node_id
+    """``validation.node_id`` for configuration: ConfigError when it is not one."""
+    try:
+        return validation.node_id(node_id)
+    except InvalidArgument as error:
+        raise ConfigError(error.message) from None
 
 
 @dataclass(frozen=True, slots=True)

@@ -234,7 +234,7 @@ async def serve(
                 member_port_offset=security.member_port_offset,
                 rebalancer=rebalancer,
             ),
-            ReplicaService(store, clock, now_ms, engine=engine, tables=view),
+            ReplicaService(store, clock, now_ms, engine=engine, tables=view, limits=config.limits),
             AdminService(
                 config.node_id,
                 engine,

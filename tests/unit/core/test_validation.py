@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ringkv.core.errors import InvalidArgument, ResourceExhausted, ValueTooLarge
-from ringkv.core.records import EXPECT_ABSENT
+from ringkv.core.hlc import Version
+from ringkv.core.records import EXPECT_ABSENT, Record
 from ringkv.core.validation import (
     DEFAULT_MAX_VALUE_BYTES,
     MAX_KEY_BYTES,
     MAX_TTL_MS,
     Limits,
     expected_version,
+    node_id,
+    replica_record,
     ttl_ms,
 )
 
@@ -198,3 +203,42 @@ def test_version_below_minus_one_is_rejected(version: int) -> None:
     with pytest.raises(InvalidArgument) as info:
         expected_version(version)
     assert info.value.reason == "INVALID_VERSION"
+
+
+GOOD = Record(b"key", b"value", Version(1 << 20, "node1"))
+
+
+@pytest.mark.parametrize(
+    ("record", "reason"),
+    [
+        (replace(GOOD, key=b""), "EMPTY_KEY"),
+        (replace(GOOD, key=b"\xff\xfe"), "INVALID_UTF8"),
+        (replace(GOOD, key=b"k" * (MAX_KEY_BYTES + 1)), "KEY_TOO_LARGE"),
+        (replace(GOOD, value=b"v" * (DEFAULT_MAX_VALUE_BYTES + 1)), "VALUE_TOO_LARGE"),
+        (replace(GOOD, version=Version(-5, "node1")), "INVALID_VERSION"),
+        (replace(GOOD, version=Version(0, "node1")), "INVALID_VERSION"),
+        (replace(GOOD, version=Version(1, "bad id,=")), "INVALID_NODE_ID"),
+        (replace(GOOD, expires_at_ms=-1), "INVALID_RECORD"),
+        (replace(GOOD, tombstone=True), "INVALID_RECORD"),
+    ],
+)
+def test_a_record_from_a_peer_meets_the_client_api_limits(record: Record, reason: str) -> None:
+    with pytest.raises((InvalidArgument, ValueTooLarge)) as refused:
+        replica_record(record, Limits())
+    assert refused.value.reason == reason
+
+
+def test_a_well_formed_record_from_a_peer_passes() -> None:
+    assert replica_record(GOOD, Limits()) == GOOD
+    deleted = replace(GOOD, value=b"", tombstone=True)
+    assert replica_record(deleted, Limits()) == deleted
+
+
+@given(st.text(min_size=1, max_size=64))
+def test_node_ids_are_printable_ascii_without_separators(text: str) -> None:
+    fine = text.isascii() and text.isprintable() and not any(c.isspace() or c in ",=" for c in text)
+    if fine:
+        assert node_id(text) == text
+    else:
+        with pytest.raises(InvalidArgument):
+            node_id(text)

@@ -10,10 +10,11 @@ member table through the leader; ``Repair`` runs anti-entropy now.
 from __future__ import annotations
 
 from ringkv.api import kv_pb2
-from ringkv.core.errors import Unavailable
+from ringkv.core.errors import InvalidArgument, Unavailable
 from ringkv.server.cluster.clock_guard import ClockGuard
 from ringkv.server.cluster.cluster_view import ClusterView
 from ringkv.server.cluster.membership import MembershipManager
+from ringkv.server.config import ConfigError, HostPort, validate_node_id
 from ringkv.server.counters import Counters
 from ringkv.server.data.anti_entropy import RepairSchedule
 from ringkv.server.data.rebalance import Rebalancer
@@ -70,6 +71,15 @@ class ClusterService:
         return self._membership.on_request_vote(request)
 
     async def join(self, request: kv_pb2.JoinRequest, _: Context) -> kv_pb2.JoinResponse:
+        # Checked here, before any leader sees it: an id followers cannot
+        # parse in a member table would make them refuse every heartbeat.
+        try:
+            validate_node_id(request.node_id)
+            HostPort.parse(request.address, what="the joiner's address")
+        except ConfigError as error:
+            raise InvalidArgument(
+                f"cannot admit {request.node_id!r}: {error}", reason="INVALID_MEMBER"
+            ) from None
         return await self._membership.on_join(request)
 
     async def remove_node(

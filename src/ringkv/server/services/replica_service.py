@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from ringkv.api import kv_pb2, replica_pb2
-from ringkv.core import paxos
+from ringkv.core import paxos, validation
 from ringkv.core.errors import InvalidArgument, PreconditionFailed
 from ringkv.core.hlc import HybridLogicalClock
 from ringkv.core.membership import Liveness, Membership
@@ -17,6 +17,7 @@ from ringkv.core.merkle import MAX_DEPTH
 from ringkv.core.records import Record, ack
 from ringkv.core.ring import TOKEN_SPACE
 from ringkv.core.tokens import token_of
+from ringkv.core.validation import Limits
 from ringkv.server.data.anti_entropy import span_tree
 from ringkv.server.data.local_store import LocalStore
 from ringkv.server.transport.rpc import Context, Method
@@ -64,8 +65,11 @@ class ReplicaService:
         *,
         engine: Engine,
         tables: MemberTableHolder | None = None,
+        limits: Limits | None = None,
     ) -> None:
         self._store = store
+        self._limits = limits or Limits()
+        """The node's key and value limits, which records from peers must meet too."""
         self._tables = tables
         """Fences reads and writes by member table; None in tests of one replica alone."""
         self._clock = clock
@@ -161,12 +165,16 @@ class ReplicaService:
     async def write(
         self, request: replica_pb2.WriteRequest, _: Context
     ) -> replica_pb2.WriteResponse:
+        hint_for = request.hint_for or None
+        if hint_for is not None:
+            validation.node_id(hint_for)
+        records = [
+            validation.replica_record(record_from_wire(r), self._limits) for r in request.records
+        ]
         self._clock.observe_peer(request.clock)
         newer = self._newer_table(request.fence)
         if newer is not None:
             return replica_pb2.WriteResponse(newer_table=newer, clock=self._clock.last)
-        hint_for = request.hint_for or None
-        records = [record_from_wire(r) for r in request.records]
         # The call's records go to one commit; one that cannot be stored fails
         # alone, not the others in the call.
         applied = await self._store.apply_many(records, hint_for=hint_for)
