@@ -91,3 +91,19 @@ def leader_drain_ms() -> int:
     leader.adopted_table(THREE, 0)
     step(leader, THREE, 0)
     return leader.leases_drained_at_ms()
+
+
+def test_a_joiner_admitted_while_leading_that_never_comes_up_is_dropped() -> None:
+    leader = duties()
+    step(leader, THREE, 0)
+    phantom = THREE.with_joining("n4", "a:4", term=1)
+    leader.adopted_table(phantom, 1_000)
+    for now in range(1_000, 1_000 + REMOVE_DEAD_AFTER_MS + 2 * TIMEOUT_MS, HEARTBEAT_MS):
+        for node in ("n2", "n3"):
+            leader.answered(node, synced=phantom.epoch, adopted=phantom.epoch, now_ms=now)
+    silent = step(leader, phantom, 1_000 + TIMEOUT_MS)
+    assert silent is not None and silent[0]["n4"] is Liveness.DEAD
+    dropped = step(leader, phantom, 1_000 + REMOVE_DEAD_AFTER_MS + TIMEOUT_MS)
+    assert dropped is not None
+    change = dropped[1]
+    assert change is not None and change.get("n4") is None and not change.changing

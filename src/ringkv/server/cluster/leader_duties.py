@@ -70,9 +70,12 @@ class LeaderDuties:
         self._adopted[node_id] = adopted
 
     def adopted_table(self, table: Membership, now_ms: int) -> None:
-        """This node adopted ``table``: forget members no longer in it."""
+        """This node adopted ``table``: forget members no longer in it, and watch
+        new ones from now (one never heard from would otherwise never go
+        silent: a joiner that never came up would hold the change open for good)."""
         self._table_since_ms = now_ms
         self._detector.forget(set(self._synced) - set(table.node_ids))
+        self._detector.watch(table.node_ids, now_ms)
 
     def step(
         self,
