@@ -29,7 +29,8 @@ repairs its replicas. The checks:
   write to the key was acknowledged ends with the larger version, and a read
   at those levels invoked after it returns that version or a later one;
 - the LINEARIZABLE keys' histories are linearizable (``core.linearizability``);
-- every replica of a key holds the same version after the heal.
+- every replica of a key holds the same version after the heal;
+- no two acknowledged writes share a version (a node never stamps alike).
 
 What the sim adds around the machines is what the server's shell adds: the
 read before a LINEARIZABLE write, delivery of held hints, range pulls, the
@@ -374,10 +375,10 @@ class Simulation:
 
     def start_write(self, op: Op, coordinator: str) -> None:
         state = self.nodes[coordinator]
-        # As the coordinator does before it stamps: the mark moves ahead first.
-        mark = next_mark(state.clock.last, self.wall_ms(coordinator), state.mark)
-        if mark is not None:
-            state.mark = mark
+        local = state.engine.get(op.key)
+        if local is not None:
+            state.clock.observe(local.version.timestamp)
+        self.keep_mark_ahead(coordinator)
         record = stamp(
             state.clock,
             self.wall_ms(coordinator),
@@ -385,21 +386,33 @@ class Simulation:
             op.value or b"",
             tombstone=op.value is None,
             ttl_ms=0,
-            local=state.engine.get(op.key),
+            local=local,
         )
         request = WriteRequest(
             record,
             op.level,
             self.planner(op.key, op.level, coordinator),
             node_id=coordinator,
-            restamper=Restamper(state.clock, lambda: self.wall_ms(coordinator), self.may_stamp),
+            restamper=Restamper(
+                state.clock, lambda: self.wall_ms(coordinator), partial(self.may_stamp, coordinator)
+            ),
             ids=self.ids,
         )
         self.coordinate(op, coordinator, request)
 
-    def may_stamp(self) -> bool:
+    def keep_mark_ahead(self, node: str) -> None:
+        """Before each stamp, as the coordinator (``server/cluster/clock_mark.py``)
+        does: the saved mark moves ahead of the clock first (here at once; the
+        server refuses the stamp and moves it in the background)."""
+        state = self.nodes[node]
+        mark = next_mark(state.clock.last, self.wall_ms(node), state.mark)
+        if mark is not None:
+            state.mark = mark
+
+    def may_stamp(self, node: str) -> bool:
         # Asked only when a write met a newer version and is stamped again.
         self.restamps += 1
+        self.keep_mark_ahead(node)
         return True
 
     def then_write(self, running: Running) -> None:
@@ -662,6 +675,12 @@ def replicas_of(key: bytes, epoch: int) -> tuple[str, ...]:
 
 
 def check(sim: Simulation) -> None:
+    # A version names one write: never two values (a node stamping twice alike).
+    written: dict[tuple[bytes, Version], bytes | None] = {}
+    for op in sim.ops:
+        if op.write and op.ok and op.version is not None:
+            value = written.setdefault((op.key, op.version), op.value)
+            assert value == op.value, f"{op} shares its version with a write of {value!r}"
     for key in ALL_KEYS:
         versions = {sim.nodes[n].engine.get(key) for n in replicas_of(key, sim.latest_epoch)}
         assert len(versions) == 1, f"replicas of {key!r} differ after the heal: {versions}"

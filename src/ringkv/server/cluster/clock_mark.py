@@ -7,13 +7,16 @@ hybrid clock restarts from the wall clock, which may be behind what the node
 issued before it stopped. So at start the clock moves past the saved mark,
 and before every write the coordinator has the mark moved ahead if the clock
 came within half a window of it: one small file write every few seconds of
-writing, none otherwise. Nodes on the memory engine keep no mark (they keep
+writing, none otherwise. A stamp that would still reach the mark (the clock
+jumped past an observed version since the write began) is refused, and the
+mark moves in the background. Nodes on the memory engine keep no mark (they keep
 no data either).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 from collections.abc import Callable
 from pathlib import Path
@@ -36,12 +39,31 @@ class ClockMark:
         self._now_ms = now_ms
         self._mark = 0
         self._moving = asyncio.Lock()
+        self._moving_task: asyncio.Task[None] | None = None
 
     def resume(self) -> None:
         """Move the clock past the saved mark (at start, before any stamp)."""
         if self._path is not None and self._path.exists():
             self._mark = int(self._path.read_text())
             self._clock.observe(self._mark)
+
+    def allows_next(self) -> bool:
+        """Whether the clock's next stamp stays below the saved mark. When it
+        would not (the clock jumped past an observed version since the last
+        write began), the mark is moved in the background and this says no."""
+        if self._path is None:
+            return True
+        upcoming = max(self._clock.last + 1, self._now_ms() << LOGICAL_BITS)
+        if upcoming < self._mark:
+            return True
+        if self._moving_task is None or self._moving_task.done():
+            self._moving_task = asyncio.get_running_loop().create_task(self._move())
+        return False
+
+    async def _move(self) -> None:
+        # A full disk refuses the write that waits for the mark, not this.
+        with contextlib.suppress(StorageFull):
+            await self.stay_ahead()
 
     async def stay_ahead(self) -> None:
         """Return once the saved mark is far enough ahead of the clock to stamp below it."""

@@ -34,7 +34,7 @@ from ringkv.core.coordination import (
     plan,
     stamp,
 )
-from ringkv.core.errors import StaleMemberTable
+from ringkv.core.errors import StaleMemberTable, Unavailable
 from ringkv.core.hlc import HybridLogicalClock
 from ringkv.core.quorum import Target
 from ringkv.core.records import Record, ReplicaAck, ack
@@ -163,6 +163,15 @@ class Coordinator:
         # Asked again at the moment of stamping: a lock wait or a read may have
         # passed since the write began, and the verdict with it.
         self._clock_guard.require()
+        local = self._store.read(key)
+        if local is not None:
+            self._clock.observe(local.version.timestamp)
+        # The local copy (or a Paxos round) may have moved the clock up.
+        if not self._clock_mark.allows_next():
+            raise Unavailable(
+                "this node's clock reached the mark saved in its data dir; retry",
+                reason="CLOCK_MARK",
+            )
         return stamp(
             self._clock,
             self._now_ms(),
@@ -170,7 +179,7 @@ class Coordinator:
             value,
             tombstone=tombstone,
             ttl_ms=ttl_ms,
-            local=self._store.read(key),
+            local=local,
         )
 
     async def _replicate(self, record: Record, level: Consistency, deadline: float) -> Written:
@@ -188,7 +197,9 @@ class Coordinator:
             self._planner(record.key, level),
             node_id=self._view.node_id,
             restamper=Restamper(
-                self._clock, self._now_ms, lambda: self._clock_guard.check().may_stamp
+                self._clock,
+                self._now_ms,
+                lambda: self._clock_guard.check().may_stamp and self._clock_mark.allows_next(),
             ),
         )
         return await self._run(request, deadline)
