@@ -8,16 +8,16 @@ issued before it stopped. So at start the clock moves past the saved mark,
 and before every write the coordinator has the mark moved ahead if the clock
 came within half a window of it: one small file write every few seconds of
 writing, none otherwise. A stamp that would still reach the mark (the clock
-jumped past an observed version since the write began) is refused, and the
-mark moves in the background. Nodes on the memory engine keep no mark (they keep
+jumped past a version observed far ahead since the write began) moves it
+first, on the event loop. Nodes on the memory engine keep no mark (they keep
 no data either).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -37,53 +37,62 @@ class ClockMark:
         self._path = None if data_dir is None else data_dir / FILE_NAME
         self._clock = clock
         self._now_ms = now_ms
-        self._mark = 0
-        self._moving = asyncio.Lock()
-        self._moving_task: asyncio.Task[None] | None = None
+        self._saved = 0
+        # Saves come from the event loop (rarely) and a worker thread: one at
+        # a time, and never one smaller than the mark on disk.
+        self._saving = threading.Lock()
 
     def resume(self) -> None:
         """Move the clock past the saved mark (at start, before any stamp)."""
         if self._path is not None and self._path.exists():
-            self._mark = int(self._path.read_text())
-            self._clock.observe(self._mark)
-
-    def allows_next(self) -> bool:
-        """Whether the clock's next stamp stays below the saved mark. When it
-        would not (the clock jumped past an observed version since the last
-        write began), the mark is moved in the background and this says no."""
-        if self._path is None:
-            return True
-        upcoming = max(self._clock.last + 1, self._now_ms() << LOGICAL_BITS)
-        if upcoming < self._mark:
-            return True
-        if self._moving_task is None or self._moving_task.done():
-            self._moving_task = asyncio.get_running_loop().create_task(self._move())
-        return False
-
-    async def _move(self) -> None:
-        # A full disk refuses the write that waits for the mark, not this.
-        with contextlib.suppress(StorageFull):
-            await self.stay_ahead()
+            self._saved = int(self._path.read_text())
+            self._clock.observe(self._saved)
 
     async def stay_ahead(self) -> None:
-        """Return once the saved mark is far enough ahead of the clock to stamp below it."""
-        if self._path is None or self._next() is None:
+        """Before a write: move the mark a window ahead, off the event loop, once
+        the clock came within half a window of it (every few seconds of writing).
+
+        Raises StorageFull when the disk cannot take the move and the next
+        stamp would reach the mark.
+        """
+        mark = self._next()
+        if self._path is None or mark is None:
             return
-        async with self._moving:
-            mark = self._next()
-            if mark is None:
-                return
-            try:
-                await asyncio.to_thread(replace_durably, self._path, str(mark))
-            except OSError as error:
-                if error.errno not in (errno.ENOSPC, errno.EDQUOT):
-                    raise
-                if max(self._clock.last, self._now_ms() << LOGICAL_BITS) + 1 < self._mark:
-                    return  # Still below the saved mark: stamp, and try again next write.
+        try:
+            await asyncio.to_thread(self._save, mark)
+        except OSError as error:
+            if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            if not self._below_mark():
                 raise StorageFull(
                     f"cannot save the clock mark: {error.strerror or error}"
                 ) from error
-            self._mark = mark
+
+    def allows_next(self) -> bool:
+        """Whether the clock's next stamp stays below the saved mark, moving the
+        mark first (on the event loop: a small synced file) when the clock
+        jumped that far since the write began, past a version observed far
+        ahead. False only when the disk cannot take the move."""
+        if self._path is None or self._below_mark():
+            return True
+        mark = self._next()
+        if mark is not None:
+            try:
+                self._save(mark)
+            except OSError as error:
+                if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+                    raise
+        return self._below_mark()
+
+    def _below_mark(self) -> bool:
+        return max(self._clock.last + 1, self._now_ms() << LOGICAL_BITS) < self._saved
 
     def _next(self) -> int | None:
-        return next_mark(self._clock.last, self._now_ms(), self._mark)
+        return next_mark(self._clock.last, self._now_ms(), self._saved)
+
+    def _save(self, mark: int) -> None:
+        assert self._path is not None
+        with self._saving:
+            if mark > self._saved:
+                replace_durably(self._path, str(mark))
+                self._saved = mark

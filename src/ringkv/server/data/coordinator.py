@@ -34,7 +34,7 @@ from ringkv.core.coordination import (
     plan,
     stamp,
 )
-from ringkv.core.errors import StaleMemberTable, Unavailable
+from ringkv.core.errors import StaleMemberTable, StorageFull
 from ringkv.core.hlc import HybridLogicalClock
 from ringkv.core.quorum import Target
 from ringkv.core.records import Record, ReplicaAck, ack
@@ -168,10 +168,7 @@ class Coordinator:
             self._clock.observe(local.version.timestamp)
         # The local copy (or a Paxos round) may have moved the clock up.
         if not self._clock_mark.allows_next():
-            raise Unavailable(
-                "this node's clock reached the mark saved in its data dir; retry",
-                reason="CLOCK_MARK",
-            )
+            raise StorageFull("cannot save the clock mark: the disk is full")
         return stamp(
             self._clock,
             self._now_ms(),
