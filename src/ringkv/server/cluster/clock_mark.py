@@ -55,11 +55,10 @@ class ClockMark:
         Raises StorageFull when the disk cannot take the move and the next
         stamp would reach the mark.
         """
-        mark = self._next()
-        if self._path is None or mark is None:
+        if self._path is None or self._next() is None:
             return
         try:
-            await asyncio.to_thread(self._save, mark)
+            await asyncio.to_thread(self._move)
         except OSError as error:
             if error.errno not in (errno.ENOSPC, errno.EDQUOT):
                 raise
@@ -75,13 +74,11 @@ class ClockMark:
         ahead. False only when the disk cannot take the move."""
         if self._path is None or self._below_mark():
             return True
-        mark = self._next()
-        if mark is not None:
-            try:
-                self._save(mark)
-            except OSError as error:
-                if error.errno not in (errno.ENOSPC, errno.EDQUOT):
-                    raise
+        try:
+            self._move()
+        except OSError as error:
+            if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
         return self._below_mark()
 
     def _below_mark(self) -> bool:
@@ -90,9 +87,12 @@ class ClockMark:
     def _next(self) -> int | None:
         return next_mark(self._clock.last, self._now_ms(), self._saved)
 
-    def _save(self, mark: int) -> None:
+    def _move(self) -> None:
+        """Save the next mark, unless a move that waited for the lock made it
+        needless (the writes that all found the mark near move it once)."""
         assert self._path is not None
         with self._saving:
-            if mark > self._saved:
+            mark = self._next()
+            if mark is not None:
                 replace_durably(self._path, str(mark))
                 self._saved = mark
