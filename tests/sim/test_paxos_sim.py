@@ -77,6 +77,10 @@ class Proposer:
     repairing: Record | None = None
     behind: frozenset[str] = frozenset()
     acknowledged: list[Record] = field(default_factory=list)
+    refused: list[frozenset[Version]] = field(default_factory=list)
+    """The proposals of each increment answered VERSION_MISMATCH: none may
+    ever be committed."""
+
     ops_left: int = 3
 
 
@@ -205,6 +209,10 @@ class Simulation:
         try:
             check_precondition(proposer.expected, current, 0)
         except PreconditionFailed:
+            if not proposer.mine:
+                # VERSION_MISMATCH. With a proposal of an earlier round out,
+                # the write's fate is unknown instead (WRITE_UNCERTAIN).
+                proposer.refused.append(frozenset(proposer.mine))
             self.finish_op(proposer, None)
             return
         proposer.clock = max(proposer.clock, current.version.timestamp if current else 0)
@@ -261,6 +269,8 @@ def check(simulation: Simulation) -> None:
     for proposer in simulation.proposers:
         for record in proposer.acknowledged:
             assert committed.get(record.version) == record, (proposer.name, record)
+        for proposals in proposer.refused:
+            assert not proposals & committed.keys(), (proposer.name, "VERSION_MISMATCH committed")
 
 
 def run(seed: int) -> Simulation:

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 from ringkv.core import quorum
 from ringkv.core.consistency import Consistency
-from ringkv.core.errors import DeadlineExceeded, StaleMemberTable, Unavailable
+from ringkv.core.errors import DeadlineExceeded, PreconditionFailed, StaleMemberTable, Unavailable
 from ringkv.core.hlc import HybridLogicalClock, Version
 from ringkv.core.paxos import (
     Ballot,
@@ -141,7 +141,17 @@ class CompareAndSet:
             await self._spread(promises, current, deadline)
         if current is not None and current.version in mine:
             return Swapped(current, None)  # An earlier attempt's proposal, finished by another.
-        check_precondition(expected, current, now_ms())
+        try:
+            check_precondition(expected, current, now_ms())
+        except PreconditionFailed:
+            if mine:
+                # An earlier round proposed this write and a later round may
+                # still finish that proposal: VERSION_MISMATCH would promise
+                # it never shows (matrix seed 64 read such a value).
+                raise self._gave_up(
+                    mine, "the key moved on after this write was proposed"
+                ) from None
+            raise
         if current is not None:
             self._clock.observe(current.version.timestamp)
         record = stamp(current)
