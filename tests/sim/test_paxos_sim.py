@@ -51,14 +51,21 @@ class Acceptor:
     state: AcceptorState = field(default_factory=AcceptorState)
     record: Record | None = None
     committed: list[Record] = field(default_factory=list)
+    held: set[Version] = field(default_factory=set)
+    """Every version that was this acceptor's copy at some moment: what a read
+    of it could have returned."""
 
     def run(self, step: AcceptorStep) -> Any:
         self.state, answer, chosen = step(self.state, self.record)
         if chosen is not None:
             self.committed.append(chosen)
-            if self.record is None or chosen.version > self.record.version:
-                self.record = chosen
+            self.hold(chosen)
         return answer
+
+    def hold(self, record: Record) -> None:
+        if self.record is None or record.version > self.record.version:
+            self.record = record
+            self.held.add(record.version)
 
 
 @dataclass
@@ -128,8 +135,7 @@ class Simulation:
             }
             if kind == "repair":
                 # A plain replica write, by version (not an acceptor step).
-                if acceptor.record is None or body.version > acceptor.record.version:
-                    acceptor.record = body
+                acceptor.hold(body)
                 self.send(sender, to, kind, (body, True))
                 return
             answer = acceptor.run(steps[kind](body))
@@ -211,7 +217,8 @@ class Simulation:
         except PreconditionFailed:
             if not proposer.mine:
                 # VERSION_MISMATCH. With a proposal of an earlier round out,
-                # the write's fate is unknown instead (WRITE_UNCERTAIN).
+                # the write's fate is unknown instead (WRITE_UNCERTAIN): it
+                # may have been chosen, or be finished by a later round.
                 proposer.refused.append(frozenset(proposer.mine))
             self.finish_op(proposer, None)
             return
@@ -269,8 +276,9 @@ def check(simulation: Simulation) -> None:
     for proposer in simulation.proposers:
         for record in proposer.acknowledged:
             assert committed.get(record.version) == record, (proposer.name, record)
+        seen = {version for acceptor in simulation.acceptors.values() for version in acceptor.held}
         for proposals in proposer.refused:
-            assert not proposals & committed.keys(), (proposer.name, "VERSION_MISMATCH committed")
+            assert not proposals & seen, (proposer.name, "a VERSION_MISMATCH write was readable")
 
 
 def run(seed: int) -> Simulation:

@@ -145,9 +145,10 @@ class CompareAndSet:
             check_precondition(expected, current, now_ms())
         except PreconditionFailed:
             if mine:
-                # An earlier round proposed this write and a later round may
-                # still finish that proposal: VERSION_MISMATCH would promise
-                # it never shows (matrix seed 64 read such a value).
+                # An earlier round proposed this write: it may have been chosen
+                # (and since overwritten), or a later round may still finish
+                # it. VERSION_MISMATCH would promise it never shows (matrix
+                # seed 64 read such a value).
                 raise self._gave_up(
                     mine, "the key moved on after this write was proposed"
                 ) from None
