@@ -393,7 +393,10 @@ class Simulation:
             op.level,
             self.planner(op.key, op.level, coordinator),
             node_id=coordinator,
-            restamper=Restamper(
+            # As the coordinator: LINEARIZABLE writes are not stamped again.
+            restamper=None
+            if op.level is Consistency.LINEARIZABLE
+            else Restamper(
                 state.clock, lambda: self.wall_ms(coordinator), partial(self.may_stamp, coordinator)
             ),
             ids=self.ids,

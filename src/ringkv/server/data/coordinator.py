@@ -193,7 +193,14 @@ class Coordinator:
             level,
             self._planner(record.key, level),
             node_id=self._view.node_id,
-            restamper=Restamper(
+            # A LINEARIZABLE write is stamped past the newest version a quorum
+            # held when it began (ABD), so a newer one it meets is a concurrent
+            # write, ordered after it. Stamped again, its value would take
+            # effect a second time, after writes that overwrote its first
+            # version on some replicas (matrix seed 91).
+            restamper=None
+            if level is Consistency.LINEARIZABLE
+            else Restamper(
                 self._clock,
                 self._now_ms,
                 lambda: self._clock_guard.check().may_stamp and self._clock_mark.allows_next(),
