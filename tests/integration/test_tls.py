@@ -20,7 +20,9 @@ from pathlib import Path
 import grpc
 import pytest
 
-from ringkv.api import kv_pb2, kv_pb2_grpc, replica_pb2, replica_pb2_grpc
+from ringkv.api import admin_pb2, admin_pb2_grpc, kv_pb2, kv_pb2_grpc, replica_pb2, replica_pb2_grpc
+from ringkv.api.bearer import TokenInterceptor
+from ringkv.api.roles import MEMBER_ROLE_URI, OPERATOR_ROLE_URI
 from ringkv.client import Client, Security
 from ringkv.client.admin import cluster_state
 from ringkv.core.errors import DeadlineExceeded, Unauthenticated, Unavailable
@@ -39,6 +41,8 @@ from tests.support.pki import CertificateAuthority, Issued
 
 FAST = ("--heartbeat-interval", "0.2", "--election-timeout", "1", "--engine", "memory")
 TOKEN = "s3cret-token-0123456789"
+OPERATOR_TOKEN = "operator-token-0123456789"
+MEMBER_TOKEN = "member-token-0123456789"
 
 
 @pytest.fixture
@@ -86,10 +90,13 @@ def refusal(method: Callable[..., object], request: object) -> grpc.StatusCode:
     return code
 
 
-def member_call_refusals(channel: grpc.Channel, record: Record) -> set[grpc.StatusCode]:
-    """How a replica write, a Join, a heartbeat and a repair on ``channel`` are refused."""
+def member_call_refusals(
+    channel: grpc.Channel, record: Record, *, operator_calls: bool = True
+) -> set[grpc.StatusCode]:
+    """How a replica write, a Join, a forged leader's heartbeat and (with
+    ``operator_calls``) a repair and a backup on ``channel`` are refused."""
     cluster_stub = kv_pb2_grpc.ClusterStub(channel)
-    return {
+    refusals = {
         refusal(
             replica_pb2_grpc.ReplicaStub(channel).Write,
             replica_pb2.WriteRequest(records=[record_to_wire(record)]),
@@ -97,17 +104,24 @@ def member_call_refusals(channel: grpc.Channel, record: Record) -> set[grpc.Stat
         refusal(cluster_stub.Join, kv_pb2.JoinRequest(node_id="node9", address="127.0.0.1:1")),
         refusal(
             cluster_stub.Heartbeat,
-            kv_pb2.HeartbeatRequest(node_id="node9", term=99, is_leader=True),
+            kv_pb2.HeartbeatRequest(node_id="node1", term=1000, is_leader=True, claim=True),
         ),
-        refusal(cluster_stub.Repair, kv_pb2.RepairRequest()),
     }
+    if operator_calls:
+        refusals.add(refusal(cluster_stub.Repair, kv_pb2.RepairRequest()))
+        backup = admin_pb2_grpc.AdminStub(channel).Backup(admin_pb2.BackupRequest(), timeout=2)
+        with pytest.raises(grpc.RpcError) as refused:
+            next(iter(backup))
+        refusals.add(refused.value.code())
+    return refusals
 
 
 def test_members_talk_mutual_tls_on_their_port_and_clients_need_no_certificate(
     cluster: ClusterFactory, nodes: NodeFactory, ca: CertificateAuthority, tmp_path: Path
 ) -> None:
-    node_cert = ca.issue("node")
-    operator_cert = ca.issue("operator")
+    node_cert = ca.issue("node", role=MEMBER_ROLE_URI)
+    operator_cert = ca.issue("operator", role=OPERATOR_ROLE_URI)
+    client_cert = ca.issue("client")
     security = Security.of(tls_ca=ca.cert)
     members = cluster(
         3,
@@ -167,6 +181,20 @@ def test_members_talk_mutual_tls_on_their_port_and_clients_need_no_certificate(
     repair = cli("cluster", "repair", "--endpoint", member_port(members[0].address), *operator)
     assert repair.returncode == 0, repair.stderr
 
+    # On the member port a certificate is held to the role its URI names: an
+    # operator's or a client's certificate makes no member call, and a
+    # client's no operator call.
+    for issued in (operator_cert, client_cert):
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=ca.cert.read_bytes(),
+            private_key=issued.key.read_bytes(),
+            certificate_chain=issued.cert.read_bytes(),
+        )
+        with grpc.secure_channel(member_port(members[0].address), credentials) as channel:
+            assert member_call_refusals(channel, record, operator_calls=issued is client_cert) == {
+                grpc.StatusCode.PERMISSION_DENIED
+            }
+
     # The member port refuses, in the handshake, callers without a certificate the CA signed.
     bare = Client(member_port(members[0].address), tls_ca=ca.cert, timeout=1)
     with bare, pytest.raises(Unavailable):
@@ -175,7 +203,7 @@ def test_members_talk_mutual_tls_on_their_port_and_clients_need_no_certificate(
     # A node whose certificate the rogue CA signed (trusting the real CA itself)
     # cannot join: its table requests, Join and heartbeats fail the handshake.
     rogue_ca = CertificateAuthority(tmp_path / "rogue", "rogue")
-    rogue_cert = rogue_ca.issue("node9")
+    rogue_cert = rogue_ca.issue("node9", role=MEMBER_ROLE_URI)
     peers = ",".join(f"{m.node_id}={m.address}" for m in members)
     rogue = nodes(
         "node9",
@@ -224,7 +252,7 @@ def test_one_port_for_members_and_clients_requires_every_caller_to_hold_a_certif
     members = cluster(
         3,
         *FAST,
-        *tls_flags(ca, ca.issue("node"), mutual=True),
+        *tls_flags(ca, ca.issue("node", role=MEMBER_ROLE_URI), mutual=True),
         "--peer-port-offset",
         "0",
         security=security,
@@ -279,56 +307,70 @@ def test_server_tls_serves_clients_without_certificates(
         wrong.get("k")
 
 
-def test_token_is_required_when_configured(
-    nodes: NodeFactory, ca: CertificateAuthority, tmp_path: Path
-) -> None:
-    token_file = tmp_path / "token"
-    token_file.write_text(TOKEN + "\n")
-    issued = ca.issue("node")
-    security = Security.of(tls_ca=ca.cert, token=TOKEN)
-    node = nodes(
-        "node1",
-        *FAST,
-        *tls_flags(ca, issued, mutual=False),
-        "--auth-token-file",
-        str(token_file),
-        security=security,
-    )
+def token_files(tmp_path: Path) -> tuple[str, ...]:
+    """Node flags of the three tokens, each in its own file."""
+    flags: list[str] = []
+    for flag, token in (
+        ("--auth-token-file", TOKEN),
+        ("--operator-token-file", OPERATOR_TOKEN),
+        ("--member-token-file", MEMBER_TOKEN),
+    ):
+        path = tmp_path / flag.strip("-")
+        path.write_text(token + "\n")
+        flags += [flag, str(path)]
+    return tuple(flags)
+
+
+def test_each_role_has_its_own_token(cluster: ClusterFactory, tmp_path: Path) -> None:
+    # Plaintext: members can only tell each other by the member token.
+    security = Security.of(token=TOKEN)
+    members = cluster(2, *FAST, *token_files(tmp_path), security=security)
+    wait_for_leader(members, timeout=30)
+    address = members[0].address
     for token in (None, "wrong-token"):
-        with Client(node.address, tls_ca=ca.cert, token=token, timeout=2) as client:
+        with Client(address, token=token, timeout=2) as client:
             with pytest.raises(Unauthenticated):
                 client.set("k", "v")
             with pytest.raises(Unauthenticated):
                 client.ping()
         with pytest.raises(Unauthenticated):
-            cluster_state(node.address, security=Security.of(tls_ca=ca.cert, token=token))
+            cluster_state(address, security=Security.of(token=token))
 
-    with Client(node.address, tls_ca=ca.cert, token=TOKEN, timeout=5) as client:
-        client.set("k", "v")
+    # Members replicate with the member token: a write at ALL reaches both.
+    with Client(address, token=TOKEN, timeout=5) as client:
+        wait_for(lambda: _wrote_to_all(client), timeout=20, what="a write at ALL")
         entry = client.get("k")
         assert entry is not None and entry.value == b"v"
-    assert cluster_state(node.address, security=security).members
 
-    # Member calls need the token too on a node without a member CA; a refused
-    # replica write stores nothing.
+    # The client token makes no member or operator call (a replica write, a
+    # Join, a forged leader's claim, a repair, a backup): PERMISSION_DENIED;
+    # no token at all is UNAUTHENTICATED. Neither changes anything.
     record = Record(b"planted", b"x", Version(1 << 40, "node1"))
-    creds = grpc.ssl_channel_credentials(root_certificates=ca.cert.read_bytes())
-    with grpc.secure_channel(node.address, creds) as channel:
-        with pytest.raises(grpc.RpcError) as refused:
-            replica_pb2_grpc.ReplicaStub(channel).Write(
-                replica_pb2.WriteRequest(records=[record_to_wire(record)]), timeout=2
-            )
-        assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
-        with pytest.raises(grpc.RpcError) as refused:
-            kv_pb2_grpc.ClusterStub(channel).Heartbeat(
-                kv_pb2.HeartbeatRequest(node_id="node7", term=99, is_leader=True), timeout=2
-            )
-        assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
-    with Client(node.address, tls_ca=ca.cert, token=TOKEN, timeout=5) as client:
+    with grpc.insecure_channel(address) as channel:
+        assert member_call_refusals(channel, record) == {grpc.StatusCode.UNAUTHENTICATED}
+        as_client = grpc.intercept_channel(channel, TokenInterceptor(TOKEN))
+        assert member_call_refusals(as_client, record) == {grpc.StatusCode.PERMISSION_DENIED}
+        as_operator = grpc.intercept_channel(channel, TokenInterceptor(OPERATOR_TOKEN))
+        assert member_call_refusals(as_operator, record, operator_calls=False) == {
+            grpc.StatusCode.PERMISSION_DENIED
+        }
+    with Client(address, token=TOKEN, timeout=5) as client:
         assert client.get("planted") is None
+    for member in members:
+        state = cluster_state(member.address, security=security)
+        assert {m.node_id for m in state.members} == {"node1", "node2"}
+        assert state.leader_id == "node2"
+
+    # Operator calls take the operator token (or the member token).
+    endpoint = ("--endpoint", address)
+    refused_repair = cli("cluster", "repair", *endpoint, env={"RINGKV_TOKEN": TOKEN})
+    assert refused_repair.returncode == 3
+    assert refused_repair.stderr.startswith("ringkv: OPERATOR_CREDENTIAL_REQUIRED: ")
+    for token in (OPERATOR_TOKEN, MEMBER_TOKEN):
+        repair = cli("cluster", "repair", *endpoint, env={"RINGKV_TOKEN": token})
+        assert repair.returncode == 0, repair.stderr
 
     # The CLI: no token or a wrong one is exit 3 with one line; --token or $RINGKV_TOKEN works.
-    endpoint = ("--endpoint", node.address, "--tls-ca", str(ca.cert))
     refused_cli = cli("get", "k", *endpoint)
     assert refused_cli.returncode == 3
     assert refused_cli.stderr.startswith("ringkv: TOKEN_REQUIRED: ")
@@ -341,17 +383,22 @@ def test_token_is_required_when_configured(
     assert status.returncode == 0, status.stderr
 
 
+def test_a_client_token_without_a_member_credential_is_refused_at_start(tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN)
+    done = cli("node", "-id", "node1", "-addr", "127.0.0.1:0", "--auth-token-file", str(token_file))
+    assert done.returncode == 2
+    assert "members need a credential of their own" in done.stderr
+
+
 def test_bench_runs_over_tls_with_a_token(
     nodes: NodeFactory, ca: CertificateAuthority, tmp_path: Path
 ) -> None:
-    token_file = tmp_path / "token"
-    token_file.write_text(TOKEN)
     node = nodes(
         "node1",
         *FAST,
         *tls_flags(ca, ca.issue("node"), mutual=False),
-        "--auth-token-file",
-        str(token_file),
+        *token_files(tmp_path),
         security=Security.of(tls_ca=ca.cert, token=TOKEN),
     )
     run = ("bench", "--endpoint", node.address, "--tls-ca", str(ca.cert), "--records", "50")

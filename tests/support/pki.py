@@ -44,8 +44,11 @@ class CertificateAuthority:
         self.cert = directory / f"{name}-ca.pem"
         self.cert.write_bytes(self._cert.public_bytes(serialization.Encoding.PEM))
 
-    def issue(self, common_name: str, ips: tuple[str, ...] = ("127.0.0.1",)) -> Issued:
-        """A certificate for servers and clients alike, with these IP SANs."""
+    def issue(
+        self, common_name: str, ips: tuple[str, ...] = ("127.0.0.1",), *, role: str | None = None
+    ) -> Issued:
+        """A certificate for servers and clients alike, with these IP SANs and,
+        given a ``role`` (``ringkv.api.roles``), that role's URI SAN."""
         key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.UTC)
         cert = (
@@ -60,6 +63,7 @@ class CertificateAuthority:
                 x509.SubjectAlternativeName(
                     [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips]
                     + [x509.DNSName("localhost")]
+                    + ([x509.UniformResourceIdentifier(role)] if role is not None else [])
                 ),
                 critical=False,
             )

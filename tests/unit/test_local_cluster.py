@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ringkv.api.roles import MEMBER_ROLE_URI
 from ringkv.cli import local_cluster
 from ringkv.server.config import HostPort
 from tests.support.deploy_files import node_config, parse_ringkv
+from tests.support.pki import CertificateAuthority
 
 
 def node_argvs(*options: str) -> list[list[str]]:
@@ -40,18 +42,30 @@ def test_the_seed_cluster_by_default() -> None:
 
 
 def test_security_options_reach_every_node(tmp_path: Path) -> None:
-    pem = tmp_path / "node.pem"
-    pem.write_text("-----BEGIN CERTIFICATE-----\n")
-    token = tmp_path / "token"
-    token.write_text("t0ken\n")
-    files = ("--tls-cert", str(pem), "--tls-key", str(pem), "--tls-ca", str(pem))
-    configs = [
-        node_config(argv)
-        for argv in node_argvs(*files, "--auth-token-file", str(token), "--nodes", "2")
-    ]
-    assert {(c.tls_cert, c.tls_key, c.tls_ca, c.auth_token_file) for c in configs} == {
-        (pem, pem, pem, token)
-    }
+    ca = CertificateAuthority(tmp_path, "cluster")
+    issued = ca.issue("node", role=MEMBER_ROLE_URI)
+    tokens = []
+    for name in ("client", "operator", "member"):
+        tokens.append(tmp_path / name)
+        tokens[-1].write_text(f"{name}-t0ken\n")
+    files = ("--tls-cert", str(issued.cert), "--tls-key", str(issued.key), "--tls-ca", str(ca.cert))
+    token_flags = (
+        *("--auth-token-file", str(tokens[0])),
+        *("--operator-token-file", str(tokens[1])),
+        *("--member-token-file", str(tokens[2])),
+    )
+    configs = [node_config(argv) for argv in node_argvs(*files, *token_flags, "--nodes", "2")]
+    assert {
+        (
+            c.tls_cert,
+            c.tls_key,
+            c.tls_ca,
+            c.auth_token_file,
+            c.operator_token_file,
+            c.member_token_file,
+        )
+        for c in configs
+    } == {(issued.cert, issued.key, ca.cert, *tokens)}
     assert [c.member_listen for c in configs] == [HostPort("0.0.0.0", 60051 + i) for i in range(2)]
     shared = node_argvs(*files, "--peer-port-offset", "0")
     assert {node_config(argv).member_listen for argv in shared} == {None}

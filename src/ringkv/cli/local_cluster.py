@@ -49,7 +49,14 @@ def add_parser(commands: Commands) -> None:
     parser.set_defaults(handler=handle, parser=parser)
 
 
-_NODE_SECURITY_FLAGS = ("--tls-cert", "--tls-key", "--tls-ca", "--auth-token-file")
+_NODE_SECURITY_FLAGS = (
+    "--tls-cert",
+    "--tls-key",
+    "--tls-ca",
+    "--auth-token-file",
+    "--operator-token-file",
+    "--member-token-file",
+)
 
 
 def security_flags(args: argparse.Namespace) -> list[str]:

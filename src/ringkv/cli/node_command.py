@@ -194,7 +194,22 @@ def add_parser(commands: Commands) -> None:
         "--auth-token-file",
         type=Path,
         metavar="FILE",
-        help="clients must send 'authorization: Bearer <the token in FILE>'",
+        help="clients must send 'authorization: Bearer <the token in FILE>'; needs a member "
+        "credential (--member-token-file or --tls-ca)",
+    )
+    parser.add_argument(
+        "--operator-token-file",
+        type=Path,
+        metavar="FILE",
+        help="the token of operator calls (backup, repair, remove); a client token never works "
+        "for them",
+    )
+    parser.add_argument(
+        "--member-token-file",
+        type=Path,
+        metavar="FILE",
+        help="the token members send each other (the same file on every member); it also works "
+        "for operator and client calls",
     )
     parser.set_defaults(handler=handle, parser=parser)
 
@@ -243,6 +258,8 @@ def config_from(args: argparse.Namespace) -> NodeConfig:
         tls_ca=args.tls_ca,
         peer_port_offset=args.peer_port_offset,
         auth_token_file=args.auth_token_file,
+        operator_token_file=args.operator_token_file,
+        member_token_file=args.member_token_file,
     )
 
 

@@ -16,6 +16,7 @@ ERROR_CLASSES: dict[grpc.StatusCode, type[errors.RingkvError]] = {
     grpc.StatusCode.UNAVAILABLE: errors.Unavailable,
     grpc.StatusCode.DEADLINE_EXCEEDED: errors.DeadlineExceeded,
     grpc.StatusCode.UNAUTHENTICATED: errors.Unauthenticated,
+    grpc.StatusCode.PERMISSION_DENIED: errors.PermissionDenied,
     grpc.StatusCode.INTERNAL: errors.InternalError,
 }
 

@@ -93,6 +93,14 @@ class Unauthenticated(RingkvError):
     default_reason = "UNAUTHENTICATED"
 
 
+class PermissionDenied(Unauthenticated):
+    """The caller proved who it is, but that role may not make this call (a
+    client token on a member call). A kind of Unauthenticated so that every
+    caller that handles a credential problem handles this one too."""
+
+    default_reason = "PERMISSION_DENIED"
+
+
 class InternalError(RingkvError):
     """A bug or an unexpected failure on the serving node."""
 

@@ -6,6 +6,9 @@ import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cryptography import x509
+
+from ringkv.api.roles import MEMBER_ROLE_URI
 from ringkv.core import validation
 from ringkv.core.consistency import Consistency
 from ringkv.core.errors import InvalidArgument
@@ -179,6 +182,10 @@ class NodeConfig:
     caller needs a member certificate."""
     auth_token_file: Path | None = None
     """A file holding the bearer token clients must send."""
+    operator_token_file: Path | None = None
+    """A file holding the bearer token of operator calls (backups, repair, removal)."""
+    member_token_file: Path | None = None
+    """A file holding the bearer token members send each other."""
 
     def __post_init__(self) -> None:
         validate_node_id(self.node_id)
@@ -240,11 +247,14 @@ class NodeConfig:
                         f"{what} port {port} plus --peer-port-offset {self.peer_port_offset} "
                         "is not a port (1-65535)"
                     )
+        tokens: dict[str, tuple[str, ...]] = {}
         for flag, path in (
             ("--tls-cert", self.tls_cert),
             ("--tls-key", self.tls_key),
             ("--tls-ca", self.tls_ca),
             ("--auth-token-file", self.auth_token_file),
+            ("--operator-token-file", self.operator_token_file),
+            ("--member-token-file", self.member_token_file),
         ):
             if path is None:
                 continue
@@ -252,14 +262,23 @@ class NodeConfig:
                 content = path.read_bytes()
             except OSError as error:
                 raise ConfigError(f"{flag} {path}: {error.strerror or error}") from None
-            if flag == "--auth-token-file":
-                token = content.strip()
-                if not token or any(b < 0x21 or b > 0x7E for b in token):
-                    raise ConfigError(
-                        f"{flag} {path} must hold one token of printable ASCII without spaces"
-                    )
+            if flag.endswith("-token-file"):
+                tokens[flag] = parse_tokens(content, f"{flag} {path}")
             elif b"-----BEGIN" not in content:
                 raise ConfigError(f"{flag} {path} is not a PEM file")
+        if self.tls_ca is not None and self.tls_cert is not None:
+            _check_member_certificate(self.tls_cert)
+        if len({t for held in tokens.values() for t in held}) < sum(map(len, tokens.values())):
+            raise ConfigError(
+                f"{' and '.join(tokens)} hold the same token: each role needs its own, or a "
+                "client could make member calls"
+            )
+        if tokens and self.member_token_file is None and self.tls_ca is None:
+            raise ConfigError(
+                f"{next(iter(tokens))} protects clients and operators only: members need a "
+                "credential of their own, --member-token-file (or --tls-ca with member "
+                "certificates)"
+            )
 
     @property
     def data_path(self) -> Path:
@@ -297,3 +316,37 @@ __all__ = [
     "Peer",
     "parse_peers",
 ]
+
+
+def parse_tokens(content: bytes, where: str) -> tuple[str, ...]:
+    """The tokens of a token file: one per line, the first the one a node sends.
+
+    More than one line lets a token be rotated without a moment when two
+    nodes hold no token in common (docs/operations.md, "Rotating tokens").
+    """
+    tokens = tuple(line.strip() for line in content.splitlines() if line.strip())
+    if not tokens or any(b < 0x21 or b > 0x7E for token in tokens for b in token):
+        raise ConfigError(
+            f"{where} must hold one token per line, each printable ASCII without spaces"
+        )
+    return tuple(token.decode() for token in tokens)
+
+
+def _check_member_certificate(path: Path) -> None:
+    """With a member CA, the node's own certificate must name the member role:
+    its peers refuse member calls from any other."""
+    try:
+        certificate = x509.load_pem_x509_certificate(path.read_bytes())
+    except ValueError as error:
+        raise ConfigError(f"--tls-cert {path} is not a certificate: {error}") from None
+    try:
+        names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    except x509.ExtensionNotFound:
+        uris: list[str] = []
+    else:
+        uris = names.value.get_values_for_type(x509.UniformResourceIdentifier)
+    if MEMBER_ROLE_URI not in uris:
+        raise ConfigError(
+            f"--tls-cert {path} is not a member certificate: with --tls-ca it needs the "
+            f"subject alternative name URI:{MEMBER_ROLE_URI}, or peers refuse its calls"
+        )

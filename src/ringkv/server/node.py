@@ -364,7 +364,16 @@ async def _serve_until_stopped(
             "tls": config.tls_cert is not None,
             "mutual_tls": config.tls_ca is not None,
             "member_port": config.member_listen.port if config.member_listen else None,
-            "token_auth": config.auth_token_file is not None,
+            "tokens": ",".join(
+                role
+                for role, path in (
+                    ("client", config.auth_token_file),
+                    ("operator", config.operator_token_file),
+                    ("member", config.member_token_file),
+                )
+                if path is not None
+            )
+            or None,
         },
     )
     await stop.wait()

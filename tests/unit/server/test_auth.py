@@ -9,33 +9,48 @@ from typing import Any
 import pytest
 
 from ringkv.api.member_port import member_address
+from ringkv.api.roles import MEMBER_ROLE_URI, OPERATOR_ROLE_URI
 from ringkv.core.errors import Unauthenticated
 from ringkv.server.config import ConfigError, HostPort, NodeConfig
-from ringkv.server.transport.auth import Access, NodeSecurity, Policy, access_of
+from ringkv.server.transport.auth import Access, NodeSecurity, Policy, Tokens, access_of
+from tests.support.pki import CertificateAuthority
 
 
 class FakeContext:
-    def __init__(self, *, cert: bool = False, token: str | None = None) -> None:
+    def __init__(self, *, cert: str | None = None, token: str | None = None) -> None:
+        """``cert``: the role URI of a verified certificate ("" for none), or None."""
         self._cert = cert
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
 
     def auth_context(self) -> dict[str, list[bytes]]:
         base = {"transport_security_type": [b"ssl"]}
-        return base | ({"x509_common_name": [b"node2"]} if self._cert else {})
+        if self._cert is None:
+            return base
+        uris = {"peer_uri": [self._cert.encode()]} if self._cert else {}
+        return base | {"x509_common_name": [b"node2"]} | uris
 
     def peer_identities(self) -> list[bytes] | None:
-        return [b"node2"] if self._cert else None
+        return [b"node2"] if self._cert is not None else None
 
     def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
         return self._metadata
 
 
-def allowed(policy: Policy, access: Access, **context: Any) -> bool:
+def refusal(policy: Policy, access: Access, **context: Any) -> str | None:
+    """None if the call is allowed, else the reason it is refused with."""
     try:
         policy.check(access, FakeContext(**context))  # type: ignore[arg-type]
-    except Unauthenticated:
-        return False
-    return True
+    except Unauthenticated as error:
+        return error.reason
+    return None
+
+
+def allowed(policy: Policy, access: Access, **context: Any) -> bool:
+    return refusal(policy, access, **context) is None
+
+
+TOKENS = Tokens(client=("c",), operator=("o", "o2"), member=("m",))
+CLIENT_CERT, OPERATOR_CERT, MEMBER_CERT = "", OPERATOR_ROLE_URI, MEMBER_ROLE_URI
 
 
 def test_methods_are_classified_in_one_table() -> None:
@@ -50,38 +65,57 @@ def test_methods_are_classified_in_one_table() -> None:
     assert access_of("kv.KeyValue", "Set") is Access.CLIENT
 
 
-def test_member_calls_need_a_verified_certificate_when_there_is_a_member_ca() -> None:
-    policy = Policy(token="t", member_certs=True)
-    assert allowed(policy, Access.MEMBER, cert=True)
-    assert not allowed(policy, Access.MEMBER)
-    assert not allowed(policy, Access.MEMBER, token="t")  # a client token is not membership
-    assert allowed(policy, Access.OPERATOR, cert=True)
-    assert allowed(policy, Access.OPERATOR, token="t")
-    assert not allowed(policy, Access.OPERATOR, token="x")
-    assert allowed(policy, Access.CLIENT, cert=True)
-    assert not allowed(policy, Access.CLIENT)
-
-
-def test_without_a_token_clients_are_open_and_operators_need_a_certificate() -> None:
-    policy = Policy(token=None, member_certs=True)
-    assert allowed(policy, Access.CLIENT)
-    assert not allowed(policy, Access.OPERATOR)
-    assert allowed(policy, Access.OPERATOR, cert=True)
-
-
-def test_token_only_protects_every_call() -> None:
-    policy = Policy(token="t", member_certs=False)
+@pytest.mark.parametrize("member_certs", [False, True])
+def test_each_token_makes_the_calls_of_its_role_and_the_roles_below(member_certs: bool) -> None:
+    policy = Policy(TOKENS, member_certs=member_certs)
+    grants = {"c": Access.CLIENT, "o": Access.OPERATOR, "o2": Access.OPERATOR, "m": Access.MEMBER}
+    for token, role in grants.items():
+        for access in Access:
+            reason = refusal(policy, access, token=token)
+            if access <= role:
+                assert reason is None, (token, access)
+            else:
+                assert reason == f"{access.name}_CREDENTIAL_REQUIRED", (token, access)
     for access in Access:
-        assert allowed(policy, access, token="t")
-        assert not allowed(policy, access)
-        assert not allowed(policy, access, token="tt")
+        assert refusal(policy, access, token="x") == "INVALID_TOKEN"
+    assert refusal(policy, Access.CLIENT) == "TOKEN_REQUIRED"
+
+
+def test_a_certificate_has_the_role_its_uri_names() -> None:
+    policy = Policy(Tokens(client=("c",)), member_certs=True)
+    assert allowed(policy, Access.MEMBER, cert=MEMBER_CERT)
+    assert allowed(policy, Access.OPERATOR, cert=MEMBER_CERT)
+    assert allowed(policy, Access.OPERATOR, cert=OPERATOR_CERT)
+    assert refusal(policy, Access.MEMBER, cert=OPERATOR_CERT) == "MEMBER_CREDENTIAL_REQUIRED"
+    assert refusal(policy, Access.OPERATOR, cert=CLIENT_CERT) == "OPERATOR_CREDENTIAL_REQUIRED"
+    assert allowed(policy, Access.CLIENT, cert=CLIENT_CERT)
+    # A client token never makes member or operator calls, with or without a certificate.
+    assert refusal(policy, Access.MEMBER, token="c") == "MEMBER_CREDENTIAL_REQUIRED"
+    assert refusal(policy, Access.OPERATOR, token="c") == "OPERATOR_CREDENTIAL_REQUIRED"
+    # No credential at all: the refusal says which kind would do.
+    assert refusal(policy, Access.MEMBER) == "CERTIFICATE_REQUIRED"
+    assert refusal(policy, Access.CLIENT) == "TOKEN_REQUIRED"
+
+
+def test_without_a_client_token_clients_are_open_and_the_rest_is_not() -> None:
+    policy = Policy(Tokens(member=("m",)), member_certs=False)
+    assert allowed(policy, Access.CLIENT)
+    assert refusal(policy, Access.OPERATOR) == "TOKEN_REQUIRED"
+    assert refusal(policy, Access.MEMBER, token="c") == "INVALID_TOKEN"
+    assert allowed(policy, Access.OPERATOR, token="m")
+    certs_only = Policy(Tokens(), member_certs=True)
+    assert allowed(certs_only, Access.CLIENT)
+    assert refusal(certs_only, Access.OPERATOR) == "CERTIFICATE_REQUIRED"
+    assert allowed(certs_only, Access.OPERATOR, cert=OPERATOR_CERT)
 
 
 def test_no_security_is_open() -> None:
-    assert all(allowed(Policy(token=None, member_certs=False), access) for access in Access)
+    assert all(allowed(Policy(Tokens(), member_certs=False), access) for access in Access)
 
 
 def test_config_checks_the_security_files(tmp_path: Path) -> None:
+    ca = CertificateAuthority(tmp_path, "cluster")
+    member = ca.issue("node1", role=MEMBER_ROLE_URI)
     pem = tmp_path / "c.pem"
     pem.write_text("-----BEGIN CERTIFICATE-----\n")
     with pytest.raises(ConfigError, match="go together"):
@@ -94,34 +128,64 @@ def test_config_checks_the_security_files(tmp_path: Path) -> None:
     not_pem.write_text("hello")
     with pytest.raises(ConfigError, match="not a PEM file"):
         NodeConfig(tls_cert=pem, tls_key=not_pem)
-    token = tmp_path / "token"
-    token.write_text("  \n")
-    with pytest.raises(ConfigError, match="one token"):
-        NodeConfig(auth_token_file=token)
-    token.write_text("abc\n")
-    assert NodeConfig(tls_cert=pem, tls_key=pem, tls_ca=pem, auth_token_file=token)
+    with pytest.raises(ConfigError, match="is not a certificate"):
+        NodeConfig(tls_cert=pem, tls_key=pem, tls_ca=ca.cert)
+    # With a member CA the node's own certificate must name the member role.
+    for other in (ca.issue("client"), ca.issue("ops", role=OPERATOR_ROLE_URI)):
+        with pytest.raises(ConfigError, match="not a member certificate"):
+            NodeConfig(tls_cert=other.cert, tls_key=other.key, tls_ca=ca.cert)
+    tls = {"tls_cert": member.cert, "tls_key": member.key, "tls_ca": ca.cert}
+
+    def token_file(name: str, content: str) -> Path:
+        path = tmp_path / name
+        path.write_text(content)
+        return path
+
+    with pytest.raises(ConfigError, match="one token per line"):
+        NodeConfig(auth_token_file=token_file("blank", "  \n"))
+    with pytest.raises(ConfigError, match="one token per line"):
+        NodeConfig(auth_token_file=token_file("spaced", "a b\n"))
+    client, operator, member_token = (
+        token_file(name, f"{name}-secret\n") for name in ("client", "operator", "member")
+    )
+    # A client or operator token alone would leave member calls open.
+    for flags in ({"auth_token_file": client}, {"operator_token_file": operator}):
+        with pytest.raises(ConfigError, match="members need a credential of their own"):
+            NodeConfig(**flags)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="hold the same token"):
+        NodeConfig(
+            auth_token_file=client, member_token_file=token_file("same", "new\nclient-secret\n")
+        )
+    # Two lines: the node sends the first and accepts both (a rotation in progress).
+    rotating = token_file("rotating", "member-new\nmember-secret\n")
+    config = NodeConfig(auth_token_file=client, member_token_file=rotating)
+    assert NodeSecurity.load(config).tokens.member == ("member-new", "member-secret")
+    assert NodeConfig(auth_token_file=client, operator_token_file=operator, **tls)  # type: ignore[arg-type]
+    assert NodeConfig(
+        auth_token_file=client, operator_token_file=operator, member_token_file=member_token
+    )
 
 
 def test_a_member_ca_puts_member_calls_on_the_port_plus_the_offset(tmp_path: Path) -> None:
-    pem = tmp_path / "c.pem"
-    pem.write_text("-----BEGIN CERTIFICATE-----\n")
-    tls = functools.partial(NodeConfig, tls_cert=pem, tls_key=pem)
-    config = tls(listen=HostPort("", 50051), tls_ca=pem)
+    ca = CertificateAuthority(tmp_path, "cluster")
+    member = ca.issue("node1", role=MEMBER_ROLE_URI)
+    tls = functools.partial(NodeConfig, tls_cert=member.cert, tls_key=member.key)
+    config = tls(listen=HostPort("", 50051), tls_ca=ca.cert)
     assert config.member_listen == HostPort("0.0.0.0", 60051)
     assert NodeSecurity.load(config).member_port_offset == 10000
     # Without a member CA, or with an offset of 0, members share the client port.
     for shared in (
         tls(listen=HostPort("", 50051)),
-        tls(listen=HostPort("", 50051), tls_ca=pem, peer_port_offset=0),
+        tls(listen=HostPort("", 50051), tls_ca=ca.cert, peer_port_offset=0),
     ):
         assert shared.member_listen is None
         assert NodeSecurity.load(shared).member_port_offset == 0
     with pytest.raises(ConfigError, match="fixed -addr port"):
-        tls(listen=HostPort("", 0), tls_ca=pem)
+        tls(listen=HostPort("", 0), tls_ca=ca.cert)
     with pytest.raises(ConfigError, match="is not a port"):
-        tls(listen=HostPort("", 60000), tls_ca=pem)
+        tls(listen=HostPort("", 60000), tls_ca=ca.cert)
     with pytest.raises(ConfigError, match="advertised port 1"):
-        tls(advertise=HostPort("n1", 1), tls_ca=pem, peer_port_offset=-2)
+        tls(advertise=HostPort("n1", 1), tls_ca=ca.cert, peer_port_offset=-2)
 
 
 @pytest.mark.parametrize(

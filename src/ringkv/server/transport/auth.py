@@ -1,16 +1,27 @@
 """Who may call what: TLS credentials of the node, the channels it dials
 other nodes with, and the one policy every call passes before its handler.
 
-Three kinds of calls (``POLICY``):
+Three kinds of calls (``access_of``), each a role with a credential of its own:
 
 - ``CLIENT``: ``kv.KeyValue`` and the read-only ``kv.Cluster`` calls. With
-  ``--auth-token-file`` they need ``authorization: Bearer <token>`` (or a
-  member certificate: nodes forward writes and ping each other).
+  ``--auth-token-file`` they need ``authorization: Bearer <client token>``.
 - ``OPERATOR``: ``RemoveNode``, ``Repair``, ``ringkv.admin.Admin`` (backups).
-  The token or a member certificate, once either is configured.
+  The operator token (``--operator-token-file``) or an operator certificate.
 - ``MEMBER``: ``ringkv.internal.Replica`` and the membership calls
-  ``Heartbeat``, ``RequestVote``, ``Join``. With ``--tls-ca`` only a caller
-  whose client certificate that CA signed; with only a token, the token.
+  ``Heartbeat``, ``RequestVote``, ``Join``. The member token
+  (``--member-token-file``) or a member certificate.
+
+Roles are ranked: a member credential may make every call (nodes forward
+client writes and relay removals to the leader), an operator credential
+operator and client calls, a client credential client calls only. A
+credential of a lower rank than the call is PERMISSION_DENIED; none, or a
+wrong one, is UNAUTHENTICATED.
+
+Certificates name their role in a URI subject alternative name,
+``urn:ringkv:role:member`` or ``urn:ringkv:role:operator``, as SPIFFE ids
+name a workload: the CA that signs members also signs operators, and a
+certificate with neither URI is a client's. grpc puts the URIs of a verified
+peer certificate in the call's auth context (``peer_uri``).
 
 With ``--tls-ca`` a node listens on two ports, as Redis Cluster does with its
 bus port: clients on the client port (TLS, no client certificate asked for),
@@ -20,10 +31,9 @@ to the member port (``open_channel``). The split is needed because grpc's
 Python server either requires and verifies client certificates or never asks
 for one: one port could not both let clients in without a certificate and
 tell members by theirs. The same handlers serve both ports, and the policy
-decides by what the handshake verified (``x509_*`` entries of the auth
-context), so a member call on the client port is refused with
-UNAUTHENTICATED. With an offset of 0 everything shares one port and every
-caller needs a member certificate.
+decides by what the handshake verified, so a member call on the client port
+is refused. With an offset of 0 everything shares one port and every caller
+needs a certificate.
 """
 
 from __future__ import annotations
@@ -32,14 +42,16 @@ import enum
 import hmac
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
 
 from ringkv.api.bearer import AUTHORIZATION, BEARER_PREFIX, async_interceptors
 from ringkv.api.member_port import member_address
-from ringkv.core.errors import Unauthenticated
-from ringkv.server.config import NodeConfig
+from ringkv.api.roles import MEMBER_ROLE_URI, OPERATOR_ROLE_URI
+from ringkv.core.errors import PermissionDenied, Unauthenticated
+from ringkv.server.config import NodeConfig, parse_tokens
 
 CHANNEL_OPTIONS: list[tuple[str, Any]] = [
     ("grpc.max_send_message_length", 256 << 20),
@@ -72,10 +84,19 @@ SIDE_CHANNEL_OPTIONS: list[tuple[str, Any]] = [
 ]
 
 
-class Access(enum.Enum):
-    CLIENT = "client"
-    OPERATOR = "operator"
-    MEMBER = "member"
+class Access(enum.IntEnum):
+    """A role, ranked: a credential of a role may make the calls of every role below it."""
+
+    CLIENT = 1
+    OPERATOR = 2
+    MEMBER = 3
+
+
+ROLE_URIS: dict[Access, str] = {
+    Access.MEMBER: MEMBER_ROLE_URI,
+    Access.OPERATOR: OPERATOR_ROLE_URI,
+}
+"""The URI subject alternative name that gives a certificate its role."""
 
 
 _MEMBER_CALLS = frozenset({"Heartbeat", "RequestVote", "Join"})
@@ -96,26 +117,47 @@ def access_of(service: str, method: str) -> Access:
 
 
 @dataclass(frozen=True, slots=True)
+class Tokens:
+    """The bearer tokens each role is accepted with (none: not configured).
+    A node sends the first member token on its own calls."""
+
+    client: tuple[str, ...] = ()
+    operator: tuple[str, ...] = ()
+    member: tuple[str, ...] = ()
+
+    def of(self, access: Access) -> tuple[str, ...]:
+        return {
+            Access.CLIENT: self.client,
+            Access.OPERATOR: self.operator,
+            Access.MEMBER: self.member,
+        }[access]
+
+
+@dataclass(frozen=True, slots=True)
 class NodeSecurity:
-    """The node's certificate, key, member CA and client token, read once at start."""
+    """The node's certificate, key, member CA and tokens, read once at start."""
 
     cert: bytes | None = None
     key: bytes | None = None
     ca: bytes | None = None
-    token: str | None = None
+    tokens: Tokens = Tokens()
     member_port_offset: int = 0
     """Added to a node's port to reach its member port; 0 when members share the client port."""
 
     @classmethod
     def load(cls, config: NodeConfig) -> NodeSecurity:
-        token = None
-        if config.auth_token_file is not None:
-            token = config.auth_token_file.read_text().strip()
+        def token(path: Path | None) -> tuple[str, ...]:
+            return parse_tokens(path.read_bytes(), str(path)) if path is not None else ()
+
         return cls(
             cert=config.tls_cert.read_bytes() if config.tls_cert else None,
             key=config.tls_key.read_bytes() if config.tls_key else None,
             ca=config.tls_ca.read_bytes() if config.tls_ca else None,
-            token=token,
+            tokens=Tokens(
+                client=token(config.auth_token_file),
+                operator=token(config.operator_token_file),
+                member=token(config.member_token_file),
+            ),
             member_port_offset=config.peer_port_offset if config.member_listen else 0,
         )
 
@@ -146,9 +188,9 @@ class NodeSecurity:
     ) -> grpc.aio.Channel:
         """A channel to another node's member port: TLS (verified with the member
         CA, presenting this node's certificate) when the node serves TLS, and the
-        token if any."""
+        member token if any."""
         address = member_address(address, self.member_port_offset)
-        interceptors = async_interceptors(self.token)
+        interceptors = async_interceptors(self.tokens.member[0] if self.tokens.member else None)
         if not self.tls:
             return grpc.aio.insecure_channel(address, options=options, interceptors=interceptors)
         credentials = grpc.ssl_channel_credentials(
@@ -159,62 +201,84 @@ class NodeSecurity:
         )
 
     def policy(self) -> Policy:
-        return Policy(token=self.token, member_certs=self.ca is not None)
+        return Policy(self.tokens, member_certs=self.ca is not None)
 
 
 class Policy:
-    """Checks one call's credentials against what its method needs."""
+    """Checks one call's credentials against the role its method needs."""
 
-    def __init__(self, *, token: str | None, member_certs: bool) -> None:
-        self._expected = (BEARER_PREFIX + token).encode() if token is not None else None
+    def __init__(self, tokens: Tokens, *, member_certs: bool) -> None:
+        self._tokens = {
+            (BEARER_PREFIX + token).encode(): access
+            for access in Access
+            for token in tokens.of(access)
+        }
         self._member_certs = member_certs
+        # Client calls are open unless a client token is set; the others are
+        # open only when nothing at all is configured.
+        self._clients_open = not tokens.client
 
     @property
     def open(self) -> bool:
         """Whether every call is allowed (no token, no member CA)."""
-        return self._expected is None and not self._member_certs
+        return not self._tokens and not self._member_certs
 
     def check(self, access: Access, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-        """Return if the caller may make a call of ``access``; else Unauthenticated."""
-        if self.open:
+        """Return if the caller may make a call of ``access``; else raise
+        Unauthenticated (no valid credential) or PermissionDenied (one of a
+        lower role)."""
+        if self.open or (access is Access.CLIENT and self._clients_open):
             return
-        if access is Access.MEMBER:
-            if self._member_certs:
-                if not _verified_certificate(context):
-                    raise Unauthenticated(
-                        "this call is for cluster members: make it on the member port "
-                        "with a certificate signed by the cluster's CA",
-                        reason="MEMBER_CERTIFICATE_REQUIRED",
-                    )
-                return
-            self._check_token(context)
+        held = max(
+            (role for role in (self._certificate_role(context), self._token_role(context)) if role),
+            default=None,
+        )
+        if held is not None and held >= access:
             return
-        if self._member_certs and _verified_certificate(context):
-            return
-        if self._expected is None:
-            if access is Access.CLIENT:
-                return
-            raise Unauthenticated(
-                "this call is for operators: make it on the member port with a certificate "
-                "signed by the cluster's CA",
-                reason="CERTIFICATE_REQUIRED",
+        if held is not None:
+            raise PermissionDenied(
+                f"this call is for {access.name.lower()}s; the credential sent is a "
+                f"{held.name.lower()}'s",
+                reason=f"{access.name}_CREDENTIAL_REQUIRED",
             )
-        self._check_token(context)
-
-    def _check_token(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-        assert self._expected is not None
-        sent = [
-            value for key, value in (context.invocation_metadata() or ()) if key == AUTHORIZATION
-        ]
-        if not sent:
+        if self._sent_token(context) is not None:
+            raise Unauthenticated("the token is not valid", reason="INVALID_TOKEN")
+        if any(role >= access for role in self._tokens.values()):
             raise Unauthenticated(
                 "this node requires a token: send authorization: Bearer <token>",
                 reason="TOKEN_REQUIRED",
             )
+        raise Unauthenticated(
+            f"this call is for {access.name.lower()}s: make it on the member port with a "
+            f"certificate the cluster's CA signed for the role ({ROLE_URIS[access]})",
+            reason="CERTIFICATE_REQUIRED",
+        )
+
+    def _certificate_role(self, context: grpc.aio.ServicerContext[Any, Any]) -> Access | None:
+        """The role a certificate the handshake verified grants; None without one."""
+        if not self._member_certs or not _verified_certificate(context):
+            return None
+        uris = {uri.decode() for uri in context.auth_context().get("peer_uri", ())}
+        return max((a for a, uri in ROLE_URIS.items() if uri in uris), default=Access.CLIENT)
+
+    def _token_role(self, context: grpc.aio.ServicerContext[Any, Any]) -> Access | None:
+        sent = self._sent_token(context)
+        if sent is None:
+            return None
+        # Compare against every token, in constant time each, so that the
+        # time taken does not tell which role a guess came close to.
+        matches = [a for expected, a in self._tokens.items() if hmac.compare_digest(sent, expected)]
+        return matches[0] if matches else None
+
+    @staticmethod
+    def _sent_token(context: grpc.aio.ServicerContext[Any, Any]) -> bytes | None:
+        sent = [
+            value for key, value in (context.invocation_metadata() or ()) if key == AUTHORIZATION
+        ]
+        if not sent:
+            return None
         value = sent[-1]
-        given = value.encode() if isinstance(value, str) else value
-        if not hmac.compare_digest(given, self._expected):
-            raise Unauthenticated("the token is not valid", reason="INVALID_TOKEN")
+        return value.encode() if isinstance(value, str) else value
 
 
 def _verified_certificate(context: grpc.aio.ServicerContext[Any, Any]) -> bool:

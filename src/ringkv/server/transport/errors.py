@@ -14,6 +14,7 @@ from ringkv.core.errors import (
     InternalError,
     InvalidArgument,
     NotFound,
+    PermissionDenied,
     PreconditionFailed,
     ResourceExhausted,
     RingkvError,
@@ -31,6 +32,7 @@ STATUS_CODES: dict[type[RingkvError], grpc.StatusCode] = {
     Unavailable: grpc.StatusCode.UNAVAILABLE,
     DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
     Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
     InternalError: grpc.StatusCode.INTERNAL,
 }
 
