@@ -13,6 +13,7 @@ from ringkv.core.errors import RingkvError
 from ringkv.core.ring import DEFAULT_VNODES_PER_NODE
 from ringkv.core.validation import DEFAULT_MAX_VALUE_BYTES, Limits
 from ringkv.server.config import (
+    DEFAULT_MAX_CONCURRENT_CALLS,
     DEFAULT_PEER_PORT_OFFSET,
     LOG_FORMATS,
     LOG_LEVELS,
@@ -163,6 +164,15 @@ def add_parser(commands: Commands) -> None:
         help="seconds in-flight requests get to finish on shutdown (default: 5)",
     )
     parser.add_argument(
+        "--max-concurrent-calls",
+        type=int,
+        default=DEFAULT_MAX_CONCURRENT_CALLS,
+        metavar="N",
+        help="client and operator calls served at once; more are answered RESOURCE_EXHAUSTED "
+        "(reason OVERLOADED), which clients back off on and retry "
+        f"(default: {DEFAULT_MAX_CONCURRENT_CALLS})",
+    )
+    parser.add_argument(
         "--metrics-addr",
         help="serve Prometheus metrics over HTTP at host:port/metrics; an empty host "
         "means all interfaces, port 0 a free port (default: off)",
@@ -248,6 +258,7 @@ def config_from(args: argparse.Namespace) -> NodeConfig:
         log_format=args.log_format,
         log_level=args.log_level,
         shutdown_grace_s=args.shutdown_grace,
+        max_concurrent_calls=args.max_concurrent_calls,
         metrics_addr=(
             HostPort.parse(args.metrics_addr, what="--metrics-addr", allow_port_zero=True)
             if args.metrics_addr is not None

@@ -23,7 +23,7 @@ ERROR_CLASSES: dict[grpc.StatusCode, type[errors.RingkvError]] = {
 # A reason names a subclass more precise than the status code alone
 # (RESOURCE_EXHAUSTED is a value too large, or a full disk).
 REASON_CLASSES: dict[str, type[errors.RingkvError]] = {
-    cls.default_reason: cls for cls in (errors.ValueTooLarge, errors.StorageFull)
+    cls.default_reason: cls for cls in (errors.ValueTooLarge, errors.StorageFull, errors.Overloaded)
 }
 
 

@@ -7,17 +7,30 @@ from dataclasses import dataclass
 
 import grpc
 
+from ringkv.api.status import error_info
 from ringkv.client.errors import from_rpc_error
+from ringkv.core.errors import Overloaded
 
-RETRYABLE_CODES = frozenset({grpc.StatusCode.UNAVAILABLE})
+
+def _not_run(error: grpc.RpcError) -> bool:
+    """Whether the failed call surely did nothing, so that it may be sent again."""
+    code = error.code()
+    if code is grpc.StatusCode.UNAVAILABLE:
+        return True
+    if code is grpc.StatusCode.RESOURCE_EXHAUSTED:
+        info = error_info(error.trailing_metadata())
+        return info is not None and info.reason == Overloaded.default_reason
+    return False
 
 
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
-    """Exponential backoff with full jitter, for UNAVAILABLE only.
+    """Exponential backoff with full jitter, for calls that did not run.
 
     UNAVAILABLE means the request was not served (the node is down, starting
-    or shutting down), so sending it again, to the next endpoint, is safe.
+    or shutting down), and RESOURCE_EXHAUSTED with reason OVERLOADED that the
+    node turned it away before any work, so sending it again, to the next
+    endpoint, is safe.
     """
 
     attempts: int = 4
@@ -42,8 +55,7 @@ class Attempts:
     def failed(self, error: grpc.RpcError) -> float:
         """Seconds to wait before the next try; raises the typed error when done."""
         self._failures += 1
-        code = error.code()
-        if code not in RETRYABLE_CODES or self._failures >= self._policy.attempts:
+        if not _not_run(error) or self._failures >= self._policy.attempts:
             raise from_rpc_error(error) from None
         ceiling = min(
             self._policy.max_backoff_s,

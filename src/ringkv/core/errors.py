@@ -47,6 +47,13 @@ class ResourceExhausted(RingkvError):
     default_reason = "RESOURCE_EXHAUSTED"
 
 
+class Overloaded(ResourceExhausted):
+    """The node is serving as many calls as it may; nothing of this one ran,
+    so the caller backs off and tries again."""
+
+    default_reason = "OVERLOADED"
+
+
 class ValueTooLarge(ResourceExhausted):
     """A value is larger than the node's --max-value-bytes."""
 

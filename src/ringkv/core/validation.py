@@ -9,6 +9,13 @@ from ringkv.core.records import EXPECT_ABSENT, Record
 
 MAX_KEY_BYTES = 4096
 DEFAULT_MAX_VALUE_BYTES = 1 << 20
+VALUE_BYTES_CEILING = 64 << 20
+"""The largest --max-value-bytes a node takes."""
+MAX_BATCH_BYTES = 16 << 20
+"""Keys and values one call carries beyond its first record: a MultiSet's
+entries, a MultiGet's answer, a batch of replica reads or writes."""
+MESSAGE_OVERHEAD_BYTES = 64 << 10
+"""Room in a message for everything but keys and values."""
 # Keeps now + ttl far inside the int64 an expiry is stored as.
 MAX_TTL_MS = 100 * 365_25 * 24 * 3600 * 10
 
@@ -19,6 +26,13 @@ class Limits:
 
     max_key_bytes: int = MAX_KEY_BYTES
     max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES
+
+    @property
+    def message_bytes(self) -> int:
+        """The largest message a node sends or receives: one record of the
+        largest size plus a batch. gRPC refuses a longer one (RESOURCE_EXHAUSTED)
+        from its length prefix, before buffering it."""
+        return self.max_key_bytes + self.max_value_bytes + MAX_BATCH_BYTES + MESSAGE_OVERHEAD_BYTES
 
     def key(self, key: str) -> bytes:
         """The key's UTF-8 bytes, or InvalidArgument if it is empty or too long."""

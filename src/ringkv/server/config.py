@@ -13,8 +13,10 @@ from ringkv.core import validation
 from ringkv.core.consistency import Consistency
 from ringkv.core.errors import InvalidArgument
 from ringkv.core.ring import DEFAULT_VNODES_PER_NODE
-from ringkv.core.validation import DEFAULT_MAX_VALUE_BYTES, Limits
+from ringkv.core.validation import DEFAULT_MAX_VALUE_BYTES, VALUE_BYTES_CEILING, Limits
 from ringkv.storage import ENGINE_KINDS, FsyncMode
+
+DEFAULT_MAX_CONCURRENT_CALLS = 1000
 
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -166,6 +168,8 @@ class NodeConfig:
     log_format: str = "text"
     log_level: str = "info"
     shutdown_grace_s: float = 5.0
+    max_concurrent_calls: int = DEFAULT_MAX_CONCURRENT_CALLS
+    """Client and operator calls served at once; more are refused OVERLOADED."""
     metrics_addr: HostPort | None = None
     """Where Prometheus metrics are served over HTTP (``/metrics``); None for nowhere."""
     tls_cert: Path | None = None
@@ -199,7 +203,7 @@ class NodeConfig:
             raise ConfigError(f"log format {self.log_format!r} is not one of {LOG_FORMATS}")
         if self.log_level not in LOG_LEVELS:
             raise ConfigError(f"log level {self.log_level!r} is not one of {LOG_LEVELS}")
-        if not 0 < self.limits.max_value_bytes <= 64 << 20:
+        if not 0 < self.limits.max_value_bytes <= VALUE_BYTES_CEILING:
             raise ConfigError("max value bytes must be between 1 and 64 MiB")
         if Consistency.DEFAULT in (self.read_level, self.write_level):
             raise ConfigError("the default read and write levels must name a level")
@@ -223,6 +227,10 @@ class NodeConfig:
         if self.max_clock_offset_s < 0:
             raise ConfigError(
                 f"--max-clock-offset must not be negative, got {self.max_clock_offset_s}"
+            )
+        if self.max_concurrent_calls < 1:
+            raise ConfigError(
+                f"--max-concurrent-calls must be at least 1, got {self.max_concurrent_calls}"
             )
         if self.shutdown_grace_s < 0:
             raise ConfigError("the shutdown grace period must not be negative")

@@ -18,6 +18,7 @@ from ringkv.core.election import ElectionConfig
 from ringkv.core.errors import Unavailable
 from ringkv.core.hlc import HybridLogicalClock
 from ringkv.core.membership import Membership, RingMaker
+from ringkv.server import descriptors
 from ringkv.server.cluster.clock_guard import ClockGuard, ClockProber
 from ringkv.server.cluster.clock_mark import ClockMark
 from ringkv.server.cluster.cluster_view import ClusterView
@@ -51,8 +52,8 @@ from ringkv.storage import FsyncMode, open_engine
 log = logging.getLogger("ringkv.node")
 
 # Room for a key, a value at the limit and the rest of a request.
-_MESSAGE_OVERHEAD_BYTES = 64 << 10
 _PROBE_INTERVAL_S = 0.5
+_MAX_CONNECTION_IDLE_MS = 5 * 60 * 1000
 
 
 def wall_clock(offset_ms: int = 0) -> Callable[[], int]:
@@ -78,6 +79,10 @@ async def serve(
     # Bind first: a node that cannot listen should not touch its data dir.
     server, port = _bind(config, security)
     async with AsyncExitStack() as resources:
+        fd_limit = descriptors.raise_limit()
+        log.info("file descriptor limit", extra={"limit": fd_limit})
+        fd_watch = asyncio.get_running_loop().create_task(descriptors.watch(fd_limit))
+        resources.callback(fd_watch.cancel)
         metrics_socket = bind_metrics(config.metrics_addr) if config.metrics_addr else None
         if metrics_socket is not None:
             resources.callback(metrics_socket.close)
@@ -285,14 +290,16 @@ def _bind(config: NodeConfig, security: NodeSecurity | None = None) -> tuple[grp
     _check_address_free(config.listen)
     if member_listen is not None:
         _check_address_free(member_listen)
-    limit = config.limits.max_key_bytes + config.limits.max_value_bytes + _MESSAGE_OVERHEAD_BYTES
-    # Peers batch many records per call, so messages may exceed one value.
-    limit = max(limit, 256 << 20)
+    limit = config.limits.message_bytes
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", limit),
             ("grpc.so_reuseport", 0),
+            # A connection without a call for this long is closed (clients
+            # reconnect on their next call), so idle ones do not hold
+            # descriptors for good. Members call each other every heartbeat.
+            ("grpc.max_connection_idle_ms", _MAX_CONNECTION_IDLE_MS),
             *SERVER_KEEPALIVE_OPTIONS,
         ]
     )
@@ -337,7 +344,7 @@ async def _serve_until_stopped(
     metrics_port: int | None = None,
     policy: Policy | None = None,
 ) -> None:
-    gate = rpc.Gate()
+    gate = rpc.Gate(config.max_concurrent_calls)
     server.add_generic_rpc_handlers(
         [rpc.generic_handler(s, gate, observe, policy) for s in services]
     )

@@ -106,6 +106,35 @@ def test_batches_are_capped() -> None:
     assert all(len(batch) <= 2 for batch in asyncio.run(scenario()))
 
 
+def test_batches_are_capped_in_bytes_and_an_oversized_item_travels_alone() -> None:
+    async def scenario() -> list[list[int]]:
+        recorder = Recorder()
+        recorder.gate.clear()
+        batcher = Batcher(
+            recorder.flush, max_batch=100, name="test", max_bytes=10, size_of=lambda i: i
+        )
+        first = asyncio.ensure_future(batcher.submit(1))
+        await flushes_started(recorder, 1)
+        # Queued behind the call in flight: 4 + 5 fit in 10 bytes, 3 does not
+        # join them, and 12 is over the cap by itself.
+        rest = [asyncio.ensure_future(batcher.submit(i)) for i in (4, 5, 3, 12, 2)]
+        await asyncio.sleep(0)
+        recorder.gate.set()
+        await asyncio.gather(first, *rest)
+        await batcher.close()
+        return recorder.batches
+
+    assert asyncio.run(scenario()) == [[1], [4, 5], [3], [12], [2]]
+
+
+def test_bytes_and_size_of_go_together() -> None:
+    async def scenario() -> None:
+        Batcher(Recorder().flush, max_batch=2, name="test", max_bytes=10)
+
+    with pytest.raises(ValueError, match="go together"):
+        asyncio.run(scenario())
+
+
 def test_an_exception_result_fails_its_item_alone() -> None:
     async def scenario() -> list[int | BaseException]:
         batcher = Batcher(Recorder().flush, max_batch=10, name="test")

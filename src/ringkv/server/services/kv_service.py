@@ -12,6 +12,7 @@ or may not stamp versions. A node whose own clock may not stamp
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
@@ -21,9 +22,9 @@ from ringkv.api import kv_pb2
 from ringkv.api.headers import FORWARD_HOPS, RING_EPOCH
 from ringkv.api.status import error_info
 from ringkv.core.consistency import Consistency
-from ringkv.core.errors import DeadlineExceeded, InvalidArgument
+from ringkv.core.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted
 from ringkv.core.records import Record
-from ringkv.core.validation import Limits, expected_version, ttl_ms
+from ringkv.core.validation import MESSAGE_OVERHEAD_BYTES, Limits, expected_version, ttl_ms
 from ringkv.server.cluster.clock_guard import CLOCK_OFFSET, CLOCK_UNCHECKED, ClockGuard
 from ringkv.server.cluster.cluster_view import ClusterView
 from ringkv.server.cluster.leader_lease import NO_LEADER_LEASE
@@ -203,8 +204,37 @@ class KeyValueService:
         keys = [self._limits.key(key) for key in request.keys]
         level = self._level(request.consistency, self._read_level)
         timeout = self._timeout(context)
-        records = await asyncio.gather(*(self._coordinator.read(k, level, timeout) for k in keys))
-        return kv_pb2.MultiGetResponse(results=[_get_response(r) for r in records])
+        records = await self._read_within(keys, level, timeout)
+        return kv_pb2.MultiGetResponse(results=[_get_response(records[k]) for k in keys])
+
+    async def _read_within(
+        self, keys: list[bytes], level: Consistency, timeout: float
+    ) -> dict[bytes, Record | None]:
+        """Each distinct key read once, or ResourceExhausted as soon as the
+        answer would outgrow a message (the reads still out are cancelled)."""
+        limit = self._limits.message_bytes - MESSAGE_OVERHEAD_BYTES
+        reads = {
+            key: asyncio.ensure_future(self._coordinator.read(key, level, timeout))
+            for key in dict.fromkeys(keys)
+        }
+        # A key asked for twice is answered twice.
+        repeats = Counter(keys)
+        size = 0
+        try:
+            for read in asyncio.as_completed(reads.values()):
+                record = await read
+                if record is not None:
+                    size += (len(record.key) + len(record.value)) * repeats[record.key]
+                if size > limit:
+                    raise ResourceExhausted(
+                        f"the answer would be over {limit} bytes: ask for fewer keys per call",
+                        reason="RESPONSE_TOO_LARGE",
+                        metadata={"limit": str(limit)},
+                    )
+        finally:
+            for read in reads.values():
+                read.cancel()
+        return {key: read.result() for key, read in reads.items()}
 
     async def multi_set(
         self, request: kv_pb2.MultiSetRequest, context: Context

@@ -17,7 +17,7 @@ from ringkv.core.merkle import MAX_DEPTH
 from ringkv.core.records import Record, ack
 from ringkv.core.ring import TOKEN_SPACE
 from ringkv.core.tokens import token_of
-from ringkv.core.validation import Limits
+from ringkv.core.validation import MAX_BATCH_BYTES, Limits
 from ringkv.server.data.anti_entropy import span_tree
 from ringkv.server.data.local_store import LocalStore
 from ringkv.server.transport.rpc import Context, Method
@@ -152,14 +152,18 @@ class ReplicaService:
         newer = self._newer_table(request.fence)
         if newer is not None:
             return replica_pb2.ReadResponse(newer_table=newer, clock=self._clock.last)
-        results = []
+        # Answers the first keys up to a batch's bytes; the caller asks again
+        # for the rest, so that no answer outgrows a message.
+        results, size = [], 0
         for key in request.keys:
+            if size > MAX_BATCH_BYTES:
+                break
             record = self._store.read(key)
-            results.append(
-                replica_pb2.ReadResult(found=True, record=record_to_wire(record))
-                if record is not None
-                else replica_pb2.ReadResult(found=False)
-            )
+            if record is None:
+                results.append(replica_pb2.ReadResult(found=False))
+                continue
+            results.append(replica_pb2.ReadResult(found=True, record=record_to_wire(record)))
+            size += len(record.key) + len(record.value)
         return replica_pb2.ReadResponse(results=results, clock=self._clock.last)
 
     async def write(

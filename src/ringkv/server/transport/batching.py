@@ -33,6 +33,10 @@ class Batcher(Generic[ItemT, ResultT]):
 
     Items submitted together (``submit_many``) share one future and travel in
     one batch, so a caller with many items costs one wakeup, not one per item.
+
+    With ``max_bytes``, a batch also ends before its items' ``size_of`` would
+    pass it (a group larger than that travels alone), so that no call
+    outgrows a message.
     """
 
     def __init__(
@@ -42,12 +46,19 @@ class Batcher(Generic[ItemT, ResultT]):
         max_batch: int,
         name: str,
         max_in_flight: int = 1,
+        max_bytes: int | None = None,
+        size_of: Callable[[ItemT], int] | None = None,
     ) -> None:
+        if (max_bytes is None) != (size_of is None):
+            raise ValueError("max_bytes and size_of go together")
         self._flush = flush
         self._max_batch = max_batch
+        self._max_bytes = max_bytes
+        self._size_of = size_of
         self._name = name
         self._pending: list[tuple[list[ItemT], asyncio.Future[list[ResultT | Exception]]]] = []
         self._pending_items = 0
+        self._pending_bytes = 0
         self._wakeup = asyncio.Event()
         self._closing = False
         self._slots = asyncio.Semaphore(max_in_flight)
@@ -74,6 +85,7 @@ class Batcher(Generic[ItemT, ResultT]):
         )
         self._pending.append((items, future))
         self._pending_items += len(items)
+        self._pending_bytes += self._bytes_of(items)
         self._wakeup.set()
         # A caller that gives up must not cancel the batch its items may already
         # be part of; the shield leaves the future to the batch.
@@ -84,7 +96,7 @@ class Batcher(Generic[ItemT, ResultT]):
             await self._wakeup.wait()
             self._wakeup.clear()
             while self._pending:
-                if self._in_flight and self._pending_items < self._max_batch and not self._closing:
+                if self._in_flight and not self._full() and not self._closing:
                     break  # Gathers more until a call in flight is answered.
                 await self._slots.acquire()
                 groups = self._take_batch()
@@ -94,17 +106,33 @@ class Batcher(Generic[ItemT, ResultT]):
         if self._in_flight:
             await asyncio.wait(set(self._in_flight))
 
+    def _bytes_of(self, items: list[ItemT]) -> int:
+        return sum(map(self._size_of, items)) if self._size_of is not None else 0
+
+    def _full(self) -> bool:
+        """Whether what is pending makes a full batch."""
+        return self._pending_items >= self._max_batch or (
+            self._max_bytes is not None and self._pending_bytes >= self._max_bytes
+        )
+
     def _take_batch(self) -> list[tuple[list[ItemT], asyncio.Future[list[ResultT | Exception]]]]:
-        """The oldest groups, up to ``max_batch`` items (at least one group)."""
-        taken, size = 0, 0
+        """The oldest groups, up to ``max_batch`` items and ``max_bytes`` (at
+        least one group)."""
+        taken, size, weight = 0, 0, 0
         for items, _ in self._pending:
-            if taken and size + len(items) > self._max_batch:
+            group_bytes = self._bytes_of(items)
+            if taken and (
+                size + len(items) > self._max_batch
+                or (self._max_bytes is not None and weight + group_bytes > self._max_bytes)
+            ):
                 break
             taken += 1
             size += len(items)
+            weight += group_bytes
         groups = self._pending[:taken]
         del self._pending[:taken]
         self._pending_items -= size
+        self._pending_bytes -= weight
         return groups
 
     async def _send(

@@ -22,6 +22,7 @@ from ringkv.core.hlc import HybridLogicalClock
 from ringkv.core.membership import Membership
 from ringkv.core.paxos import Ballot, Promise, Proposal
 from ringkv.core.records import Record, ReplicaAck
+from ringkv.core.validation import MAX_BATCH_BYTES
 from ringkv.server.counters import Counters
 from ringkv.server.transport.auth import CHANNEL_OPTIONS, NodeSecurity
 from ringkv.server.transport.batching import Batcher
@@ -146,13 +147,20 @@ class Peer:
         return await self._reader.submit((key, fence))
 
     async def _read_batch(self, reads: list[tuple[bytes, Fence | None]]) -> list[Record | None]:
-        request = replica_pb2.ReadRequest(
-            keys=[key for key, _ in reads],
-            clock=self._clock.last,
-            fence=self._fence(fence for _, fence in reads),
-        )
-        response = await self._fenced_call(self._replica.Read, request, "replica read")
-        return [record_from_wire(r.record) if r.found else None for r in response.results]
+        fence = self._fence(fence for _, fence in reads)
+        keys = [key for key, _ in reads]
+        records: list[Record | None] = []
+        # A replica answers the first keys up to a batch's bytes: ask again
+        # for the rest.
+        while len(records) < len(keys):
+            request = replica_pb2.ReadRequest(
+                keys=keys[len(records) :], clock=self._clock.last, fence=fence
+            )
+            response = await self._fenced_call(self._replica.Read, request, "replica read")
+            if not response.results:
+                raise InternalError(f"{self.node_id} answered a read of {len(keys)} keys with none")
+            records += [record_from_wire(r.record) if r.found else None for r in response.results]
+        return records
 
     async def write(
         self, record: Record, *, hint_for: str | None = None, fence: Fence | None = None
@@ -167,6 +175,8 @@ class Peer:
             writer = self._writers[target] = Batcher(
                 lambda records: self._write_batch(records, target),
                 max_batch=MAX_RECORDS_PER_CALL,
+                max_bytes=MAX_BATCH_BYTES,
+                size_of=lambda write: len(write[0].key) + len(write[0].value),
                 name=f"writes to {self.node_id}",
                 max_in_flight=PIPELINE_DEPTH,
             )

@@ -18,11 +18,20 @@ from typing import Any, Protocol, TypeAlias
 import grpc
 from google.protobuf.message import DecodeError, Message
 
-from ringkv.core.errors import InternalError, InvalidArgument, RingkvError, Unavailable
-from ringkv.server.transport.auth import Policy, access_of
+from ringkv.core.errors import (
+    InternalError,
+    InvalidArgument,
+    Overloaded,
+    RingkvError,
+    Unavailable,
+)
+from ringkv.server.transport.auth import Access, Policy, access_of
 from ringkv.server.transport.errors import abort_with, status_code
 
 log = logging.getLogger(__name__)
+
+_OVERLOAD_LOG_S = 10.0
+"""An overload that lasts is logged once per this many seconds of quiet."""
 
 SHUTTING_DOWN = "SHUTTING_DOWN"
 """The reason a closing node gives: nothing of the request ran there."""
@@ -102,19 +111,46 @@ class Gate:
     mid-way by the stop.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, max_calls: int | None = None) -> None:
         self._active = 0
+        self._limited = 0
+        self._max_calls = max_calls
         self._closed = False
         self._arrivals = 0
+        self._overloaded_since: float | None = None
 
-    def enter(self) -> None:
+    def enter(self, access: Access) -> None:
+        """Count a call in, or refuse it: UNAVAILABLE once closed, OVERLOADED
+        when ``max_calls`` client and operator calls are inside already.
+
+        Member calls are never turned away for load: they carry heartbeats
+        and the replication of calls already admitted somewhere, and their
+        number is bounded by the client calls the cluster admits.
+        """
         self._arrivals += 1
         if self._closed:
             raise Unavailable("the node is shutting down", reason=SHUTTING_DOWN)
+        if access is not Access.MEMBER:
+            if self._max_calls is not None and self._limited >= self._max_calls:
+                self._note_overload()
+                raise Overloaded(
+                    f"the node is serving its limit of {self._max_calls} calls; back off and retry",
+                    metadata={"limit": str(self._max_calls)},
+                )
+            self._limited += 1
         self._active += 1
 
-    def leave(self) -> None:
+    def leave(self, access: Access) -> None:
         self._active -= 1
+        if access is not Access.MEMBER:
+            self._limited -= 1
+
+    def _note_overload(self) -> None:
+        """Log the first refusal of each overload, not every one."""
+        now = time.monotonic()
+        if self._overloaded_since is None or now - self._overloaded_since > _OVERLOAD_LOG_S:
+            log.warning("overloaded: refusing calls", extra={"limit": self._max_calls})
+        self._overloaded_since = now
 
     async def drain(self, timeout_s: float, *, quiet_s: float = 0.05) -> None:
         """Close, then wait (at most ``timeout_s``) until no call is inside a
@@ -168,8 +204,8 @@ def _serve(
                 observe(service, method_name, level, code, time.perf_counter() - started)
 
         try:
-            gate.enter()
-        except Unavailable as error:
+            gate.enter(access)
+        except RingkvError as error:
             note(status_code(error))
             await abort_with(context, error)
         try:
@@ -196,7 +232,7 @@ def _serve(
             note(grpc.StatusCode.INTERNAL)
             await abort_with(context, InternalError(f"internal error in {full_name}"))
         finally:
-            gate.leave()
+            gate.leave(access)
         note(grpc.StatusCode.OK)
         return response.SerializeToString()
 
@@ -223,8 +259,8 @@ def _serve_stream(
         code = grpc.StatusCode.CANCELLED
         try:
             try:
-                gate.enter()
-            except Unavailable as error:
+                gate.enter(access)
+            except RingkvError as error:
                 code = status_code(error)
                 await abort_with(context, error)
             try:
@@ -243,7 +279,7 @@ def _serve_stream(
                 code = grpc.StatusCode.INTERNAL
                 await abort_with(context, InternalError(f"internal error in {full_name}"))
             finally:
-                gate.leave()
+                gate.leave(access)
         finally:
             if observe is not None:
                 observe(service, method_name, "", code, time.perf_counter() - started)

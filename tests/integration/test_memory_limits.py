@@ -1,0 +1,79 @@
+"""Memory bounded before work, against a real node: a message longer than a
+node's limit (derived from ``--max-value-bytes`` and the batch bytes) is
+refused from its length prefix, and an answer that would outgrow a message is
+refused before it is built."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+import pytest
+
+from ringkv.api import kv_pb2, kv_pb2_grpc
+from ringkv.api.status import error_info
+from ringkv.core.validation import Limits
+from tests.support.nodes import NodeFactory
+
+FAST = ("--engine", "memory")
+MIB = 1 << 20
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS line")
+
+
+def refusal(call: grpc.UnaryUnaryMultiCallable, request: object) -> tuple[grpc.StatusCode, str]:  # type: ignore[type-arg]
+    with pytest.raises(grpc.RpcError) as refused:
+        call(request, timeout=60)
+    info = error_info(refused.value.trailing_metadata())
+    return refused.value.code(), info.reason if info is not None else ""
+
+
+def test_a_200_mib_request_is_refused_without_buffering_it(nodes: NodeFactory) -> None:
+    node = nodes("node1", *FAST)
+    assert node.process is not None
+    options = [("grpc.max_send_message_length", 256 * MIB)]
+    with grpc.insecure_channel(node.address, options=options) as channel:
+        stub = kv_pb2_grpc.KeyValueStub(channel)
+        stub.Set(kv_pb2.SetRequest(key="warm", value=b"x"), timeout=10)
+        before = rss_bytes(node.process.pid)
+        huge = kv_pb2.SetRequest(key="huge", value=b"\0" * (200 * MIB))
+        many = kv_pb2.MultiSetRequest(
+            entries=[kv_pb2.SetRequest(key=f"k{i}", value=b"\0" * MIB) for i in range(40)]
+        )
+        for request, call in ((huge, stub.Set), (many, stub.MultiSet)):
+            code, _ = refusal(call, request)
+            assert code is grpc.StatusCode.RESOURCE_EXHAUSTED
+        grew = rss_bytes(node.process.pid) - before
+        assert grew < 100 * MIB, f"RSS grew by {grew / MIB:.0f} MiB"
+        # Nothing of either was stored, and the node serves on.
+        assert not stub.Get(kv_pb2.GetRequest(key="huge"), timeout=10).found
+        assert not stub.Get(kv_pb2.GetRequest(key="k0"), timeout=10).found
+        # A MultiSet within the limit is served.
+        fits = kv_pb2.MultiSetRequest(
+            entries=[kv_pb2.SetRequest(key=f"k{i}", value=b"\1" * MIB) for i in range(8)]
+        )
+        stub.MultiSet(fits, timeout=30)
+
+
+def test_an_answer_over_a_message_is_refused_and_repeated_keys_are_read_once(
+    nodes: NodeFactory,
+) -> None:
+    node = nodes("node1", *FAST)
+    limit = Limits().message_bytes
+    options = [("grpc.max_receive_message_length", limit)]
+    with grpc.insecure_channel(node.address, options=options) as channel:
+        stub = kv_pb2_grpc.KeyValueStub(channel)
+        stub.Set(kv_pb2.SetRequest(key="big", value=b"v" * MIB), timeout=10)
+        # 255 copies of a 1 MiB value would be a 255 MiB answer.
+        code, reason = refusal(stub.MultiGet, kv_pb2.MultiGetRequest(keys=["big"] * 255))
+        assert (code, reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "RESPONSE_TOO_LARGE")
+        # Within the limit, every key asked for is answered, repeats included.
+        count = limit // MIB - 1
+        answer = stub.MultiGet(kv_pb2.MultiGetRequest(keys=["big"] * count + ["none"]), timeout=30)
+        assert [r.found for r in answer.results] == [True] * count + [False]
+        assert {r.value for r in answer.results[:count]} == {b"v" * MIB}
