@@ -10,6 +10,7 @@ file; a node on the memory engine refuses to be backed up.
 
 from __future__ import annotations
 
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -122,8 +123,17 @@ def test_backup_under_write_load_restores_into_a_node_that_serves_it(
     assert sum(1 for r in records if r.tombstone) == 10
     assert sum(1 for r in records if r.expires_at_ms) == 5
 
-    # A second backup never overwrites the first.
+    # A second backup never overwrites the first, nor writes through a planted
+    # symlink; what it writes is its owner's alone.
     assert_one_line_error(backup(node, output), "FILE_EXISTS")
+    precious = tmp_path / "precious"
+    precious.write_text("keep me")
+    planted = tmp_path / "planted.mdb"
+    planted.symlink_to(precious)
+    assert_one_line_error(backup(node, planted), "FILE_EXISTS")
+    assert precious.read_text() == "keep me"
+    for written in (output, manifest_path(output)):
+        assert stat.S_IMODE(written.stat().st_mode) == 0o600, written
 
     restored = nodes("node1", start=False)
     result = ringkv_cli("restore", str(output), "--data-dir", str(restored.data_dir))
@@ -132,6 +142,12 @@ def test_backup_under_write_load_restores_into_a_node_that_serves_it(
     assert f"({manifest.records:,} records, " in result.stdout
 
     node.stop()
+    # The data dir is node1's: another node started on it refuses to serve.
+    impostor = ringkv_cli(
+        "node", "-id", "node2", "-addr", "127.0.0.1:0", "--data-dir", str(node.data_dir)
+    )
+    assert impostor.returncode == 1
+    assert f"data dir {node.data_dir} belongs to node1, not node2" in impostor.stderr
     restored.start()
     assert_node_serves(restored.address, records)
     with ringkv.Client(restored.address, timeout=5.0) as client:

@@ -17,6 +17,8 @@ from ringkv.api.member_port import member_address
 from ringkv.client.channels import PLAINTEXT, Security, endpoint_list
 from ringkv.client.errors import from_rpc_error
 from ringkv.core.errors import InternalError, InvalidArgument, Unauthenticated, Unavailable
+from ringkv.storage.files import create_private, publish
+from ringkv.storage.snapshot import manifest_path
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,24 +247,33 @@ def backup(
     durable engine, InternalError (BACKUP_CORRUPTED) if the file received is
     not the one announced, and the node's or the network's errors as usual.
     """
-    if path.exists():
-        raise InvalidArgument(f"{path} already exists", reason="FILE_EXISTS")
+    # Nothing at either name is ever replaced or followed, a symlink included.
+    for taken in (path, manifest_path(path)):
+        if os.path.lexists(taken):
+            raise InvalidArgument(f"{taken} already exists", reason="FILE_EXISTS")
     partial = path.with_name(path.name + ".partial")
     try:
         # The file holds the whole store: readable by its owner only.
-        with os.fdopen(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as file:
-            info = _receive_backup(address, file, timeout, progress, security)
-            file.flush()
-            os.fsync(file.fileno())
-        partial.replace(path)
+        fd = create_private(partial)
     except FileExistsError:
         raise InvalidArgument(
             f"{partial} exists: another backup to {path} is running, or remove it",
             reason="FILE_EXISTS",
         ) from None
-    except BaseException:
+    try:
+        with os.fdopen(fd, "wb") as file:
+            info = _receive_backup(address, file, timeout, progress, security)
+            file.flush()
+            os.fsync(file.fileno())
+        try:
+            publish(partial, path)
+        except FileExistsError:
+            raise InvalidArgument(
+                f"{path} appeared during the backup; the backup is not kept",
+                reason="FILE_EXISTS",
+            ) from None
+    finally:
         partial.unlink(missing_ok=True)
-        raise
     return info
 
 

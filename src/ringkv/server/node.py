@@ -47,7 +47,7 @@ from ringkv.server.transport.auth import (
     Policy,
 )
 from ringkv.server.transport.peers import Fencing, Peer, PeerProber
-from ringkv.storage import FsyncMode, open_engine
+from ringkv.storage import FsyncMode, files, open_engine
 
 log = logging.getLogger("ringkv.node")
 
@@ -88,6 +88,8 @@ async def serve(
             resources.callback(metrics_socket.close)
         engine = open_engine(config.engine, config.data_path, config.fsync)
         resources.callback(engine.close)
+        if config.engine == "lmdb":
+            files.claim(config.data_path, config.node_id)
         max_batch = 1 if config.fsync is FsyncMode.ALWAYS else DEFAULT_MAX_BATCH
         commits = CommitQueue(engine, max_batch=max_batch)
         resources.push_async_callback(commits.close)

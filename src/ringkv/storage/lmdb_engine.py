@@ -36,6 +36,7 @@ from ringkv.storage.codec import (
     token_bound,
 )
 from ringkv.storage.engine import EngineStats, FsyncMode, PaxosOp, PaxosStep, T, purge_checks
+from ringkv.storage.files import PRIVATE_FILE_MODE, create_private, make_private_dir
 
 DEFAULT_INITIAL_MAP_BYTES = 256 << 20
 DEFAULT_MAX_MAP_BYTES = 1 << 40
@@ -55,7 +56,7 @@ class LmdbEngine:
         initial_map_bytes: int = DEFAULT_INITIAL_MAP_BYTES,
         max_map_bytes: int = DEFAULT_MAX_MAP_BYTES,
     ) -> None:
-        path.mkdir(parents=True, exist_ok=True)
+        make_private_dir(path)
         self._path = path
         self._dir_lock = lock_data_dir(path)
         self._max_map_bytes = max_map_bytes
@@ -64,6 +65,7 @@ class LmdbEngine:
                 str(path),
                 map_size=initial_map_bytes,
                 max_dbs=4,
+                mode=PRIVATE_FILE_MODE,
                 sync=fsync is not FsyncMode.NEVER,
                 metasync=fsync is not FsyncMode.NEVER,
             )
@@ -238,7 +240,7 @@ class LmdbEngine:
         )
 
     def snapshot(self, path: Path) -> EngineStats:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        fd = create_private(path)
         try:
             with self._snapshot_lock:
                 with self._map_lock:
@@ -283,7 +285,9 @@ def lock_data_dir(path: Path) -> int:
 
     Raises Unavailable if another process holds it.
     """
-    fd = os.open(path / _LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(
+        path / _LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, PRIVATE_FILE_MODE
+    )
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -35,6 +35,16 @@ from ringkv.storage.codec import (
     storage_key,
     stored_user_key,
 )
+from ringkv.storage.files import (
+    IDENTITY_FILES,
+    create_private,
+    create_private_anew,
+    make_private_dir,
+    owner,
+    publish,
+    sync_dir,
+    write_owner,
+)
 from ringkv.storage.lmdb_engine import lock_data_dir
 
 FORMAT = "ringkv-lmdb-snapshot/1"
@@ -118,11 +128,14 @@ def write_manifest(snapshot: Path, manifest: Manifest) -> Path:
     """Write ``FILE.json`` beside the snapshot (synced); its path."""
     path = manifest_path(snapshot)
     temporary = path.with_name(path.name + ".partial")
-    with temporary.open("w") as file:
-        file.write(manifest.to_json())
-        file.flush()
-        os.fsync(file.fileno())
-    temporary.replace(path)
+    try:
+        with os.fdopen(create_private(temporary), "w") as file:
+            file.write(manifest.to_json())
+            file.flush()
+            os.fsync(file.fileno())
+        publish(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
     return path
 
 
@@ -281,15 +294,9 @@ def restore(
     if not force:
         _refuse_if_not_empty(data_dir)  # before reading a large file for nothing
     manifest = read_manifest(snapshot)
-    if node_id is not None:
-        if manifest is None:
-            raise CorruptBackup(f"no manifest {manifest_path(snapshot)} to check the node id in")
-        if manifest.node_id != node_id:
-            raise PreconditionFailed(
-                f"the backup is of {manifest.node_id}, not {node_id}", reason="WRONG_NODE"
-            )
+    new_owner = _new_owner(data_dir, manifest, node_id, snapshot)
     contents = check_snapshot(snapshot, manifest)
-    data_dir.mkdir(parents=True, exist_ok=True)
+    make_private_dir(data_dir)
     lock = lock_data_dir(data_dir)
     try:
         if not force:
@@ -298,10 +305,45 @@ def restore(
         _copy_checked(snapshot, target, contents.sha256)
         # LMDB rebuilds its lock file on open; an old one describes old readers.
         (data_dir / _LMDB_LOCK_FILE).unlink(missing_ok=True)
-        _sync_dir(data_dir)
+        held = owner(data_dir)
+        if new_owner is not None and new_owner != held:
+            if held is not None:
+                # The former owner's vote, member table and clock mark are
+                # not the new owner's: it starts as if restored into an empty dir.
+                for name in IDENTITY_FILES:
+                    (data_dir / name).unlink(missing_ok=True)
+            write_owner(data_dir, new_owner)
+        sync_dir(data_dir)
     finally:
         os.close(lock)
     return RestoreReport(data_file=target, contents=contents, manifest=manifest)
+
+
+def _new_owner(
+    data_dir: Path, manifest: Manifest | None, node_id: str | None, snapshot: Path
+) -> str | None:
+    """The node the data dir belongs to after the restore, or WRONG_NODE.
+
+    ``--node-id`` must name the backup's node. A dir that belongs to another
+    node takes the backup only with ``--node-id``: restoring over a node's
+    data by mistake would make it serve another node's replicas as its own.
+    """
+    backed_up = manifest.node_id if manifest is not None else None
+    if node_id is not None:
+        if manifest is None:
+            raise CorruptBackup(f"no manifest {manifest_path(snapshot)} to check the node id in")
+        if backed_up != node_id:
+            raise PreconditionFailed(
+                f"the backup is of {backed_up}, not {node_id}", reason="WRONG_NODE"
+            )
+    held = owner(data_dir)
+    if held is not None and backed_up is not None and held != backed_up and node_id is None:
+        raise PreconditionFailed(
+            f"data dir {data_dir} belongs to {held} and the backup is of {backed_up}: pass "
+            f"--node-id {backed_up} to restore it there (the dir then belongs to {backed_up})",
+            reason="WRONG_NODE",
+        )
+    return backed_up
 
 
 def _refuse_if_not_empty(data_dir: Path) -> None:
@@ -323,7 +365,7 @@ def _copy_checked(source: Path, target: Path, sha256: str) -> None:
     temporary = target.with_name(f".{target.name}.restoring")
     digest = hashlib.sha256()
     try:
-        with source.open("rb") as reader, temporary.open("wb") as writer:
+        with source.open("rb") as reader, os.fdopen(create_private_anew(temporary), "wb") as writer:
             while chunk := reader.read(_COPY_CHUNK):
                 digest.update(chunk)
                 writer.write(chunk)
@@ -334,11 +376,3 @@ def _copy_checked(source: Path, target: Path, sha256: str) -> None:
         temporary.replace(target)
     finally:
         temporary.unlink(missing_ok=True)
-
-
-def _sync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import threading
 from collections.abc import Iterator
 from dataclasses import replace
@@ -15,6 +16,7 @@ import pytest
 from ringkv.core.errors import PreconditionFailed, StorageFull, Unavailable
 from ringkv.core.records import Record
 from ringkv.storage.engine import BackupUnsupported, EngineStats, FsyncMode
+from ringkv.storage.files import claim, owner, write_owner
 from ringkv.storage.lmdb_engine import LmdbEngine
 from ringkv.storage.memory import MemoryEngine
 from ringkv.storage.snapshot import (
@@ -265,7 +267,12 @@ def test_restore_into_a_new_dir_gives_a_store_that_opens_with_everything(
     assert report.manifest == manifest
     assert report.data_file == target / "data.mdb"
     assert (report.contents.records, report.contents.hints) == (len(records), 1)
-    assert sorted(p.name for p in target.iterdir()) == ["data.mdb", "ringkv.lock"]
+    assert sorted(p.name for p in target.iterdir()) == ["data.mdb", "node.id", "ringkv.lock"]
+    assert owner(target) == "node1"
+    # Everything in it is its owner's alone.
+    assert stat.S_IMODE(target.stat().st_mode) == 0o700
+    for path in target.iterdir():
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path.name
     reopened = LmdbEngine(target)
     try:
         assert scan_all(reopened) == in_scan_order(records)
@@ -326,6 +333,61 @@ def test_restore_with_force_replaces_the_data_and_keeps_cluster_json(
         assert scan_all(reopened) == in_scan_order(records)
     finally:
         reopened.close()
+
+
+def test_restoring_another_nodes_backup_over_a_dir_needs_its_node_id(
+    engine: LmdbEngine, tmp_path: Path
+) -> None:
+    node2_dir = tmp_path / "node2"
+    node2 = LmdbEngine(node2_dir)
+    node2.apply([put(rec(b"node2-key", 1))])
+    node2.close()
+    write_owner(node2_dir, "node2")
+    (node2_dir / "cluster.json").write_text("{}")
+    engine.apply([put(r) for r in sample_records(5)])
+    path = tmp_path / "b.mdb"
+    take_backup(engine, path, node_id="node1")
+
+    with pytest.raises(PreconditionFailed, match="belongs to node2") as refused:
+        restore(path, node2_dir, force=True)
+    assert refused.value.reason == "WRONG_NODE"
+    assert owner(node2_dir) == "node2"
+    assert (node2_dir / "cluster.json").exists()
+
+    # Named, the backup takes the dir over: node2's vote and table go with it.
+    restore(path, node2_dir, force=True, node_id="node1")
+    assert owner(node2_dir) == "node1"
+    assert not (node2_dir / "cluster.json").exists()
+    with pytest.raises(PreconditionFailed, match="belongs to node1"):
+        claim(node2_dir, "node2")
+    claim(node2_dir, "node1")
+
+
+def test_planted_files_are_neither_followed_nor_replaced(
+    engine: LmdbEngine, tmp_path: Path
+) -> None:
+    engine.apply([put(r) for r in sample_records(5)])
+    precious = tmp_path / "precious"
+    precious.write_text("keep me")
+    path = tmp_path / "b.mdb"
+    # A manifest name taken by a symlink to an unrelated file: refused, untouched.
+    (tmp_path / "b.mdb.json").symlink_to(precious)
+    stats = engine.snapshot(path)
+    manifest = Manifest("node1", stats.records, stats.hints, stats.bytes_used, file_sha256(path), 1)
+    with pytest.raises(FileExistsError):
+        write_manifest(path, manifest)
+    assert precious.read_text() == "keep me"
+    (tmp_path / "b.mdb.json").unlink()
+    write_manifest(path, manifest)
+    assert stat.S_IMODE((tmp_path / "b.mdb.json").stat().st_mode) == 0o600
+
+    # A symlink where restore puts its temporary copy is removed, not written through.
+    target = tmp_path / "restored"
+    target.mkdir()
+    (target / ".data.mdb.restoring").symlink_to(precious)
+    restore(path, target, force=True)
+    assert precious.read_text() == "keep me"
+    assert not (target / "data.mdb").is_symlink()
 
 
 def test_restore_refuses_a_dir_a_node_holds(engine: LmdbEngine, tmp_path: Path) -> None:

@@ -24,8 +24,9 @@ from pathlib import Path
 from ringkv.core.errors import StorageFull
 from ringkv.core.hlc import LOGICAL_BITS, HybridLogicalClock, next_mark
 from ringkv.server.cluster.durable_file import replace_durably
+from ringkv.storage.files import CLOCK_MARK_FILE
 
-FILE_NAME = "clock.mark"
+FILE_NAME = CLOCK_MARK_FILE
 
 
 class ClockMark:

@@ -5,18 +5,17 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ringkv.storage.files import create_private_anew, make_private_dir, sync_dir
+
 
 def replace_durably(path: Path, text: str) -> None:
-    """Write ``text`` to ``path``: a temporary file, fsync, rename, fsync the directory."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write ``text`` to ``path``: a new private temporary file (mode 0600,
+    never one planted there), fsync, rename, fsync the directory."""
+    make_private_dir(path.parent)
     temporary = path.with_suffix(".tmp")
-    with temporary.open("w") as file:
+    with os.fdopen(create_private_anew(temporary), "w") as file:
         file.write(text)
         file.flush()
         os.fsync(file.fileno())
     temporary.replace(path)
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+    sync_dir(path.parent)

@@ -14,8 +14,9 @@ from pathlib import Path
 
 from ringkv.core.membership import Member, Membership, MemberStatus
 from ringkv.server.cluster.durable_file import replace_durably
+from ringkv.storage.files import MEMBERSHIP_FILE
 
-FILE_NAME = "cluster.json"
+FILE_NAME = MEMBERSHIP_FILE
 
 
 @dataclass(frozen=True, slots=True)
