@@ -13,9 +13,11 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
+import grpc
 import pytest
 
 import ringkv
+from ringkv.api import kv_pb2, kv_pb2_grpc
 from ringkv.client.admin import ClusterState, cluster_state, node_stats, remove_node
 from ringkv.core.errors import RingkvError
 from ringkv.core.ring import Ring
@@ -220,6 +222,39 @@ def test_join_remove_kill_and_restart_under_load_keep_every_acknowledged_write(
         assert not misplaced, f"{node.node_id} holds {len(misplaced)} keys it does not own"
     wrong = {k: n for k, n in holders.items() if k in expected and n != replicas}
     assert not wrong, f"{len(wrong)} keys without {replicas} copies: {list(wrong.items())[:5]}"
+
+
+def test_a_phantom_joiner_does_not_block_a_real_one_and_can_be_removed(
+    nodes: NodeFactory,
+) -> None:
+    """Issue 13: a Join for a node that never comes up is dropped once it is
+    dead past ``--dead-after``, and ``cluster remove`` drops one at once."""
+    members = ClusterFactory(nodes)(3, *FAST, "--dead-after", "3")
+    node1, _, node3 = members
+    wait_for_leader(members, "node3", timeout=20)
+    (nowhere,) = free_ports(1)
+
+    def join_phantom(node_id: str) -> None:
+        with grpc.insecure_channel(node1.address) as channel:
+            kv_pb2_grpc.ClusterStub(channel).Join(
+                kv_pb2.JoinRequest(node_id=node_id, address=f"127.0.0.1:{nowhere}"), timeout=10
+            )
+
+    normal = {"node1": "normal", "node2": "normal", "node3": "normal"}
+    # Removed by the operator: at once, while it is still joining.
+    join_phantom("ghost1")
+    assert settled_members(node3) == {**normal, "ghost1": "joining"}
+    remove_node(node1.address, "ghost1")
+    wait_for_members(members, normal, timeout=30)
+
+    # Left alone: the leader drops it once it is dead past --dead-after, and
+    # a real node that asked to join meanwhile gets in.
+    join_phantom("ghost2")
+    (port,) = free_ports(1)
+    node4 = nodes("node4", "-peers", f"node1={node1.address}", *FAST, start=False)
+    node4.port = port
+    node4.start()
+    wait_for_members([*members, node4], {**normal, "node4": "normal"}, timeout=90)
 
 
 def test_a_node_dead_past_the_limit_is_removed_and_its_ranges_re_replicated(

@@ -142,6 +142,10 @@ class Membership:
             raise NotFound(f"{node_id!r} is not a member", reason="NO_SUCH_MEMBER")
         if member.status is MemberStatus.LEAVING:
             return self
+        if member.status is MemberStatus.JOINING:
+            # Its join is the change in progress, and nothing is its alone
+            # yet: the old owners keep every range until the join settles.
+            return self.without_joining(node_id, term)
         self._check_idle()
         if len(self.members) == 1:
             raise InvalidArgument(f"{node_id!r} is the only member; it cannot leave")

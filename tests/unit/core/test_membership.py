@@ -61,6 +61,16 @@ def test_one_change_at_a_time() -> None:
         joining.with_leaving("n1", term=1)
 
 
+def test_removing_a_joiner_gives_up_its_join_and_frees_the_next_change() -> None:
+    joining = THREE.with_joining("n4", "a:4", term=1)
+    removed = joining.with_leaving("n4", term=2)
+    assert removed.node_ids == THREE.node_ids
+    assert not removed.changing
+    assert removed.newer_than(joining)
+    # The next change is not held up by the join that never finished.
+    assert removed.with_joining("n5", "a:5", term=2).get("n5") is not None
+
+
 def test_joining_again_under_the_same_id_and_address_changes_nothing() -> None:
     assert THREE.with_joining("n2", "a:2", term=3) is THREE
     moved = THREE.with_joining("n2", "b:2", term=3)
