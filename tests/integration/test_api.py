@@ -681,6 +681,15 @@ def test_a_join_with_a_malformed_id_or_address_is_refused_and_changes_nothing(
             value=b"v" * (2 << 20),
             version=replica_pb2.Version(timestamp=1, node_id="x"),
         ),
+        # Stamped in the year 2100, and at the int64 limit.
+        replica_pb2.Record(
+            key=b"future",
+            value=b"v",
+            version=replica_pb2.Version(timestamp=4_102_444_800_000 << 16, node_id="x"),
+        ),
+        replica_pb2.Record(
+            key=b"max", value=b"v", version=replica_pb2.Version(timestamp=2**63 - 1, node_id="x")
+        ),
     ],
 )
 def test_a_replica_write_of_a_malformed_record_is_refused_and_stores_nothing(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ringkv.core.errors import InvalidArgument, ValueTooLarge
+from ringkv.core.hlc import LOGICAL_BITS
 from ringkv.core.records import EXPECT_ABSENT, Record
 
 MAX_KEY_BYTES = 4096
@@ -16,6 +17,11 @@ MAX_BATCH_BYTES = 16 << 20
 entries, a MultiGet's answer, a batch of replica reads or writes."""
 MESSAGE_OVERHEAD_BYTES = 64 << 10
 """Room in a message for everything but keys and values."""
+MAX_VERSION_LEAD_MS = 24 * 3600 * 1000
+"""How far past a replica's wall clock a version from a peer may be. Far
+beyond any skew the clock guard lets a coordinator stamp with (its clock
+within --max-clock-offset of a majority's), and far below what would let a
+planted version push clocks toward the int64 limit."""
 # Keeps now + ttl far inside the int64 an expiry is stored as.
 MAX_TTL_MS = 100 * 365_25 * 24 * 3600 * 10
 
@@ -101,9 +107,12 @@ def node_id(text: str) -> str:
     return text
 
 
-def replica_record(record: Record, limits: Limits) -> Record:
+def replica_record(record: Record, limits: Limits, now_ms: int) -> Record:
     """A record a peer sent, held to the client API's limits: a member's
-    messages are trusted no more than a client's."""
+    messages are trusted no more than a client's. Its version may not be
+    more than ``MAX_VERSION_LEAD_MS`` past ``now_ms`` (this node's wall clock):
+    a coordinator that read it would move its clock there, and a version
+    near the int64 limit would leave it none to stamp with."""
     try:
         key = record.key.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -115,6 +124,13 @@ def replica_record(record: Record, limits: Limits) -> Record:
         raise InvalidArgument(
             f"version timestamp must be positive, got {record.version.timestamp}",
             reason="INVALID_VERSION",
+        )
+    lead_ms = (record.version.timestamp >> LOGICAL_BITS) - now_ms
+    if lead_ms > MAX_VERSION_LEAD_MS:
+        raise InvalidArgument(
+            f"the record's version is {lead_ms} ms ahead of this node's clock; the limit is "
+            f"{MAX_VERSION_LEAD_MS}",
+            reason="VERSION_IN_FUTURE",
         )
     if record.expires_at_ms < 0 or (record.tombstone and record.value):
         raise InvalidArgument(

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ringkv.core.errors import InvalidArgument, ResourceExhausted, ValueTooLarge
-from ringkv.core.hlc import Version
+from ringkv.core.hlc import LOGICAL_BITS, Version
 from ringkv.core.records import EXPECT_ABSENT, Record
 from ringkv.core.validation import (
     DEFAULT_MAX_VALUE_BYTES,
@@ -206,6 +206,8 @@ def test_version_below_minus_one_is_rejected(version: int) -> None:
 
 
 GOOD = Record(b"key", b"value", Version(1 << 20, "node1"))
+NOW_MS = 1_800_000_000_000
+DAY_MS = 24 * 3600 * 1000
 
 
 @pytest.mark.parametrize(
@@ -220,18 +222,26 @@ GOOD = Record(b"key", b"value", Version(1 << 20, "node1"))
         (replace(GOOD, version=Version(1, "bad id,=")), "INVALID_NODE_ID"),
         (replace(GOOD, expires_at_ms=-1), "INVALID_RECORD"),
         (replace(GOOD, tombstone=True), "INVALID_RECORD"),
+        (
+            replace(GOOD, version=Version((NOW_MS + DAY_MS + 1) << LOGICAL_BITS, "n1")),
+            "VERSION_IN_FUTURE",
+        ),
+        (replace(GOOD, version=Version(2**63 - 1, "node1")), "VERSION_IN_FUTURE"),
     ],
 )
 def test_a_record_from_a_peer_meets_the_client_api_limits(record: Record, reason: str) -> None:
     with pytest.raises((InvalidArgument, ValueTooLarge)) as refused:
-        replica_record(record, Limits())
+        replica_record(record, Limits(), NOW_MS)
     assert refused.value.reason == reason
 
 
 def test_a_well_formed_record_from_a_peer_passes() -> None:
-    assert replica_record(GOOD, Limits()) == GOOD
+    assert replica_record(GOOD, Limits(), NOW_MS) == GOOD
     deleted = replace(GOOD, value=b"", tombstone=True)
-    assert replica_record(deleted, Limits()) == deleted
+    assert replica_record(deleted, Limits(), NOW_MS) == deleted
+    # A version a day ahead of this node's clock, as skew could make it, passes.
+    ahead = replace(GOOD, version=Version((NOW_MS + DAY_MS) << LOGICAL_BITS, "node1"))
+    assert replica_record(ahead, Limits(), NOW_MS) == ahead
 
 
 @given(st.text(min_size=1, max_size=64))

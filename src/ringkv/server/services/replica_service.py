@@ -172,8 +172,10 @@ class ReplicaService:
         hint_for = request.hint_for or None
         if hint_for is not None:
             validation.node_id(hint_for)
+        now = self._now_ms()
         records = [
-            validation.replica_record(record_from_wire(r), self._limits) for r in request.records
+            validation.replica_record(record_from_wire(r), self._limits, now)
+            for r in request.records
         ]
         self._clock.observe_peer(request.clock)
         newer = self._newer_table(request.fence)
