@@ -28,6 +28,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
@@ -70,27 +71,23 @@ def _child_env() -> dict[str, str]:
     return env
 
 
+@dataclass(frozen=True)
+class LocalCluster:
+    addresses: list[str]
+    processes: list[subprocess.Popen[bytes]]
+    data_dir: Path
+
+
 @contextlib.contextmanager
-def local_cluster(workdir: Path, base_port: int) -> Iterator[list[str]]:
-    """Run the cluster while the block runs; yields the nodes' addresses."""
+def local_cluster(workdir: Path, base_port: int) -> Iterator[LocalCluster]:
+    """Run the cluster while the block runs."""
     lines = node_command_lines(NODES, base_port, REPLICAS, workdir / "data", "lmdb")
     addresses = [f"127.0.0.1:{base_port + index}" for index in range(NODES)]
     logs = [workdir / f"node{index + 1}.log" for index in range(NODES)]
     children: list[subprocess.Popen[bytes]] = []
     try:
         for line, log_path in zip(lines, logs, strict=True):
-            with log_path.open("wb") as log:
-                # A session of their own: Ctrl-C reaches this script, which then
-                # stops the nodes in order, rather than every process at once.
-                children.append(
-                    subprocess.Popen(
-                        line,
-                        stdout=log,
-                        stderr=subprocess.STDOUT,
-                        env=_child_env(),
-                        start_new_session=True,
-                    )
-                )
+            children.append(spawn(line, log_path))
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
         for child, address, log_path in zip(children, addresses, logs, strict=True):
             if child.poll() is not None or not wait_until_serving(
@@ -98,12 +95,22 @@ def local_cluster(workdir: Path, base_port: int) -> Iterator[list[str]]:
             ):
                 tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-20:])
                 raise SystemExit(f"the node at {address} did not start:\n{tail}")
-        yield addresses
+        yield LocalCluster(addresses, children, workdir / "data")
     finally:
-        _stop(children)
+        stop(children)
 
 
-def _stop(children: list[subprocess.Popen[bytes]]) -> None:
+def spawn(line: list[str], log_path: Path) -> subprocess.Popen[bytes]:
+    """Start a node process logging to ``log_path``."""
+    with log_path.open("wb") as log:
+        # A session of its own: Ctrl-C reaches this script, which then stops
+        # the nodes in order, rather than every process at once.
+        return subprocess.Popen(
+            line, stdout=log, stderr=subprocess.STDOUT, env=_child_env(), start_new_session=True
+        )
+
+
+def stop(children: list[subprocess.Popen[bytes]]) -> None:
     # A second Ctrl-C must not cut the shutdown short and leave nodes running.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     for child in children:
@@ -151,7 +158,8 @@ def main() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="ringkv-bench-cluster-"))
     try:
         base_port = free_base_port(NODES)
-        with local_cluster(workdir, base_port) as addresses:
+        with local_cluster(workdir, base_port) as cluster:
+            addresses = cluster.addresses
             print(f"cluster: {NODES} nodes, replication factor {REPLICAS}, {', '.join(addresses)}")
             command = bench_command(addresses, args)
             env = _child_env()

@@ -80,7 +80,6 @@ async def serve(
     server, port = _bind(config, security)
     async with AsyncExitStack() as resources:
         fd_limit = descriptors.raise_limit()
-        log.info("file descriptor limit", extra={"limit": fd_limit})
         fd_watch = asyncio.get_running_loop().create_task(descriptors.watch(fd_limit))
         resources.callback(fd_watch.cancel)
         metrics_socket = bind_metrics(config.metrics_addr) if config.metrics_addr else None
@@ -283,6 +282,7 @@ async def serve(
             observe=metrics.requests.observe if metrics is not None else None,
             metrics_port=metrics_server.port if metrics_server is not None else None,
             policy=security.policy(),
+            fd_limit=fd_limit,
         )
     log.info("stopped")
 
@@ -345,6 +345,7 @@ async def _serve_until_stopped(
     observe: rpc.RequestObserver | None = None,
     metrics_port: int | None = None,
     policy: Policy | None = None,
+    fd_limit: int | None = None,
 ) -> None:
     gate = rpc.Gate(config.max_concurrent_calls)
     server.add_generic_rpc_handlers(
@@ -373,6 +374,7 @@ async def _serve_until_stopped(
             "tls": config.tls_cert is not None,
             "mutual_tls": config.tls_ca is not None,
             "member_port": config.member_listen.port if config.member_listen else None,
+            "fd_limit": fd_limit,
             "tokens": ",".join(
                 role
                 for role, path in (

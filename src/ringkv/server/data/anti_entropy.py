@@ -197,8 +197,11 @@ class AntiEntropy:
 
     async def _repair(self, peer: Peer, horizon: int) -> PeerRepair:
         spans = self.shared_spans(peer.node_id)
-        local = await self._local_tree(spans, horizon)
-        remote = MerkleTree(self._depth, await peer.merkle(spans, self._depth, horizon))
+        # Both sides build their trees at once: the round takes one build's time.
+        local, remote_leaves = await asyncio.gather(
+            self._local_tree(spans, horizon), peer.merkle(spans, self._depth, horizon)
+        )
+        remote = MerkleTree(self._depth, remote_leaves)
         leaves = differing_leaves(local, remote)
         pulled = pushed = 0
         for leaf in leaves:

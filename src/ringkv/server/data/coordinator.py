@@ -15,7 +15,7 @@ import asyncio
 import functools
 import logging
 import random
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
@@ -34,10 +34,9 @@ from ringkv.core.coordination import (
     plan,
     stamp,
 )
-from ringkv.core.errors import StaleMemberTable, StorageFull
+from ringkv.core.errors import RingkvError, StaleMemberTable, StorageFull
 from ringkv.core.hlc import HybridLogicalClock
-from ringkv.core.quorum import Target
-from ringkv.core.records import Record, ReplicaAck, ack
+from ringkv.core.records import Record, ack
 from ringkv.server.cluster.clock_guard import ClockGuard
 from ringkv.server.cluster.clock_mark import ClockMark
 from ringkv.server.cluster.cluster_view import ClusterView
@@ -45,6 +44,7 @@ from ringkv.server.cluster.leader_lease import LeaderLease
 from ringkv.server.counters import Counters
 from ringkv.server.data.compare_and_set import CompareAndSet
 from ringkv.server.data.local_store import LocalStore
+from ringkv.server.transport.peers import Fence
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +159,67 @@ class Coordinator:
             record = self._stamp(key, value, tombstone, ttl_ms)
             return await self._replicate(record, level, deadline)
 
+    async def write_many(
+        self,
+        entries: Sequence[tuple[bytes, bytes, int]],
+        *,
+        level: Consistency,
+        timeout_s: float,
+        clock_wait_s: float = 0.0,
+    ) -> list[Written | RingkvError]:
+        """Plain writes of many keys (key, value, ttl_ms): each one's outcome.
+
+        Each key is its own request, under the same rules as ``write``, but
+        they are stamped together and driven together, so the calls they make
+        at one moment go out as one commit here and one batch per peer. Keys
+        a conditional write holds, and LINEARIZABLE writes, go one by one
+        through ``write``.
+        """
+        deadline = _deadline(timeout_s)
+        outcomes: list[Written | RingkvError | None] = [None] * len(entries)
+        together = [
+            i
+            for i, (key, _, _) in enumerate(entries)
+            if level is not Consistency.LINEARIZABLE and not self._key_locks.held(key)
+        ]
+        if together:
+            try:
+                await self._require_lease(entries[together[0]][0], level, clock_wait_s)
+                await self._clock_guard.require_soon(clock_wait_s)
+                await self._clock_mark.stay_ahead()
+                requests = [
+                    self._write_request(self._stamp(key, value, False, ttl), level)
+                    for key, value, ttl in (entries[i] for i in together)
+                ]
+            except RingkvError as refused:  # nothing was sent
+                for i in together:
+                    outcomes[i] = refused
+            else:
+                driven = await self._run_many(requests, deadline)
+                for i, outcome in zip(together, driven, strict=True):
+                    outcomes[i] = outcome
+
+        async def alone(key: bytes, value: bytes, ttl: int) -> Written | RingkvError:
+            remaining = deadline - asyncio.get_running_loop().time()
+            try:
+                return await self.write(
+                    key,
+                    value,
+                    level=level,
+                    timeout_s=max(remaining, 0.0),
+                    ttl_ms=ttl,
+                    clock_wait_s=clock_wait_s,
+                )
+            except RingkvError as failed:
+                return failed
+
+        rest = [i for i, outcome in enumerate(outcomes) if outcome is None]
+        for i, outcome in zip(
+            rest, await asyncio.gather(*(alone(*entries[i]) for i in rest)), strict=True
+        ):
+            outcomes[i] = outcome
+        return [outcome for outcome in outcomes if outcome is not None]
+
     def _stamp(self, key: bytes, value: bytes, tombstone: bool, ttl_ms: int) -> Record:
         # Asked again at the moment of stamping: a lock wait or a read may have
         # passed since the write began, and the verdict with it.
@@ -188,7 +249,10 @@ class Coordinator:
         once the change settles, a quorum of the new replicas holds every
         acknowledged write.
         """
-        request = WriteRequest(
+        return await self._run(self._write_request(record, level), deadline)
+
+    def _write_request(self, record: Record, level: Consistency) -> WriteRequest:
+        return WriteRequest(
             record,
             level,
             self._planner(record.key, level),
@@ -206,7 +270,6 @@ class Coordinator:
                 lambda: self._clock_guard.check().may_stamp and self._clock_mark.allows_next(),
             ),
         )
-        return await self._run(request, deadline)
 
     # -- shared ----------------------------------------------------------------
 
@@ -234,72 +297,136 @@ class Coordinator:
         return plan_now
 
     async def _run(self, request: Request[T], deadline: float) -> T:
-        """Drive a request with real calls until it finishes or the deadline passes.
+        """Drive one request with real calls until it finishes or the deadline passes."""
+        (outcome,) = await self._run_many([request], deadline)
+        if isinstance(outcome, RingkvError):
+            raise outcome
+        return outcome
 
-        Calls still running then (or orphaned by a cancelled request) go on
-        in the background and are still fed to the request: a late failure
-        may leave a hint, a late stale answer a repair. close() waits for them.
+    async def _run_many(
+        self, requests: Sequence[Request[T]], deadline: float
+    ) -> list[T | RingkvError]:
+        """Drive requests with real calls until each finishes or the deadline
+        passes; each one's outcome or error.
+
+        The calls the requests ask for at one moment go out together: one
+        commit for this node's replica, one batch per peer, however many
+        requests they serve. Calls still running at the deadline (or orphaned
+        by a cancelled request) go on in the background and are still fed to
+        their request: a late failure may leave a hint, a late stale answer a
+        repair. close() waits for them.
         """
         loop = asyncio.get_running_loop()
-        finished = loop.create_future()
+        all_finished = loop.create_future()
+        started_errors: dict[int, RingkvError] = {}
+        open_requests = set(range(len(requests)))
 
-        def act(ready: Ready) -> None:
-            for call in ready.calls:
-                task = loop.create_task(self._start(call))
-                task.add_done_callback(functools.partial(settle, call.id))
-                self._track(task)
-            for hint in ready.hints:
-                self._hint_for(hint.record, hint.node_id)
-            if ready.repairs:
-                self._counters.read_repairs += len(ready.repairs)
-            for repair in ready.repairs:
-                self._spawn(self._repair(repair))
-            if request.finished and not finished.done():
-                finished.set_result(None)
-
-        def settle(call_id: int, task: asyncio.Task[object]) -> None:
-            if task.cancelled():
-                act(request.failed(call_id, asyncio.CancelledError()))
-            elif (error := task.exception()) is not None:
-                act(request.failed(call_id, error))
-            else:
-                act(request.answered(call_id, task.result()))
-
-        act(request.start())
-        done, _ = await asyncio.wait({finished}, timeout=deadline - loop.time())
-        if not done:
-            act(request.expired())
-        return request.result()
-
-    async def _start(self, call: Call) -> object:
-        target = call.target
-        if target.node_id == self._view.node_id:
-            # This replica fences the call as a remote one would.
-            mine = self._view.membership
-            if mine.fence > call.fence:
-                raise StaleMemberTable(
-                    f"this node moved on to member table epoch {mine.epoch} (term {mine.term}) "
-                    f"since the request was planned on epoch {call.fence[0]}",
-                    metadata={"epoch": str(mine.epoch)},
+        def act(readies: Iterable[tuple[int, Ready]]) -> None:
+            batches: dict[tuple[str, str | None, bool], list[tuple[int, Call]]] = {}
+            for index, ready in readies:
+                for call in ready.calls:
+                    target = call.target
+                    batch = (target.node_id, target.stands_in_for, call.record is None)
+                    batches.setdefault(batch, []).append((index, call))
+                for hint in ready.hints:
+                    self._hint_for(hint.record, hint.node_id)
+                if ready.repairs:
+                    self._counters.read_repairs += len(ready.repairs)
+                for repair in ready.repairs:
+                    self._spawn(self._repair(repair))
+                if requests[index].finished:
+                    open_requests.discard(index)
+            for calls in batches.values():
+                self._spawn(
+                    self._start_batch([call for _, call in calls]),
+                    then=functools.partial(settle, calls),
                 )
-        if call.record is None:
-            if target.node_id == self._view.node_id:
-                return self._store.read(call.key)
-            return await self._view.peers[target.node_id].read(call.key, fence=call.fence)
-        return await self._write_one(target, call.record, call.fence)
+            if not open_requests and not all_finished.done():
+                all_finished.set_result(None)
 
-    async def _write_one(
-        self, target: Target, record: Record, fence: tuple[int, int] | None
-    ) -> ReplicaAck:
-        if target.node_id == self._view.node_id:
-            result = await self._store.apply(record, hint_for=target.stands_in_for)
-            return ack(record, result, self._now_ms())
-        peer = self._view.peers[target.node_id]
-        return await peer.write(record, hint_for=target.stands_in_for, fence=fence)
+        def settle(calls: list[tuple[int, Call]], task: asyncio.Task[list[object]]) -> None:
+            if task.cancelled():
+                error: BaseException | None = asyncio.CancelledError()
+            else:
+                error = task.exception()
+            if error is not None:
+                act((i, requests[i].failed(call.id, error)) for i, call in calls)
+                return
+            act(
+                (i, requests[i].failed(call.id, answer))
+                if isinstance(answer, BaseException)
+                else (i, requests[i].answered(call.id, answer))
+                for (i, call), answer in zip(calls, task.result(), strict=True)
+            )
+
+        def start(index: int, request: Request[T]) -> Ready:
+            try:
+                return request.start()
+            except RingkvError as refused:  # nothing was sent for it
+                started_errors[index] = refused
+                open_requests.discard(index)
+                return Ready()
+
+        act([(i, start(i, request)) for i, request in enumerate(requests)])
+        done, _ = await asyncio.wait({all_finished}, timeout=deadline - loop.time())
+        if not done:
+            act((i, requests[i].expired()) for i in sorted(open_requests))
+        outcomes: list[T | RingkvError] = []
+        for index, request in enumerate(requests):
+            if index in started_errors:
+                outcomes.append(started_errors[index])
+                continue
+            try:
+                outcomes.append(request.result())
+            except RingkvError as failed:
+                outcomes.append(failed)
+        return outcomes
+
+    async def _start_batch(self, calls: list[Call]) -> list[object]:
+        """Start calls to one target, all reads or all writes (with the same
+        stand-in): an answer or an error each."""
+        target = calls[0].target
+        if target.node_id != self._view.node_id:
+            peer = self._view.peers[target.node_id]
+            if calls[0].record is None:
+                return list(await peer.read_many([(c.key, c.fence) for c in calls]))
+            writes: list[tuple[Record, Fence | None]] = [
+                (c.record, c.fence) for c in calls if c.record is not None
+            ]
+            return list(await peer.write_many(writes, hint_for=target.stands_in_for))
+        # This replica fences the calls as a remote one would.
+        mine = self._view.membership
+        answers: list[object] = [
+            StaleMemberTable(
+                f"this node moved on to member table epoch {mine.epoch} (term {mine.term}) "
+                f"since the request was planned on epoch {call.fence[0]}",
+                metadata={"epoch": str(mine.epoch)},
+            )
+            if mine.fence > call.fence
+            else None
+            for call in calls
+        ]
+        admitted = [i for i, answer in enumerate(answers) if answer is None]
+        if calls[0].record is None:
+            for i in admitted:
+                answers[i] = self._store.read(calls[i].key)
+            return answers
+        records = [calls[i].record for i in admitted]
+        applied = await self._store.apply_many(
+            [r for r in records if r is not None], hint_for=target.stands_in_for
+        )
+        now = self._now_ms()
+        for i, record, result in zip(admitted, records, applied, strict=True):
+            assert record is not None
+            answers[i] = result if isinstance(result, Exception) else ack(record, result, now)
+        return answers
 
     async def _repair(self, repair: Repair) -> None:
         # A repair sends a version some replica already holds: it needs no fence.
-        await self._write_one(Target(repair.node_id), repair.record, None)
+        if repair.node_id == self._view.node_id:
+            await self._store.apply(repair.record)
+        else:
+            await self._view.peers[repair.node_id].write(repair.record)
 
     def _hint_for(self, record: Record, node: str) -> None:
         """Hold a hint here for a replica the write missed, as Cassandra does.
@@ -313,8 +440,17 @@ class Coordinator:
     async def _hold_hint(self, record: Record, node: str) -> None:
         await self._store.apply(record, hint_for=node)
 
-    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
-        self._track(asyncio.get_running_loop().create_task(work))
+    def _spawn(
+        self,
+        work: Coroutine[Any, Any, T],
+        *,
+        then: Callable[[asyncio.Task[T]], object] | None = None,
+    ) -> None:
+        """Run ``work`` in the background (close() waits for it), then ``then``."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._track(task)
+        if then is not None:
+            task.add_done_callback(then)
 
     def _track(self, task: asyncio.Task[Any]) -> None:
         self._background.add(task)

@@ -22,7 +22,7 @@ from ringkv.api import kv_pb2
 from ringkv.api.headers import FORWARD_HOPS, RING_EPOCH
 from ringkv.api.status import error_info
 from ringkv.core.consistency import Consistency
-from ringkv.core.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted
+from ringkv.core.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted, RingkvError
 from ringkv.core.records import Record
 from ringkv.core.validation import MESSAGE_OVERHEAD_BYTES, Limits, expected_version, ttl_ms
 from ringkv.server.cluster.clock_guard import CLOCK_OFFSET, CLOCK_UNCHECKED, ClockGuard
@@ -259,19 +259,16 @@ class KeyValueService:
             if forwarded is not None:
                 return forwarded
         timeout = self._timeout(context)
-        written = await asyncio.gather(
-            *(
-                self._coordinator.write(
-                    key,
-                    value,
-                    level=level,
-                    timeout_s=timeout,
-                    ttl_ms=ttl,
-                    clock_wait_s=_clock_wait(context, timeout),
-                )
-                for key, value, ttl in entries
-            )
+        outcomes = await self._coordinator.write_many(
+            entries, level=level, timeout_s=timeout, clock_wait_s=_clock_wait(context, timeout)
         )
+        # The call fails if any of its writes did (MultiSet is not atomic:
+        # the others may have taken effect), with the first key's error.
+        written = []
+        for outcome in outcomes:
+            if isinstance(outcome, RingkvError):
+                raise outcome
+            written.append(outcome)
         return kv_pb2.MultiSetResponse(
             results=[
                 kv_pb2.SetResponse(ok=True, version=w.record.version.timestamp) for w in written

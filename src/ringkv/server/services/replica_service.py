@@ -74,6 +74,7 @@ class ReplicaService:
         """Fences reads and writes by member table; None in tests of one replica alone."""
         self._clock = clock
         self._now_ms = now_ms
+        self._merkle_builds = asyncio.Lock()
         # Scans go to the engine directly: the store reads and writes keys,
         # not ranges.
         self._engine = engine
@@ -240,9 +241,12 @@ class ReplicaService:
                 reason="MERKLE_TOO_DEEP",
             )
         spans = [_span_from_wire(span) for span in request.spans]
-        tree = await asyncio.to_thread(
-            span_tree, self._engine, spans, request.depth, request.purge_horizon_ms
-        )
+        # One tree at a time: peers asking at once would share the CPU and
+        # each wait as long as all the builds together.
+        async with self._merkle_builds:
+            tree = await asyncio.to_thread(
+                span_tree, self._engine, spans, request.depth, request.purge_horizon_ms
+            )
         return replica_pb2.MerkleResponse(leaves=tree.leaves, clock=self._clock.last)
 
 

@@ -25,7 +25,7 @@ from ringkv.core.records import Record, ReplicaAck
 from ringkv.core.validation import MAX_BATCH_BYTES
 from ringkv.server.counters import Counters
 from ringkv.server.transport.auth import CHANNEL_OPTIONS, NodeSecurity
-from ringkv.server.transport.batching import Batcher
+from ringkv.server.transport.batching import Batcher, ItemT, ResultT
 from ringkv.server.transport.wire import (
     ballot_to_wire,
     membership_from_wire,
@@ -48,6 +48,10 @@ PIPELINE_DEPTH = 4
 earlier ones are still on the wire or syncing on the replica (one HTTP/2
 connection carries them all, in order)."""
 _DOWN_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+MERKLE_TIMEOUT_S = 120.0
+"""How long a peer may take to build a Merkle tree: about ten seconds per
+million keys on a loaded core, so a tenfold margin at that size. A peer's
+other calls keep the short peer timeout."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,10 +121,15 @@ class Peer:
         self._writers: dict[str, Batcher[tuple[Record, Fence | None], ReplicaAck]] = {}
         self._reader: Batcher[tuple[bytes, Fence | None], Record | None] | None = None
 
-    def _failed(self, error: grpc.aio.AioRpcError, what: str) -> Unavailable:
+    def _failed(
+        self, error: grpc.aio.AioRpcError, what: str, *, slow_is_down: bool = True
+    ) -> Unavailable:
         if self._counters is not None:
             self._counters.replica_error(self.node_id, what.removeprefix("replica "))
-        if error.code() in _DOWN_CODES and self.alive:
+        down = error.code() is grpc.StatusCode.UNAVAILABLE or (
+            slow_is_down and error.code() in _DOWN_CODES
+        )
+        if down and self.alive:
             self.alive = False
             log.warning("peer down", extra={"peer": self.node_id, "during": what})
         return Unavailable(f"{what} on {self.node_id} failed: {error.code().name}")
@@ -137,6 +146,16 @@ class Peer:
         ``fence``: the (epoch, term) of the table the read was planned on; None
         for this node's table now. Concurrent reads from this peer share one call.
         """
+        (answer,) = await self.read_many([(key, fence)])
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    async def read_many(
+        self, reads: list[tuple[bytes, Fence | None]]
+    ) -> list[Record | Exception | None]:
+        """``read`` for many keys, each with its fence: one answer each, in one
+        batch with whatever else is being read from this peer."""
         if self._reader is None:
             self._reader = Batcher(
                 self._read_batch,
@@ -144,7 +163,7 @@ class Peer:
                 name=f"reads from {self.node_id}",
                 max_in_flight=PIPELINE_DEPTH,
             )
-        return await self._reader.submit((key, fence))
+        return await _in_pieces(self._reader, reads, lambda read: len(read[0]))
 
     async def _read_batch(self, reads: list[tuple[bytes, Fence | None]]) -> list[Record | None]:
         fence = self._fence(fence for _, fence in reads)
@@ -169,6 +188,16 @@ class Peer:
 
         ``fence`` as for ``read``. Concurrent writes to this peer share one call.
         """
+        (answer,) = await self.write_many([(record, fence)], hint_for=hint_for)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    async def write_many(
+        self, writes: list[tuple[Record, Fence | None]], *, hint_for: str | None = None
+    ) -> list[ReplicaAck | Exception]:
+        """``write`` for many records, each with its fence: one answer each, in
+        as few calls as the batch limits allow."""
         target = hint_for or ""
         writer = self._writers.get(target)
         if writer is None:
@@ -176,11 +205,11 @@ class Peer:
                 lambda records: self._write_batch(records, target),
                 max_batch=MAX_RECORDS_PER_CALL,
                 max_bytes=MAX_BATCH_BYTES,
-                size_of=lambda write: len(write[0].key) + len(write[0].value),
+                size_of=_write_size,
                 name=f"writes to {self.node_id}",
                 max_in_flight=PIPELINE_DEPTH,
             )
-        return await writer.submit((record, fence))
+        return await _in_pieces(writer, writes, _write_size)
 
     async def _write_batch(
         self, writes: list[tuple[Record, Fence | None]], hint_for: str
@@ -318,9 +347,10 @@ class Peer:
             clock=self._clock.last,
         )
         try:
-            response = await self._replica.Merkle(request, timeout=self._timeout_s)
+            response = await self._replica.Merkle(request, timeout=MERKLE_TIMEOUT_S)
         except grpc.aio.AioRpcError as error:
-            raise self._failed(error, "replica merkle") from None
+            # Slow is not down: a tree of many keys takes the peer a while.
+            raise self._failed(error, "replica merkle", slow_is_down=False) from None
         self._clock.observe_peer(response.clock)
         if len(response.leaves) != 1 << depth:
             raise InternalError(f"{self.node_id} answered a Merkle request of depth {depth} oddly")
@@ -332,6 +362,32 @@ class Peer:
         if end >= 1 << 64:
             return replica_pb2.TokenSpan(start=start, to_end=True)
         return replica_pb2.TokenSpan(start=start, end=end)
+
+
+def _write_size(write: tuple[Record, Fence | None]) -> int:
+    return len(write[0].key) + len(write[0].value)
+
+
+async def _in_pieces(
+    batcher: Batcher[ItemT, ResultT], items: list[ItemT], size_of: Callable[[ItemT], int]
+) -> list[ResultT | Exception]:
+    """Submit ``items`` in pieces of at most a call's records and bytes (a
+    group travels in one call), all at once; one result each, in order."""
+    pieces: list[list[ItemT]] = [[]]
+    size = 0
+    for item in items:
+        item_size = size_of(item)
+        if pieces[-1] and (
+            len(pieces[-1]) >= MAX_RECORDS_PER_CALL or size + item_size > MAX_BATCH_BYTES
+        ):
+            pieces.append([])
+            size = 0
+        pieces[-1].append(item)
+        size += item_size
+    if len(pieces) == 1:
+        return await batcher.submit_many(pieces[0])
+    answers = await asyncio.gather(*(batcher.submit_many(piece) for piece in pieces))
+    return [answer for piece in answers for answer in piece]
 
 
 class PeerProber:

@@ -1,0 +1,160 @@
+"""Bulk load, repair and join at scale on a local 3-node cluster (RF 3, LMDB).
+
+Loads ``--keys`` keys (``--value-bytes`` each) with MultiSet calls of
+``--batch`` keys, ``--concurrency`` calls in flight; then runs one
+anti-entropy round on every node with the replicas in sync (what
+``ringkv cluster repair`` does); then starts a fourth node that joins and
+waits until it is a normal member. Reports the load rate, the nodes' RSS and
+disk, the repair time and the join time, as a table and, with ``--json``, as
+JSON. The cluster is always stopped and its data removed.
+
+    PYTHONPATH=src .venv/bin/python bench/scale.py --keys 1000000
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from cluster import NODES, free_base_port, local_cluster, spawn, stop
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+import ringkv
+from ringkv.client.admin import cluster_state, repair
+from ringkv.core.errors import RingkvError
+
+JOIN_TIMEOUT_S = 1800.0
+KIB = 1024
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * KIB
+    return 0
+
+
+def disk_bytes(path: Path) -> int:
+    """Bytes the files under ``path`` take on disk (allocated blocks)."""
+    return sum(f.stat().st_blocks * 512 for f in path.rglob("*") if f.is_file())
+
+
+async def load(endpoints: Sequence[str], args: argparse.Namespace) -> float:
+    """Load the keys; the seconds it took."""
+    value = b"v" * args.value_bytes
+    batches = range(0, args.keys, args.batch)
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for first in batches:
+        queue.put_nowait(first)
+    retry = ringkv.RetryPolicy(attempts=20, initial_backoff_s=0.05, max_backoff_s=1.0)
+    with Progress(
+        TextColumn("load"), BarColumn(), TextColumn("{task.completed:,}/{task.total:,} keys"),
+        TimeElapsedColumn(), console=Console(stderr=True), transient=True,
+    ) as progress:  # fmt: skip
+        task = progress.add_task("load", total=args.keys)
+        async with ringkv.AsyncClient(list(endpoints), timeout=30.0, retry=retry) as client:
+
+            async def worker() -> None:
+                while not queue.empty():
+                    first = queue.get_nowait()
+                    keys = range(first, min(first + args.batch, args.keys))
+                    await client.set_many({f"key/{i:08d}": value for i in keys})
+                    progress.advance(task, len(keys))
+
+            started = time.monotonic()
+            await asyncio.gather(*(worker() for _ in range(args.concurrency)))
+            return time.monotonic() - started
+
+
+def wait_for_normal(address: str, node_id: str, timeout: float) -> float:
+    """Seconds until ``node_id`` is a normal member in ``address``'s table."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        try:
+            state = cluster_state(address, timeout=2.0)
+        except RingkvError:
+            state = None
+        if state is not None and any(
+            m.node_id == node_id and m.status == "normal" for m in state.members
+        ):
+            return time.monotonic() - started
+        time.sleep(0.5)
+    raise SystemExit(f"{node_id} did not become a normal member within {timeout:.0f} s")
+
+
+def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    base_port = free_base_port(NODES + 1)
+    results: dict[str, Any] = {"keys": args.keys, "value_bytes": args.value_bytes}
+    with local_cluster(workdir, base_port) as cluster:
+        seconds = asyncio.run(load(cluster.addresses, args))
+        results["load_seconds"] = round(seconds, 1)
+        results["load_keys_per_s"] = round(args.keys / seconds)
+        results["rss_mib"] = [round(rss_bytes(p.pid) / KIB**2) for p in cluster.processes]
+        results["disk_mib"] = round(disk_bytes(cluster.data_dir) / KIB**2)
+
+        started = time.monotonic()
+        reports = [repair(address, timeout=600.0) for address in cluster.addresses]
+        results["repair_seconds"] = round(time.monotonic() - started, 1)
+        results["repair_failed"] = sorted({n for r in reports for n in r.failed})
+        results["repair_leaves_differing"] = sum(r.leaves_differing for r in reports)
+
+        joiner_port = base_port + NODES
+        line = [
+            sys.executable, "-m", "ringkv", "node", "-id", "node4",
+            "-addr", f"127.0.0.1:{joiner_port}",
+            "-peers", f"node1={cluster.addresses[0]}",
+            "--data-dir", str(cluster.data_dir / "node4"),
+        ]  # fmt: skip
+        joiner = spawn(line, workdir / "node4.log")
+        try:
+            results["join_seconds"] = round(
+                wait_for_normal(cluster.addresses[0], "node4", JOIN_TIMEOUT_S), 1
+            )
+            results["disk_mib_after_join"] = round(disk_bytes(cluster.data_dir) / KIB**2)
+        finally:
+            stop([joiner])
+    return results
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--keys", type=int, default=1_000_000)
+    parser.add_argument("--value-bytes", type=int, default=100)
+    parser.add_argument("--batch", type=int, default=100, help="keys per MultiSet")
+    parser.add_argument("--concurrency", type=int, default=8, help="MultiSet calls in flight")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda signum, _: sys.exit(128 + signum))
+    workdir = Path(tempfile.mkdtemp(prefix="ringkv-bench-scale-"))
+    try:
+        results = run(args, workdir)
+    except KeyboardInterrupt:
+        print("interrupted; the cluster is stopped", file=sys.stderr)
+        return 130
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    if args.json:
+        print(json.dumps(results, indent=1))
+        return 0
+    table = Table(title=f"{args.keys:,} keys, 3 nodes, RF 3, LMDB")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    for name, value in results.items():
+        table.add_row(name, f"{value:,}" if isinstance(value, int) else str(value))
+    Console().print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
