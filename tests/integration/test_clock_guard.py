@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import time
 
+import grpc
+
 import ringkv
+from ringkv.api import replica_pb2, replica_pb2_grpc
 from ringkv.client.admin import node_stats
 from ringkv.core.hlc import physical_ms
 from ringkv.core.ring import Ring
@@ -63,6 +66,24 @@ def test_a_node_far_ahead_forwards_its_writes_and_says_so(cluster: ClusterFactor
     for version in versions:
         assert abs(physical_ms(version) - true_ms) < AHEAD_MS / 2, "stamped by the fast clock"
     assert node_stats(skewed.address).forwarded_writes >= forwarded_before + 21
+
+    # A peer clock at the int64 limit in a member message is not adopted (the
+    # node's next versions stay near true time) and the node says so.
+    with grpc.insecure_channel(nodes[0].address) as channel:
+        replica_pb2_grpc.ReplicaStub(channel).Read(
+            replica_pb2.ReadRequest(keys=[b"k"], clock=2**63 - 1), timeout=5
+        )
+    with ringkv.Client(nodes[0].address, token_aware=False) as client:
+        version = client.set("after-the-forged-clock", b"v")
+    assert abs(physical_ms(version) - time.time() * 1000) < AHEAD_MS / 2
+    wait_for(
+        lambda: any(
+            event.get("msg") == "peer clocks too far ahead were not adopted"
+            for event in nodes[0].events()
+        ),
+        timeout=30,
+        what="node1 to log the clock it did not adopt",
+    )
 
 
 def test_with_the_check_off_a_skewed_node_stamps_with_its_own_clock(

@@ -75,6 +75,8 @@ class HybridLogicalClock:
         self._last = 0
         self._now_ms = now_ms
         self._max_peer_lead_ms = max_peer_lead_ms
+        self.peer_clocks_refused = 0
+        """Peer clocks seen past the ceiling of ``observe_peer``, not adopted."""
 
     @property
     def last(self) -> int:
@@ -99,5 +101,7 @@ class HybridLogicalClock:
         """
         if self._now_ms is not None and self._max_peer_lead_ms > 0:
             ceiling = (self._now_ms() + self._max_peer_lead_ms) << LOGICAL_BITS
-            timestamp = min(timestamp, ceiling)
+            if timestamp > ceiling:
+                self.peer_clocks_refused += 1
+                timestamp = ceiling
         self.observe(timestamp)

@@ -393,8 +393,10 @@ def test_a_peer_clock_far_ahead_does_not_drag_this_one_past_the_bound() -> None:
     clock = HybridLogicalClock("n1", now_ms=lambda: now[0], max_peer_lead_ms=500)
     clock.observe_peer((now[0] + 30_000) << LOGICAL_BITS)  # a peer 30 s ahead
     assert physical_ms(clock.last) == now[0] + 500
+    assert clock.peer_clocks_refused == 1  # counted, for the node to log
     clock.observe_peer((now[0] + 200) << LOGICAL_BITS)  # within the bound: adopted as is
     assert physical_ms(clock.last) == now[0] + 500
+    assert clock.peer_clocks_refused == 1
     now[0] += 1_000
     clock.observe_peer((now[0] + 300) << LOGICAL_BITS)
     assert clock.last == (now[0] + 300) << LOGICAL_BITS

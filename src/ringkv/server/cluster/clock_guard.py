@@ -195,11 +195,21 @@ class ClockProber:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="clock-prober")
 
     async def _run(self) -> None:
+        refused = self._clock.peer_clocks_refused
         while True:
             try:
                 await self._round()
             except Exception:  # a bad round must not end the probing for good
                 log.exception("clock probe round failed")
+            if self._clock.peer_clocks_refused > refused:
+                log.warning(
+                    "peer clocks too far ahead were not adopted",
+                    extra={
+                        "messages": self._clock.peer_clocks_refused - refused,
+                        "max_lead_ms": self._guard.max_offset_ms,
+                    },
+                )
+                refused = self._clock.peer_clocks_refused
             # Until the first verdict writes wait for one: ask often.
             starting = not self._guard.first_verdict.is_set()
             await asyncio.sleep(
