@@ -27,7 +27,7 @@ from ringkv.server.cluster.membership import MembershipManager, monotonic_ms
 from ringkv.server.cluster.membership_file import MembershipFile
 from ringkv.server.config import HostPort, NodeConfig
 from ringkv.server.counters import Counters
-from ringkv.server.data.anti_entropy import AntiEntropy, RepairSchedule
+from ringkv.server.data.anti_entropy import AntiEntropy, RepairSchedule, TreeCache
 from ringkv.server.data.commit import DEFAULT_MAX_BATCH, CommitQueue
 from ringkv.server.data.coordinator import Coordinator
 from ringkv.server.data.hints import HintReplayer
@@ -206,6 +206,7 @@ async def serve(
         )
         membership.rebalancer = rebalancer
         resources.push_async_callback(rebalancer.close)
+        trees = TreeCache(engine)
         repairs = RepairSchedule(
             AntiEntropy(
                 view,
@@ -213,6 +214,7 @@ async def serve(
                 engine,
                 now_ms,
                 tombstone_grace_ms=int(config.tombstone_grace_s * 1000),
+                trees=trees,
             ),
             counters,
             config.anti_entropy_interval_s,
@@ -240,7 +242,9 @@ async def serve(
                 member_port_offset=security.member_port_offset,
                 rebalancer=rebalancer,
             ),
-            ReplicaService(store, clock, now_ms, engine=engine, tables=view, limits=config.limits),
+            ReplicaService(
+                store, clock, now_ms, engine=engine, tables=view, limits=config.limits, trees=trees
+            ),
             AdminService(
                 config.node_id,
                 engine,

@@ -70,6 +70,13 @@ class Engine(Protocol):
     thread.
     """
 
+    @property
+    def generation(self) -> int:
+        """Grows after every ``apply``, ``purge`` and ``paxos`` call: what a
+        scan found is still what the engine holds while this has not moved
+        since before the scan began."""
+        ...
+
     def get(self, key: bytes) -> Record | None:
         """The newest stored record of a key, tombstones and expired values included."""
         ...

@@ -80,6 +80,7 @@ class LmdbEngine:
         # while it swaps the map.
         self._map_lock = threading.Lock()
         self._write_lock = threading.Lock()
+        self._generation = 0
         # A snapshot holds one read transaction for as long as it copies, so
         # it keeps the map from being resized (and the engine from closing)
         # by holding this lock; reads and writes go on meanwhile.
@@ -102,6 +103,10 @@ class LmdbEngine:
                     break
                 hints.append(decode_record(key, data))
             return hints
+
+    @property
+    def generation(self) -> int:
+        return self._generation
 
     def apply(self, mutations: Sequence[Mutation]) -> list[ApplyResult]:
         return self._write(lambda txn: self._apply_in(txn, mutations))
@@ -167,20 +172,26 @@ class LmdbEngine:
         another thread than the commit thread's ``apply``.
         """
         with self._write_lock:
-            while True:
-                try:
-                    with self._env.begin(write=True, buffers=True) as txn:
-                        return body(txn)
-                except lmdb.MapFullError:
-                    self._grow_map()
-                except lmdb.DiskError as exc:
+            try:
+                return self._write_growing(body)
+            finally:
+                self._generation += 1
+
+    def _write_growing(self, body: Callable[[lmdb.Transaction], _T]) -> _T:
+        while True:
+            try:
+                with self._env.begin(write=True, buffers=True) as txn:
+                    return body(txn)
+            except lmdb.MapFullError:
+                self._grow_map()
+            except lmdb.DiskError as exc:
+                raise StorageFull(f"the disk is full: {exc}") from None
+            except lmdb.Error as exc:
+                # A write cut short by a filling disk reports EIO ("short
+                # write, filesystem full?"), not ENOSPC.
+                if _disk_nearly_full(self._path):
                     raise StorageFull(f"the disk is full: {exc}") from None
-                except lmdb.Error as exc:
-                    # A write cut short by a filling disk reports EIO ("short
-                    # write, filesystem full?"), not ENOSPC.
-                    if _disk_nearly_full(self._path):
-                        raise StorageFull(f"the disk is full: {exc}") from None
-                    raise
+                raise
 
     def _grow_map(self) -> None:
         size = int(self._env.info()["map_size"])

@@ -22,6 +22,11 @@ class MemoryEngine:
         self._hints: dict[tuple[bytes, str], Record] = {}
         self._paxos: dict[bytes, AcceptorState] = {}
         self._lock = threading.Lock()
+        self._generation = 0
+
+    @property
+    def generation(self) -> int:
+        return self._generation
 
     def get(self, key: bytes) -> Record | None:
         with self._lock:
@@ -37,6 +42,7 @@ class MemoryEngine:
     def apply(self, mutations: Sequence[Mutation]) -> list[ApplyResult]:
         results = []
         with self._lock:
+            self._generation += 1
             for mutation in mutations:
                 key = mutation.record.key
                 store: dict[Any, Record] = self._records
@@ -54,6 +60,7 @@ class MemoryEngine:
     def paxos(self, ops: Sequence[PaxosOp]) -> list[Any]:
         answers = []
         with self._lock:
+            self._generation += 1
             for key, step in ops:
                 current = self._records.get(key)
                 state, answer, chosen = step(self._paxos.get(key, AcceptorState()), current)
@@ -70,6 +77,7 @@ class MemoryEngine:
         versions = purge_checks(keys, expected)
         removed = 0
         with self._lock:
+            self._generation += 1
             for key, version in zip(keys, versions, strict=True):
                 current = self._records.get(key)
                 if current is not None and version in (None, current.version):

@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -130,6 +131,54 @@ def span_tree(
     return merkle.build(records, depth, purge_horizon_ms=purge_horizon_ms)
 
 
+HORIZON_STEP_MS = 3600 * 1000
+"""The purge horizon moves in steps of this (or a tenth of the grace period,
+if less), so that a tree over records nobody wrote since stays the same tree
+for that long, and the cache below can answer for it."""
+
+
+class TreeCache:
+    """Merkle trees of this node's records, kept while the engine has not changed.
+
+    Anti-entropy compares the same ranges with the same peers round after
+    round, and a pair of replicas shares its ranges both ways: on a store
+    with no writes since, a tree is the one built before, and a round costs
+    no scan. This node's rounds and the trees its peers ask for share one
+    cache and build one tree at a time: peers asking at once would otherwise
+    share the CPU and each wait as long as all the builds together.
+    """
+
+    def __init__(self, engine: Engine, capacity: int = 32) -> None:
+        self._engine = engine
+        self._capacity = capacity
+        self._trees: OrderedDict[tuple[tuple[Span, ...], int, int], tuple[int, MerkleTree]] = (
+            OrderedDict()
+        )
+        self._building = asyncio.Lock()
+        self.builds = 0
+        """Trees built (not found in the cache) so far."""
+
+    async def tree(self, spans: Sequence[Span], depth: int, horizon: int) -> MerkleTree:
+        """The tree of the records in ``spans`` (disjoint) at ``depth``,
+        without those purgeable at ``horizon``."""
+        key = (tuple(spans), depth, horizon)
+        async with self._building:
+            # Read before the scan: a write during it moves the generation on,
+            # and the tree is built again next time.
+            generation = self._engine.generation
+            held = self._trees.get(key)
+            if held is not None and held[0] == generation:
+                self._trees.move_to_end(key)
+                return held[1]
+            tree = await asyncio.to_thread(span_tree, self._engine, spans, depth, horizon)
+            self.builds += 1
+            self._trees[key] = (generation, tree)
+            self._trees.move_to_end(key)
+            while len(self._trees) > self._capacity:
+                self._trees.popitem(last=False)
+            return tree
+
+
 class AntiEntropy:
     """Repair rounds of this node against its peers, and tombstone purges.
 
@@ -145,10 +194,12 @@ class AntiEntropy:
         *,
         tombstone_grace_ms: int,
         depth: int = DEFAULT_DEPTH,
+        trees: TreeCache | None = None,
     ) -> None:
         self._view = view
         self._store = store
         self._engine = engine
+        self._trees = trees or TreeCache(engine)
         self._now_ms = now_ms
         self._grace_ms = tombstone_grace_ms
         self._depth = depth
@@ -168,8 +219,14 @@ class AntiEntropy:
         return spans
 
     def purge_horizon_ms(self) -> int:
-        """Records older than this may be purged (see the module docstring)."""
-        return self._now_ms() - self._grace_ms
+        """Records older than this may be purged (see the module docstring).
+
+        Moves in steps (``HORIZON_STEP_MS``): the trees of both replicas and
+        the purge use the same value, so a step only delays a purge a little.
+        """
+        horizon = self._now_ms() - self._grace_ms
+        step = min(HORIZON_STEP_MS, self._grace_ms // 10)
+        return horizon - horizon % step if step > 0 else horizon
 
     async def local_root(self, peer_id: str) -> int:
         """The root of this node's tree over the ranges it shares with ``peer_id``,
@@ -212,7 +269,7 @@ class AntiEntropy:
         return PeerRepair(peer.node_id, len(leaves), pulled, pushed)
 
     async def _local_tree(self, spans: list[Span], horizon: int) -> MerkleTree:
-        return await asyncio.to_thread(span_tree, self._engine, spans, self._depth, horizon)
+        return await self._trees.tree(spans, self._depth, horizon)
 
     async def _exchange(self, peer: Peer, start: int, end: int, horizon: int) -> tuple[int, int]:
         """Give each side the other's newer records in ``[start, end)``: (pulled, pushed).

@@ -18,7 +18,7 @@ from ringkv.core.records import Record, ack
 from ringkv.core.ring import TOKEN_SPACE
 from ringkv.core.tokens import token_of
 from ringkv.core.validation import MAX_BATCH_BYTES, Limits
-from ringkv.server.data.anti_entropy import span_tree
+from ringkv.server.data.anti_entropy import TreeCache
 from ringkv.server.data.local_store import LocalStore
 from ringkv.server.transport.rpc import Context, Method
 from ringkv.server.transport.wire import (
@@ -66,6 +66,7 @@ class ReplicaService:
         engine: Engine,
         tables: MemberTableHolder | None = None,
         limits: Limits | None = None,
+        trees: TreeCache | None = None,
     ) -> None:
         self._store = store
         self._limits = limits or Limits()
@@ -74,7 +75,8 @@ class ReplicaService:
         """Fences reads and writes by member table; None in tests of one replica alone."""
         self._clock = clock
         self._now_ms = now_ms
-        self._merkle_builds = asyncio.Lock()
+        self._trees = trees or TreeCache(engine)
+        """Merkle trees, shared with this node's anti-entropy rounds."""
         # Scans go to the engine directly: the store reads and writes keys,
         # not ranges.
         self._engine = engine
@@ -241,12 +243,7 @@ class ReplicaService:
                 reason="MERKLE_TOO_DEEP",
             )
         spans = [_span_from_wire(span) for span in request.spans]
-        # One tree at a time: peers asking at once would share the CPU and
-        # each wait as long as all the builds together.
-        async with self._merkle_builds:
-            tree = await asyncio.to_thread(
-                span_tree, self._engine, spans, request.depth, request.purge_horizon_ms
-            )
+        tree = await self._trees.tree(spans, request.depth, request.purge_horizon_ms)
         return replica_pb2.MerkleResponse(leaves=tree.leaves, clock=self._clock.last)
 
 
