@@ -49,6 +49,7 @@ class LeaderWatcher:
     def _run(self) -> None:
         request = kv_pb2.GetClusterStateRequest(omit_ranges=True)
         while not self._stop.wait(PERIOD_S):
+            sent = self._now()
             calls = [
                 (node.node_id, self._stub(node.address).GetClusterState.future(
                     request, timeout=TIMEOUT_S
@@ -62,7 +63,7 @@ class LeaderWatcher:
                 except grpc.RpcError:
                     continue
                 self._samples.append(
-                    LeaderSample(self._now(), node_id, answer.leader_id, answer.term)
+                    LeaderSample(self._now(), node_id, answer.leader_id, answer.term, sent)
                 )
 
     def _stub(self, address: str) -> kv_pb2_grpc.ClusterStub:

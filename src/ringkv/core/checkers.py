@@ -476,14 +476,18 @@ class Availability:
 
 
 def check_single_leader(samples: Iterable[LeaderSample]) -> CheckerReport:
-    """No two nodes said "I lead" over overlapping spans of time.
+    """No two nodes led at one instant.
 
-    A node's span runs from the first to the last of its consecutive samples
-    that named itself leader in one term; any other node's answer in between
-    ends it. Two spans of different nodes that overlap are a dual-leader
-    interval: at some instant both answered that they led. The watcher's
-    polling hides intervals shorter than its period, so a pass bounds their
-    length, it does not rule them out.
+    A node's span runs over its consecutive samples that named itself leader
+    in one term; any other answer of that node in between ends it. A sample
+    was answered at some instant between its ``sent`` and its ``at``, so the
+    node surely led from the arrival of the span's first answer to the
+    sending of its last question: that is the span. Two spans of different
+    nodes that overlap are a dual-leader interval. Answers of one polling
+    round are not taken for simultaneous (a node deposed just before the
+    round and its successor would both answer "I lead" in it), and the
+    watcher's polling hides intervals shorter than about two of its periods,
+    so a pass bounds their length, it does not rule them out.
     """
     spans: list[tuple[float, float, str, int]] = []
     open_spans: dict[str, tuple[float, float, int]] = {}
@@ -495,17 +499,19 @@ def check_single_leader(samples: Iterable[LeaderSample]) -> CheckerReport:
             del open_spans[sample.node]
             current = None
         if leads:
+            asked = sample.at if sample.sent is None else sample.sent
             start = sample.at if current is None else current[0]
-            open_spans[sample.node] = (start, sample.at, sample.term)
+            open_spans[sample.node] = (start, asked, sample.term)
     spans += [(start, end, node, term) for node, (start, end, term) in open_spans.items()]
-    spans.sort()
+    # A span of one answer is no interval the node surely led over.
+    sure = sorted(span for span in spans if span[0] < span[1])
     violations: list[Violation] = []
-    for i, (_start, end, node, term) in enumerate(spans):
-        for other_start, other_end, other, other_term in spans[i + 1 :]:
-            if other_start > end:
+    for i, (_start, end, node, term) in enumerate(sure):
+        for other_start, other_end, other, other_term in sure[i + 1 :]:
+            if other_start >= end:
                 break
-            if other != node:
-                overlap = min(end, other_end) - other_start
+            overlap = min(end, other_end) - other_start
+            if other != node and overlap > 0:
                 violations.append(
                     Violation(
                         "single-leader",

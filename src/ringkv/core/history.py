@@ -204,3 +204,6 @@ class LeaderSample:
     leader: str
     """The leader it follows ("" while it knows none); itself while it leads."""
     term: int
+    sent: float | None = None
+    """When the question left (None: at ``at``): the node answered at some
+    instant between ``sent`` and ``at``."""
