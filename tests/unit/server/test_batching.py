@@ -9,6 +9,7 @@ import pytest
 
 from ringkv.core.errors import Unavailable
 from ringkv.server.transport.batching import Batcher
+from ringkv.server.transport.peers import MAX_RECORDS_PER_CALL, _in_pieces
 
 
 class Recorder:
@@ -182,3 +183,19 @@ def test_close_flushes_what_is_pending_then_refuses() -> None:
             await batcher.submit(8)
 
     asyncio.run(scenario())
+
+
+def test_a_failed_piece_fails_its_own_items_only() -> None:
+    class SecondPieceFails:
+        async def submit_many(self, items: list[int]) -> list[int | Exception]:
+            if items[0] >= MAX_RECORDS_PER_CALL:
+                raise Unavailable("this call failed")
+            return [i * 10 for i in items]
+
+    items = list(range(MAX_RECORDS_PER_CALL + 10))
+    results: list[object] = asyncio.run(
+        _in_pieces(SecondPieceFails(), items, lambda _: 1)  # type: ignore[arg-type]
+    )
+    assert results[:MAX_RECORDS_PER_CALL] == [i * 10 for i in range(MAX_RECORDS_PER_CALL)]
+    assert all(isinstance(r, Unavailable) for r in results[MAX_RECORDS_PER_CALL:])
+    assert len(results) == len(items)

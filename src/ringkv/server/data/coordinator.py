@@ -176,49 +176,54 @@ class Coordinator:
         through ``write``.
         """
         deadline = _deadline(timeout_s)
-        outcomes: list[Written | RingkvError | None] = [None] * len(entries)
-        together = [
-            i
-            for i, (key, _, _) in enumerate(entries)
-            if level is not Consistency.LINEARIZABLE and not self._key_locks.held(key)
-        ]
-        if together:
+        batched = level is not Consistency.LINEARIZABLE
+        if batched and entries:
             try:
-                await self._require_lease(entries[together[0]][0], level, clock_wait_s)
+                await self._require_lease(entries[0][0], level, clock_wait_s)
                 await self._clock_guard.require_soon(clock_wait_s)
                 await self._clock_mark.stay_ahead()
-                requests = [
-                    self._write_request(self._stamp(key, value, False, ttl), level)
-                    for key, value, ttl in (entries[i] for i in together)
-                ]
-            except RingkvError as refused:  # nothing was sent
-                for i in together:
-                    outcomes[i] = refused
-            else:
-                driven = await self._run_many(requests, deadline)
-                for i, outcome in zip(together, driven, strict=True):
-                    outcomes[i] = outcome
+            except RingkvError as not_now:  # nothing was sent
+                return [not_now] * len(entries)
+        # From here to the stamps, no await: a key a conditional write takes
+        # meanwhile would otherwise be stamped beside its Paxos round.
+        together = [
+            i for i, (key, _, _) in enumerate(entries) if batched and not self._key_locks.held(key)
+        ]
+        batch = set(together)
+        alone = [i for i in range(len(entries)) if i not in batch]
+        requests: list[Request[Written]] = []
+        refused: RingkvError | None = None
+        try:
+            requests = [
+                self._write_request(self._stamp(key, value, False, ttl), level)
+                for key, value, ttl in (entries[i] for i in together)
+            ]
+        except RingkvError as error:  # nothing was sent
+            refused = error
 
-        async def alone(key: bytes, value: bytes, ttl: int) -> Written | RingkvError:
-            remaining = deadline - asyncio.get_running_loop().time()
+        async def one_by_one(key: bytes, value: bytes, ttl: int) -> Written | RingkvError:
             try:
                 return await self.write(
                     key,
                     value,
                     level=level,
-                    timeout_s=max(remaining, 0.0),
+                    timeout_s=timeout_s,
                     ttl_ms=ttl,
                     clock_wait_s=clock_wait_s,
                 )
             except RingkvError as failed:
                 return failed
 
-        rest = [i for i, outcome in enumerate(outcomes) if outcome is None]
-        for i, outcome in zip(
-            rest, await asyncio.gather(*(alone(*entries[i]) for i in rest)), strict=True
-        ):
-            outcomes[i] = outcome
-        return [outcome for outcome in outcomes if outcome is not None]
+        driven, singles = await asyncio.gather(
+            self._run_many(requests, deadline),
+            asyncio.gather(*(one_by_one(*entries[i]) for i in alone)),
+        )
+        outcomes: dict[int, Written | RingkvError] = dict(zip(alone, singles, strict=True))
+        if refused is not None:
+            outcomes.update((i, refused) for i in together)
+        else:
+            outcomes.update(zip(together, driven, strict=True))
+        return [outcomes[i] for i in range(len(entries))]
 
     def _stamp(self, key: bytes, value: bytes, tombstone: bool, ttl_ms: int) -> Record:
         # Asked again at the moment of stamping: a lock wait or a read may have
@@ -349,15 +354,19 @@ class Coordinator:
                 error: BaseException | None = asyncio.CancelledError()
             else:
                 error = task.exception()
-            if error is not None:
-                act((i, requests[i].failed(call.id, error)) for i, call in calls)
-                return
-            act(
-                (i, requests[i].failed(call.id, answer))
-                if isinstance(answer, BaseException)
-                else (i, requests[i].answered(call.id, answer))
-                for (i, call), answer in zip(calls, task.result(), strict=True)
-            )
+            answers = [error] * len(calls) if error is not None else task.result()
+            readies: list[tuple[int, Ready]] = []
+            for (i, call), answer in zip(calls, answers, strict=True):
+                # One machine's fault must not keep the batch's other answers
+                # from their machines.
+                try:
+                    if isinstance(answer, BaseException):
+                        readies.append((i, requests[i].failed(call.id, answer)))
+                    else:
+                        readies.append((i, requests[i].answered(call.id, answer)))
+                except Exception:
+                    log.exception("a request machine failed on an answer")
+            act(readies)
 
         def start(index: int, request: Request[T]) -> Ready:
             try:

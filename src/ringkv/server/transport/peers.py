@@ -294,8 +294,10 @@ class Peer:
         """Ping the peer; mark it alive again if it answers."""
         try:
             await self.kv.Ping(kv_pb2.PingRequest(), timeout=min(1.0, self._timeout_s))
-        except grpc.aio.AioRpcError:
-            return False
+        except grpc.aio.AioRpcError as error:
+            # Refused for load (OVERLOADED) is an answer: the peer is up.
+            if error.code() is not grpc.StatusCode.RESOURCE_EXHAUSTED:
+                return False
         if not self.alive:
             self.alive = True
             log.info("peer up", extra={"peer": self.node_id})
@@ -386,8 +388,19 @@ async def _in_pieces(
         size += item_size
     if len(pieces) == 1:
         return await batcher.submit_many(pieces[0])
-    answers = await asyncio.gather(*(batcher.submit_many(piece) for piece in pieces))
-    return [answer for piece in answers for answer in piece]
+    answers = await asyncio.gather(
+        *(batcher.submit_many(piece) for piece in pieces), return_exceptions=True
+    )
+    # A piece whose call failed fails its own items, not the other pieces'.
+    results: list[ResultT | Exception] = []
+    for piece, answer in zip(pieces, answers, strict=True):
+        if isinstance(answer, BaseException):
+            if not isinstance(answer, Exception):
+                raise answer  # cancellation
+            results += [answer] * len(piece)
+        else:
+            results += answer
+    return results
 
 
 class PeerProber:
