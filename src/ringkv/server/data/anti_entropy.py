@@ -200,6 +200,8 @@ class AntiEntropy:
         self._store = store
         self._engine = engine
         self._trees = trees or TreeCache(engine)
+        self._purged_at: tuple[int, int] | None = None
+        """(engine generation, horizon) of the last purge that scanned."""
         self._now_ms = now_ms
         self._grace_ms = tombstone_grace_ms
         self._depth = depth
@@ -305,7 +307,13 @@ class AntiEntropy:
         write transaction, which it serializes with the commit thread's, so a
         write that replaced the record after the scan is kept.
         """
-        return await asyncio.to_thread(self._purge, self.purge_horizon_ms())
+        horizon = self.purge_horizon_ms()
+        generation = self._engine.generation
+        if self._purged_at == (generation, horizon):
+            return 0  # Nothing written and the horizon unmoved: nothing new to purge.
+        purged = await asyncio.to_thread(self._purge, horizon)
+        self._purged_at = (generation, horizon)
+        return purged
 
     def _purge(self, horizon: int) -> int:
         doomed = (r for r in self._engine.scan(0, TOKEN_SPACE) if purgeable(r, horizon))
