@@ -152,7 +152,11 @@ def test_join_remove_kill_and_restart_under_load_keep_every_acknowledged_write(
         before = {f"seed/{i:05d}": f"v{i}".encode() for i in range(3000)}
         set_all(client, before)
 
-    with ConcurrentWriter(endpoints, prefix="load", concurrency=16, keep_going=True) as writer:
+    # The load spans a kill, a join, a restart and a removal, each waited for
+    # by condition: its time budget is for a loaded 2-core machine.
+    with ConcurrentWriter(
+        endpoints, prefix="load", concurrency=16, keep_going=True, max_seconds=240.0
+    ) as writer:
         writer.wait_for_acks(200)
 
         # kill -9 a replica: writes go on around it (sloppy quorum, hints).
