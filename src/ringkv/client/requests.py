@@ -9,18 +9,14 @@ from dataclasses import dataclass
 from ringkv.api import kv_pb2
 from ringkv.core.consistency import Consistency
 from ringkv.core.errors import InvalidArgument
-from ringkv.core.validation import VALUE_BYTES_CEILING, Limits
+from ringkv.core.validation import LARGEST_MESSAGE_BYTES
 
 DEFAULT_ENDPOINT = "127.0.0.1:50051"
 Level = Consistency | str | None
 """A consistency level by enum or name; None for the node's default."""
-# The largest message any node may send or take: one value of the largest
-# --max-value-bytes (64 MiB) plus a batch (Limits.message_bytes). Each node
-# refuses what is over its own limit.
-_MAX_MESSAGE_BYTES = Limits(max_value_bytes=VALUE_BYTES_CEILING).message_bytes
 CHANNEL_OPTIONS = [
-    ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
-    ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", LARGEST_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", LARGEST_MESSAGE_BYTES),
     # By default channels share connections, and their reconnect backoff, per
     # process: a fresh client would wait out another's backoff after a node
     # restarts. Own connections, quick reconnects.

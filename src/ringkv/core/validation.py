@@ -67,6 +67,12 @@ class Limits:
         return value
 
 
+LARGEST_MESSAGE_BYTES = Limits(max_value_bytes=VALUE_BYTES_CEILING).message_bytes
+"""The largest message any node may send or take (at the largest
+--max-value-bytes): what clients and members let their channels carry; each
+node refuses what passes its own limit."""
+
+
 def ttl_ms(ttl: int) -> int:
     """A validated time to live in milliseconds (0 means none)."""
     if ttl < 0:

@@ -51,11 +51,12 @@ from ringkv.api.bearer import AUTHORIZATION, BEARER_PREFIX, async_interceptors
 from ringkv.api.member_port import member_address
 from ringkv.api.roles import MEMBER_ROLE_URI, OPERATOR_ROLE_URI
 from ringkv.core.errors import PermissionDenied, Unauthenticated
+from ringkv.core.validation import LARGEST_MESSAGE_BYTES
 from ringkv.server.config import NodeConfig, parse_tokens
 
 CHANNEL_OPTIONS: list[tuple[str, Any]] = [
-    ("grpc.max_send_message_length", 256 << 20),
-    ("grpc.max_receive_message_length", 256 << 20),
+    ("grpc.max_send_message_length", LARGEST_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", LARGEST_MESSAGE_BYTES),
     # Reconnect quickly after a peer comes back.
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.min_reconnect_backoff_ms", 100),
