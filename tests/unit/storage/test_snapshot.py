@@ -312,14 +312,19 @@ def test_restore_refuses_a_non_empty_dir_and_leaves_it_alone(
     assert sorted(p.name for p in target.iterdir()) == ["something"]
 
 
+def a_node_dir(path: Path) -> Path:
+    """A stopped node's data dir: one record of its own and a ``cluster.json``."""
+    engine = LmdbEngine(path)
+    engine.apply([put(rec(b"its-key", 1))])
+    engine.close()
+    (path / "cluster.json").write_text("{}")
+    return path
+
+
 def test_restore_with_force_replaces_the_data_and_keeps_cluster_json(
     engine: LmdbEngine, tmp_path: Path
 ) -> None:
-    old_dir = tmp_path / "old"
-    old = LmdbEngine(old_dir)
-    old.apply([put(rec(b"old-key", 1))])
-    old.close()
-    (old_dir / "cluster.json").write_text("{}")
+    old_dir = a_node_dir(tmp_path / "old")
     records = sample_records(5)
     engine.apply([put(r) for r in records])
     path = tmp_path / "b.mdb"
@@ -338,12 +343,8 @@ def test_restore_with_force_replaces_the_data_and_keeps_cluster_json(
 def test_restoring_another_nodes_backup_over_a_dir_needs_its_node_id(
     engine: LmdbEngine, tmp_path: Path
 ) -> None:
-    node2_dir = tmp_path / "node2"
-    node2 = LmdbEngine(node2_dir)
-    node2.apply([put(rec(b"node2-key", 1))])
-    node2.close()
+    node2_dir = a_node_dir(tmp_path / "node2")
     write_owner(node2_dir, "node2")
-    (node2_dir / "cluster.json").write_text("{}")
     engine.apply([put(r) for r in sample_records(5)])
     path = tmp_path / "b.mdb"
     take_backup(engine, path, node_id="node1")

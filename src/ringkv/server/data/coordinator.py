@@ -405,28 +405,25 @@ class Coordinator:
             return list(await peer.write_many(writes, hint_for=target.stands_in_for))
         # This replica fences the calls as a remote one would.
         mine = self._view.membership
-        answers: list[object] = [
-            StaleMemberTable(
-                f"this node moved on to member table epoch {mine.epoch} (term {mine.term}) "
-                f"since the request was planned on epoch {call.fence[0]}",
-                metadata={"epoch": str(mine.epoch)},
-            )
-            if mine.fence > call.fence
-            else None
-            for call in calls
-        ]
-        admitted = [i for i, answer in enumerate(answers) if answer is None]
+        answers: list[object] = [None] * len(calls)
+        admitted: list[int] = []
+        for i, call in enumerate(calls):
+            if mine.fence > call.fence:
+                answers[i] = StaleMemberTable(
+                    f"this node moved on to member table epoch {mine.epoch} (term {mine.term}) "
+                    f"since the request was planned on epoch {call.fence[0]}",
+                    metadata={"epoch": str(mine.epoch)},
+                )
+            else:
+                admitted.append(i)
         if calls[0].record is None:
             for i in admitted:
                 answers[i] = self._store.read(calls[i].key)
             return answers
-        records = [calls[i].record for i in admitted]
-        applied = await self._store.apply_many(
-            [r for r in records if r is not None], hint_for=target.stands_in_for
-        )
+        records = [record for i in admitted if (record := calls[i].record) is not None]
+        applied = await self._store.apply_many(records, hint_for=target.stands_in_for)
         now = self._now_ms()
         for i, record, result in zip(admitted, records, applied, strict=True):
-            assert record is not None
             answers[i] = result if isinstance(result, Exception) else ack(record, result, now)
         return answers
 

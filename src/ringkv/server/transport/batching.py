@@ -57,6 +57,8 @@ class Batcher(Generic[ItemT, ResultT]):
         self._size_of = size_of
         self._name = name
         self._pending: list[tuple[list[ItemT], asyncio.Future[list[ResultT | Exception]]]] = []
+        self._pending_group_bytes: list[int] = []
+        """The bytes of each pending group, measured once, when it was submitted."""
         self._pending_items = 0
         self._pending_bytes = 0
         self._wakeup = asyncio.Event()
@@ -83,9 +85,11 @@ class Batcher(Generic[ItemT, ResultT]):
         future: asyncio.Future[list[ResultT | Exception]] = (
             asyncio.get_running_loop().create_future()
         )
+        group_bytes = self._bytes_of(items)
         self._pending.append((items, future))
+        self._pending_group_bytes.append(group_bytes)
         self._pending_items += len(items)
-        self._pending_bytes += self._bytes_of(items)
+        self._pending_bytes += group_bytes
         self._wakeup.set()
         # A caller that gives up must not cancel the batch its items may already
         # be part of; the shield leaves the future to the batch.
@@ -119,8 +123,7 @@ class Batcher(Generic[ItemT, ResultT]):
         """The oldest groups, up to ``max_batch`` items and ``max_bytes`` (at
         least one group)."""
         taken, size, weight = 0, 0, 0
-        for items, _ in self._pending:
-            group_bytes = self._bytes_of(items)
+        for (items, _), group_bytes in zip(self._pending, self._pending_group_bytes, strict=True):
             if taken and (
                 size + len(items) > self._max_batch
                 or (self._max_bytes is not None and weight + group_bytes > self._max_bytes)
@@ -131,6 +134,7 @@ class Batcher(Generic[ItemT, ResultT]):
             weight += group_bytes
         groups = self._pending[:taken]
         del self._pending[:taken]
+        del self._pending_group_bytes[:taken]
         self._pending_items -= size
         self._pending_bytes -= weight
         return groups
