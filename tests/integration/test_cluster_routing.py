@@ -261,8 +261,9 @@ def test_a_hung_owner_is_routed_around(cluster: ClusterFactory) -> None:
                 else:
                     raise AssertionError(f"{key} never got written")
             took = time.monotonic() - started
+            # Read back with room for a loaded machine: the reads are not what is timed.
             for key in keys[:30]:
-                assert value_of(client.get(key)) == b"written while the owner hung"
+                assert value_of(client.get(key, timeout=10.0)) == b"written while the owner hung"
         print(f"30 writes with the owner hung: {deadlines} deadlines, {took:.1f}s")
         assert deadlines <= 5
     finally:
