@@ -55,13 +55,17 @@ from ringkv.core.consistency import Consistency
 from ringkv.core.coordination import (
     Call,
     Plan,
+    PlanDiverged,
     ReadRequest,
     Ready,
     Request,
     Restamper,
+    WriteOutcome,
     WriteRequest,
     Written,
+    group_by_plan,
     plan,
+    shared_planner,
     stamp,
 )
 from ringkv.core.errors import RingkvError, StaleMemberTable, Unavailable
@@ -90,9 +94,13 @@ ELECTION_TIMEOUT_MS = 1_000
 """How often the leader's heartbeat carries its table to the members it reaches."""
 STRONG = (Consistency.QUORUM, Consistency.ALL, Consistency.LINEARIZABLE)
 ORDERED_KEYS = tuple(b"q%d" % i for i in range(3))
+BATCH_KEYS = ORDERED_KEYS + tuple(b"b%d" % i for i in range(6))
+"""Keys a batch (MultiSet) writes 2-4 of: those with one plan share a request."""
+BATCHES = 0.1
+"""The share of client calls that are batches."""
 LINEARIZABLE_KEYS = tuple(b"lin%d" % i for i in range(2))
 SLOPPY_KEYS = (b"one0",)
-ALL_KEYS = ORDERED_KEYS + LINEARIZABLE_KEYS + SLOPPY_KEYS
+ALL_KEYS = BATCH_KEYS + LINEARIZABLE_KEYS + SLOPPY_KEYS
 CLIENTS = 6
 OPS_PER_CLIENT = 25
 FAULTS_UNTIL_MS = 15_000
@@ -158,7 +166,14 @@ class Running:
     op: Op
     coordinator: str
     incarnation: int
-    request: Request[Written] | Request[Record | None]
+    request: Request[list[WriteOutcome]] | Request[Record | None]
+    batch: list[Op] = field(default_factory=list)
+    """Every op a write request carries, in its records' order (``op`` alone if empty)."""
+
+    @property
+    def ops(self) -> list[Op]:
+        return self.batch or [self.op]
+
     settled: set[int] = field(default_factory=set)
     """Calls that were answered, failed or timed out (the first of these counts)."""
     then: Callable[[Running], None] | None = None
@@ -190,6 +205,11 @@ class Simulation:
         self.clients_left = dict.fromkeys(range(CLIENTS), OPS_PER_CLIENT)
         self.faulting = True
         self.restamps = 0
+        self.grouped = 0
+        """Records written by requests that carried more than one."""
+        self.diverged = 0
+        self.open_calls = dict.fromkeys(range(CLIENTS), 0)
+        """Each client's ops not yet finished (a batch has several)."""
 
     # -- the world --------------------------------------------------------
 
@@ -313,6 +333,10 @@ class Simulation:
         if self.clients_left[client] == 0:
             return
         self.clients_left[client] -= 1
+        up = self.serving()
+        if self.rng.random() < BATCHES:
+            self.start_batch(client, up)
+            return
         kind = self.rng.random()
         if kind < 0.45:
             key, level = self.rng.choice(ORDERED_KEYS), self.rng.choice(STRONG[:2])
@@ -323,11 +347,7 @@ class Simulation:
         write = self.rng.random() < 0.5
         delete = write and key in LINEARIZABLE_KEYS and self.rng.random() < 0.2
         value = b"%d" % next(self.values) if write and not delete else None
-        op = Op(client, key, level, write, value, self.now_ms)
-        self.ops.append(op)
-        # The joiner serves clients once it has joined.
-        up = [n for n in NODES if self.nodes[n].up and self.nodes[n].epoch in (1, 2, 3)]
-        up = [n for n in up if n != JOINER or self.nodes[n].epoch == 3]
+        op = self.new_op(client, key, level, write, value)
         if not up:
             self.finish(op, ok=False)
             return
@@ -336,22 +356,61 @@ class Simulation:
             # As the server does: learn the newest version first (ABD).
             self.coordinate(op, coordinator, self.read_request(op, coordinator), self.then_write)
         elif write:
-            self.start_write(op, coordinator)
+            self.start_write([op], coordinator)
         else:
             self.coordinate(op, coordinator, self.read_request(op, coordinator))
+
+    def serving(self) -> list[str]:
+        """The nodes a client can call: up members (the joiner once it has joined)."""
+        up = [n for n in NODES if self.nodes[n].up and self.nodes[n].epoch in (1, 2, 3)]
+        return [n for n in up if n != JOINER or self.nodes[n].epoch == 3]
+
+    def new_op(
+        self, client: int, key: bytes, level: Consistency, write: bool, value: bytes | None
+    ) -> Op:
+        op = Op(client, key, level, write, value, self.now_ms)
+        self.ops.append(op)
+        self.open_calls[client] += 1
+        return op
+
+    def start_batch(self, client: int, up: list[str]) -> None:
+        """A MultiSet, as ``Coordinator.write_many`` runs it: the keys stamped
+        together, those with one plan written by one request."""
+        level = self.rng.choice((Consistency.QUORUM, Consistency.ALL))
+        keys = self.rng.sample(BATCH_KEYS, self.rng.randint(2, 4))
+        ops = [self.new_op(client, k, level, True, b"%d" % next(self.values)) for k in keys]
+        if not up:
+            for op in ops:
+                self.finish(op, ok=False)
+            return
+        coordinator = self.rng.choice(up)
+        plan_for = self.plan_for(level, coordinator)
+        groups, refused = group_by_plan(keys, plan_for)
+        for index in refused:
+            self.finish(ops[index], ok=False)
+        for first, members in groups:
+            batch = [ops[i] for i in members]
+            batch_keys = [op.key for op in batch]
+            self.start_write(batch, coordinator, shared_planner(batch_keys, plan_for, first))
 
     def finish(self, op: Op, *, ok: bool | None) -> None:
         op.ok = ok
         op.ret_ms = self.now_ms
-        self.at(self.rng.randint(0, 50), lambda: self.next_op(op.client))
+        self.open_calls[op.client] -= 1
+        if not self.open_calls[op.client]:
+            self.at(self.rng.randint(0, 50), lambda: self.next_op(op.client))
 
     # -- coordinating -----------------------------------------------------
 
     def planner(self, key: bytes, level: Consistency, coordinator: str) -> Callable[[], Plan]:
         """Plans on the coordinator's table when called, as the server's planner does."""
+        plan_for = self.plan_for(level, coordinator)
+        return lambda: plan_for(key)
+
+    def plan_for(self, level: Consistency, coordinator: str) -> Callable[[bytes], Plan]:
         state = self.nodes[coordinator]
 
-        def plan_now() -> Plan:
+        def plan_now(key: bytes) -> Plan:
             sets, clockwise = replica_sets(key, state.epoch)
             return plan(
                 level,
@@ -373,25 +432,34 @@ class Simulation:
             ids=self.ids,
         )
 
-    def start_write(self, op: Op, coordinator: str) -> None:
+    def start_write(
+        self, ops: list[Op], coordinator: str, planner: Callable[[], Plan] | None = None
+    ) -> None:
         state = self.nodes[coordinator]
-        local = state.engine.get(op.key)
-        if local is not None:
-            state.clock.observe(local.version.timestamp)
-        self.keep_mark_ahead(coordinator)
-        record = stamp(
-            state.clock,
-            self.wall_ms(coordinator),
-            op.key,
-            op.value or b"",
-            tombstone=op.value is None,
-            ttl_ms=0,
-            local=local,
-        )
+        records = []
+        for op in ops:
+            local = state.engine.get(op.key)
+            if local is not None:
+                state.clock.observe(local.version.timestamp)
+            self.keep_mark_ahead(coordinator)
+            records.append(
+                stamp(
+                    state.clock,
+                    self.wall_ms(coordinator),
+                    op.key,
+                    op.value or b"",
+                    tombstone=op.value is None,
+                    ttl_ms=0,
+                    local=local,
+                )
+            )
+        op = ops[0]
+        if len(ops) > 1:
+            self.grouped += len(ops)
         request = WriteRequest(
-            record,
+            records,
             op.level,
-            self.planner(op.key, op.level, coordinator),
+            planner or self.planner(op.key, op.level, coordinator),
             node_id=coordinator,
             # As the coordinator: LINEARIZABLE writes are not stamped again.
             restamper=None
@@ -401,7 +469,7 @@ class Simulation:
             ),
             ids=self.ids,
         )
-        self.coordinate(op, coordinator, request)
+        self.coordinate(op, coordinator, request, batch=ops)
 
     def keep_mark_ahead(self, node: str) -> None:
         """Before each stamp, as the coordinator (``server/cluster/clock_mark.py``)
@@ -423,20 +491,24 @@ class Simulation:
         assert newest is None or isinstance(newest, Record)
         if newest is not None:
             self.nodes[running.coordinator].clock.observe(newest.version.timestamp)
-        self.start_write(running.op, running.coordinator)
+        self.start_write([running.op], running.coordinator)
 
     def coordinate(
         self,
         op: Op,
         coordinator: str,
-        request: Request[Written] | Request[Record | None],
+        request: Request[list[WriteOutcome]] | Request[Record | None],
         then: Callable[[Running], None] | None = None,
+        batch: list[Op] | None = None,
     ) -> None:
-        running = Running(op, coordinator, self.nodes[coordinator].incarnation, request, then=then)
+        running = Running(
+            op, coordinator, self.nodes[coordinator].incarnation, request, batch or [], then=then
+        )
         try:
             ready = request.start()
         except Unavailable:
-            self.finish(op, ok=False)
+            for each in running.ops:
+                self.finish(each, ok=False)
             return
         self.act(running, ready)
         self.at(REQUEST_TIMEOUT_MS, lambda: self.expire(running))
@@ -480,11 +552,15 @@ class Simulation:
                     lambda: self.refused(running, call.id, refusal, epoch),
                 )
                 return
-            if call.record is None:
+            if not call.records:
                 answer: object = node.engine.get(call.key)
             else:
-                result = node.engine.apply([Mutation(call.record, hint_for=target.stands_in_for)])
-                answer = ack(call.record, result[0], self.wall_ms(target.node_id))
+                mutations = [Mutation(r, hint_for=target.stands_in_for) for r in call.records]
+                results = node.engine.apply(mutations)
+                now = self.wall_ms(target.node_id)
+                answer = tuple(
+                    ack(r, res, now) for r, res in zip(call.records, results, strict=True)
+                )
             self.send(target.node_id, coordinator, lambda: self.settle(running, call.id, (answer,)))
 
         self.send(coordinator, target.node_id, at_replica)
@@ -524,7 +600,8 @@ class Simulation:
         if not self.alive(running):
             # The coordinator crashed: the client's call broke off.
             running.completed = True
-            self.finish(running.op, ok=None if self.writing(running) else False)
+            for op in running.ops:
+                self.finish(op, ok=None if self.writing(running) else False)
             return
         running.request.expired()
         self.complete(running)
@@ -541,20 +618,32 @@ class Simulation:
         try:
             outcome = running.request.result()
         except RingkvError:
-            # A write that was sent may have been stored anywhere, whatever
-            # the error; a read, or the read before a write, changed nothing.
-            self.finish(op, ok=None if self.writing(running) else False)
+            # A read, or the read before a write, changed nothing.
+            self.finish(op, ok=False)
             return
         if running.then is not None:
             then, running.then = running.then, None
             then(running)
             return
-        if isinstance(outcome, Written):
-            op.version = outcome.record.version
-        else:
-            op.read = outcome
-            op.version = outcome.version if outcome is not None else None
+        if isinstance(outcome, list):
+            for each, written in zip(running.ops, outcome, strict=True):
+                self.written(each, written, running.coordinator)
+            return
+        op.read = outcome
+        op.version = outcome.version if outcome is not None else None
         self.finish(op, ok=True)
+
+    def written(self, op: Op, outcome: WriteOutcome, coordinator: str) -> None:
+        if isinstance(outcome, PlanDiverged):
+            # As write_many does: a new table moved the batch's keys apart.
+            self.diverged += 1
+            self.start_write([op], coordinator)
+        elif isinstance(outcome, Written):
+            op.version = outcome.record.version
+            self.finish(op, ok=True)
+        else:
+            # A write that was sent may have been stored anywhere, whatever the error.
+            self.finish(op, ok=None)
 
     # -- the membership change ------------------------------------------
 
@@ -767,6 +856,8 @@ def test_the_simulation_exercises_what_it_checks() -> None:
     assert any(op.ok is False for op in ops)
     assert any(op.ok is None for op in ops)
     assert sum(sim.restamps for sim in sims) > 0
+    # Batches put keys with one plan in one request.
+    assert sum(sim.grouped for sim in sims) > 0
     # Joins settle, and calls planned on the table before them are refused.
     assert sum(1 for sim in sims if sim.latest_epoch == 3) >= 5
     assert sum(sim.refusals for sim in sims) > 0

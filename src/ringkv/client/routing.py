@@ -3,9 +3,11 @@
 The client learns the ring from ``GetClusterState`` (members, vnodes and
 epoch are enough to rebuild it exactly) and tries a key's replicas first, in
 preference order, so a write reaches its owner without a forwarding hop.
-Every node it is given stays a fallback. Nodes that just failed go last for
-a moment. Each answer carries the server's ring epoch; a newer one than the
-client's makes it refresh.
+Every node it is given stays a fallback, taken in turn from one call to the
+next, so calls without a key (MultiGet, MultiSet) and calls before the ring is
+known spread over the endpoints rather than all landing on the first one.
+Nodes that just failed go last for a moment. Each answer carries the
+server's ring epoch; a newer one than the client's makes it refresh.
 """
 
 from __future__ import annotations
@@ -48,9 +50,11 @@ class Router:
         self.topology: Topology | None = None
         self._down_until: dict[str, float] = {}
         self._refresh_at = 0.0
+        self._turn = 0
 
     def candidates(self, key: bytes | None, now: float) -> list[str]:
-        """Replicas of the key first (if the ring is known), then the endpoints.
+        """Replicas of the key first (if the ring is known), then the endpoints,
+        starting one further along the list than the call before.
 
         Addresses that failed within the last ``DOWN_FOR_S`` go last.
         """
@@ -58,7 +62,10 @@ class Router:
         if key is not None and self.topology is not None:
             replicas = self.topology.ring.replicas(key, self.topology.replicas)
             ordered.update((self.topology.addresses[node], None) for node in replicas)
-        ordered.update((endpoint, None) for endpoint in self.endpoints)
+        first = self._turn % len(self.endpoints)
+        self._turn += 1
+        ordered.update((endpoint, None) for endpoint in self.endpoints[first:])
+        ordered.update((endpoint, None) for endpoint in self.endpoints[:first])
         up = [a for a in ordered if self._down_until.get(a, 0.0) <= now]
         return up + [a for a in ordered if a not in up]
 

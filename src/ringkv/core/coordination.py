@@ -17,15 +17,19 @@ Writes go to every live target and finish once the level is met; a replica
 that holds a newer version answers with its timestamp and the write is
 stamped past it and sent again, so a write that met a quorum holding a newer
 acknowledged write ends with the larger version whatever the clocks say.
-Replicas the write missed get hints. A replica that refuses the request's
-member table has the newer table sent along: the request is planned again.
+Replicas the write missed get hints. One write request carries every record
+of a batch that shares a plan (a MultiSet's keys with the same replicas):
+one call per replica for all of them, one quorum count, and each record
+finishes on its own (stamped again alone if a replica held a newer version).
+A replica that refuses the request's member table has the newer table sent
+along: the request is planned again.
 """
 
 from __future__ import annotations
 
 import abc
 import itertools
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Generic, TypeVar
 
@@ -103,6 +107,68 @@ Planner = Callable[[], Plan]
 when the level cannot be met)."""
 
 
+class PlanDiverged(Unavailable):
+    """A new member table gives the records of one write request different
+    plans; its caller writes them again one by one."""
+
+    default_reason = "PLAN_DIVERGED"
+
+
+PlanShape = tuple[
+    frozenset[str], frozenset[str] | None, frozenset[Target], tuple[str, ...], tuple[int, int]
+]
+
+
+def plan_shape(plan: Plan) -> PlanShape:
+    """What the plans of records written by one request must share: the
+    replica sets and the targets as sets (a write calls every target at once),
+    the stand-ins and the member table."""
+    upcoming = plan.sets.upcoming
+    return (
+        frozenset(plan.sets.current),
+        None if upcoming is None else frozenset(upcoming),
+        frozenset(plan.targets),
+        plan.stand_ins,
+        plan.fence,
+    )
+
+
+def group_by_plan(
+    keys: Sequence[bytes], plan_for: Callable[[bytes], Plan]
+) -> tuple[list[tuple[Plan, list[int]]], dict[int, RingkvError]]:
+    """The keys' indices grouped by plan shape, each group with its first
+    key's plan; and the keys that cannot be planned, with why."""
+    groups: dict[PlanShape, tuple[Plan, list[int]]] = {}
+    refused: dict[int, RingkvError] = {}
+    for index, key in enumerate(keys):
+        try:
+            key_plan = plan_for(key)
+        except RingkvError as error:
+            refused[index] = error
+            continue
+        groups.setdefault(plan_shape(key_plan), (key_plan, []))[1].append(index)
+    return list(groups.values()), refused
+
+
+def shared_planner(
+    keys: Sequence[bytes], plan_for: Callable[[bytes], Plan], first: Plan
+) -> Planner:
+    """The planner of a write request for records of ``keys`` grouped by
+    ``first``: that plan, then (on a newer member table) one plan for all the
+    keys, or PlanDiverged if the table gives them different ones."""
+    planned = [first]
+
+    def plan_again() -> Plan:
+        if planned:
+            return planned.pop()
+        plans = [plan_for(key) for key in keys]
+        if len({plan_shape(p) for p in plans}) > 1:
+            raise PlanDiverged("the member table changed and gave the batch's keys other replicas")
+        return plans[0]
+
+    return plan_again
+
+
 def covered(targets: Collection[Target]) -> set[str]:
     """The replicas these targets answer for (a stand-in for the one it replaces)."""
     return {target.stands_in_for or target.node_id for target in targets}
@@ -110,13 +176,18 @@ def covered(targets: Collection[Target]) -> set[str]:
 
 @dataclass(frozen=True, slots=True)
 class Call:
-    """A call to start: read ``key`` from ``target`` (``record`` None), or write ``record``."""
+    """A call to start: read ``key`` from ``target`` (no ``records``), or write ``records``.
+
+    A write is answered with a ReplicaAck per record, in order; a replica
+    that could not store one of them fails the whole call.
+    """
 
     id: int
     """Names the call in ``answered`` and ``failed``."""
     target: Target
     key: bytes
-    record: Record | None
+    """The key read (empty for a write)."""
+    records: tuple[Record, ...]
     fence: tuple[int, int]
     """The plan's member table: the replica refuses the call if its own is newer."""
 
@@ -284,10 +355,15 @@ class Request(abc.ABC, Generic[R]):
             self.finished, self._error = True, error
 
     def _calls(
-        self, plan: Plan, round_: int, key: bytes, record: Record | None, targets: list[Target]
+        self,
+        plan: Plan,
+        round_: int,
+        key: bytes,
+        records: tuple[Record, ...],
+        targets: list[Target],
     ) -> list[Call]:
         """Calls to ``targets`` in round ``round_``, remembered until answered."""
-        calls = [Call(next(self._ids), target, key, record, plan.fence) for target in targets]
+        calls = [Call(next(self._ids), target, key, records, plan.fence) for target in targets]
         for call in calls:
             self._sent[call.id] = (round_, call.target)
         return calls
@@ -343,18 +419,30 @@ def stamp(
     return Record(key, value, version, tombstone=tombstone, expires_at_ms=expires_at_ms)
 
 
-class WriteRequest(Request[Written]):
-    """One record written at a level, stamped again past newer versions.
+WriteOutcome = Written | RingkvError
+"""A record's outcome in a write request: written, or why not."""
 
-    Every live target is called. Once the level is met, replicas neither
+
+class WriteRequest(Request[list[WriteOutcome]]):
+    """Records written at a level, all on one plan, each stamped again past
+    newer versions on its own; the outcome is one per record, in order.
+
+    Every live target is called with every record still unfinished. Once the
+    level is met, records no replica held a newer version of are written;
+    the others are stamped past it and sent again, alone. Replicas neither
     answered nor still being called get hints, and so does any call of that
     round that fails later. With no ``restamper`` (a read's write-back) newer
-    versions are not written past: the record is sent as it is.
+    versions are not written past: the records are sent as they are.
+
+    The planner plans for all the records at once: it raises
+    ``PlanDiverged`` when a new member table no longer gives them one plan,
+    and the records still unfinished fail with it (the caller writes them
+    again one by one).
     """
 
     def __init__(
         self,
-        record: Record,
+        records: Sequence[Record],
         level: Consistency,
         planner: Planner,
         *,
@@ -363,25 +451,32 @@ class WriteRequest(Request[Written]):
         ids: Iterator[int] | None = None,
     ) -> None:
         super().__init__(ids)
-        self.record = record
+        self.records = list(records)
+        """Each record as last sent."""
         self._level = level
         self._planner = planner
         self._node_id = node_id
         self._restamper = restamper
-        self._records: list[Record] = []
-        """The record each round sent, by round."""
+        self._outcomes: list[WriteOutcome | None] = [None] * len(records)
+        self._rounds: list[dict[int, Record]] = []
+        """The records each round sent, by their index, by round."""
         self._met: set[int] = set()
-        self._fanout: Fanout[ReplicaAck] | None = None
+        self._fanout: Fanout[Sequence[ReplicaAck]] | None = None
         self._replans = 0
 
     def start(self) -> Ready:
         return self._round(self._planner())
 
+    def result(self) -> list[WriteOutcome]:
+        if not self.finished:
+            raise InternalError("the request has not finished")
+        return [outcome for outcome in self._outcomes if outcome is not None]
+
     def answered(self, call_id: int, answer: object) -> Ready:
         round_, target = self._sent.pop(call_id)
         if round_ != self._current or self.finished or self._fanout is None:
             return Ready()
-        assert isinstance(answer, ReplicaAck)
+        assert isinstance(answer, Sequence)
         calls = self._calls_to(self._fanout.answered(target, answer))
         return self._round_met() if self._fanout.met else Ready(calls)
 
@@ -406,16 +501,20 @@ class WriteRequest(Request[Written]):
 
     @property
     def _current(self) -> int:
-        return len(self._records) - 1
+        return len(self._rounds) - 1
+
+    def _unfinished(self) -> dict[int, Record]:
+        return {i: r for i, r in enumerate(self.records) if self._outcomes[i] is None}
 
     def _round(self, plan: Plan) -> Ready:
-        self._records.append(self.record)
+        self._rounds.append(self._unfinished())
         self._fanout = Fanout(plan, self._level, launch=len(plan.targets))
         return Ready(self._calls_to(self._fanout.start()))
 
     def _calls_to(self, targets: list[Target]) -> list[Call]:
         assert self._fanout is not None
-        return self._calls(self._fanout.plan, self._current, self.record.key, self.record, targets)
+        records = tuple(self._rounds[self._current].values())
+        return self._calls(self._fanout.plan, self._current, b"", records, targets)
 
     def _round_met(self) -> Ready:
         fanout = self._fanout
@@ -427,46 +526,58 @@ class WriteRequest(Request[Written]):
                 self._current, [n for n in fanout.plan.sets.all() if n not in reached]
             )
         )
-        acks = fanout.answers.values()
-        newer = max(ack.newer for ack in acks)
-        if not newer or self._restamper is None:
-            self._succeed(Written(self.record, any(ack.replaced_live for ack in acks)))
-            return ready
-        if len(self._records) >= MAX_STAMPS:
-            self._fail(
-                _uncertain(
-                    f"the write met a newer version in each of {MAX_STAMPS} rounds "
-                    "(the key is being written by many at once)"
-                )
+        answers = list(fanout.answers.values())
+        beaten: dict[int, int] = {}
+        for position, (index, record) in enumerate(self._rounds[self._current].items()):
+            acks = [answer[position] for answer in answers]
+            newer = max(ack.newer for ack in acks)
+            if newer and self._restamper is not None:
+                beaten[index] = newer
+            else:
+                self._outcomes[index] = Written(record, any(a.replaced_live for a in acks))
+        for index, newer in beaten.items():
+            self._restamp(index, newer)
+        return ready.extend(self._planned_round()) if not self._done() else ready
+
+    def _restamp(self, index: int, newer: int) -> None:
+        assert self._restamper is not None
+        if len(self._rounds) >= MAX_STAMPS:
+            self._outcomes[index] = _uncertain(
+                f"the write met a newer version in each of {MAX_STAMPS} rounds "
+                "(the key is being written by many at once)"
             )
-            return ready
-        restamped = self._restamper.past(self.record, newer)
+            return
+        restamped = self._restamper.past(self.records[index], newer)
         if restamped is None:
-            self._fail(
-                DeadlineExceeded(
-                    "the write met a newer version and this node may no longer stamp a "
-                    "later one; it may or may not become visible",
-                    reason="WRITE_UNCERTAIN",
-                )
+            self._outcomes[index] = DeadlineExceeded(
+                "the write met a newer version and this node may no longer stamp a "
+                "later one; it may or may not become visible",
+                reason="WRITE_UNCERTAIN",
             )
-            return ready
-        self.record = restamped
-        return ready.extend(self._planned_round())
+            return
+        self.records[index] = restamped
+
+    def _done(self) -> bool:
+        self.finished = all(outcome is not None for outcome in self._outcomes)
+        return self.finished
 
     def _replan(self, error: StaleMemberTable) -> Ready:
         self._replans += 1
         if self._replans > MAX_REPLANS:
-            self._fail(_uncertain(error.message))
+            self._fail_unfinished(_uncertain(error.message))
             return Ready()
-        # Calls still running on the older plan may store the record too;
+        # Calls still running on the older plan may store the records too;
         # their answers no longer count toward the level.
         return self._planned_round()
 
     def _planned_round(self) -> Ready:
         try:
             plan = self._planner()
+        except PlanDiverged as diverged:
+            self._fail_unfinished(diverged)
+            return Ready()
         except Unavailable as error:
-            self._fail(_uncertain(error.message))
+            self._fail_unfinished(_uncertain(error.message))
             return Ready()
         return self._round(plan)
 
@@ -479,13 +590,18 @@ class WriteRequest(Request[Written]):
             # Every replica refused it (full disks): it is stored nowhere.
             error = failure.errors[0]
             assert isinstance(error, ResourceExhausted)
-            self._fail(error)
+            self._fail_unfinished(error)
             return
-        self._fail(_uncertain(failure.message, failure.metadata))
+        self._fail_unfinished(_uncertain(failure.message, failure.metadata))
+
+    def _fail_unfinished(self, error: RingkvError) -> None:
+        for index in self._unfinished():
+            self._outcomes[index] = error
+        self._done()
 
     def _hints(self, round_: int, nodes: list[str]) -> list[Hint]:
-        record = self._records[round_]
-        return [Hint(node, record) for node in nodes if node != self._node_id]
+        records = self._rounds[round_].values()
+        return [Hint(node, r) for node in nodes if node != self._node_id for r in records]
 
 
 def _uncertain(message: str, metadata: dict[str, str] | None = None) -> DeadlineExceeded:
@@ -579,7 +695,7 @@ class ReadRequest(Request[Record | None]):
 
     def _calls_to(self, targets: list[Target]) -> list[Call]:
         assert self._fanout is not None
-        return self._calls(self._fanout.plan, self._round, self.key, None, targets)
+        return self._calls(self._fanout.plan, self._round, self.key, (), targets)
 
     def _resolve(self) -> Ready:
         assert self._fanout is not None
@@ -594,7 +710,7 @@ class ReadRequest(Request[Record | None]):
         if self._level is Consistency.LINEARIZABLE:
             # ABD: make the winner durable at a quorum before anyone sees it.
             self._write_back = WriteRequest(
-                winner,
+                (winner,),
                 self._level,
                 self._planner,
                 node_id=self._node_id,
@@ -613,10 +729,9 @@ class ReadRequest(Request[Record | None]):
         write_back = self._write_back
         assert write_back is not None
         if write_back.finished and not self.finished:
-            try:
-                write_back.result()
-            except RingkvError as error:
-                self._fail(error)
+            (outcome,) = write_back.result()
+            if isinstance(outcome, RingkvError):
+                self._fail(outcome)
             else:
                 self._succeed(self._winner)
         return ready

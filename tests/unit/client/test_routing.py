@@ -50,11 +50,20 @@ def test_without_a_key_or_a_ring_only_the_endpoints_are_tried() -> None:
     assert Router(["e1:1", "e2:1"]).candidates(b"k", 0.0) == ["e1:1", "e2:1"]
 
 
+def test_the_endpoints_are_taken_in_turn() -> None:
+    router = Router(["e1:1", "e2:1", "e3:1"])
+    firsts = [router.candidates(None, 0.0)[0] for _ in range(6)]
+    assert firsts == ["e1:1", "e2:1", "e3:1", "e1:1", "e2:1", "e3:1"]
+    assert router.candidates(None, 0.0) == ["e1:1", "e2:1", "e3:1"]
+    assert router.candidates(b"k", 0.0) == ["e2:1", "e3:1", "e1:1"]
+
+
 def test_a_failed_address_goes_last_for_a_while() -> None:
     router = Router(["e1:1", "e2:1", "e3:1"])
     router.failed("e1:1", now=10.0)
     assert router.candidates(None, 10.0) == ["e2:1", "e3:1", "e1:1"]
-    assert router.candidates(None, 10.0 + DOWN_FOR_S) == ["e1:1", "e2:1", "e3:1"]
+    assert router.candidates(None, 10.0 + DOWN_FOR_S) == ["e2:1", "e3:1", "e1:1"]
+    assert router.candidates(None, 10.0 + DOWN_FOR_S) == ["e3:1", "e1:1", "e2:1"]
 
 
 def test_refreshes_are_periodic() -> None:

@@ -23,19 +23,24 @@ from ringkv.core.consistency import Consistency
 from ringkv.core.coordination import (
     Call,
     Plan,
+    PlanDiverged,
     Planner,
     ReadRequest,
     Ready,
     Repair,
     Request,
     Restamper,
+    WriteOutcome,
     WriteRequest,
     Written,
+    group_by_plan,
     plan,
+    shared_planner,
     stamp,
 )
 from ringkv.core.errors import RingkvError, StaleMemberTable, StorageFull
 from ringkv.core.hlc import HybridLogicalClock
+from ringkv.core.quorum import ReplicaSets
 from ringkv.core.records import Record, ack
 from ringkv.server.cluster.clock_guard import ClockGuard
 from ringkv.server.cluster.clock_mark import ClockMark
@@ -134,7 +139,7 @@ class Coordinator:
         await self._clock_mark.stay_ahead()
         conditional = expected is not None or level is Consistency.LINEARIZABLE
         if not conditional and not self._key_locks.held(key):
-            record = self._stamp(key, value, tombstone, ttl_ms)
+            record = self._stamp(key, value, ttl_ms, tombstone)
             return await self._replicate(record, level, deadline)
         # Conditional writes are Paxos rounds (compare_and_set); this node runs
         # its own one key at a time, and plain writes queue behind them and
@@ -144,7 +149,7 @@ class Coordinator:
                 swapped = await self._compare_and_set.write(
                     key,
                     expected,
-                    lambda _: self._stamp(key, value, tombstone, ttl_ms),
+                    lambda _: self._stamp(key, value, ttl_ms, tombstone),
                     self._now_ms,
                     deadline,
                 )
@@ -156,7 +161,7 @@ class Coordinator:
                 current = await self._read_newest(key, level, deadline)
                 if current is not None:
                     self._clock.observe(current.version.timestamp)
-            record = self._stamp(key, value, tombstone, ttl_ms)
+            record = self._stamp(key, value, ttl_ms, tombstone)
             return await self._replicate(record, level, deadline)
 
     async def write_many(
@@ -166,15 +171,18 @@ class Coordinator:
         level: Consistency,
         timeout_s: float,
         clock_wait_s: float = 0.0,
-    ) -> list[Written | RingkvError]:
+    ) -> list[WriteOutcome]:
         """Plain writes of many keys (key, value, ttl_ms): each one's outcome.
 
-        Each key is its own request, under the same rules as ``write``, but
-        they are stamped together and driven together, so the calls they make
-        at one moment go out as one commit here and one batch per peer. Keys
-        a conditional write holds, and LINEARIZABLE writes, go one by one
-        through ``write``.
+        The keys are stamped together, under the same rules as ``write``, and
+        those with the same replicas go in one write request: one call per
+        replica carries them all, and the level is counted once for them.
+        The requests are driven together, so the calls they make at one moment
+        go out as one commit here and one batch per peer. Keys a conditional
+        write holds, LINEARIZABLE writes, and keys a new member table moved
+        apart mid-request go one by one through ``write``.
         """
+        loop = asyncio.get_running_loop()
         deadline = _deadline(timeout_s)
         batched = level is not Consistency.LINEARIZABLE
         if batched and entries:
@@ -191,23 +199,32 @@ class Coordinator:
         ]
         batch = set(together)
         alone = [i for i in range(len(entries)) if i not in batch]
-        requests: list[Request[Written]] = []
-        refused: RingkvError | None = None
+        records: list[Record] = []
+        outcomes: dict[int, WriteOutcome] = {}
         try:
-            requests = [
-                self._write_request(self._stamp(key, value, False, ttl), level)
-                for key, value, ttl in (entries[i] for i in together)
-            ]
-        except RingkvError as error:  # nothing was sent
-            refused = error
+            records = [self._stamp(*entries[i], False) for i in together]
+        except RingkvError as refused:  # nothing was sent
+            outcomes.update((i, refused) for i in together)
+        groups, unplanned = group_by_plan([r.key for r in records], self._plans_for(level))
+        outcomes.update((together[i], error) for i, error in unplanned.items())
+        requests = [
+            self._write_request(
+                [records[i] for i in members],
+                level,
+                shared_planner(
+                    [records[i].key for i in members], self._plan_for(level), first_plan
+                ),
+            )
+            for first_plan, members in groups
+        ]
 
-        async def one_by_one(key: bytes, value: bytes, ttl: int) -> Written | RingkvError:
+        async def one_by_one(key: bytes, value: bytes, ttl: int) -> WriteOutcome:
             try:
                 return await self.write(
                     key,
                     value,
                     level=level,
-                    timeout_s=timeout_s,
+                    timeout_s=max(deadline - loop.time(), 0.0),
                     ttl_ms=ttl,
                     clock_wait_s=clock_wait_s,
                 )
@@ -218,14 +235,21 @@ class Coordinator:
             self._run_many(requests, deadline),
             asyncio.gather(*(one_by_one(*entries[i]) for i in alone)),
         )
-        outcomes: dict[int, Written | RingkvError] = dict(zip(alone, singles, strict=True))
-        if refused is not None:
-            outcomes.update((i, refused) for i in together)
-        else:
-            outcomes.update(zip(together, driven, strict=True))
+        outcomes.update(zip(alone, singles, strict=True))
+        for (_, members), group_outcome in zip(groups, driven, strict=True):
+            written = (
+                [group_outcome] * len(members)
+                if isinstance(group_outcome, RingkvError)
+                else group_outcome
+            )
+            outcomes.update((together[i], o) for i, o in zip(members, written, strict=True))
+        again = [i for i, outcome in outcomes.items() if isinstance(outcome, PlanDiverged)]
+        outcomes.update(
+            zip(again, await asyncio.gather(*(one_by_one(*entries[i]) for i in again)), strict=True)
+        )
         return [outcomes[i] for i in range(len(entries))]
 
-    def _stamp(self, key: bytes, value: bytes, tombstone: bool, ttl_ms: int) -> Record:
+    def _stamp(self, key: bytes, value: bytes, ttl_ms: int, tombstone: bool) -> Record:
         # Asked again at the moment of stamping: a lock wait or a read may have
         # passed since the write began, and the verdict with it.
         self._clock_guard.require()
@@ -254,13 +278,19 @@ class Coordinator:
         once the change settles, a quorum of the new replicas holds every
         acknowledged write.
         """
-        return await self._run(self._write_request(record, level), deadline)
+        request = self._write_request([record], level, self._planner(record.key, level))
+        (outcome,) = await self._run(request, deadline)
+        if isinstance(outcome, RingkvError):
+            raise outcome
+        return outcome
 
-    def _write_request(self, record: Record, level: Consistency) -> WriteRequest:
+    def _write_request(
+        self, records: Sequence[Record], level: Consistency, planner: Planner
+    ) -> WriteRequest:
         return WriteRequest(
-            record,
+            records,
             level,
-            self._planner(record.key, level),
+            planner,
             node_id=self._view.node_id,
             # A LINEARIZABLE write is stamped past the newest version a quorum
             # held when it began (ABD), so a newer one it meets is a concurrent
@@ -286,9 +316,16 @@ class Coordinator:
 
     def _planner(self, key: bytes, level: Consistency, *, local_first: bool = False) -> Planner:
         """Plans a request for ``key`` on the member table current when it is called."""
+        plan_for = self._plan_for(level, local_first=local_first)
+        return lambda: plan_for(key)
+
+    def _plan_for(
+        self, level: Consistency, *, local_first: bool = False
+    ) -> Callable[[bytes], Plan]:
+        """Plans a request for a key on the member table current when it is called."""
         first = self._view.node_id if local_first else None
 
-        def plan_now() -> Plan:
+        def plan_now(key: bytes) -> Plan:
             view = self._view
             return plan(
                 level,
@@ -300,6 +337,23 @@ class Coordinator:
             )
 
         return plan_now
+
+    def _plans_for(self, level: Consistency) -> Callable[[bytes], Plan]:
+        """``_plan_for``, planning once per replica order on the table
+        current now: many keys of a batch share one."""
+        view = self._view
+        plans: dict[tuple[ReplicaSets, tuple[str, ...]], Plan] = {}
+
+        def plan_once(key: bytes) -> Plan:
+            order = (view.replica_sets(key), view.clockwise(key))
+            known = plans.get(order)
+            if known is None:
+                known = plans[order] = plan(
+                    level, *order, view.is_live, fence=view.membership.fence
+                )
+            return known
+
+        return plan_once
 
     async def _run(self, request: Request[T], deadline: float) -> T:
         """Drive one request with real calls until it finishes or the deadline passes."""
@@ -331,7 +385,7 @@ class Coordinator:
             for index, ready in readies:
                 for call in ready.calls:
                     target = call.target
-                    batch = (target.node_id, target.stands_in_for, call.record is None)
+                    batch = (target.node_id, target.stands_in_for, not call.records)
                     batches.setdefault(batch, []).append((index, call))
                 for hint in ready.hints:
                     self._hint_for(hint.record, hint.node_id)
@@ -395,14 +449,16 @@ class Coordinator:
         """Start calls to one target, all reads or all writes (with the same
         stand-in): an answer or an error each."""
         target = calls[0].target
+        reads = not calls[0].records
         if target.node_id != self._view.node_id:
             peer = self._view.peers[target.node_id]
-            if calls[0].record is None:
+            if reads:
                 return list(await peer.read_many([(c.key, c.fence) for c in calls]))
             writes: list[tuple[Record, Fence | None]] = [
-                (c.record, c.fence) for c in calls if c.record is not None
+                (record, c.fence) for c in calls for record in c.records
             ]
-            return list(await peer.write_many(writes, hint_for=target.stands_in_for))
+            written = await peer.write_many(writes, hint_for=target.stands_in_for)
+            return _per_call(calls, list(written))
         # This replica fences the calls as a remote one would.
         mine = self._view.membership
         answers: list[object] = [None] * len(calls)
@@ -416,15 +472,20 @@ class Coordinator:
                 )
             else:
                 admitted.append(i)
-        if calls[0].record is None:
+        if reads:
             for i in admitted:
                 answers[i] = self._store.read(calls[i].key)
             return answers
-        records = [record for i in admitted if (record := calls[i].record) is not None]
+        records = [record for i in admitted for record in calls[i].records]
         applied = await self._store.apply_many(records, hint_for=target.stands_in_for)
         now = self._now_ms()
-        for i, record, result in zip(admitted, records, applied, strict=True):
-            answers[i] = result if isinstance(result, Exception) else ack(record, result, now)
+        results: list[object] = [
+            result if isinstance(result, Exception) else ack(record, result, now)
+            for record, result in zip(records, applied, strict=True)
+        ]
+        per_call = _per_call([calls[i] for i in admitted], results)
+        for i, answer in zip(admitted, per_call, strict=True):
+            answers[i] = answer
         return answers
 
     async def _repair(self, repair: Repair) -> None:
@@ -474,6 +535,20 @@ class Coordinator:
             await asyncio.wait(set(self._background), timeout=5.0)
         for task in list(self._background):
             task.cancel()
+
+
+def _per_call(calls: Sequence[Call], results: Sequence[object]) -> list[object]:
+    """The results of the calls' records, in order, as one answer per call:
+    its acks, or the first error among them (a replica that stored only some
+    of a call's records failed the call; the others are held there anyway)."""
+    answers: list[object] = []
+    position = 0
+    for call in calls:
+        mine = results[position : position + len(call.records)]
+        position += len(call.records)
+        error = next((r for r in mine if isinstance(r, BaseException)), None)
+        answers.append(error if error is not None else tuple(mine))
+    return answers
 
 
 def _deadline(timeout_s: float) -> float:
