@@ -85,6 +85,12 @@ class Engine(Protocol):
         """The hints held for ``key``, one per node they are held for, by node id."""
         ...
 
+    def newest(self, keys: Sequence[bytes]) -> list[Record | None]:
+        """For each key, the newest version held, as a record or as a hint
+        (what this node's replica answers, and what it stamps past), read at
+        one moment."""
+        ...
+
     def apply(self, mutations: Sequence[Mutation]) -> list[ApplyResult]:
         """Store each mutation whose version is newer than the one stored.
 

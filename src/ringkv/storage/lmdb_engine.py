@@ -104,6 +104,24 @@ class LmdbEngine:
                 hints.append(decode_record(key, data))
             return hints
 
+    def newest(self, keys: Sequence[bytes]) -> list[Record | None]:
+        found: list[Record | None] = []
+        with self._map_lock, self._env.begin(buffers=True) as txn:
+            hints = txn.cursor(db=self._hints)
+            for key in keys:
+                data = txn.get(storage_key(key), db=self._records)
+                record = None if data is None else decode_record(key, data)
+                prefix = hint_prefix(key)
+                if hints.set_range(prefix):
+                    for stored_key, hint in hints:
+                        if not bytes(stored_key).startswith(prefix):
+                            break
+                        held = decode_record(key, hint)
+                        if record is None or held.version > record.version:
+                            record = held
+                found.append(record)
+        return found
+
     @property
     def generation(self) -> int:
         return self._generation

@@ -7,6 +7,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from ringkv.core import quorum
 from ringkv.core.hlc import Version
 from ringkv.core.paxos import AcceptorState
 from ringkv.core.records import ApplyResult, Mutation, Outcome, Record, resolve
@@ -38,6 +39,16 @@ class MemoryEngine:
                 (node, record) for (hinted, node), record in self._hints.items() if hinted == key
             ]
         return [record for _, record in sorted(held, key=lambda item: item[0])]
+
+    def newest(self, keys: Sequence[bytes]) -> list[Record | None]:
+        with self._lock:
+            held = [[self._records.get(key)] for key in keys]
+            positions = {key: i for i, key in enumerate(keys)}
+            # By node id, as LMDB keeps them: the first of equal versions wins.
+            for (hinted, _), record in sorted(self._hints.items(), key=lambda item: item[0]):
+                if hinted in positions:
+                    held[positions[hinted]].append(record)
+        return [quorum.newest(versions) for versions in held]
 
     def apply(self, mutations: Sequence[Mutation]) -> list[ApplyResult]:
         results = []

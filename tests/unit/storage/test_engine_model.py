@@ -83,5 +83,16 @@ def test_engine_matches_the_model(kind: str, batches: list[list[Mutation]]) -> N
         for key in KEYS:
             assert engine.get(key) == model.records.get(key)
             assert by_version(engine.get_hints(key)) == by_version(model.hints_of(key))
+        # The record first, then the hints by node id: the first of equal versions wins.
+        held = [
+            [model.records.get(key)]
+            + [r for (hinted, _), r in sorted(model.hints.items()) if hinted == key]
+            for key in KEYS
+        ]
+        newest = [
+            max((r for r in versions if r is not None), key=lambda r: r.version, default=None)
+            for versions in held
+        ]
+        assert engine.newest(list(KEYS)) == newest
         assert list(engine.scan(*FULL_RANGE)) == in_scan_order(model.records.values())
         assert engine.stats().records == len(model.records)

@@ -202,7 +202,7 @@ class Coordinator:
         records: list[Record] = []
         outcomes: dict[int, WriteOutcome] = {}
         try:
-            records = [self._stamp(*entries[i], False) for i in together]
+            records = self._stamp_many([entries[i] for i in together])
         except RingkvError as refused:  # nothing was sent
             outcomes.update((i, refused) for i in together)
         groups, unplanned = group_by_plan([r.key for r in records], self._plans_for(level))
@@ -250,24 +250,35 @@ class Coordinator:
         return [outcomes[i] for i in range(len(entries))]
 
     def _stamp(self, key: bytes, value: bytes, ttl_ms: int, tombstone: bool) -> Record:
+        (record,) = self._stamp_many([(key, value, ttl_ms)], tombstone=tombstone)
+        return record
+
+    def _stamp_many(
+        self, entries: Sequence[tuple[bytes, bytes, int]], *, tombstone: bool = False
+    ) -> list[Record]:
+        """New versions of keys (key, value, ttl_ms), each past this node's copy."""
         # Asked again at the moment of stamping: a lock wait or a read may have
         # passed since the write began, and the verdict with it.
         self._clock_guard.require()
-        local = self._store.read(key)
-        if local is not None:
-            self._clock.observe(local.version.timestamp)
-        # The local copy (or a Paxos round) may have moved the clock up.
-        if not self._clock_mark.allows_next():
-            raise StorageFull("cannot save the clock mark: the disk is full")
-        return stamp(
-            self._clock,
-            self._now_ms(),
-            key,
-            value,
-            tombstone=tombstone,
-            ttl_ms=ttl_ms,
-            local=local,
-        )
+        held = self._store.read_many([key for key, _, _ in entries])
+        records = []
+        for (key, value, ttl_ms), local in zip(entries, held, strict=True):
+            if local is not None:
+                self._clock.observe(local.version.timestamp)
+            # The local copy (or a Paxos round) may have moved the clock up.
+            if not self._clock_mark.allows_next():
+                raise StorageFull("cannot save the clock mark: the disk is full")
+            stamped = stamp(
+                self._clock,
+                self._now_ms(),
+                key,
+                value,
+                tombstone=tombstone,
+                ttl_ms=ttl_ms,
+                local=local,
+            )
+            records.append(stamped)
+        return records
 
     async def _replicate(self, record: Record, level: Consistency, deadline: float) -> Written:
         """Send a stamped record to the key's targets; return once the level is met.
@@ -473,8 +484,9 @@ class Coordinator:
             else:
                 admitted.append(i)
         if reads:
-            for i in admitted:
-                answers[i] = self._store.read(calls[i].key)
+            held = self._store.read_many([calls[i].key for i in admitted])
+            for i, record in zip(admitted, held, strict=True):
+                answers[i] = record
             return answers
         records = [record for i in admitted for record in calls[i].records]
         applied = await self._store.apply_many(records, hint_for=target.stands_in_for)

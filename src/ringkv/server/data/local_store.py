@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ringkv.core.quorum import newest
 from ringkv.core.records import ApplyResult, Mutation, Record
 from ringkv.server.data.commit import CommitQueue
 from ringkv.storage import Engine
@@ -24,9 +23,12 @@ class LocalStore:
         Tombstones and expired values included: the coordinator decides
         liveness, and needs their versions to order replies.
         """
-        hints = self._engine.get_hints(key)
-        record = self._engine.get(key)
-        return newest([record, *hints]) if hints else record
+        (record,) = self._engine.newest([key])
+        return record
+
+    def read_many(self, keys: Sequence[bytes]) -> list[Record | None]:
+        """``read`` for many keys, in one read of the engine."""
+        return self._engine.newest(keys)
 
     async def apply(self, record: Record, *, hint_for: str | None = None) -> ApplyResult:
         """Store a record if it is newer than the one held (or the hint, with ``hint_for``)."""

@@ -22,6 +22,7 @@ from ringkv.server.data.anti_entropy import TreeCache
 from ringkv.server.data.local_store import LocalStore
 from ringkv.server.transport.rpc import Context, Method
 from ringkv.server.transport.wire import (
+    add_records,
     ballot_from_wire,
     membership_to_wire,
     promise_to_wire,
@@ -158,10 +159,9 @@ class ReplicaService:
         # Answers the first keys up to a batch's bytes; the caller asks again
         # for the rest, so that no answer outgrows a message.
         results, size = [], 0
-        for key in request.keys:
+        for record in self._store.read_many(request.keys):
             if size > MAX_BATCH_BYTES:
                 break
-            record = self._store.read(key)
             if record is None:
                 results.append(replica_pb2.ReadResult(found=False))
                 continue
@@ -227,11 +227,12 @@ class ReplicaService:
         limit = min(request.limit or SCAN_PAGE_RECORDS, SCAN_PAGE_RECORDS)
         # An LMDB scan blocks on the disk: off the event loop.
         records, last_token = await asyncio.to_thread(_scan_page, self._engine, start, end, limit)
-        return replica_pb2.ScanResponse(
-            records=[record_to_wire(r) for r in records],
+        response = replica_pb2.ScanResponse(
             next_cursor=b"" if last_token is None else _CURSOR.pack(last_token),
             clock=self._clock.last,
         )
+        add_records(response.records, records)
+        return response
 
     async def merkle(
         self, request: replica_pb2.MerkleRequest, _: Context

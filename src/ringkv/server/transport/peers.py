@@ -27,12 +27,12 @@ from ringkv.server.counters import Counters
 from ringkv.server.transport.auth import CHANNEL_OPTIONS, NodeSecurity
 from ringkv.server.transport.batching import Batcher, ItemT, ResultT
 from ringkv.server.transport.wire import (
+    add_records,
     ballot_to_wire,
     membership_from_wire,
     promise_from_wire,
     proposal_to_wire,
     record_from_wire,
-    record_to_wire,
 )
 
 log = logging.getLogger(__name__)
@@ -216,11 +216,11 @@ class Peer:
     ) -> list[ReplicaAck | Exception]:
         records = [record for record, _ in writes]
         request = replica_pb2.WriteRequest(
-            records=[record_to_wire(r) for r in records],
             hint_for=hint_for,
             clock=self._clock.last,
             fence=self._fence(fence for _, fence in writes),
         )
+        add_records(request.records, records)
         response = await self._fenced_call(self._replica.Write, request, "replica write")
         if not len(response.replaced_live) == len(response.newer) == len(records):
             raise InternalError(f"{self.node_id} answered a write of {len(records)} records oddly")

@@ -3,7 +3,9 @@ tables (kv.Cluster)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+
+from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
 
 from ringkv.api import kv_pb2, replica_pb2
 from ringkv.core.errors import InvalidArgument
@@ -24,6 +26,23 @@ def record_to_wire(record: Record) -> replica_pb2.Record:
         tombstone=record.tombstone,
         expires_at_ms=record.expires_at_ms,
     )
+
+
+def add_records(
+    container: RepeatedCompositeFieldContainer[replica_pb2.Record], records: Iterable[Record]
+) -> None:
+    """Append records to a message's repeated field, each built in place:
+    ``record_to_wire`` builds one apart, which the field then copies."""
+    add = container.add
+    for record in records:
+        version = add(
+            key=record.key,
+            value=record.value,
+            tombstone=record.tombstone,
+            expires_at_ms=record.expires_at_ms,
+        ).version
+        version.timestamp = record.version.timestamp
+        version.node_id = record.version.node_id
 
 
 def record_from_wire(message: replica_pb2.Record) -> Record:
