@@ -24,15 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13ringkv/api/kv.proto\x12\x02kv\"?\n\nGetRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12$\n\x0b\x63onsistency\x18\x02 \x01(\x0e\x32\x0f.kv.Consistency\"S\n\x0bGetResponse\x12\r\n\x05value\x18\x01 \x01(\x0c\x12\r\n\x05\x66ound\x18\x02 \x01(\x08\x12\x0f\n\x07version\x18\x03 \x01(\x03\x12\x15\n\rexpires_at_ms\x18\x04 \x01(\x03\"o\n\nSetRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c\x12\x0f\n\x07version\x18\x03 \x01(\x03\x12$\n\x0b\x63onsistency\x18\x04 \x01(\x0e\x32\x0f.kv.Consistency\x12\x0e\n\x06ttl_ms\x18\x05 \x01(\x03\"*\n\x0bSetResponse\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\x0f\n\x07version\x18\x02 \x01(\x03\"S\n\rDeleteRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12$\n\x0b\x63onsistency\x18\x03 \x01(\x0e\x32\x0f.kv.Consistency\"<\n\x0e\x44\x65leteResponse\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\r\n\x05\x66ound\x18\x03 \x01(\x08\"R\n\x10ReplicateRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c\x12\x0f\n\x07version\x18\x03 \x01(\x03\x12\x11\n\tis_delete\x18\x04 \x01(\x08\"\x1f\n\x11ReplicateResponse\x12\n\n\x02ok\x18\x01 \x01(\x08\"E\n\x0fMultiGetRequest\x12\x0c\n\x04keys\x18\x01 \x03(\t\x12$\n\x0b\x63onsistency\x18\x02 \x01(\x0e\x32\x0f.kv.Consistency\"4\n\x10MultiGetResponse\x12 \n\x07results\x18\x01 \x03(\x0b\x32\x0f.kv.GetResponse\"X\n\x0fMultiSetRequest\x12\x1f\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x0e.kv.SetRequest\x12$\n\x0b\x63onsistency\x18\x02 \x01(\x0e\x32\x0f.kv.Consistency\"4\n\x10MultiSetResponse\x12 \n\x07results\x18\x01 \x03(\x0b\x32\x0f.kv.SetResponse\"\r\n\x0bPingRequest\"\x1f\n\x0cPingResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\t\"\x86\x01\n\x10HeartbeatRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0c\n\x04term\x18\x03 \x01(\x03\x12\x11\n\tis_leader\x18\x04 \x01(\x08\x12\r\n\x05\x63laim\x18\x05 \x01(\x08\x12 \n\x07members\x18\x06 \x01(\x0b\x32\x0f.kv.MemberTable\"\x8b\x01\n\x11HeartbeatResponse\x12\x0c\n\x04term\x18\x01 \x01(\x03\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\x08\x12\x0f\n\x07node_id\x18\x03 \x01(\t\x12\x14\n\x0csynced_epoch\x18\x04 \x01(\x03\x12 \n\x07members\x18\x05 \x01(\x0b\x32\x0f.kv.MemberTable\x12\r\n\x05\x65poch\x18\x06 \x01(\x03\"K\n\x12RequestVoteRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0c\n\x04term\x18\x02 \x01(\x03\x12\x16\n\x0elast_log_index\x18\x03 \x01(\x03\"l\n\x13RequestVoteResponse\x12\x0c\n\x04term\x18\x01 \x01(\x03\x12\x14\n\x0cvote_granted\x18\x02 \x01(\x08\x12\x0f\n\x07node_id\x18\x03 \x01(\t\x12 \n\x07members\x18\x04 \x01(\x0b\x32\x0f.kv.MemberTable\"G\n\x0bMemberTable\x12\r\n\x05\x65poch\x18\x01 \x01(\x03\x12\x0c\n\x04term\x18\x02 \x01(\x03\x12\x1b\n\x07members\x18\x03 \x03(\x0b\x32\n.kv.Member\"/\n\x0bJoinRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\"0\n\x0cJoinResponse\x12 \n\x07members\x18\x01 \x01(\x0b\x32\x0f.kv.MemberTable\"$\n\x11RemoveNodeRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\"6\n\x12RemoveNodeResponse\x12 \n\x07members\x18\x01 \x01(\x0b\x32\x0f.kv.MemberTable\"\x0f\n\rRepairRequest\"\x84\x01\n\x0eRepairResponse\x12\r\n\x05peers\x18\x01 \x01(\x05\x12\x18\n\x10leaves_differing\x18\x02 \x01(\x03\x12\x13\n\x0bkeys_pulled\x18\x03 \x01(\x03\x12\x13\n\x0bkeys_pushed\x18\x04 \x01(\x03\x12\x0f\n\x07skipped\x18\x05 \x03(\t\x12\x0e\n\x06\x66\x61iled\x18\x06 \x03(\t\"-\n\x16GetClusterStateRequest\x12\x13\n\x0bomit_ranges\x18\x01 \x01(\x08\"\x89\x02\n\x17GetClusterStateResponse\x12\x10\n\x08node_ids\x18\x01 \x03(\t\x12\x11\n\taddresses\x18\x02 \x03(\t\x12\x11\n\tleader_id\x18\x03 \x01(\t\x12\x0c\n\x04term\x18\x04 \x01(\x03\x12\r\n\x05\x65poch\x18\x05 \x01(\x03\x12\x10\n\x08replicas\x18\x06 \x01(\x05\x12\x0e\n\x06vnodes\x18\x07 \x01(\x05\x12\x1b\n\x07members\x18\x08 \x03(\x0b\x32\n.kv.Member\x12\x1e\n\x06ranges\x18\t \x03(\x0b\x32\x0e.kv.TokenRange\x12\x1e\n\x05table\x18\n \x01(\x0b\x32\x0f.kv.MemberTable\x12\x1a\n\x12member_port_offset\x18\x0b \x01(\x05\"I\n\x06Member\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\r\n\x05state\x18\x03 \x01(\t\x12\x0e\n\x06status\x18\x04 \x01(\t\";\n\nTokenRange\x12\r\n\x05start\x18\x01 \x01(\x04\x12\x0c\n\x04last\x18\x02 \x01(\x04\x12\x10\n\x08replicas\x18\x03 \x03(\t\"\x15\n\x13GetNodeStatsRequest\"\xaf\x03\n\x14GetNodeStatsResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07records\x18\x02 \x01(\x03\x12\x12\n\nbytes_used\x18\x03 \x01(\x03\x12\r\n\x05\x65poch\x18\x04 \x01(\x03\x12\x18\n\x10\x66orwarded_writes\x18\x05 \x01(\x03\x12\x14\n\x0cread_repairs\x18\x06 \x01(\x03\x12\x15\n\rhints_pending\x18\x07 \x01(\x03\x12\x16\n\x0ehints_replayed\x18\x08 \x01(\x03\x12\x11\n\tleader_id\x18\t \x01(\t\x12\x0c\n\x04term\x18\n \x01(\x03\x12\x14\n\x0csynced_epoch\x18\x0b \x01(\x03\x12\x16\n\x0eranges_to_pull\x18\x0c \x01(\x05\x12\x15\n\rranges_pulled\x18\r \x01(\x05\x12\x16\n\x0erecords_pulled\x18\x0e \x01(\x03\x12\x15\n\rrepair_rounds\x18\x0f \x01(\x03\x12\x15\n\rkeys_repaired\x18\x10 \x01(\x03\x12\x19\n\x11tombstones_purged\x18\x11 \x01(\x03\x12\x13\n\x0b\x63lock_check\x18\x12 \x01(\t\x12\x17\n\x0f\x63lock_offset_ms\x18\x13 \x01(\x03*\x86\x01\n\x0b\x43onsistency\x12\x17\n\x13\x43ONSISTENCY_DEFAULT\x10\x00\x12\x13\n\x0f\x43ONSISTENCY_ONE\x10\x01\x12\x16\n\x12\x43ONSISTENCY_QUORUM\x10\x02\x12\x13\n\x0f\x43ONSISTENCY_ALL\x10\x03\x12\x1c\n\x18\x43ONSISTENCY_LINEARIZABLE\x10\x04\x32\xde\x02\n\x08KeyValue\x12&\n\x03Get\x12\x0e.kv.GetRequest\x1a\x0f.kv.GetResponse\x12&\n\x03Set\x12\x0e.kv.SetRequest\x1a\x0f.kv.SetResponse\x12/\n\x06\x44\x65lete\x12\x11.kv.DeleteRequest\x1a\x12.kv.DeleteResponse\x12\x38\n\tReplicate\x12\x14.kv.ReplicateRequest\x1a\x15.kv.ReplicateResponse\x12)\n\x04Ping\x12\x0f.kv.PingRequest\x1a\x10.kv.PingResponse\x12\x35\n\x08MultiGet\x12\x13.kv.MultiGetRequest\x1a\x14.kv.MultiGetResponse\x12\x35\n\x08MultiSet\x12\x13.kv.MultiSetRequest\x1a\x14.kv.MultiSetResponse2\xab\x03\n\x07\x43luster\x12\x38\n\tHeartbeat\x12\x14.kv.HeartbeatRequest\x1a\x15.kv.HeartbeatResponse\x12>\n\x0bRequestVote\x12\x16.kv.RequestVoteRequest\x1a\x17.kv.RequestVoteResponse\x12J\n\x0fGetClusterState\x12\x1a.kv.GetClusterStateRequest\x1a\x1b.kv.GetClusterStateResponse\x12\x41\n\x0cGetNodeStats\x12\x17.kv.GetNodeStatsRequest\x1a\x18.kv.GetNodeStatsResponse\x12)\n\x04Join\x12\x0f.kv.JoinRequest\x1a\x10.kv.JoinResponse\x12;\n\nRemoveNode\x12\x15.kv.RemoveNodeRequest\x1a\x16.kv.RemoveNodeResponse\x12/\n\x06Repair\x12\x11.kv.RepairRequest\x1a\x12.kv.RepairResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13ringkv/api/kv.proto\x12\x02kv\"?\n\nGetRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12$\n\x0b\x63onsistency\x18\x02 \x01(\x0e\x32\x0f.kv.Consistency\"S\n\x0bGetResponse\x12\r\n\x05value\x18\x01 \x01(\x0c\x12\r\n\x05\x66ound\x18\x02 \x01(\x08\x12\x0f\n\x07version\x18\x03 \x01(\x03\x12\x15\n\rexpires_at_ms\x18\x04 \x01(\x03\"o\n\nSetRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c\x12\x0f\n\x07version\x18\x03 \x01(\x03\x12$\n\x0b\x63onsistency\x18\x04 \x01(\x0e\x32\x0f.kv.Consistency\x12\x0e\n\x06ttl_ms\x18\x05 \x01(\x03\"*\n\x0bSetResponse\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\x0f\n\x07version\x18\x02 \x01(\x03\"S\n\rDeleteRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12$\n\x0b\x63onsistency\x18\x03 \x01(\x0e\x32\x0f.kv.Consistency\"<\n\x0e\x44\x65leteResponse\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\r\n\x05\x66ound\x18\x03 \x01(\x08\"R\n\x10ReplicateRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c\x12\x0f\n\x07version\x18\x03 \x01(\x03\x12\x11\n\tis_delete\x18\x04 \x01(\x08\"\x1f\n\x11ReplicateResponse\x12\n\n\x02ok\x18\x01 \x01(\x08\"E\n\x0fMultiGetRequest\x12\x0c\n\x04keys\x18\x01 \x03(\t\x12$\n\x0b\x63onsistency\x18\x02 \x01(\x0e\x32\x0f.kv.Consistency\"4\n\x10MultiGetResponse\x12 \n\x07results\x18\x01 \x03(\x0b\x32\x0f.kv.GetResponse\"X\n\x0fMultiSetRequest\x12\x1f\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x0e.kv.SetRequest\x12$\n\x0b\x63onsistency\x18\x02 \x01(\x0e\x32\x0f.kv.Consistency\"4\n\x10MultiSetResponse\x12 \n\x07results\x18\x01 \x03(\x0b\x32\x0f.kv.SetResponse\"\r\n\x0bPingRequest\"\x1f\n\x0cPingResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\t\"\x9c\x01\n\x10HeartbeatRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0c\n\x04term\x18\x03 \x01(\x03\x12\x11\n\tis_leader\x18\x04 \x01(\x08\x12\r\n\x05\x63laim\x18\x05 \x01(\x08\x12 \n\x07members\x18\x06 \x01(\x0b\x32\x0f.kv.MemberTable\x12\x14\n\x0csent_wall_ms\x18\x07 \x01(\x03\"\x8b\x01\n\x11HeartbeatResponse\x12\x0c\n\x04term\x18\x01 \x01(\x03\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\x08\x12\x0f\n\x07node_id\x18\x03 \x01(\t\x12\x14\n\x0csynced_epoch\x18\x04 \x01(\x03\x12 \n\x07members\x18\x05 \x01(\x0b\x32\x0f.kv.MemberTable\x12\r\n\x05\x65poch\x18\x06 \x01(\x03\"K\n\x12RequestVoteRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0c\n\x04term\x18\x02 \x01(\x03\x12\x16\n\x0elast_log_index\x18\x03 \x01(\x03\"l\n\x13RequestVoteResponse\x12\x0c\n\x04term\x18\x01 \x01(\x03\x12\x14\n\x0cvote_granted\x18\x02 \x01(\x08\x12\x0f\n\x07node_id\x18\x03 \x01(\t\x12 \n\x07members\x18\x04 \x01(\x0b\x32\x0f.kv.MemberTable\"G\n\x0bMemberTable\x12\r\n\x05\x65poch\x18\x01 \x01(\x03\x12\x0c\n\x04term\x18\x02 \x01(\x03\x12\x1b\n\x07members\x18\x03 \x03(\x0b\x32\n.kv.Member\"/\n\x0bJoinRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\"0\n\x0cJoinResponse\x12 \n\x07members\x18\x01 \x01(\x0b\x32\x0f.kv.MemberTable\"$\n\x11RemoveNodeRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\"6\n\x12RemoveNodeResponse\x12 \n\x07members\x18\x01 \x01(\x0b\x32\x0f.kv.MemberTable\"\x0f\n\rRepairRequest\"\x84\x01\n\x0eRepairResponse\x12\r\n\x05peers\x18\x01 \x01(\x05\x12\x18\n\x10leaves_differing\x18\x02 \x01(\x03\x12\x13\n\x0bkeys_pulled\x18\x03 \x01(\x03\x12\x13\n\x0bkeys_pushed\x18\x04 \x01(\x03\x12\x0f\n\x07skipped\x18\x05 \x03(\t\x12\x0e\n\x06\x66\x61iled\x18\x06 \x03(\t\"-\n\x16GetClusterStateRequest\x12\x13\n\x0bomit_ranges\x18\x01 \x01(\x08\"\x89\x02\n\x17GetClusterStateResponse\x12\x10\n\x08node_ids\x18\x01 \x03(\t\x12\x11\n\taddresses\x18\x02 \x03(\t\x12\x11\n\tleader_id\x18\x03 \x01(\t\x12\x0c\n\x04term\x18\x04 \x01(\x03\x12\r\n\x05\x65poch\x18\x05 \x01(\x03\x12\x10\n\x08replicas\x18\x06 \x01(\x05\x12\x0e\n\x06vnodes\x18\x07 \x01(\x05\x12\x1b\n\x07members\x18\x08 \x03(\x0b\x32\n.kv.Member\x12\x1e\n\x06ranges\x18\t \x03(\x0b\x32\x0e.kv.TokenRange\x12\x1e\n\x05table\x18\n \x01(\x0b\x32\x0f.kv.MemberTable\x12\x1a\n\x12member_port_offset\x18\x0b \x01(\x05\"I\n\x06Member\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\r\n\x05state\x18\x03 \x01(\t\x12\x0e\n\x06status\x18\x04 \x01(\t\";\n\nTokenRange\x12\r\n\x05start\x18\x01 \x01(\x04\x12\x0c\n\x04last\x18\x02 \x01(\x04\x12\x10\n\x08replicas\x18\x03 \x03(\t\"\x15\n\x13GetNodeStatsRequest\"\xaf\x03\n\x14GetNodeStatsResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07records\x18\x02 \x01(\x03\x12\x12\n\nbytes_used\x18\x03 \x01(\x03\x12\r\n\x05\x65poch\x18\x04 \x01(\x03\x12\x18\n\x10\x66orwarded_writes\x18\x05 \x01(\x03\x12\x14\n\x0cread_repairs\x18\x06 \x01(\x03\x12\x15\n\rhints_pending\x18\x07 \x01(\x03\x12\x16\n\x0ehints_replayed\x18\x08 \x01(\x03\x12\x11\n\tleader_id\x18\t \x01(\t\x12\x0c\n\x04term\x18\n \x01(\x03\x12\x14\n\x0csynced_epoch\x18\x0b \x01(\x03\x12\x16\n\x0eranges_to_pull\x18\x0c \x01(\x05\x12\x15\n\rranges_pulled\x18\r \x01(\x05\x12\x16\n\x0erecords_pulled\x18\x0e \x01(\x03\x12\x15\n\rrepair_rounds\x18\x0f \x01(\x03\x12\x15\n\rkeys_repaired\x18\x10 \x01(\x03\x12\x19\n\x11tombstones_purged\x18\x11 \x01(\x03\x12\x13\n\x0b\x63lock_check\x18\x12 \x01(\t\x12\x17\n\x0f\x63lock_offset_ms\x18\x13 \x01(\x03*\x86\x01\n\x0b\x43onsistency\x12\x17\n\x13\x43ONSISTENCY_DEFAULT\x10\x00\x12\x13\n\x0f\x43ONSISTENCY_ONE\x10\x01\x12\x16\n\x12\x43ONSISTENCY_QUORUM\x10\x02\x12\x13\n\x0f\x43ONSISTENCY_ALL\x10\x03\x12\x1c\n\x18\x43ONSISTENCY_LINEARIZABLE\x10\x04\x32\xde\x02\n\x08KeyValue\x12&\n\x03Get\x12\x0e.kv.GetRequest\x1a\x0f.kv.GetResponse\x12&\n\x03Set\x12\x0e.kv.SetRequest\x1a\x0f.kv.SetResponse\x12/\n\x06\x44\x65lete\x12\x11.kv.DeleteRequest\x1a\x12.kv.DeleteResponse\x12\x38\n\tReplicate\x12\x14.kv.ReplicateRequest\x1a\x15.kv.ReplicateResponse\x12)\n\x04Ping\x12\x0f.kv.PingRequest\x1a\x10.kv.PingResponse\x12\x35\n\x08MultiGet\x12\x13.kv.MultiGetRequest\x1a\x14.kv.MultiGetResponse\x12\x35\n\x08MultiSet\x12\x13.kv.MultiSetRequest\x1a\x14.kv.MultiSetResponse2\xab\x03\n\x07\x43luster\x12\x38\n\tHeartbeat\x12\x14.kv.HeartbeatRequest\x1a\x15.kv.HeartbeatResponse\x12>\n\x0bRequestVote\x12\x16.kv.RequestVoteRequest\x1a\x17.kv.RequestVoteResponse\x12J\n\x0fGetClusterState\x12\x1a.kv.GetClusterStateRequest\x1a\x1b.kv.GetClusterStateResponse\x12\x41\n\x0cGetNodeStats\x12\x17.kv.GetNodeStatsRequest\x1a\x18.kv.GetNodeStatsResponse\x12)\n\x04Join\x12\x0f.kv.JoinRequest\x1a\x10.kv.JoinResponse\x12;\n\nRemoveNode\x12\x15.kv.RemoveNodeRequest\x1a\x16.kv.RemoveNodeResponse\x12/\n\x06Repair\x12\x11.kv.RepairRequest\x1a\x12.kv.RepairResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'ringkv.api.kv_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CONSISTENCY']._serialized_start=2708
-  _globals['_CONSISTENCY']._serialized_end=2842
+  _globals['_CONSISTENCY']._serialized_start=2730
+  _globals['_CONSISTENCY']._serialized_end=2864
   _globals['_GETREQUEST']._serialized_start=27
   _globals['_GETREQUEST']._serialized_end=90
   _globals['_GETRESPONSE']._serialized_start=92
@@ -62,41 +62,41 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PINGRESPONSE']._serialized_start=882
   _globals['_PINGRESPONSE']._serialized_end=913
   _globals['_HEARTBEATREQUEST']._serialized_start=916
-  _globals['_HEARTBEATREQUEST']._serialized_end=1050
-  _globals['_HEARTBEATRESPONSE']._serialized_start=1053
-  _globals['_HEARTBEATRESPONSE']._serialized_end=1192
-  _globals['_REQUESTVOTEREQUEST']._serialized_start=1194
-  _globals['_REQUESTVOTEREQUEST']._serialized_end=1269
-  _globals['_REQUESTVOTERESPONSE']._serialized_start=1271
-  _globals['_REQUESTVOTERESPONSE']._serialized_end=1379
-  _globals['_MEMBERTABLE']._serialized_start=1381
-  _globals['_MEMBERTABLE']._serialized_end=1452
-  _globals['_JOINREQUEST']._serialized_start=1454
-  _globals['_JOINREQUEST']._serialized_end=1501
-  _globals['_JOINRESPONSE']._serialized_start=1503
-  _globals['_JOINRESPONSE']._serialized_end=1551
-  _globals['_REMOVENODEREQUEST']._serialized_start=1553
-  _globals['_REMOVENODEREQUEST']._serialized_end=1589
-  _globals['_REMOVENODERESPONSE']._serialized_start=1591
-  _globals['_REMOVENODERESPONSE']._serialized_end=1645
-  _globals['_REPAIRREQUEST']._serialized_start=1647
-  _globals['_REPAIRREQUEST']._serialized_end=1662
-  _globals['_REPAIRRESPONSE']._serialized_start=1665
-  _globals['_REPAIRRESPONSE']._serialized_end=1797
-  _globals['_GETCLUSTERSTATEREQUEST']._serialized_start=1799
-  _globals['_GETCLUSTERSTATEREQUEST']._serialized_end=1844
-  _globals['_GETCLUSTERSTATERESPONSE']._serialized_start=1847
-  _globals['_GETCLUSTERSTATERESPONSE']._serialized_end=2112
-  _globals['_MEMBER']._serialized_start=2114
-  _globals['_MEMBER']._serialized_end=2187
-  _globals['_TOKENRANGE']._serialized_start=2189
-  _globals['_TOKENRANGE']._serialized_end=2248
-  _globals['_GETNODESTATSREQUEST']._serialized_start=2250
-  _globals['_GETNODESTATSREQUEST']._serialized_end=2271
-  _globals['_GETNODESTATSRESPONSE']._serialized_start=2274
-  _globals['_GETNODESTATSRESPONSE']._serialized_end=2705
-  _globals['_KEYVALUE']._serialized_start=2845
-  _globals['_KEYVALUE']._serialized_end=3195
-  _globals['_CLUSTER']._serialized_start=3198
-  _globals['_CLUSTER']._serialized_end=3625
+  _globals['_HEARTBEATREQUEST']._serialized_end=1072
+  _globals['_HEARTBEATRESPONSE']._serialized_start=1075
+  _globals['_HEARTBEATRESPONSE']._serialized_end=1214
+  _globals['_REQUESTVOTEREQUEST']._serialized_start=1216
+  _globals['_REQUESTVOTEREQUEST']._serialized_end=1291
+  _globals['_REQUESTVOTERESPONSE']._serialized_start=1293
+  _globals['_REQUESTVOTERESPONSE']._serialized_end=1401
+  _globals['_MEMBERTABLE']._serialized_start=1403
+  _globals['_MEMBERTABLE']._serialized_end=1474
+  _globals['_JOINREQUEST']._serialized_start=1476
+  _globals['_JOINREQUEST']._serialized_end=1523
+  _globals['_JOINRESPONSE']._serialized_start=1525
+  _globals['_JOINRESPONSE']._serialized_end=1573
+  _globals['_REMOVENODEREQUEST']._serialized_start=1575
+  _globals['_REMOVENODEREQUEST']._serialized_end=1611
+  _globals['_REMOVENODERESPONSE']._serialized_start=1613
+  _globals['_REMOVENODERESPONSE']._serialized_end=1667
+  _globals['_REPAIRREQUEST']._serialized_start=1669
+  _globals['_REPAIRREQUEST']._serialized_end=1684
+  _globals['_REPAIRRESPONSE']._serialized_start=1687
+  _globals['_REPAIRRESPONSE']._serialized_end=1819
+  _globals['_GETCLUSTERSTATEREQUEST']._serialized_start=1821
+  _globals['_GETCLUSTERSTATEREQUEST']._serialized_end=1866
+  _globals['_GETCLUSTERSTATERESPONSE']._serialized_start=1869
+  _globals['_GETCLUSTERSTATERESPONSE']._serialized_end=2134
+  _globals['_MEMBER']._serialized_start=2136
+  _globals['_MEMBER']._serialized_end=2209
+  _globals['_TOKENRANGE']._serialized_start=2211
+  _globals['_TOKENRANGE']._serialized_end=2270
+  _globals['_GETNODESTATSREQUEST']._serialized_start=2272
+  _globals['_GETNODESTATSREQUEST']._serialized_end=2293
+  _globals['_GETNODESTATSRESPONSE']._serialized_start=2296
+  _globals['_GETNODESTATSRESPONSE']._serialized_end=2727
+  _globals['_KEYVALUE']._serialized_start=2867
+  _globals['_KEYVALUE']._serialized_end=3217
+  _globals['_CLUSTER']._serialized_start=3220
+  _globals['_CLUSTER']._serialized_end=3647
 # @@protoc_insertion_point(module_scope)

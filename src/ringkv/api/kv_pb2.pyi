@@ -404,12 +404,18 @@ class HeartbeatRequest(_message.Message):
     IS_LEADER_FIELD_NUMBER: _builtins.int
     CLAIM_FIELD_NUMBER: _builtins.int
     MEMBERS_FIELD_NUMBER: _builtins.int
+    SENT_WALL_MS_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
     address: _builtins.str
     term: _builtins.int
     is_leader: _builtins.bool
     claim: _builtins.bool
     """Added: true when the sender claims the term rather than leads it."""
+    sent_wall_ms: _builtins.int
+    """Added: the sender's wall clock when it sent this, in ms since the Unix
+    epoch (0 from older senders): a heartbeat held in the network past its
+    deadline renews no lease.
+    """
     @_builtins.property
     def members(self) -> Global___MemberTable:
         """Added: the sender's member table."""
@@ -423,10 +429,11 @@ class HeartbeatRequest(_message.Message):
         is_leader: _builtins.bool = ...,
         claim: _builtins.bool = ...,
         members: Global___MemberTable | None = ...,
+        sent_wall_ms: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["members", b"members"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "claim", b"claim", "is_leader", b"is_leader", "members", b"members", "node_id", b"node_id", "term", b"term"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "claim", b"claim", "is_leader", b"is_leader", "members", b"members", "node_id", b"node_id", "sent_wall_ms", b"sent_wall_ms", "term", b"term"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -193,6 +193,8 @@ async def serve(
             on_removed=stop.set,
             lease=lease,
             joins_existing=config.joins_existing,
+            wall_ms=now_ms,
+            clock_of=clock_guard.offset_of,
             open_channel=security.open_channel,
         )
         resources.push_async_callback(membership.close)

@@ -6,8 +6,9 @@ import asyncio
 
 import pytest
 
+from ringkv.core.clock_offset import OffsetSample
 from ringkv.core.errors import Unavailable
-from ringkv.server.cluster.leader_lease import NO_LEADER_LEASE, LeaderLease
+from ringkv.server.cluster.leader_lease import NO_LEADER_LEASE, LeaderLease, arrived_in_time
 
 
 class FakeClock:
@@ -74,3 +75,34 @@ def test_require_returns_once_a_heartbeat_arrives() -> None:
         return lease.held
 
     assert asyncio.run(scenario())
+
+
+def sender(offset_ms: float, uncertainty_ms: float = 5.0) -> OffsetSample:
+    return OffsetSample(offset_ms, uncertainty_ms, taken_at=0.0)
+
+
+@pytest.mark.parametrize(
+    ("age_ms", "sender_clock", "in_time"),
+    [
+        (0, sender(0), True),
+        (2_995, sender(0), True),
+        (2_996, sender(0), False),  # within the deadline only without the uncertainty
+        # A sender 20 s behind: its heartbeats look 20 s old, and are not.
+        (20_100, sender(-20_000), True),
+        (23_100, sender(-20_000), False),
+        # A sender 20 s ahead: its heartbeats look from the future, and may be late.
+        (-17_000, sender(20_000), False),
+        (-18_000, sender(20_000), True),
+        # No fresh measurement of the sender's clock: not judged.
+        (60_000, None, True),
+    ],
+)
+def test_a_heartbeat_renews_a_lease_only_if_surely_within_its_deadline(
+    age_ms: int, sender_clock: OffsetSample | None, in_time: bool
+) -> None:
+    now = 1_700_000_000_000
+    assert arrived_in_time(now - age_ms, now, 3_000, sender_clock) is in_time
+
+
+def test_a_heartbeat_from_an_older_node_carries_no_time_and_is_taken_as_on_time() -> None:
+    assert arrived_in_time(0, 1_700_000_000_000, 3_000, sender(0))

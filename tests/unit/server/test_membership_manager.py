@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from ringkv.api import kv_pb2
+from ringkv.core.clock_offset import OffsetSample
 from ringkv.core.election import ElectionConfig
 from ringkv.core.errors import StorageFull
 from ringkv.core.hlc import HybridLogicalClock
@@ -31,6 +32,8 @@ from tests.support.nodes import free_ports
 ELECTION = ElectionConfig(
     heartbeat_interval_ms=100, election_timeout_ms=1_000, answer_timeout_ms=50, jitter_ms=0
 )
+LEADER_CLOCK_OFFSET_MS = -10_000
+"""Node c's clock, measured against a's: 10 s behind."""
 
 
 class FillableFile(MembershipFile):
@@ -54,7 +57,7 @@ class Clock:
 
 @asynccontextmanager
 async def manager(
-    tmp_path: Path,
+    tmp_path: Path, lease: LeaderLease | None = None, wall: Clock | None = None
 ) -> AsyncIterator[tuple[MembershipManager, FillableFile, ClusterView]]:
     ports = free_ports(3)
     table = Membership(
@@ -76,8 +79,12 @@ async def manager(
         remove_dead_after_ms=60_000,
         rings=RingMaker(8),
         on_removed=lambda: None,
-        lease=LeaderLease(ELECTION.election_timeout_ms, now),
+        lease=lease or LeaderLease(ELECTION.election_timeout_ms, now),
         now_ms=now,
+        wall_ms=wall or Clock(),
+        clock_of=lambda node: (
+            OffsetSample(LEADER_CLOCK_OFFSET_MS, 5.0, 0.0) if node == "c" else None
+        ),
     )
     membership.start()
     try:
@@ -115,5 +122,49 @@ def test_a_node_that_cannot_save_a_new_vote_names_no_leader(tmp_path: Path) -> N
             saved.full = False
             assert claim(membership, "c", 7).accepted
             assert (view.leader_id, view.term) == ("c", 7)
+
+    asyncio.run(scenario())
+
+
+def heartbeat(
+    membership: MembershipManager, leader: str, term: int, sent_wall_ms: int
+) -> kv_pb2.HeartbeatResponse:
+    return membership.on_heartbeat(
+        kv_pb2.HeartbeatRequest(
+            node_id=leader,
+            term=term,
+            is_leader=True,
+            members=membership_to_wire(membership.membership, {}),
+            sent_wall_ms=sent_wall_ms,
+        )
+    )
+
+
+def test_a_heartbeat_held_in_the_network_past_its_deadline_renews_no_lease(
+    tmp_path: Path,
+) -> None:
+    """Issue 12: a follower's lease counted from a late heartbeat's arrival
+    outlived the bound the leader waits out before it settles a change."""
+
+    async def scenario() -> None:
+        now, wall = Clock(), Clock()
+        wall.now_ms = 1_700_000_000_000
+        lease = LeaderLease(ELECTION.election_timeout_ms, now)
+        async with manager(tmp_path, lease, wall) as (membership, _, view):
+            assert claim(membership, "c", 5).accepted
+            assert not lease.held  # a claim is not a heartbeat
+
+            # c's clock reads 10 s behind a's: sent a deadline ago, by c's clock.
+            sent_a_deadline_ago = (
+                wall.now_ms + LEADER_CLOCK_OFFSET_MS - ELECTION.election_timeout_ms
+            )
+            assert heartbeat(membership, "c", 5, sent_a_deadline_ago).accepted  # still followed...
+            assert view.leader_id == "c"
+            assert not lease.held  # ...but it renews nothing
+
+            # Sent just now by c's clock, though 10 s ago by a's.
+            just_sent = wall.now_ms + LEADER_CLOCK_OFFSET_MS
+            assert heartbeat(membership, "c", 5, just_sent).accepted
+            assert lease.held
 
     asyncio.run(scenario())

@@ -76,6 +76,13 @@ class ClockGuard:
         self._samples[peer] = sample
         self._cached = None
 
+    def offset_of(self, peer: str) -> OffsetSample | None:
+        """The latest sample of a peer's clock, if still fresh."""
+        sample = self._samples.get(peer)
+        if sample is None or self._monotonic() - sample.taken_at > self._fresh_for_s:
+            return None
+        return sample
+
     def check(self) -> ClockCheck:
         """The verdict now; logged when it changes.
 

@@ -13,7 +13,11 @@ once every member is known to have the change, or every lease granted
 before it has run out (``ringkv.core.membership.leader_decision``).
 
 A lease is only the absence of a reason to doubt the table; it is counted
-on this node's monotonic clock from the moment the heartbeat arrived.
+on this node's monotonic clock from the moment the heartbeat arrived. The
+leader's bound assumes a heartbeat arrives within its deadline of being sent;
+one held in the network longer (a TCP retransmission after a partition heals)
+renews nothing: heartbeats carry their sender's wall clock, judged against
+the measured offset of the two clocks (``arrived_in_time``).
 """
 
 from __future__ import annotations
@@ -21,10 +25,31 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
+from ringkv.core.clock_offset import OffsetSample
 from ringkv.core.errors import Unavailable
 
 NO_LEADER_LEASE = "NO_LEADER_LEASE"
 """The reason of the UNAVAILABLE a node answers while it holds no lease."""
+
+
+def arrived_in_time(
+    sent_wall_ms: int, now_wall_ms: int, deadline_ms: int, sender_clock: OffsetSample | None
+) -> bool:
+    """Whether a heartbeat sent at ``sent_wall_ms`` on its sender's wall clock
+    is surely within ``deadline_ms`` of being sent, now.
+
+    ``sender_clock`` is the latest fresh measurement of the sender's clock
+    against this node's (the clock prober's, every heartbeat interval): the
+    send time is moved onto this node's clock, and the age must fit the
+    deadline with the measurement's uncertainty added. Unjudged, and taken as
+    on time as before, are a heartbeat from an older node (no time: 0) and
+    one whose sender's clock has no fresh measurement (``--max-clock-offset
+    0``, or just started).
+    """
+    if not sent_wall_ms or sender_clock is None:
+        return True
+    sent_here_ms = sent_wall_ms - sender_clock.offset_ms
+    return now_wall_ms - sent_here_ms + sender_clock.uncertainty_ms <= deadline_ms
 
 
 class LeaderLease:

@@ -38,6 +38,7 @@ import grpc
 
 from ringkv.api import kv_pb2
 from ringkv.api.status import error_info
+from ringkv.core.clock_offset import OffsetSample
 from ringkv.core.election import (
     Answer,
     Coordinator,
@@ -60,7 +61,7 @@ from ringkv.core.membership import (
 )
 from ringkv.server.cluster.cluster_view import ClusterView
 from ringkv.server.cluster.leader_duties import LeaderDuties
-from ringkv.server.cluster.leader_lease import LeaderLease
+from ringkv.server.cluster.leader_lease import LeaderLease, arrived_in_time
 from ringkv.server.cluster.membership_file import FILE_NAME as MEMBERSHIP_FILE
 from ringkv.server.cluster.membership_file import MembershipFile, SavedState
 from ringkv.server.cluster.seeds import Seeds
@@ -102,6 +103,10 @@ def monotonic_ms() -> int:
     return time.monotonic_ns() // 1_000_000
 
 
+def wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
 class MembershipManager:
     """Runs the election and the member table of one node."""
 
@@ -119,6 +124,8 @@ class MembershipManager:
         lease: LeaderLease,
         joins_existing: bool = False,
         now_ms: Callable[[], int] = monotonic_ms,
+        wall_ms: Callable[[], int] = wall_clock_ms,
+        clock_of: Callable[[str], OffsetSample | None] = lambda _: None,
         rng: random.Random | None = None,
         open_channel: ChannelOpener | None = None,
     ) -> None:
@@ -132,6 +139,8 @@ class MembershipManager:
         self._config = election
         self._on_removed = on_removed
         self._now_ms = now_ms
+        self._wall_ms = wall_ms
+        self._clock_of = clock_of
         self._rng = rng or random.Random()
         self._election: ElectionNode | None = None
         self._saved_vote: tuple[int, str | None] = (0, None)
@@ -433,6 +442,7 @@ class MembershipManager:
                     is_leader=True,
                     claim=isinstance(message, Coordinator),
                     members=membership_to_wire(self.membership, self._view.liveness),
+                    sent_wall_ms=self._wall_ms(),
                 ),
                 timeout=timeout,
             )
@@ -472,6 +482,19 @@ class MembershipManager:
 
     # -- handlers of kv.Cluster calls ------------------------------------------
 
+    def _renew_lease(self, leader: str, sent_wall_ms: int) -> None:
+        """The leader's table, offered with its heartbeat, is in effect here now:
+        renew the lease, unless the heartbeat spent its deadline on the way."""
+        deadline_ms = self._config.election_timeout_ms
+        sender_clock = self._clock_of(leader)
+        if arrived_in_time(sent_wall_ms, self._wall_ms(), deadline_ms, sender_clock):
+            self._lease.renew()
+            return
+        log.warning(
+            "a heartbeat arrived past its deadline; it renews no lease",
+            extra={"leader": leader, "sent_wall_ms": sent_wall_ms, "deadline_ms": deadline_ms},
+        )
+
     def on_heartbeat(self, request: kv_pb2.HeartbeatRequest) -> kv_pb2.HeartbeatResponse:
         sent = membership_from_wire(request.members)
         if request.node_id in self.membership.addresses:
@@ -494,8 +517,7 @@ class MembershipManager:
         if accepted:
             self._view.liveness = liveness_from_wire(request.members)
             if not request.claim:
-                # The leader's table, offered above, is in effect here now.
-                self._lease.renew()
+                self._renew_lease(request.node_id, request.sent_wall_ms)
         mine = self.membership
         return kv_pb2.HeartbeatResponse(
             term=term,
