@@ -4,10 +4,13 @@ Loads ``--keys`` keys (``--value-bytes`` each) with MultiSet calls of
 ``--batch`` keys, ``--concurrency`` calls in flight; then runs one
 anti-entropy round on every node with the replicas in sync (what
 ``ringkv cluster repair`` does), twice (the second finds the trees kept);
-then starts a fourth node that joins and
-waits until it is a normal member. Reports the load rate, the nodes' RSS and
-disk, the repair time and the join time, as a table and, with ``--json``, as
-JSON. The cluster is always stopped and its data removed.
+then measures the nodes' CPU while idle for ``--idle-seconds``; then starts a
+fourth node that joins and waits until it is a normal member. Reports the
+load rate, the nodes' RSS and disk, the repair time and the CPU it took, the
+idle CPU and the join time, as a table and, with ``--json``, as JSON.
+A node runs an anti-entropy round every ``--anti-entropy-interval`` (600 s):
+its share of a core when idle is about ``repair_cpu_s`` / 3 / 600 plus
+``idle_cpu_percent``. The cluster is always stopped and its data removed.
 
     PYTHONPATH=src .venv/bin/python bench/scale.py --keys 1000000
 """
@@ -17,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import shutil
 import signal
 import sys
@@ -44,6 +48,12 @@ def rss_bytes(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * KIB
     return 0
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU a process has used."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def disk_bytes(path: Path) -> int:
@@ -105,8 +115,12 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         results["disk_mib"] = round(disk_bytes(cluster.data_dir) / KIB**2)
 
         started = time.monotonic()
+        cpu_before = sum(cpu_seconds(p.pid) for p in cluster.processes)
         reports = [repair(address, timeout=600.0) for address in cluster.addresses]
         results["repair_seconds"] = round(time.monotonic() - started, 1)
+        results["repair_cpu_s"] = round(
+            sum(cpu_seconds(p.pid) for p in cluster.processes) - cpu_before, 1
+        )
         results["repair_failed"] = sorted({n for r in reports for n in r.failed})
         results["repair_leaves_differing"] = sum(r.leaves_differing for r in reports)
         # Again, with nothing written since: the nodes' kept trees answer.
@@ -114,6 +128,11 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         for address in cluster.addresses:
             repair(address, timeout=600.0)
         results["repair_again_seconds"] = round(time.monotonic() - started, 1)
+
+        cpu_before = sum(cpu_seconds(p.pid) for p in cluster.processes)
+        time.sleep(args.idle_seconds)
+        idle_cpu = sum(cpu_seconds(p.pid) for p in cluster.processes) - cpu_before
+        results["idle_cpu_percent"] = round(100 * idle_cpu / NODES / args.idle_seconds, 2)
 
         joiner_port = base_port + NODES
         line = [
@@ -139,6 +158,9 @@ def main() -> int:
     parser.add_argument("--value-bytes", type=int, default=100)
     parser.add_argument("--batch", type=int, default=100, help="keys per MultiSet")
     parser.add_argument("--concurrency", type=int, default=8, help="MultiSet calls in flight")
+    parser.add_argument(
+        "--idle-seconds", type=float, default=20.0, help="how long to measure idle CPU"
+    )
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda signum, _: sys.exit(128 + signum))

@@ -5,6 +5,8 @@ refused before it is built."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -14,6 +16,7 @@ from ringkv.api import kv_pb2, kv_pb2_grpc
 from ringkv.api.status import error_info
 from ringkv.core.validation import Limits
 from tests.support.nodes import NodeFactory
+from tests.support.slow_reader import SlowReader
 
 FAST = ("--engine", "memory")
 MIB = 1 << 20
@@ -77,3 +80,47 @@ def test_an_answer_over_a_message_is_refused_and_repeated_keys_are_read_once(
         answer = stub.MultiGet(kv_pb2.MultiGetRequest(keys=["big"] * count + ["none"]), timeout=30)
         assert [r.found for r in answer.results] == [True] * count + [False]
         assert {r.value for r in answer.results[:count]} == {b"v" * MIB}
+
+
+def test_answers_a_slow_reader_leaves_unread_are_bounded(nodes: NodeFactory) -> None:
+    """Issue 13: slow readers pinned 2 GB of answers with no server deadline."""
+    node = nodes("node1", *FAST, "--max-unsent-answer-mib", "1")
+    with grpc.insecure_channel(node.address) as channel:
+        stub = kv_pb2_grpc.KeyValueStub(channel)
+        stub.Set(kv_pb2.SetRequest(key="big", value=b"v" * (MIB // 2)), timeout=10)
+        reader = SlowReader(node.address)
+        try:
+            # Each answer is half a MiB the node cannot send: from the third on,
+            # the node refuses new calls rather than hold more.
+            for _ in range(4):
+                reader.call("/kv.KeyValue/Get", kv_pb2.GetRequest(key="big"))
+            code, reason = wait_for_refusal(stub)
+            assert (code, reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "OVERLOADED")
+        finally:
+            reader.close()
+        # The reader gone, its answers are dropped and the node serves again.
+        assert wait_until(lambda: stub.Get(kv_pb2.GetRequest(key="big"), timeout=10).found)
+
+
+def wait_for_refusal(stub: kv_pb2_grpc.KeyValueStub) -> tuple[grpc.StatusCode, str]:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            stub.Ping(kv_pb2.PingRequest(), timeout=10)
+        except grpc.RpcError as refused:
+            info = error_info(refused.trailing_metadata())
+            return refused.code(), info.reason if info is not None else ""
+        time.sleep(0.05)
+    raise AssertionError("the node kept accepting calls with its answer budget spent")
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if condition():
+                return True
+        except grpc.RpcError:
+            pass
+        time.sleep(0.05)
+    return False

@@ -14,6 +14,7 @@ from ringkv.core.ring import DEFAULT_VNODES_PER_NODE
 from ringkv.core.validation import DEFAULT_MAX_VALUE_BYTES, Limits
 from ringkv.server.config import (
     DEFAULT_MAX_CONCURRENT_CALLS,
+    DEFAULT_MAX_UNSENT_ANSWER_MIB,
     DEFAULT_PEER_PORT_OFFSET,
     LOG_FORMATS,
     LOG_LEVELS,
@@ -173,6 +174,15 @@ def add_parser(commands: Commands) -> None:
         f"(default: {DEFAULT_MAX_CONCURRENT_CALLS})",
     )
     parser.add_argument(
+        "--max-unsent-answer-mib",
+        type=int,
+        default=DEFAULT_MAX_UNSENT_ANSWER_MIB,
+        metavar="MIB",
+        help="MiB of answers held for callers that have not read them (slow readers); past "
+        "it new client calls are answered RESOURCE_EXHAUSTED (reason OVERLOADED) "
+        f"(default: {DEFAULT_MAX_UNSENT_ANSWER_MIB})",
+    )
+    parser.add_argument(
         "--metrics-addr",
         help="serve Prometheus metrics over HTTP at host:port/metrics; an empty host "
         "means all interfaces, port 0 a free port (default: off)",
@@ -259,6 +269,7 @@ def config_from(args: argparse.Namespace) -> NodeConfig:
         log_level=args.log_level,
         shutdown_grace_s=args.shutdown_grace,
         max_concurrent_calls=args.max_concurrent_calls,
+        max_unsent_answer_mib=args.max_unsent_answer_mib,
         metrics_addr=(
             HostPort.parse(args.metrics_addr, what="--metrics-addr", allow_port_zero=True)
             if args.metrics_addr is not None

@@ -17,6 +17,7 @@ from ringkv.core.validation import DEFAULT_MAX_VALUE_BYTES, VALUE_BYTES_CEILING,
 from ringkv.storage import ENGINE_KINDS, FsyncMode
 
 DEFAULT_MAX_CONCURRENT_CALLS = 1000
+DEFAULT_MAX_UNSENT_ANSWER_MIB = 256
 
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -170,6 +171,9 @@ class NodeConfig:
     shutdown_grace_s: float = 5.0
     max_concurrent_calls: int = DEFAULT_MAX_CONCURRENT_CALLS
     """Client and operator calls served at once; more are refused OVERLOADED."""
+    max_unsent_answer_mib: int = DEFAULT_MAX_UNSENT_ANSWER_MIB
+    """MiB of answers held for callers that have not read them; past it new
+    client and operator calls are refused OVERLOADED."""
     metrics_addr: HostPort | None = None
     """Where Prometheus metrics are served over HTTP (``/metrics``); None for nowhere."""
     tls_cert: Path | None = None
@@ -231,6 +235,10 @@ class NodeConfig:
         if self.max_concurrent_calls < 1:
             raise ConfigError(
                 f"--max-concurrent-calls must be at least 1, got {self.max_concurrent_calls}"
+            )
+        if self.max_unsent_answer_mib < 1:
+            raise ConfigError(
+                f"--max-unsent-answer-mib must be at least 1, got {self.max_unsent_answer_mib}"
             )
         if self.shutdown_grace_s < 0:
             raise ConfigError("the shutdown grace period must not be negative")

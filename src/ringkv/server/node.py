@@ -353,7 +353,7 @@ async def _serve_until_stopped(
     policy: Policy | None = None,
     fd_limit: int | None = None,
 ) -> None:
-    gate = rpc.Gate(config.max_concurrent_calls)
+    gate = rpc.Gate(config.max_concurrent_calls, config.max_unsent_answer_mib * 1024 * 1024)
     server.add_generic_rpc_handlers(
         [rpc.generic_handler(s, gate, observe, policy) for s in services]
     )

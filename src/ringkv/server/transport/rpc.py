@@ -109,12 +109,22 @@ class Gate:
     before stopping the gRPC server: calls that arrive meanwhile get a
     retryable UNAVAILABLE (reason SHUTTING_DOWN) instead of being cancelled
     mid-way by the stop.
+
+    It also counts the bytes of client and operator answers that have left
+    their handlers but not the node (``unsent``): a caller that does not
+    read its answers (a slow reader, or a hostile one that opened its flow
+    control window to nothing) leaves them in grpc's buffers, where no
+    deadline frees them. Past ``max_unsent_bytes`` new calls are refused
+    OVERLOADED until callers read or leave; the handlers' limits bound what
+    the calls already inside can add.
     """
 
-    def __init__(self, max_calls: int | None = None) -> None:
+    def __init__(self, max_calls: int | None = None, max_unsent_bytes: int | None = None) -> None:
         self._active = 0
         self._limited = 0
         self._max_calls = max_calls
+        self._max_unsent_bytes = max_unsent_bytes
+        self.unsent_bytes = 0
         self._closed = False
         self._arrivals = 0
         self._overloaded_since: float | None = None
@@ -137,6 +147,14 @@ class Gate:
                     f"the node is serving its limit of {self._max_calls} calls; back off and retry",
                     metadata={"limit": str(self._max_calls)},
                 )
+            unsent_limit = self._max_unsent_bytes
+            if unsent_limit is not None and self.unsent_bytes >= unsent_limit:
+                self._note_overload()
+                raise Overloaded(
+                    f"{self.unsent_bytes} bytes of answers wait for callers to read them, "
+                    f"past the limit of {unsent_limit}; back off and retry",
+                    metadata={"unsent_bytes": str(self.unsent_bytes)},
+                )
             self._limited += 1
         self._active += 1
 
@@ -145,11 +163,27 @@ class Gate:
         if access is not Access.MEMBER:
             self._limited -= 1
 
+    def answered(self, access: Access, answer: bytes, context: Context) -> None:
+        """Count an answer as unsent until its call is over (sent, or broken off)."""
+        if access is Access.MEMBER:
+            return
+        size = len(answer)
+        self.unsent_bytes += size
+
+        def sent(_: Context) -> None:
+            self.unsent_bytes -= size
+
+        # The stubs type the callback as a class of theirs; grpc calls any callable.
+        context.add_done_callback(sent)  # type: ignore[arg-type]
+
     def _note_overload(self) -> None:
         """Log the first refusal of each overload, not every one."""
         now = time.monotonic()
         if self._overloaded_since is None or now - self._overloaded_since > _OVERLOAD_LOG_S:
-            log.warning("overloaded: refusing calls", extra={"limit": self._max_calls})
+            log.warning(
+                "overloaded: refusing calls",
+                extra={"limit": self._max_calls, "unsent_bytes": self.unsent_bytes},
+            )
         self._overloaded_since = now
 
     async def drain(self, timeout_s: float, *, quiet_s: float = 0.05) -> None:
@@ -234,7 +268,9 @@ def _serve(
         finally:
             gate.leave(access)
         note(grpc.StatusCode.OK)
-        return response.SerializeToString()
+        serialized = response.SerializeToString()
+        gate.answered(access, serialized, context)
+        return serialized
 
     return serve
 
