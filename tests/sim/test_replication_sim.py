@@ -61,9 +61,11 @@ from ringkv.core.coordination import (
     Request,
     Restamper,
     WriteOutcome,
+    WritePlanner,
     WriteRequest,
     Written,
     group_by_plan,
+    key_planner,
     plan,
     shared_planner,
     stamp,
@@ -390,8 +392,7 @@ class Simulation:
             self.finish(ops[index], ok=False)
         for first, members in groups:
             batch = [ops[i] for i in members]
-            batch_keys = [op.key for op in batch]
-            self.start_write(batch, coordinator, shared_planner(batch_keys, plan_for, first))
+            self.start_write(batch, coordinator, shared_planner(plan_for, first))
 
     def finish(self, op: Op, *, ok: bool | None) -> None:
         op.ok = ok
@@ -433,7 +434,7 @@ class Simulation:
         )
 
     def start_write(
-        self, ops: list[Op], coordinator: str, planner: Callable[[], Plan] | None = None
+        self, ops: list[Op], coordinator: str, planner: WritePlanner | None = None
     ) -> None:
         state = self.nodes[coordinator]
         records = []
@@ -459,7 +460,7 @@ class Simulation:
         request = WriteRequest(
             records,
             op.level,
-            planner or self.planner(op.key, op.level, coordinator),
+            planner or key_planner(self.planner(op.key, op.level, coordinator)),
             node_id=coordinator,
             # As the coordinator: LINEARIZABLE writes are not stamped again.
             restamper=None

@@ -150,15 +150,24 @@ def group_by_plan(
     return list(groups.values()), refused
 
 
-def shared_planner(
-    keys: Sequence[bytes], plan_for: Callable[[bytes], Plan], first: Plan
-) -> Planner:
-    """The planner of a write request for records of ``keys`` grouped by
-    ``first``: that plan, then (on a newer member table) one plan for all the
-    keys, or PlanDiverged if the table gives them different ones."""
+WritePlanner = Callable[[Sequence[bytes]], Plan]
+"""Plans a write request for the keys of the records it is about to send, on
+the newest member table (Unavailable when the level cannot be met,
+PlanDiverged when the keys no longer share a plan)."""
+
+
+def key_planner(planner: Planner) -> WritePlanner:
+    """The planner of a write request for one key."""
+    return lambda _: planner()
+
+
+def shared_planner(plan_for: Callable[[bytes], Plan], first: Plan) -> WritePlanner:
+    """The planner of a write request whose records were grouped by ``first``:
+    that plan, then one plan for the keys still to send, or PlanDiverged if
+    the table now gives them different ones."""
     planned = [first]
 
-    def plan_again() -> Plan:
+    def plan_again(keys: Sequence[bytes]) -> Plan:
         if planned:
             return planned.pop()
         plans = [plan_for(key) for key in keys]
@@ -444,7 +453,7 @@ class WriteRequest(Request[list[WriteOutcome]]):
         self,
         records: Sequence[Record],
         level: Consistency,
-        planner: Planner,
+        planner: WritePlanner,
         *,
         node_id: str,
         restamper: Restamper | None,
@@ -465,7 +474,7 @@ class WriteRequest(Request[list[WriteOutcome]]):
         self._replans = 0
 
     def start(self) -> Ready:
-        return self._round(self._planner())
+        return self._round(self._planner([r.key for r in self.records]))
 
     def result(self) -> list[WriteOutcome]:
         if not self.finished:
@@ -477,6 +486,9 @@ class WriteRequest(Request[list[WriteOutcome]]):
         if round_ != self._current or self.finished or self._fanout is None:
             return Ready()
         assert isinstance(answer, Sequence)
+        if len(answer) != len(self._rounds[round_]):
+            self._sent[call_id] = (round_, target)
+            return self.failed(call_id, InternalError(f"{target.node_id} answered oddly"))
         calls = self._calls_to(self._fanout.answered(target, answer))
         return self._round_met() if self._fanout.met else Ready(calls)
 
@@ -572,7 +584,7 @@ class WriteRequest(Request[list[WriteOutcome]]):
 
     def _planned_round(self) -> Ready:
         try:
-            plan = self._planner()
+            plan = self._planner([r.key for r in self._unfinished().values()])
         except PlanDiverged as diverged:
             self._fail_unfinished(diverged)
             return Ready()
@@ -712,7 +724,7 @@ class ReadRequest(Request[Record | None]):
             self._write_back = WriteRequest(
                 (winner,),
                 self._level,
-                self._planner,
+                key_planner(self._planner),
                 node_id=self._node_id,
                 restamper=None,
                 ids=self._ids,

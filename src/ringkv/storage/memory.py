@@ -42,13 +42,12 @@ class MemoryEngine:
 
     def newest(self, keys: Sequence[bytes]) -> list[Record | None]:
         with self._lock:
-            held = [[self._records.get(key)] for key in keys]
-            positions = {key: i for i, key in enumerate(keys)}
+            held = {key: [self._records.get(key)] for key in keys}
             # By node id, as LMDB keeps them: the first of equal versions wins.
             for (hinted, _), record in sorted(self._hints.items(), key=lambda item: item[0]):
-                if hinted in positions:
-                    held[positions[hinted]].append(record)
-        return [quorum.newest(versions) for versions in held]
+                if hinted in held:
+                    held[hinted].append(record)
+        return [quorum.newest(held[key]) for key in keys]
 
     def apply(self, mutations: Sequence[Mutation]) -> list[ApplyResult]:
         results = []

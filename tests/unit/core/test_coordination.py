@@ -66,7 +66,7 @@ def write(
     return WriteRequest(
         [record or rec(10)],
         level,
-        lambda: planner(level, down),
+        lambda _: planner(level, down),
         node_id="a",
         restamper=restamper(),
     )
@@ -164,7 +164,7 @@ def test_a_node_that_may_no_longer_stamp_leaves_the_write_uncertain() -> None:
     request = WriteRequest(
         [rec(10)],
         Consistency.ALL,
-        lambda: planner(Consistency.ALL),
+        lambda _: planner(Consistency.ALL),
         node_id="a",
         restamper=Restamper(HybridLogicalClock("a"), lambda: 1, lambda: False),
     )
@@ -178,7 +178,7 @@ def test_a_node_that_may_no_longer_stamp_leaves_the_write_uncertain() -> None:
 def test_a_refused_member_table_plans_the_write_again() -> None:
     plans = iter([planner(Consistency.QUORUM), planner(Consistency.QUORUM, frozenset({"a"}))])
     request = WriteRequest(
-        [rec(10)], Consistency.QUORUM, lambda: next(plans), node_id="z", restamper=restamper()
+        [rec(10)], Consistency.QUORUM, lambda _: next(plans), node_id="z", restamper=restamper()
     )
     calls = by_node(request.start().calls)
     replanned = by_node(request.failed(calls["a"].id, StaleMemberTable("newer table")).calls)
@@ -211,7 +211,7 @@ def test_a_write_past_its_deadline_may_or_may_not_become_visible() -> None:
 def test_a_stand_in_replaces_a_replica_whose_call_failed_at_a_sloppy_level() -> None:
     level = Consistency.ONE
     request = WriteRequest(
-        [rec(10)], level, lambda: planner(level), node_id="a", restamper=restamper()
+        [rec(10)], level, lambda _: planner(level), node_id="a", restamper=restamper()
     )
     calls = by_node(request.start().calls)
     stand_in = request.failed(calls["b"].id, Unavailable("down")).calls
@@ -240,7 +240,7 @@ def test_records_on_one_plan_go_in_one_call_per_replica_and_each_finishes_on_its
     request = WriteRequest(
         [first, second],
         Consistency.QUORUM,
-        lambda: planner(Consistency.QUORUM),
+        lambda _: planner(Consistency.QUORUM),
         node_id="a",
         restamper=restamper(),
     )
@@ -265,7 +265,7 @@ def test_a_call_failing_after_its_round_met_the_level_hints_each_record_of_the_r
     request = WriteRequest(
         records,
         Consistency.QUORUM,
-        lambda: planner(Consistency.QUORUM),
+        lambda _: planner(Consistency.QUORUM),
         node_id="a",
         restamper=restamper(),
     )
@@ -285,11 +285,10 @@ def test_a_new_table_that_gives_the_records_other_replicas_hands_them_back() -> 
             return planner(Consistency.QUORUM, sets=ReplicaSets(("b", "c", "d")))
         return planner(Consistency.QUORUM)
 
-    keys = [b"k", b"k2"]
     request = WriteRequest(
         [rec(10), replace(rec(11), key=b"k2")],
         Consistency.QUORUM,
-        shared_planner(keys, plan_for, plan_for(b"k")),
+        shared_planner(plan_for, plan_for(b"k")),
         node_id="a",
         restamper=restamper(),
     )
@@ -298,6 +297,36 @@ def test_a_new_table_that_gives_the_records_other_replicas_hands_them_back() -> 
     assert request.failed(calls[0].id, StaleMemberTable("newer table")).calls == []
     assert request.finished
     assert all(isinstance(outcome, PlanDiverged) for outcome in request.result())
+
+
+def test_a_record_stamped_again_is_planned_alone() -> None:
+    """A finished record whose key a new table moved does not hold back the others."""
+    moved = {"yes": False}
+
+    def plan_for(key: bytes) -> Plan:
+        if moved["yes"] and key == b"k2":
+            return planner(Consistency.QUORUM, sets=ReplicaSets(("b", "c", "d")))
+        return planner(Consistency.QUORUM)
+
+    first, second = rec(10), replace(rec(11), key=b"k2")
+    request = WriteRequest(
+        [first, second],
+        Consistency.QUORUM,
+        shared_planner(plan_for, plan_for(b"k")),
+        node_id="a",
+        restamper=restamper(),
+    )
+    calls = by_node(request.start().calls)
+    moved["yes"] = True
+    newer = (50 << LOGICAL_BITS) + 3
+    beaten = (ReplicaAck(False, newer=newer), ReplicaAck(False))
+    request.answered(calls["a"].id, (ReplicaAck(False), ReplicaAck(False)))
+    again = by_node(request.answered(calls["b"].id, beaten).calls)
+    (restamped,) = again["a"].records
+    assert restamped.key == b"k" and restamped.version.timestamp > newer
+    request.answered(again["a"].id, acks(False))
+    request.answered(again["b"].id, acks(False))
+    assert request.result() == [Written(restamped, False), Written(second, False)]
 
 
 def test_keys_are_grouped_by_what_their_plans_share() -> None:
@@ -392,7 +421,7 @@ def test_each_record_is_written_only_with_the_level_met_by_replicas_holding_its_
 ) -> None:
     records = [replace(rec(10 + i), key=b"k%d" % i) for i in range(count)]
     request = WriteRequest(
-        records, level, lambda: planner(level), node_id="a", restamper=restamper()
+        records, level, lambda _: planner(level), node_id="a", restamper=restamper()
     )
     pending = list(request.start().calls)
     held: dict[tuple[bytes, Version], set[str]] = {}

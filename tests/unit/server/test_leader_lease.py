@@ -93,8 +93,10 @@ def sender(offset_ms: float, uncertainty_ms: float = 5.0) -> OffsetSample:
         # A sender 20 s ahead: its heartbeats look from the future, and may be late.
         (-17_000, sender(20_000), False),
         (-18_000, sender(20_000), True),
-        # No fresh measurement of the sender's clock: not judged.
+        # No fresh measurement of the sender's clock, or one too rough: not judged.
         (60_000, None, True),
+        (60_000, sender(0, uncertainty_ms=751), True),
+        (60_000, sender(0, uncertainty_ms=750), False),
     ],
 )
 def test_a_heartbeat_renews_a_lease_only_if_surely_within_its_deadline(

@@ -94,5 +94,7 @@ def test_engine_matches_the_model(kind: str, batches: list[list[Mutation]]) -> N
             for versions in held
         ]
         assert engine.newest(list(KEYS)) == newest
+        # A key asked for twice is answered twice.
+        assert engine.newest(list(KEYS) * 2) == newest * 2
         assert list(engine.scan(*FULL_RANGE)) == in_scan_order(model.records.values())
         assert engine.stats().records == len(model.records)

@@ -42,11 +42,15 @@ def arrived_in_time(
     against this node's (the clock prober's, every heartbeat interval): the
     send time is moved onto this node's clock, and the age must fit the
     deadline with the measurement's uncertainty added. Unjudged, and taken as
-    on time as before, are a heartbeat from an older node (no time: 0) and
-    one whose sender's clock has no fresh measurement (``--max-clock-offset
-    0``, or just started).
+    on time as before, are a heartbeat from an older node (no time: 0), one
+    whose sender's clock has no fresh measurement (``--max-clock-offset 0``,
+    or just started), and one whose measurement is too rough to judge by (a
+    probe slowed by load, uncertain by more than a quarter of the deadline:
+    a busy node must not lose its lease to a poor measurement).
     """
     if not sent_wall_ms or sender_clock is None:
+        return True
+    if sender_clock.uncertainty_ms > deadline_ms / 4:
         return True
     sent_here_ms = sent_wall_ms - sender_clock.offset_ms
     return now_wall_ms - sent_here_ms + sender_clock.uncertainty_ms <= deadline_ms

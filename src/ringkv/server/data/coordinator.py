@@ -31,14 +31,16 @@ from ringkv.core.coordination import (
     Request,
     Restamper,
     WriteOutcome,
+    WritePlanner,
     WriteRequest,
     Written,
     group_by_plan,
+    key_planner,
     plan,
     shared_planner,
     stamp,
 )
-from ringkv.core.errors import RingkvError, StaleMemberTable, StorageFull
+from ringkv.core.errors import InternalError, RingkvError, StaleMemberTable, StorageFull
 from ringkv.core.hlc import HybridLogicalClock
 from ringkv.core.quorum import ReplicaSets
 from ringkv.core.records import Record, ack
@@ -211,9 +213,7 @@ class Coordinator:
             self._write_request(
                 [records[i] for i in members],
                 level,
-                shared_planner(
-                    [records[i].key for i in members], self._plan_for(level), first_plan
-                ),
+                shared_planner(self._plan_for(level), first_plan),
             )
             for first_plan, members in groups
         ]
@@ -260,7 +260,7 @@ class Coordinator:
         # Asked again at the moment of stamping: a lock wait or a read may have
         # passed since the write began, and the verdict with it.
         self._clock_guard.require()
-        held = self._store.read_many([key for key, _, _ in entries])
+        held = self._store.read_each([key for key, _, _ in entries])
         records = []
         for (key, value, ttl_ms), local in zip(entries, held, strict=True):
             if local is not None:
@@ -289,14 +289,15 @@ class Coordinator:
         once the change settles, a quorum of the new replicas holds every
         acknowledged write.
         """
-        request = self._write_request([record], level, self._planner(record.key, level))
+        planner = key_planner(self._planner(record.key, level))
+        request = self._write_request([record], level, planner)
         (outcome,) = await self._run(request, deadline)
         if isinstance(outcome, RingkvError):
             raise outcome
         return outcome
 
     def _write_request(
-        self, records: Sequence[Record], level: Consistency, planner: Planner
+        self, records: Sequence[Record], level: Consistency, planner: WritePlanner
     ) -> WriteRequest:
         return WriteRequest(
             records,
@@ -338,14 +339,7 @@ class Coordinator:
 
         def plan_now(key: bytes) -> Plan:
             view = self._view
-            return plan(
-                level,
-                view.replica_sets(key),
-                view.clockwise(key),
-                view.is_live,
-                first=first,
-                fence=view.membership.fence,
-            )
+            return self._plan(level, view.replica_sets(key), view.clockwise(key), first)
 
         return plan_now
 
@@ -356,15 +350,19 @@ class Coordinator:
         plans: dict[tuple[ReplicaSets, tuple[str, ...]], Plan] = {}
 
         def plan_once(key: bytes) -> Plan:
-            order = (view.replica_sets(key), view.clockwise(key))
-            known = plans.get(order)
+            sets, clockwise = view.replica_sets(key), view.clockwise(key)
+            known = plans.get((sets, clockwise))
             if known is None:
-                known = plans[order] = plan(
-                    level, *order, view.is_live, fence=view.membership.fence
-                )
+                known = plans[sets, clockwise] = self._plan(level, sets, clockwise, None)
             return known
 
         return plan_once
+
+    def _plan(
+        self, level: Consistency, sets: ReplicaSets, clockwise: tuple[str, ...], first: str | None
+    ) -> Plan:
+        view = self._view
+        return plan(level, sets, clockwise, view.is_live, first=first, fence=view.membership.fence)
 
     async def _run(self, request: Request[T], deadline: float) -> T:
         """Drive one request with real calls until it finishes or the deadline passes."""
@@ -551,15 +549,25 @@ class Coordinator:
 
 def _per_call(calls: Sequence[Call], results: Sequence[object]) -> list[object]:
     """The results of the calls' records, in order, as one answer per call:
-    its acks, or the first error among them (a replica that stored only some
-    of a call's records failed the call; the others are held there anyway)."""
+    its acks, or an error if any record failed. A replica that stored only
+    some of a call's records failed the call (the others are held there
+    anyway), with an error that does not say "stored nowhere"."""
     answers: list[object] = []
     position = 0
     for call in calls:
         mine = results[position : position + len(call.records)]
         position += len(call.records)
-        error = next((r for r in mine if isinstance(r, BaseException)), None)
-        answers.append(error if error is not None else tuple(mine))
+        errors = [r for r in mine if isinstance(r, BaseException)]
+        if not errors:
+            answers.append(tuple(mine))
+        elif len(errors) == len(mine):
+            answers.append(errors[0])
+        else:
+            answers.append(
+                InternalError(
+                    f"{len(errors)} of the call's {len(mine)} records failed: {errors[0]}"
+                )
+            )
     return answers
 
 

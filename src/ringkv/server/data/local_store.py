@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from ringkv.core.records import ApplyResult, Mutation, Record
 from ringkv.server.data.commit import CommitQueue
 from ringkv.storage import Engine
 from ringkv.storage.engine import PaxosStep, T
+
+READ_PIECE = 32
+"""Keys read from the engine at once when the answers may be large."""
 
 
 class LocalStore:
@@ -23,12 +26,27 @@ class LocalStore:
         Tombstones and expired values included: the coordinator decides
         liveness, and needs their versions to order replies.
         """
-        (record,) = self._engine.newest([key])
+        (record,) = self.read_many([key])
         return record
 
     def read_many(self, keys: Sequence[bytes]) -> list[Record | None]:
         """``read`` for many keys, in one read of the engine."""
         return self._engine.newest(keys)
+
+    def read_each(
+        self, keys: Sequence[bytes], *, max_bytes: int | None = None
+    ) -> Iterator[Record | None]:
+        """``read`` for each key in turn, a few keys per read of the engine, so
+        that only what the caller keeps is held; with ``max_bytes``, stopping
+        once the records' keys and values passed it."""
+        size = 0
+        for first in range(0, len(keys), READ_PIECE):
+            for record in self._engine.newest(keys[first : first + READ_PIECE]):
+                if max_bytes is not None and size > max_bytes:
+                    return
+                yield record
+                if record is not None:
+                    size += len(record.key) + len(record.value)
 
     async def apply(self, record: Record, *, hint_for: str | None = None) -> ApplyResult:
         """Store a record if it is newer than the one held (or the hint, with ``hint_for``)."""

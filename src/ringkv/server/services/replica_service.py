@@ -158,15 +158,12 @@ class ReplicaService:
             return replica_pb2.ReadResponse(newer_table=newer, clock=self._clock.last)
         # Answers the first keys up to a batch's bytes; the caller asks again
         # for the rest, so that no answer outgrows a message.
-        results, size = [], 0
-        for record in self._store.read_many(request.keys):
-            if size > MAX_BATCH_BYTES:
-                break
+        results = []
+        for record in self._store.read_each(request.keys, max_bytes=MAX_BATCH_BYTES):
             if record is None:
                 results.append(replica_pb2.ReadResult(found=False))
                 continue
             results.append(replica_pb2.ReadResult(found=True, record=record_to_wire(record)))
-            size += len(record.key) + len(record.value)
         return replica_pb2.ReadResponse(results=results, clock=self._clock.last)
 
     async def write(
