@@ -289,6 +289,46 @@ def test_ringkv_endpoints_env_var_is_honoured(node: NodeProcess) -> None:
     assert (result.returncode, result.stdout) == (0, b"from env"), result.stderr
 
 
+def test_a_malformed_endpoint_is_a_usage_error() -> None:
+    result = ringkv_cli("get", "anything", "--endpoint", "garbage")
+
+    assert result.returncode == 2
+    assert "'garbage' is not host:port" in one_error_line(result)
+
+
+def test_health_takes_its_node_from_the_endpoints_env_var(node: NodeProcess) -> None:
+    env = cli_env(RINGKV_ENDPOINTS=f"{node.address},127.0.0.1:{unused_port()}")
+
+    result = ringkv_cli("health", env=env)
+
+    assert result.returncode == 0, result.stderr
+    assert f"{node.address} is SERVING" in result.stdout.decode() + result.stderr.decode()
+
+
+def test_version_prints_the_installed_version() -> None:
+    result = ringkv_cli("--version")
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.decode().startswith("ringkv 0.")
+
+
+def test_a_reader_that_leaves_early_ends_the_command_quietly(node: NodeProcess) -> None:
+    sdk_set(node, "cli/long", b"x" * 500_000)
+    with subprocess.Popen(
+        [*RINGKV, "get", "cli/long", "--json", "--endpoint", node.address],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=cli_env(),
+    ) as reader:
+        assert reader.stdout is not None and reader.stderr is not None
+        assert reader.stdout.read(10) == b'{"found": '
+        reader.stdout.close()  # as `head -c 10` does
+        returncode = reader.wait(timeout=CLI_TIMEOUT_S)
+        errors = reader.stderr.read()
+    assert b"Traceback" not in errors and b"BrokenPipe" not in errors, errors
+    assert returncode == 1
+
+
 # local-cluster
 
 

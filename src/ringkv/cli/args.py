@@ -25,6 +25,25 @@ Commands: TypeAlias = "argparse._SubParsersAction[ArgumentParser]"
 DEFAULT_ENDPOINT = "127.0.0.1:50051"
 
 
+def default_endpoints() -> str:
+    return os.environ.get("RINGKV_ENDPOINTS", DEFAULT_ENDPOINT)
+
+
+def endpoints_option(text: str) -> str:
+    """``--endpoint``'s value: one or more ``host:port`` (``[v6]:port``),
+    comma-separated; anything else is a usage error, not a failed call."""
+    endpoints = [item.strip() for item in text.split(",") if item.strip()]
+    if not endpoints:
+        raise argparse.ArgumentTypeError("no endpoint given")
+    for endpoint in endpoints:
+        host, colon, port = endpoint.rpartition(":")
+        if not colon or not host.strip("[]") or not port.isdigit() or not 0 < int(port) < 65536:
+            raise argparse.ArgumentTypeError(
+                f"{endpoint!r} is not host:port (a port from 1 to 65535)"
+            )
+    return ",".join(endpoints)
+
+
 def add_endpoint_option(parser: argparse.ArgumentParser) -> None:
     """``--endpoint``: where the command finds the cluster, and the security
     options to reach it with."""
@@ -32,7 +51,8 @@ def add_endpoint_option(parser: argparse.ArgumentParser) -> None:
         "--endpoint",
         "--endpoints",
         dest="endpoints",
-        default=os.environ.get("RINGKV_ENDPOINTS", DEFAULT_ENDPOINT),
+        type=endpoints_option,
+        default=default_endpoints(),
         help="host:port of one or more nodes, comma-separated "
         f"(default: $RINGKV_ENDPOINTS or {DEFAULT_ENDPOINT})",
     )

@@ -12,7 +12,14 @@ import argparse
 import sys
 import time
 
-from ringkv.cli.args import DEFAULT_ENDPOINT, Commands, add_security_options, security_from
+from ringkv.cli.args import (
+    DEFAULT_ENDPOINT,
+    Commands,
+    add_security_options,
+    default_endpoints,
+    endpoints_option,
+    security_from,
+)
 from ringkv.client.channels import Security
 from ringkv.client.health import check
 from ringkv.core.errors import RingkvError
@@ -30,9 +37,9 @@ def add_parser(commands: Commands) -> None:
     )
     parser.add_argument(
         "--endpoint",
-        default=DEFAULT_ENDPOINT,
+        type=endpoints_option,
         metavar="HOST:PORT",
-        help=f"the node to ask (default: {DEFAULT_ENDPOINT})",
+        help=f"the node to ask (default: the first of $RINGKV_ENDPOINTS, or {DEFAULT_ENDPOINT})",
     )
     parser.add_argument(
         "--timeout",
@@ -63,9 +70,15 @@ def handle(args: argparse.Namespace) -> int:
         args.parser.error(f"--timeout must be positive, got {args.timeout}")
     if not args.wait >= 0:
         args.parser.error(f"--wait must not be negative, got {args.wait}")
-    endpoint = args.endpoint.strip()
-    if not endpoint or "," in endpoint:
+    if args.endpoint is None:
+        try:
+            endpoint = endpoints_option(default_endpoints()).split(",")[0]
+        except argparse.ArgumentTypeError as error:
+            args.parser.error(f"$RINGKV_ENDPOINTS: {error}")
+    elif "," in args.endpoint:
         args.parser.error(f"--endpoint takes one host:port, got {args.endpoint!r}")
+    else:
+        endpoint = args.endpoint
     try:
         security = security_from(args)
     except RingkvError as error:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.metadata
+import os
 import sys
 from collections.abc import Sequence
 
@@ -22,6 +24,7 @@ def build_parser() -> ArgumentParser:
     parser = ArgumentParser(
         prog="ringkv", description="ringkv: a partitioned, replicated key-value store"
     )
+    parser.add_argument("--version", action="version", version=f"ringkv {_version()}")
     commands = parser.add_subparsers(
         title="commands", required=True, metavar="COMMAND", parser_class=ArgumentParser
     )
@@ -36,6 +39,21 @@ def build_parser() -> ArgumentParser:
     return parser
 
 
+def _version() -> str:
+    try:
+        return importlib.metadata.version("ringkv")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree, not installed
+        return "(not installed)"
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    sys.exit(args.handler(args))
+    try:
+        code = args.handler(args)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader left (``ringkv ls --json | head``): end quietly, as a
+        # Unix tool does, with nothing more written to the closed pipe.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 1
+    sys.exit(code)
