@@ -305,6 +305,14 @@ def test_health_takes_its_node_from_the_endpoints_env_var(node: NodeProcess) -> 
     assert f"{node.address} is SERVING" in result.stdout.decode() + result.stderr.decode()
 
 
+def test_a_table_printed_to_a_pipe_is_not_cut(node: NodeProcess) -> None:
+    result = ringkv_cli("cluster", "status", "--endpoint", node.address)
+
+    assert result.returncode == 0, result.stderr
+    assert node.address in result.stdout.decode()
+    assert "…" not in result.stdout.decode()
+
+
 def test_version_prints_the_installed_version() -> None:
     result = ringkv_cli("--version")
 

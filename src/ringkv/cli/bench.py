@@ -28,6 +28,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from ringkv.cli.args import Commands, add_endpoint_option, security_from
+from ringkv.cli.output import stdout_console
 from ringkv.cli.workloads import (
     WORKLOADS,
     Histogram,
@@ -306,7 +307,7 @@ def handle(args: argparse.Namespace) -> int:
         print(json.dumps(report_document(config, report), indent=2))
     else:
         # Off a terminal rich assumes 80 columns and would squeeze the table.
-        out = Console(width=None if sys.stdout.isatty() else 160)
+        out = stdout_console()
         out.print(render_table(config, report))
         for line in _error_lines(report):
             out.print(line, markup=False, highlight=False)

@@ -36,6 +36,7 @@ from ringkv.cli.check_workloads import (
     open_client,
     run_workloads,
 )
+from ringkv.cli.output import stdout_console
 from ringkv.core import linearizability
 from ringkv.core.checkers import Analysis, RunEvidence, Status, analyse, timeline
 from ringkv.core.errors import RingkvError
@@ -171,7 +172,7 @@ def handle(args: argparse.Namespace) -> int:
         register_keys=register_keys,
         max_configurations=args.max_configurations,
     )
-    out = Console(width=None if sys.stdout.isatty() else 160)
+    out = stdout_console()
     out.print(
         f"ringkv check: {spec.workload} @{level}, {args.processes} clients, {spec.keys} keys, "
         f"seed {seed}, {len(history):,} calls",

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ringkv.cli.args import ArgumentParser, Commands, add_endpoint_option, security_from
+from ringkv.cli.output import stdout_console
 from ringkv.client.admin import NodeStats, cluster_state, node_stats, remove_node, repair
 from ringkv.core.errors import RingkvError, Unauthenticated
 
@@ -54,7 +55,7 @@ def remove_command(args: argparse.Namespace) -> int:
     except RingkvError as error:
         Console(stderr=True).print(f"ringkv: {error.reason}: {error.message}")
         return EXIT_ERROR
-    Console().print(
+    stdout_console().print(
         f"{args.node} is leaving (epoch {epoch}); its ranges are streaming to their new "
         "replicas. Follow it with: ringkv cluster status"
     )
@@ -99,12 +100,12 @@ def repair_command(args: argparse.Namespace) -> int:
             f"{report.keys_pushed:,}",
             ", ".join(not_compared),
         )
-    Console().print(table)
+    stdout_console().print(table)
     return EXIT_ERROR if failed else 0
 
 
 def status_command(args: argparse.Namespace) -> int:
-    console = Console()
+    console = stdout_console()
     try:
         security = security_from(args)
         state = cluster_state(args.endpoints, timeout=args.timeout, security=security)

@@ -27,10 +27,20 @@ REASON_CLASSES: dict[str, type[errors.RingkvError]] = {
 }
 
 
+_TOO_LARGE_TO_SEND = "Sent message larger than max"
+"""grpc's own words for a request over the channel's limit, refused before it is sent."""
+
+
 def from_rpc_error(error: grpc.RpcError) -> errors.RingkvError:
     """The typed error for a failed call, with the server's reason and metadata."""
     code: grpc.StatusCode = error.code()
     message: str = error.details() or code.name
+    if code is grpc.StatusCode.RESOURCE_EXHAUSTED and _TOO_LARGE_TO_SEND in message:
+        # Refused by this client's channel, not by a node: no node said why.
+        return errors.ValueTooLarge(
+            f"the request is larger than a node takes ({message.removeprefix('CLIENT: ')}); "
+            "values are limited by the nodes' --max-value-bytes"
+        )
     info = error_info(error.trailing_metadata()) or error_details_pb2.ErrorInfo()
     cls = REASON_CLASSES.get(info.reason) or ERROR_CLASSES.get(code, errors.RingkvError)
     return cls(message, reason=info.reason or code.name, metadata=dict(info.metadata))
