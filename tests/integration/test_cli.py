@@ -17,7 +17,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -380,7 +380,11 @@ def parent_pid(pid: int) -> int | None:
     return None if state == "Z" else int(ppid)
 
 
-def test_local_cluster_serves_and_stops_every_node_on_sigint(tmp_path: Path) -> None:
+@contextlib.contextmanager
+def local_cluster(
+    tmp_path: Path,
+) -> Iterator[tuple[subprocess.Popen[bytes], Callable[[], str], list[str]]]:
+    """``ringkv local-cluster`` running: the process, its output so far, its addresses."""
     base = free_port_run(3)
     addresses = [f"127.0.0.1:{base + i}" for i in range(3)]
     stderr_path = tmp_path / "local-cluster.stderr"
@@ -398,6 +402,15 @@ def test_local_cluster_serves_and_stops_every_node_on_sigint(tmp_path: Path) -> 
         return stderr_path.read_text(errors="replace")
 
     try:
+        yield cluster, output, addresses
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # gone already: nothing to kill
+            os.killpg(cluster.pid, signal.SIGKILL)
+        cluster.wait(timeout=10)
+
+
+def test_local_cluster_serves_and_stops_every_node_on_sigint(tmp_path: Path) -> None:
+    with local_cluster(tmp_path) as (cluster, output, addresses):
         wait_for(
             lambda: (
                 cluster.poll() is not None
@@ -426,7 +439,14 @@ def test_local_cluster_serves_and_stops_every_node_on_sigint(tmp_path: Path) -> 
         still_running = {node_id for node_id, pid in pids.items() if parent_pid(pid) is not None}
         assert not still_running, output()
         assert output().count(" stopped ") == 3, output()
-    finally:
-        with contextlib.suppress(ProcessLookupError):  # gone already: nothing to kill
-            os.killpg(cluster.pid, signal.SIGKILL)
-        cluster.wait(timeout=10)
+
+
+def test_local_cluster_names_the_node_that_died_and_a_command_that_runs(tmp_path: Path) -> None:
+    with local_cluster(tmp_path) as (cluster, output, _):
+        wait_for(lambda: "Ctrl-C" in output(), timeout=60, what="the cluster table")
+        # Started as `python -m ringkv`, with no ringkv on the PATH to count on.
+        assert f"Try: {sys.executable} -m ringkv set hello world" in output()
+        pids = table_pids(output())
+        os.kill(pids["node2"], signal.SIGKILL)
+        assert cluster.wait(timeout=30) == 1, output()
+        assert f"node2 (pid {pids['node2']}) was killed by SIGKILL" in output()

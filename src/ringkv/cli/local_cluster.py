@@ -8,6 +8,8 @@ and stops them all cleanly on Ctrl-C (or SIGTERM).
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -101,6 +103,25 @@ def node_command_lines(
     return lines
 
 
+def _runnable_command() -> str:
+    """``ringkv`` as the user can type it here: the bare name when it is on
+    the PATH (and is this one), else the path this process was started by
+    (``.venv/bin/ringkv`` from ``scripts/cluster``), else ``python -m ringkv``."""
+    started_as = Path(sys.argv[0])
+    on_path = shutil.which("ringkv")
+    if on_path is not None and started_as.exists() and Path(on_path).samefile(started_as):
+        return "ringkv"
+    if started_as.name == "ringkv" and started_as.exists():
+        return os.path.relpath(started_as.resolve())
+    return f"{sys.executable} -m ringkv"
+
+
+def _exit_reason(status: int) -> str:
+    if status < 0:
+        return f"was killed by {signal.Signals(-status).name}"
+    return f"exited with status {status}"
+
+
 def handle(args: argparse.Namespace) -> int:
     if not 1 <= args.nodes <= 16:
         args.parser.error("--nodes must be between 1 and 16")
@@ -147,12 +168,21 @@ def handle(args: argparse.Namespace) -> int:
         tls = f" --tls-ca {args.tls_ca or args.tls_cert}" if security.tls_ca else ""
         token = " --token ..." if args.auth_token_file is not None else ""
         console.print(
-            f"Try: ringkv set hello world --endpoint 127.0.0.1:{args.base_port}{tls}{token}"
-            "  (Ctrl-C stops the cluster)"
+            f"Try: {_runnable_command()} set hello world --endpoint "
+            f"127.0.0.1:{args.base_port}{tls}{token}  (Ctrl-C stops the cluster)"
         )
         while not stopping and all(child.poll() is None for child in children):
             time.sleep(0.2)
-        return 0 if stopping else 1
+        if stopping:
+            return 0
+        for index, child in enumerate(children):
+            status = child.poll()
+            if status is not None:
+                console.print(
+                    f"[red]node{index + 1} (pid {child.pid}) {_exit_reason(status)}; "
+                    "stopping the others[/] (its log is above)"
+                )
+        return 1
     finally:
         for child in children:
             if child.poll() is None:
