@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+import ringkv
 from tests.support.nodes import NodeFactory, child_env
 
 LATENCY_FIELDS = ["p50", "p95", "p99", "p99.9", "mean", "max"]
@@ -46,7 +47,8 @@ def test_bench_json_with_baseline(nodes: NodeFactory) -> None:
     assert result.returncode == 0, result.stderr
     document = json.loads(result.stdout)
 
-    assert set(document) == {"config", "event_loop", "load", "baseline", "workloads"}
+    assert set(document) == {"config", "event_loop", "load", "baseline", "workloads", "cleanup"}
+    assert document["cleanup"] is None
     assert document["config"]["workloads"] == ["A", "C"]
     assert document["config"]["concurrency"] == 8
 
@@ -90,6 +92,24 @@ def test_bench_table_for_inserts_and_read_modify_write(nodes: NodeFactory) -> No
     }
     assert {("D", "read"), ("", "insert"), ("F", "read"), ("", "rmw"), ("", "total")} <= rows
     assert "x no-op" not in result.stdout
+
+
+def test_bench_cleanup_deletes_every_record_it_wrote(nodes: NodeFactory) -> None:
+    node = nodes("node1")
+    result = bench(
+        "--endpoints", node.address, "--workload", "D", "--records", "50",
+        "--duration", "0.5", "--warmup", "0", "--concurrency", "4", "--json", "--cleanup",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    document = json.loads(result.stdout)
+    inserted = document["workloads"][0]["operations"]["insert"]["ops"]
+    assert inserted > 0  # D wrote records past the 50 loaded
+    deleted = document["cleanup"]["total"]
+    assert deleted["ops"] == 50 + inserted
+    assert deleted["error_count"] == 0
+    with ringkv.Client(node.address) as client:
+        left = client.get_many([f"user{i}" for i in range(deleted["ops"] + 10)])
+    assert not any(left.values()), sorted(k for k, v in left.items() if v)
 
 
 def test_bench_fails_in_one_line_when_no_node_answers() -> None:

@@ -72,6 +72,7 @@ class BenchConfig:
     load_timeout_s: float
     target: str
     baseline: bool
+    cleanup: bool = False
 
 
 @dataclass
@@ -132,6 +133,7 @@ class BenchReport:
     load: PhaseResult | None = None
     baseline: PhaseResult | None = None
     workloads: list[PhaseResult] = field(default_factory=list)
+    cleanup: PhaseResult | None = None
 
     def noop_ratio(self, result: PhaseResult) -> float | None:
         """A phase's throughput as a multiple of the no-op ceiling, when that was measured."""
@@ -172,7 +174,8 @@ def add_parser(commands: Commands) -> None:
         "--duration",
         type=float,
         default=10.0,
-        help="seconds each workload is measured for (default: 10)",
+        help="seconds each workload is measured for; the load before them is bounded by "
+        "--load-timeout, not by this (default: 10)",
     )
     parser.add_argument(
         "--operations",
@@ -210,7 +213,14 @@ def add_parser(commands: Commands) -> None:
         "--load-timeout",
         type=float,
         default=300.0,
-        help="seconds the load may take at most (default: 300)",
+        help="seconds the load (and --cleanup) may take at most; --duration does not bound "
+        "them (default: 300)",
+    )
+    parser.add_argument(
+        "--cleanup",
+        action="store_true",
+        help="after the workloads, delete every record the run wrote (user0 up to the last "
+        "record inserted), with --target kv",
     )
     parser.add_argument(
         "--target",
@@ -270,6 +280,7 @@ def config_from(args: argparse.Namespace) -> BenchConfig:
         load_timeout_s=args.load_timeout,
         target=args.target,
         baseline=args.baseline,
+        cleanup=args.cleanup,
     )
 
 
@@ -359,6 +370,8 @@ async def run_bench(
                 name, config.target, step, operations, config=config, progress=progress
             )
             report.workloads.append(result)
+        if config.cleanup and config.target == "kv":
+            report.cleanup = await _cleanup(requests, config, inserted.issued, progress)
     return report
 
 
@@ -375,10 +388,12 @@ async def _run_phase(
     limit: int,
     progress: Progress,
     count_total: int | None = None,
+    label: str | None = None,
 ) -> None:
     """Run ``step`` from ``concurrency`` workers until ``seconds`` or ``limit`` steps.
 
-    The bar follows the time, or with ``count_total`` the count of finished steps.
+    The bar follows the time, or with ``count_total`` the count of finished
+    steps; it is labelled ``label``, or the phase's name.
     """
     issued = 0
     started = time.perf_counter_ns()
@@ -390,7 +405,7 @@ async def _run_phase(
             issued += 1
             await step(result)
 
-    task = progress.add_task(result.name, total=count_total or seconds, done=0)
+    task = progress.add_task(label or result.name, total=count_total or seconds, done=0)
 
     def show() -> None:
         done = result.finished()
@@ -430,6 +445,30 @@ async def _load(requests: _Requests, config: BenchConfig, progress: Progress) ->
         limit=config.records,
         progress=progress,
         count_total=config.records,
+        label=f"load (all {config.records:,} records; up to --load-timeout, not --duration)",
+    )
+    return result
+
+
+async def _cleanup(
+    requests: _Requests, config: BenchConfig, written: int, progress: Progress
+) -> PhaseResult:
+    """Delete records 0..written-1: every record the run loaded, updated or inserted."""
+    result = PhaseResult("cleanup", "kv")
+    numbers = iter(range(written))
+
+    async def delete(into: PhaseResult) -> None:
+        await _timed(into, "delete", lambda: requests.delete(next(numbers)))
+
+    await _run_phase(
+        delete,
+        result,
+        concurrency=config.concurrency,
+        seconds=config.load_timeout_s,
+        limit=written,
+        progress=progress,
+        count_total=written,
+        label=f"cleanup (deleting {written:,} records; up to --load-timeout)",
     )
     return result
 
@@ -504,6 +543,9 @@ class _Requests:
 
     async def insert(self, number: int) -> bool:
         return await self.update(number)
+
+    async def delete(self, number: int) -> bool:
+        return await self._client.delete(record_key(number), consistency=self._consistency)
 
     async def read_modify_write(self, number: int) -> bool:
         key = record_key(number)
@@ -619,6 +661,7 @@ def report_document(config: BenchConfig, report: BenchReport) -> dict[str, Any]:
         "load": _phase_document(report.load) if report.load else None,
         "baseline": _phase_document(report.baseline) if report.baseline else None,
         "workloads": workloads,
+        "cleanup": _phase_document(report.cleanup) if report.cleanup else None,
     }
 
 
@@ -675,13 +718,20 @@ def _caption(config: BenchConfig, report: BenchReport) -> str:
             f"{load.elapsed_ns / 1e9:.1f}s ({load.rate(total):,.0f}/s), "
             f"{total.errors.total():,} errors"
         )
+    if report.cleanup is not None:
+        cleanup = report.cleanup
+        total = cleanup.total()
+        lines.append(
+            f"cleanup: {total.latency_ns.count:,} records deleted in "
+            f"{cleanup.elapsed_ns / 1e9:.1f}s, {total.errors.total():,} errors"
+        )
     if report.baseline is not None:
         lines.append("x no-op: throughput as a multiple of Ping's, measured in the same run")
     return "\n".join(lines)
 
 
 def _error_lines(report: BenchReport) -> list[str]:
-    phases = [report.load, report.baseline, *report.workloads]
+    phases = [report.load, report.baseline, *report.workloads, report.cleanup]
     return [
         f"{result.name} {operation} errors: "
         + ", ".join(f"{kind} x{count}" for kind, count in stats.errors.most_common())
