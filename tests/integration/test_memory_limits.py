@@ -5,6 +5,7 @@ refused before it is built."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,7 +16,8 @@ import pytest
 from ringkv.api import kv_pb2, kv_pb2_grpc
 from ringkv.api.status import error_info
 from ringkv.core.validation import Limits
-from tests.support.nodes import NodeFactory
+from tests.support.metrics import METRICS, scrape
+from tests.support.nodes import NodeFactory, NodeProcess
 from tests.support.slow_reader import SlowReader
 
 FAST = ("--engine", "memory")
@@ -84,22 +86,35 @@ def test_an_answer_over_a_message_is_refused_and_repeated_keys_are_read_once(
 
 def test_answers_a_slow_reader_leaves_unread_are_bounded(nodes: NodeFactory) -> None:
     """Issue 13: slow readers pinned 2 GB of answers with no server deadline."""
-    node = nodes("node1", *FAST, "--max-unsent-answer-mib", "1")
-    with grpc.insecure_channel(node.address) as channel:
+    node = nodes("node1", *FAST, *METRICS, "--max-unsent-answer-mib", "1")
+    get_big = kv_pb2.GetRequest(key="big")
+    with grpc.insecure_channel(node.address) as channel, contextlib.ExitStack() as readers:
         stub = kv_pb2_grpc.KeyValueStub(channel)
         stub.Set(kv_pb2.SetRequest(key="big", value=b"v" * (MIB // 2)), timeout=10)
-        reader = SlowReader(node.address)
-        try:
-            # Each answer is half a MiB the node cannot send: from the third on,
-            # the node refuses new calls rather than hold more.
-            for _ in range(4):
-                reader.call("/kv.KeyValue/Get", kv_pb2.GetRequest(key="big"))
-            code, reason = wait_for_refusal(stub)
-            assert (code, reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "OVERLOADED")
-        finally:
-            reader.close()
-        # The reader gone, its answers are dropped and the node serves again.
-        assert wait_until(lambda: stub.Get(kv_pb2.GetRequest(key="big"), timeout=10).found)
+        # Each answer is half a MiB the node cannot send. One connection may
+        # hold a quarter of the budget: past its first answer, its own calls
+        # are refused, and the others are served.
+        first = readers.enter_context(SlowReader(node.address))
+        for _ in range(4):
+            first.call("/kv.KeyValue/Get", get_big)
+        assert wait_until(lambda: unsent(node) >= MIB // 2)
+        assert stub.Get(get_big, timeout=10).found
+        assert unsent(node) < MIB  # the three calls after its first were refused
+        # Three such connections pass the budget: the node refuses new calls
+        # rather than hold more.
+        for _ in range(2):
+            readers.enter_context(SlowReader(node.address)).call("/kv.KeyValue/Get", get_big)
+        code, reason = wait_for_refusal(stub)
+        assert (code, reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "OVERLOADED")
+        readers.close()
+        # The readers gone, their answers are dropped and the node serves again.
+        assert wait_until(lambda: stub.Get(get_big, timeout=10).found)
+        assert wait_until(lambda: unsent(node) == 0)
+
+
+def unsent(node: NodeProcess) -> float:
+    """Bytes of answers the node holds for callers that have not read them."""
+    return scrape(node).get("ringkv_unsent_answer_bytes")
 
 
 def wait_for_refusal(stub: kv_pb2_grpc.KeyValueStub) -> tuple[grpc.StatusCode, str]:

@@ -11,18 +11,17 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 import ringkv
 from ringkv.api import kv_pb2, kv_pb2_grpc
 from ringkv.client.admin import cluster_state, node_stats, repair
 from ringkv.core.errors import PreconditionFailed
+from tests.support.metrics import METRICS, metrics_port, scrape
 from tests.support.nodes import (
     ClusterFactory,
     NodeFactory,
@@ -32,51 +31,7 @@ from tests.support.nodes import (
     wait_for_leader,
 )
 
-METRICS = ("--metrics-addr", "127.0.0.1:0")
 QUICK_EXIT_S = 20.0
-
-Labels = tuple[tuple[str, str], ...]
-
-
-class Scrape:
-    """One scrape of a node's /metrics."""
-
-    def __init__(self, text: str) -> None:
-        self.text = text
-        self.samples: dict[tuple[str, Labels], float] = {
-            (s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text)
-            for s in family.samples
-        }
-
-    def get(self, name: str, **labels: str) -> float:
-        """A sample's value; 0 for a labelled series not yet created."""
-        return self.samples.get((name, tuple(sorted(labels.items()))), 0.0)
-
-    def total(self, name: str, **labels: str) -> float:
-        """The sum over every series of ``name`` that has ``labels``."""
-        wanted = set(labels.items())
-        return sum(
-            value
-            for (sample, sample_labels), value in self.samples.items()
-            if sample == name and wanted <= set(sample_labels)
-        )
-
-
-def metrics_port(node: NodeProcess) -> int:
-    """The metrics port of the node's current run, from its "serving" event."""
-    for event in node.events():
-        if event.get("msg") == "serving":
-            return int(event["metrics_port"])
-    raise AssertionError(f"{node.node_id} logged no serving event\n{node.log_text()}")
-
-
-def scrape(node: NodeProcess) -> Scrape:
-    url = f"http://127.0.0.1:{metrics_port(node)}/metrics"
-    with urllib.request.urlopen(url, timeout=5) as response:
-        assert response.status == 200
-        assert response.headers["Content-Type"].startswith("text/plain")
-        return Scrape(response.read().decode())
 
 
 def kv(method: str, level: str, code: str = "OK") -> dict[str, str]:

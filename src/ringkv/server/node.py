@@ -260,6 +260,7 @@ async def serve(
             membership.start()
             repairs.start()
 
+        gate = rpc.Gate(config.max_concurrent_calls, config.max_unsent_answer_mib * 1024 * 1024)
         metrics: NodeMetrics | None = None
         metrics_server: MetricsServer | None = None
         if metrics_socket is not None:
@@ -272,6 +273,7 @@ async def serve(
                     clock_guard,
                     rebalancer=rebalancer,
                     lease=lease,
+                    gate=gate,
                 )
             )
             metrics_server = MetricsServer(metrics)
@@ -285,6 +287,7 @@ async def serve(
             services,
             stop=stop,
             on_serving=on_serving,
+            gate=gate,
             observe=metrics.requests.observe if metrics is not None else None,
             metrics_port=metrics_server.port if metrics_server is not None else None,
             policy=security.policy(),
@@ -348,12 +351,12 @@ async def _serve_until_stopped(
     *,
     stop: asyncio.Event,
     on_serving: Callable[[], None],
+    gate: rpc.Gate,
     observe: rpc.RequestObserver | None = None,
     metrics_port: int | None = None,
     policy: Policy | None = None,
     fd_limit: int | None = None,
 ) -> None:
-    gate = rpc.Gate(config.max_concurrent_calls, config.max_unsent_answer_mib * 1024 * 1024)
     server.add_generic_rpc_handlers(
         [rpc.generic_handler(s, gate, observe, policy) for s in services]
     )

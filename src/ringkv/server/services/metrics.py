@@ -49,6 +49,7 @@ from ringkv.server.cluster.leader_lease import LeaderLease
 from ringkv.server.config import HostPort
 from ringkv.server.counters import Counters
 from ringkv.server.data.rebalance import Rebalancer
+from ringkv.server.transport.rpc import Gate
 from ringkv.storage import Engine
 
 log = logging.getLogger(__name__)
@@ -170,7 +171,9 @@ class NodeCollector:
         *,
         rebalancer: Rebalancer | None = None,
         lease: LeaderLease | None = None,
+        gate: Gate | None = None,
     ) -> None:
+        self._gate = gate
         self._clock_guard = clock_guard
         self._rebalancer = rebalancer
         self._lease = lease
@@ -277,6 +280,13 @@ class NodeCollector:
         for node_id, peer in sorted(view.peers.items()):
             peers.add_metric((node_id,), int(peer.alive))
         yield peers
+        if self._gate is not None:
+            yield GaugeMetricFamily(
+                "ringkv_unsent_answer_bytes",
+                "Bytes of client and operator answers not yet read by their callers "
+                "(past --max-unsent-answer-mib new calls are refused OVERLOADED).",
+                value=self._gate.unsent_bytes,
+            )
         if self._lease is not None:
             yield GaugeMetricFamily(
                 "ringkv_leader_lease",

@@ -102,6 +102,10 @@ def parse_request(request_type: type[Message], raw: bytes) -> Message:
         ) from None
 
 
+UNSENT_SHARE = 4
+"""One connection holds at most 1/UNSENT_SHARE of the unsent-answer budget."""
+
+
 class Gate:
     """Counts calls inside handlers; once closed it refuses new calls.
 
@@ -116,7 +120,9 @@ class Gate:
     control window to nothing) leaves them in grpc's buffers, where no
     deadline frees them. Past ``max_unsent_bytes`` new calls are refused
     OVERLOADED until callers read or leave; the handlers' limits bound what
-    the calls already inside can add.
+    the calls already inside can add. One connection may hold no more than
+    a quarter of it (``UNSENT_SHARE``): past that its own calls are refused,
+    so one caller that never reads cannot shut out the others.
     """
 
     def __init__(self, max_calls: int | None = None, max_unsent_bytes: int | None = None) -> None:
@@ -125,11 +131,12 @@ class Gate:
         self._max_calls = max_calls
         self._max_unsent_bytes = max_unsent_bytes
         self.unsent_bytes = 0
+        self._unsent_by_caller: dict[str, int] = {}
         self._closed = False
         self._arrivals = 0
         self._overloaded_since: float | None = None
 
-    def enter(self, access: Access) -> None:
+    def enter(self, access: Access, caller: str = "") -> None:
         """Count a call in, or refuse it: UNAVAILABLE once closed, OVERLOADED
         when ``max_calls`` client and operator calls are inside already.
 
@@ -155,6 +162,13 @@ class Gate:
                     f"past the limit of {unsent_limit}; back off and retry",
                     metadata={"unsent_bytes": str(self.unsent_bytes)},
                 )
+            mine = self._unsent_by_caller.get(caller, 0)
+            if unsent_limit is not None and mine >= unsent_limit // UNSENT_SHARE:
+                raise Overloaded(
+                    f"{mine} bytes of answers to this connection wait for it to read them, "
+                    f"past its share of {unsent_limit // UNSENT_SHARE}; read them, then retry",
+                    metadata={"unsent_bytes": str(mine)},
+                )
             self._limited += 1
         self._active += 1
 
@@ -163,15 +177,21 @@ class Gate:
         if access is not Access.MEMBER:
             self._limited -= 1
 
-    def answered(self, access: Access, answer: bytes, context: Context) -> None:
+    def answered(self, access: Access, answer: bytes, context: Context, caller: str = "") -> None:
         """Count an answer as unsent until its call is over (sent, or broken off)."""
         if access is Access.MEMBER:
             return
         size = len(answer)
         self.unsent_bytes += size
+        self._unsent_by_caller[caller] = self._unsent_by_caller.get(caller, 0) + size
 
         def sent(_: Context) -> None:
             self.unsent_bytes -= size
+            left = self._unsent_by_caller[caller] - size
+            if left:
+                self._unsent_by_caller[caller] = left
+            else:
+                del self._unsent_by_caller[caller]
 
         # The stubs type the callback as a class of theirs; grpc calls any callable.
         context.add_done_callback(sent)  # type: ignore[arg-type]
@@ -237,8 +257,9 @@ def _serve(
                 level = _level_label(method, request)
                 observe(service, method_name, level, code, time.perf_counter() - started)
 
+        caller = context.peer()
         try:
-            gate.enter(access)
+            gate.enter(access, caller)
         except RingkvError as error:
             note(status_code(error))
             await abort_with(context, error)
@@ -269,7 +290,7 @@ def _serve(
             gate.leave(access)
         note(grpc.StatusCode.OK)
         serialized = response.SerializeToString()
-        gate.answered(access, serialized, context)
+        gate.answered(access, serialized, context, caller)
         return serialized
 
     return serve
