@@ -705,26 +705,24 @@ def _latency_cells(stats: OperationStats) -> list[str]:
     return [f"{histogram.percentile(p) / 1e6:.2f}" for p in PERCENTILES.values()]
 
 
+def _phase_line(result: PhaseResult, what: str) -> str:
+    """One line on a load or cleanup: how many, how fast, how many failed."""
+    total = result.total()
+    return (
+        f"{result.name}: {total.latency_ns.count:,} {what} in {result.elapsed_ns / 1e9:.1f}s "
+        f"({result.rate(total):,.0f}/s), {total.errors.total():,} errors"
+    )
+
+
 def _caption(config: BenchConfig, report: BenchReport) -> str:
     lines = [
         f"endpoints {config.endpoints}",
         f"target {config.target}, {report.event_loop} event loop, seed {config.seed}",
     ]
     if report.load is not None:
-        load = report.load
-        total = load.total()
-        lines.append(
-            f"load: {total.latency_ns.count:,} of {config.records:,} records in "
-            f"{load.elapsed_ns / 1e9:.1f}s ({load.rate(total):,.0f}/s), "
-            f"{total.errors.total():,} errors"
-        )
+        lines.append(_phase_line(report.load, f"of {config.records:,} records"))
     if report.cleanup is not None:
-        cleanup = report.cleanup
-        total = cleanup.total()
-        lines.append(
-            f"cleanup: {total.latency_ns.count:,} records deleted in "
-            f"{cleanup.elapsed_ns / 1e9:.1f}s, {total.errors.total():,} errors"
-        )
+        lines.append(_phase_line(report.cleanup, "records deleted"))
     if report.baseline is not None:
         lines.append("x no-op: throughput as a multiple of Ping's, measured in the same run")
     return "\n".join(lines)
