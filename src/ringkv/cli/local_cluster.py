@@ -117,9 +117,12 @@ def _runnable_command() -> str:
 
 
 def _exit_reason(status: int) -> str:
-    if status < 0:
+    if status >= 0:
+        return f"exited with status {status}"
+    try:
         return f"was killed by {signal.Signals(-status).name}"
-    return f"exited with status {status}"
+    except ValueError:  # a real-time signal has no name
+        return f"was killed by signal {-status}"
 
 
 def handle(args: argparse.Namespace) -> int:

@@ -52,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         code = args.handler(args)
         sys.stdout.flush()
     except BrokenPipeError:
-        # The reader left (``ringkv ls --json | head``): end quietly, as a
+        # The reader left (``ringkv get big --json | head``): end quietly, as a
         # Unix tool does, with nothing more written to the closed pipe.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         code = 1
