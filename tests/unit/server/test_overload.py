@@ -5,7 +5,7 @@ calls never are, and the SDK backs off and retries."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import grpc
 import pytest
@@ -13,7 +13,9 @@ import pytest
 import ringkv
 from ringkv.api import kv_pb2, replica_pb2
 from ringkv.api.status import error_info
+from ringkv.core.errors import Overloaded
 from ringkv.server.transport import rpc
+from ringkv.server.transport.auth import Access
 
 
 class HeldGets:
@@ -114,3 +116,48 @@ def test_calls_past_the_limit_are_refused_overloaded_and_the_client_retries() ->
             await server.stop(None)
 
     asyncio.run(scenario())
+
+
+class HeldAnswers:
+    """A servicer context's done callbacks, run when the test says the call is over."""
+
+    def __init__(self) -> None:
+        self.callbacks: list[Callable[[object], None]] = []
+
+    def add_done_callback(self, callback: Callable[[object], None]) -> None:
+        self.callbacks.append(callback)
+
+    def finish(self) -> None:
+        for callback in self.callbacks:
+            callback(self)
+
+
+def test_unsent_answers_are_counted_per_connection_until_their_calls_end() -> None:
+    gate = rpc.Gate(max_unsent_bytes=400)
+    quick = HeldAnswers()
+    for _ in range(2):  # empty answers (an absent key) hold nothing
+        gate.enter(Access.CLIENT, "quick")
+        gate.leave(Access.CLIENT)
+        gate.answered(Access.CLIENT, b"", quick, "quick")  # type: ignore[arg-type]
+    quick.finish()
+    reader, other = HeldAnswers(), HeldAnswers()
+    for size in (0, 0, 100):
+        gate.enter(Access.CLIENT, "slow")
+        gate.leave(Access.CLIENT)
+        gate.answered(Access.CLIENT, b"x" * size, reader, "slow")  # type: ignore[arg-type]
+    assert gate.unsent_bytes == 100
+    # A quarter of the budget is the slow connection's share: its next call is refused...
+    with pytest.raises(Overloaded):
+        gate.enter(Access.CLIENT, "slow")
+    # ...and the others are served.
+    gate.enter(Access.CLIENT, "other")
+    gate.leave(Access.CLIENT)
+    gate.answered(Access.CLIENT, b"y" * 300, other, "other")  # type: ignore[arg-type]
+    with pytest.raises(Overloaded):  # the whole budget is held now
+        gate.enter(Access.CLIENT, "third")
+    gate.enter(Access.MEMBER, "peer")  # member calls never wait on clients' answers
+    gate.leave(Access.MEMBER)
+    reader.finish()
+    other.finish()
+    assert gate.unsent_bytes == 0
+    gate.enter(Access.CLIENT, "slow")

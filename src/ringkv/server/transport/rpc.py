@@ -179,9 +179,11 @@ class Gate:
 
     def answered(self, access: Access, answer: bytes, context: Context, caller: str = "") -> None:
         """Count an answer as unsent until its call is over (sent, or broken off)."""
-        if access is Access.MEMBER:
-            return
         size = len(answer)
+        if access is Access.MEMBER or not size:
+            # An empty answer (a Get of an absent key) holds nothing, and would
+            # leave its caller's entry at zero for another's callback to drop.
+            return
         self.unsent_bytes += size
         self._unsent_by_caller[caller] = self._unsent_by_caller.get(caller, 0) + size
 
