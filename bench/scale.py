@@ -6,8 +6,9 @@ anti-entropy round on every node with the replicas in sync (what
 ``ringkv cluster repair`` does), twice (the second finds the trees kept);
 then measures the nodes' CPU while idle for ``--idle-seconds``; then starts a
 fourth node that joins and waits until it is a normal member. Reports the
-load rate, the nodes' RSS and disk, the repair time and the CPU it took, the
-idle CPU and the join time, as a table and, with ``--json``, as JSON.
+load rate and the nodes' CPU per key loaded (summed over the three), the
+nodes' RSS and disk, the repair time and the CPU it took, the idle CPU and
+the join time, as a table and, with ``--json``, as JSON.
 A node runs an anti-entropy round every ``--anti-entropy-interval`` (600 s):
 its share of a core when idle is about ``repair_cpu_s`` / 3 / 600 plus
 ``idle_cpu_percent``. The cluster is always stopped and its data removed.
@@ -108,9 +109,12 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     base_port = free_base_port(NODES + 1)
     results: dict[str, Any] = {"keys": args.keys, "value_bytes": args.value_bytes}
     with local_cluster(workdir, base_port) as cluster:
+        cpu_before = sum(cpu_seconds(p.pid) for p in cluster.processes)
         seconds = asyncio.run(load(cluster.addresses, args))
+        load_cpu = sum(cpu_seconds(p.pid) for p in cluster.processes) - cpu_before
         results["load_seconds"] = round(seconds, 1)
         results["load_keys_per_s"] = round(args.keys / seconds)
+        results["load_cpu_us_per_key"] = round(load_cpu / args.keys * 1e6)
         results["rss_mib"] = [round(rss_bytes(p.pid) / KIB**2) for p in cluster.processes]
         results["disk_mib"] = round(disk_bytes(cluster.data_dir) / KIB**2)
 
