@@ -109,7 +109,17 @@ def test_bench_cleanup_deletes_every_record_it_wrote(nodes: NodeFactory) -> None
     assert deleted["error_count"] == 0
     with ringkv.Client(node.address) as client:
         left = client.get_many([f"user{i}" for i in range(deleted["ops"] + 10)])
-    assert not any(left.values()), sorted(k for k, v in left.items() if v)
+        assert not any(left.values()), sorted(k for k, v in left.items() if v)
+        # A run that only read wrote nothing, and deletes nothing.
+        client.set("user0", b"not the bench's")
+        result = bench(
+            "--endpoints", node.address, "--workload", "C", "--records", "50", "--no-load",
+            "--duration", "0.3", "--warmup", "0", "--json", "--cleanup",
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout)["cleanup"]["total"]["ops"] == 0
+        entry = client.get("user0")
+        assert entry is not None and entry.value == b"not the bench's"
 
 
 def test_bench_fails_in_one_line_when_no_node_answers() -> None:

@@ -37,7 +37,8 @@ def endpoints_option(text: str) -> str:
         raise argparse.ArgumentTypeError("no endpoint given")
     for endpoint in endpoints:
         host, colon, port = endpoint.rpartition(":")
-        if not colon or not host.strip("[]") or not port.isdigit() or not 0 < int(port) < 65536:
+        valid_port = port.isascii() and port.isdigit() and 0 < int(port) < 65536
+        if not colon or not host.strip("[]") or not valid_port:
             raise argparse.ArgumentTypeError(
                 f"{endpoint!r} is not host:port (a port from 1 to 65535)"
             )

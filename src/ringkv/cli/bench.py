@@ -219,8 +219,8 @@ def add_parser(commands: Commands) -> None:
     parser.add_argument(
         "--cleanup",
         action="store_true",
-        help="after the workloads, delete every record the run wrote (user0 up to the last "
-        "record inserted), with --target kv",
+        help="after the workloads, delete every record the run loaded, updated or inserted, "
+        "and no other, with --target kv",
     )
     parser.add_argument(
         "--target",
@@ -371,7 +371,7 @@ async def run_bench(
             )
             report.workloads.append(result)
         if config.cleanup and config.target == "kv":
-            report.cleanup = await _cleanup(requests, config, inserted.issued, progress)
+            report.cleanup = await _cleanup(requests, config, progress)
     return report
 
 
@@ -450,12 +450,11 @@ async def _load(requests: _Requests, config: BenchConfig, progress: Progress) ->
     return result
 
 
-async def _cleanup(
-    requests: _Requests, config: BenchConfig, written: int, progress: Progress
-) -> PhaseResult:
-    """Delete records 0..written-1: every record the run loaded, updated or inserted."""
+async def _cleanup(requests: _Requests, config: BenchConfig, progress: Progress) -> PhaseResult:
+    """Delete every record the run loaded, updated or inserted, and no other."""
     result = PhaseResult("cleanup", "kv")
-    numbers = iter(range(written))
+    written = len(requests.written)
+    numbers = iter(sorted(requests.written))
 
     async def delete(into: PhaseResult) -> None:
         await _timed(into, "delete", lambda: requests.delete(next(numbers)))
@@ -532,12 +531,15 @@ class _Requests:
         self._client = client
         self._consistency = config.consistency
         self._value = random.Random(f"{config.seed}/value").randbytes(config.value_size)
+        self.written: set[int] = set()
+        """The records this run sent a write of (stored or maybe stored)."""
 
     async def read(self, number: int) -> bool:
         entry = await self._client.get(record_key(number), consistency=self._consistency)
         return entry is not None
 
     async def update(self, number: int) -> bool:
+        self.written.add(number)
         await self._client.set(record_key(number), self._value, consistency=self._consistency)
         return True
 
@@ -555,6 +557,7 @@ class _Requests:
         # a conflict counts as a PreconditionFailed error).
         value = entry.value if entry is not None else self._value
         value = bytes([(value[0] + 1) % 256]) + value[1:] if value else value
+        self.written.add(number)
         await self._client.set(
             key,
             value,

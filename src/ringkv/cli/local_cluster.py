@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -112,8 +113,9 @@ def _runnable_command() -> str:
     if on_path is not None and started_as.exists() and Path(on_path).samefile(started_as):
         return "ringkv"
     if started_as.name == "ringkv" and started_as.exists():
-        return os.path.relpath(started_as.resolve())
-    return f"{sys.executable} -m ringkv"
+        relative = os.path.relpath(started_as.resolve())
+        return shlex.quote(relative if os.sep in relative else f".{os.sep}{relative}")
+    return f"{shlex.quote(sys.executable)} -m ringkv"
 
 
 def _exit_reason(status: int) -> str:
@@ -172,7 +174,8 @@ def handle(args: argparse.Namespace) -> int:
         token = " --token ..." if args.auth_token_file is not None else ""
         console.print(
             f"Try: {_runnable_command()} set hello world --endpoint "
-            f"127.0.0.1:{args.base_port}{tls}{token}  (Ctrl-C stops the cluster)"
+            f"127.0.0.1:{args.base_port}{tls}{token}  (Ctrl-C stops the cluster)",
+            soft_wrap=True,  # a command broken over lines does not paste
         )
         while not stopping and all(child.poll() is None for child in children):
             time.sleep(0.2)

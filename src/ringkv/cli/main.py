@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -39,6 +40,10 @@ def build_parser() -> ArgumentParser:
     return parser
 
 
+EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
+"""What a shell reports for a tool killed by SIGPIPE: not 1, which is "not found"."""
+
+
 def _version() -> str:
     try:
         return importlib.metadata.version("ringkv")
@@ -55,5 +60,5 @@ def main(argv: Sequence[str] | None = None) -> None:
         # The reader left (``ringkv get big --json | head``): end quietly, as a
         # Unix tool does, with nothing more written to the closed pipe.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        code = 1
+        code = EXIT_BROKEN_PIPE
     sys.exit(code)

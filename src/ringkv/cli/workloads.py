@@ -156,11 +156,6 @@ class InsertCounter:
         self._acknowledged = start
         self._settled: set[int] = set()
 
-    @property
-    def issued(self) -> int:
-        """Numbers handed out so far: records 0..issued-1 may have been written."""
-        return self._next
-
     def next(self) -> int:
         """The number of the next record to insert."""
         number = self._next

@@ -35,11 +35,14 @@ def from_rpc_error(error: grpc.RpcError) -> errors.RingkvError:
     """The typed error for a failed call, with the server's reason and metadata."""
     code: grpc.StatusCode = error.code()
     message: str = error.details() or code.name
-    if code is grpc.StatusCode.RESOURCE_EXHAUSTED and _TOO_LARGE_TO_SEND in message:
+    if code is grpc.StatusCode.RESOURCE_EXHAUSTED and message.startswith(
+        f"CLIENT: {_TOO_LARGE_TO_SEND}"
+    ):
         # Refused by this client's channel, not by a node: no node said why.
         return errors.ValueTooLarge(
             f"the request is larger than a node takes ({message.removeprefix('CLIENT: ')}); "
-            "values are limited by the nodes' --max-value-bytes"
+            "a value is limited by the nodes' --max-value-bytes, a batch's values together "
+            "to 16 MiB"
         )
     info = error_info(error.trailing_metadata()) or error_details_pb2.ErrorInfo()
     cls = REASON_CLASSES.get(info.reason) or ERROR_CLASSES.get(code, errors.RingkvError)

@@ -36,3 +36,10 @@ def test_a_request_the_channel_refuses_to_send_is_a_value_too_large() -> None:
 def test_a_node_that_is_overloaded_stays_overloaded() -> None:
     error = from_rpc_error(FailedCall(grpc.StatusCode.RESOURCE_EXHAUSTED, "busy"))
     assert type(error) is errors.ResourceExhausted
+
+
+def test_a_node_that_could_not_send_its_answer_is_not_blamed_on_the_value() -> None:
+    refused = FailedCall(
+        grpc.StatusCode.RESOURCE_EXHAUSTED, "Sent message larger than max (9 vs. 8)"
+    )
+    assert type(from_rpc_error(refused)) is errors.ResourceExhausted

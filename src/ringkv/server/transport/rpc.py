@@ -121,8 +121,12 @@ class Gate:
     deadline frees them. Past ``max_unsent_bytes`` new calls are refused
     OVERLOADED until callers read or leave; the handlers' limits bound what
     the calls already inside can add. One connection may hold no more than
-    a quarter of it (``UNSENT_SHARE``): past that its own calls are refused,
-    so one caller that never reads cannot shut out the others.
+    a quarter of it (``UNSENT_SHARE``) once its answers are counted: past
+    that its own calls are refused, so one caller that never reads, calling
+    one call after another, cannot shut out the others. Calls it sends at
+    once are all admitted before any answer is counted, so a burst can
+    overshoot by as many answers as it had calls inside handlers (bounded by
+    ``max_calls``).
     """
 
     def __init__(self, max_calls: int | None = None, max_unsent_bytes: int | None = None) -> None:
@@ -164,6 +168,7 @@ class Gate:
                 )
             mine = self._unsent_by_caller.get(caller, 0)
             if unsent_limit is not None and mine >= unsent_limit // UNSENT_SHARE:
+                self._note_overload()
                 raise Overloaded(
                     f"{mine} bytes of answers to this connection wait for it to read them, "
                     f"past its share of {unsent_limit // UNSENT_SHARE}; read them, then retry",
