@@ -482,13 +482,13 @@ class WriteRequest(Request[list[WriteOutcome]]):
         return [outcome for outcome in self._outcomes if outcome is not None]
 
     def answered(self, call_id: int, answer: object) -> Ready:
-        round_, target = self._sent.pop(call_id)
+        assert isinstance(answer, Sequence)
+        round_, target = self._sent[call_id]
+        if len(answer) != len(self._rounds[round_]):
+            return self.failed(call_id, InternalError(f"{target.node_id} answered oddly"))
+        del self._sent[call_id]
         if round_ != self._current or self.finished or self._fanout is None:
             return Ready()
-        assert isinstance(answer, Sequence)
-        if len(answer) != len(self._rounds[round_]):
-            self._sent[call_id] = (round_, target)
-            return self.failed(call_id, InternalError(f"{target.node_id} answered oddly"))
         calls = self._calls_to(self._fanout.answered(target, answer))
         return self._round_met() if self._fanout.met else Ready(calls)
 
