@@ -69,6 +69,16 @@ class KeyValueStub:
                 request_serializer=ringkv_dot_api_dot_kv__pb2.MultiSetRequest.SerializeToString,
                 response_deserializer=ringkv_dot_api_dot_kv__pb2.MultiSetResponse.FromString,
                 _registered_method=True)
+        self.Scan = channel.unary_unary(
+                '/kv.KeyValue/Scan',
+                request_serializer=ringkv_dot_api_dot_kv__pb2.ScanRequest.SerializeToString,
+                response_deserializer=ringkv_dot_api_dot_kv__pb2.ScanResponse.FromString,
+                _registered_method=True)
+        self.Watch = channel.unary_stream(
+                '/kv.KeyValue/Watch',
+                request_serializer=ringkv_dot_api_dot_kv__pb2.WatchRequest.SerializeToString,
+                response_deserializer=ringkv_dot_api_dot_kv__pb2.WatchResponse.FromString,
+                _registered_method=True)
 
 
 class KeyValueServicer:
@@ -122,6 +132,21 @@ class KeyValueServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Scan(self, request, context):
+        """One page of the live keys under a prefix, in token order (keys are
+        hashed, so not in lexical order). Resume with the page's next_cursor.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Watch(self, request, context):
+        """Every change to keys under a prefix from a version on, as it happens.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_KeyValueServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -159,6 +184,16 @@ def add_KeyValueServicer_to_server(servicer, server):
                     servicer.MultiSet,
                     request_deserializer=ringkv_dot_api_dot_kv__pb2.MultiSetRequest.FromString,
                     response_serializer=ringkv_dot_api_dot_kv__pb2.MultiSetResponse.SerializeToString,
+            ),
+            'Scan': grpc.unary_unary_rpc_method_handler(
+                    servicer.Scan,
+                    request_deserializer=ringkv_dot_api_dot_kv__pb2.ScanRequest.FromString,
+                    response_serializer=ringkv_dot_api_dot_kv__pb2.ScanResponse.SerializeToString,
+            ),
+            'Watch': grpc.unary_stream_rpc_method_handler(
+                    servicer.Watch,
+                    request_deserializer=ringkv_dot_api_dot_kv__pb2.WatchRequest.FromString,
+                    response_serializer=ringkv_dot_api_dot_kv__pb2.WatchResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -350,6 +385,60 @@ class KeyValue:
             '/kv.KeyValue/MultiSet',
             ringkv_dot_api_dot_kv__pb2.MultiSetRequest.SerializeToString,
             ringkv_dot_api_dot_kv__pb2.MultiSetResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Scan(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/kv.KeyValue/Scan',
+            ringkv_dot_api_dot_kv__pb2.ScanRequest.SerializeToString,
+            ringkv_dot_api_dot_kv__pb2.ScanResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Watch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/kv.KeyValue/Watch',
+            ringkv_dot_api_dot_kv__pb2.WatchRequest.SerializeToString,
+            ringkv_dot_api_dot_kv__pb2.WatchResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -53,6 +53,12 @@ class KeyValueStub:
     """Unconditional writes of many keys in one call; each is written as Set
     would (not atomically: some may land and others fail).
     """
+    Scan: _grpc.UnaryUnaryMultiCallable[_kv_pb2.ScanRequest, _kv_pb2.ScanResponse]
+    """One page of the live keys under a prefix, in token order (keys are
+    hashed, so not in lexical order). Resume with the page's next_cursor.
+    """
+    Watch: _grpc.UnaryStreamMultiCallable[_kv_pb2.WatchRequest, _kv_pb2.WatchResponse]
+    """Every change to keys under a prefix from a version on, as it happens."""
 
 @_typing.type_check_only
 class KeyValueAsyncStub(KeyValueStub):
@@ -72,6 +78,12 @@ class KeyValueAsyncStub(KeyValueStub):
     """Unconditional writes of many keys in one call; each is written as Set
     would (not atomically: some may land and others fail).
     """
+    Scan: _aio.UnaryUnaryMultiCallable[_kv_pb2.ScanRequest, _kv_pb2.ScanResponse]  # type: ignore[assignment]
+    """One page of the live keys under a prefix, in token order (keys are
+    hashed, so not in lexical order). Resume with the page's next_cursor.
+    """
+    Watch: _aio.UnaryStreamMultiCallable[_kv_pb2.WatchRequest, _kv_pb2.WatchResponse]  # type: ignore[assignment]
+    """Every change to keys under a prefix from a version on, as it happens."""
 
 class KeyValueServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -130,6 +142,24 @@ class KeyValueServicer(metaclass=_abc_1.ABCMeta):
         """Unconditional writes of many keys in one call; each is written as Set
         would (not atomically: some may land and others fail).
         """
+
+    @_abc_1.abstractmethod
+    def Scan(
+        self,
+        request: _kv_pb2.ScanRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_kv_pb2.ScanResponse, _abc.Awaitable[_kv_pb2.ScanResponse]]:
+        """One page of the live keys under a prefix, in token order (keys are
+        hashed, so not in lexical order). Resume with the page's next_cursor.
+        """
+
+    @_abc_1.abstractmethod
+    def Watch(
+        self,
+        request: _kv_pb2.WatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_kv_pb2.WatchResponse], _abc.AsyncIterator[_kv_pb2.WatchResponse]]:
+        """Every change to keys under a prefix from a version on, as it happens."""
 
 def add_KeyValueServicer_to_server(servicer: KeyValueServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 

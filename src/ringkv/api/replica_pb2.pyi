@@ -581,6 +581,7 @@ class ScanRequest(_message.Message):
     LIMIT_FIELD_NUMBER: _builtins.int
     CLOCK_FIELD_NUMBER: _builtins.int
     FENCE_FIELD_NUMBER: _builtins.int
+    PREFIX_FIELD_NUMBER: _builtins.int
     cursor: _builtins.bytes
     """Empty for the first page; then the previous page's next_cursor."""
     limit: _builtins.int
@@ -589,6 +590,11 @@ class ScanRequest(_message.Message):
     keys of one token, so it may exceed the limit when tokens collide.
     """
     clock: _builtins.int
+    prefix: _builtins.bytes
+    """Only keys that start with this. A page then also ends once it has
+    looked at 10,000 records, so it may hold fewer than the limit, even
+    none, before the span is done.
+    """
     @_builtins.property
     def span(self) -> Global___TokenSpan: ...
     @_builtins.property
@@ -607,10 +613,11 @@ class ScanRequest(_message.Message):
         limit: _builtins.int = ...,
         clock: _builtins.int = ...,
         fence: Global___Fence | None = ...,
+        prefix: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["fence", b"fence", "span", b"span"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["clock", b"clock", "cursor", b"cursor", "fence", b"fence", "limit", b"limit", "span", b"span"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clock", b"clock", "cursor", b"cursor", "fence", b"fence", "limit", b"limit", "prefix", b"prefix", "span", b"span"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -705,3 +712,69 @@ class MerkleResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___MerkleResponse: _TypeAlias = MerkleResponse  # noqa: Y015
+
+@_typing.final
+class WatchRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SPANS_FIELD_NUMBER: _builtins.int
+    PREFIX_FIELD_NUMBER: _builtins.int
+    FROM_VERSION_FIELD_NUMBER: _builtins.int
+    CLOCK_FIELD_NUMBER: _builtins.int
+    prefix: _builtins.bytes
+    """Only keys that start with this."""
+    from_version: _builtins.int
+    """Send the logged changes with a version timestamp above this one first.
+    FAILED_PRECONDITION (reason COMPACTED) if the log no longer reaches
+    back that far.
+    """
+    clock: _builtins.int
+    @_builtins.property
+    def spans(self) -> _containers.RepeatedCompositeFieldContainer[Global___TokenSpan]: ...
+    def __init__(
+        self,
+        *,
+        spans: _abc.Iterable[Global___TokenSpan] | None = ...,
+        prefix: _builtins.bytes = ...,
+        from_version: _builtins.int = ...,
+        clock: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clock", b"clock", "from_version", b"from_version", "prefix", b"prefix", "spans", b"spans"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchRequest: _TypeAlias = WatchRequest  # noqa: Y015
+
+@_typing.final
+class WatchResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECORDS_FIELD_NUMBER: _builtins.int
+    PROGRESS_FIELD_NUMBER: _builtins.int
+    CLOCK_FIELD_NUMBER: _builtins.int
+    progress: _builtins.int
+    """Every change this replica stored with a timestamp at or below this one
+    has been sent (up to changes that reach it later than the coordinator's
+    resume margin).
+    """
+    clock: _builtins.int
+    @_builtins.property
+    def records(self) -> _containers.RepeatedCompositeFieldContainer[Global___Record]:
+        """Changes as this replica stored them: each key's in version order."""
+
+    def __init__(
+        self,
+        *,
+        records: _abc.Iterable[Global___Record] | None = ...,
+        progress: _builtins.int = ...,
+        clock: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clock", b"clock", "progress", b"progress", "records", b"records"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchResponse: _TypeAlias = WatchResponse  # noqa: Y015

@@ -54,6 +54,11 @@ class ReplicaStub:
                 request_serializer=ringkv_dot_api_dot_replica__pb2.MerkleRequest.SerializeToString,
                 response_deserializer=ringkv_dot_api_dot_replica__pb2.MerkleResponse.FromString,
                 _registered_method=True)
+        self.Watch = channel.unary_stream(
+                '/ringkv.internal.Replica/Watch',
+                request_serializer=ringkv_dot_api_dot_replica__pb2.WatchRequest.SerializeToString,
+                response_deserializer=ringkv_dot_api_dot_replica__pb2.WatchResponse.FromString,
+                _registered_method=True)
         self.Clock = channel.unary_unary(
                 '/ringkv.internal.Replica/Clock',
                 request_serializer=ringkv_dot_api_dot_replica__pb2.ClockRequest.SerializeToString,
@@ -111,6 +116,14 @@ class ReplicaServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Watch(self, request, context):
+        """This replica's changes to keys in the spans, from its change log and
+        then as they are stored, for a client watch (kv.KeyValue.Watch).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Clock(self, request, context):
         """This node's wall clock, for a peer measuring how far its own clock is
         from the cluster's (ringkv.core.clock_offset).
@@ -161,6 +174,11 @@ def add_ReplicaServicer_to_server(servicer, server):
                     servicer.Merkle,
                     request_deserializer=ringkv_dot_api_dot_replica__pb2.MerkleRequest.FromString,
                     response_serializer=ringkv_dot_api_dot_replica__pb2.MerkleResponse.SerializeToString,
+            ),
+            'Watch': grpc.unary_stream_rpc_method_handler(
+                    servicer.Watch,
+                    request_deserializer=ringkv_dot_api_dot_replica__pb2.WatchRequest.FromString,
+                    response_serializer=ringkv_dot_api_dot_replica__pb2.WatchResponse.SerializeToString,
             ),
             'Clock': grpc.unary_unary_rpc_method_handler(
                     servicer.Clock,
@@ -291,6 +309,33 @@ class Replica:
             '/ringkv.internal.Replica/Merkle',
             ringkv_dot_api_dot_replica__pb2.MerkleRequest.SerializeToString,
             ringkv_dot_api_dot_replica__pb2.MerkleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Watch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/ringkv.internal.Replica/Watch',
+            ringkv_dot_api_dot_replica__pb2.WatchRequest.SerializeToString,
+            ringkv_dot_api_dot_replica__pb2.WatchResponse.FromString,
             options,
             channel_credentials,
             insecure,

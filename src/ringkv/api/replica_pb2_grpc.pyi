@@ -50,6 +50,10 @@ class ReplicaStub:
     """The leaves of a Merkle tree (ringkv.core.merkle) over the records in the
     given spans, for anti-entropy.
     """
+    Watch: _grpc.UnaryStreamMultiCallable[_replica_pb2.WatchRequest, _replica_pb2.WatchResponse]
+    """This replica's changes to keys in the spans, from its change log and
+    then as they are stored, for a client watch (kv.KeyValue.Watch).
+    """
     Clock: _grpc.UnaryUnaryMultiCallable[_replica_pb2.ClockRequest, _replica_pb2.ClockResponse]
     """This node's wall clock, for a peer measuring how far its own clock is
     from the cluster's (ringkv.core.clock_offset).
@@ -78,6 +82,10 @@ class ReplicaAsyncStub(ReplicaStub):
     Merkle: _aio.UnaryUnaryMultiCallable[_replica_pb2.MerkleRequest, _replica_pb2.MerkleResponse]  # type: ignore[assignment]
     """The leaves of a Merkle tree (ringkv.core.merkle) over the records in the
     given spans, for anti-entropy.
+    """
+    Watch: _aio.UnaryStreamMultiCallable[_replica_pb2.WatchRequest, _replica_pb2.WatchResponse]  # type: ignore[assignment]
+    """This replica's changes to keys in the spans, from its change log and
+    then as they are stored, for a client watch (kv.KeyValue.Watch).
     """
     Clock: _aio.UnaryUnaryMultiCallable[_replica_pb2.ClockRequest, _replica_pb2.ClockResponse]  # type: ignore[assignment]
     """This node's wall clock, for a peer measuring how far its own clock is
@@ -128,6 +136,16 @@ class ReplicaServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_replica_pb2.MerkleResponse, _abc.Awaitable[_replica_pb2.MerkleResponse]]:
         """The leaves of a Merkle tree (ringkv.core.merkle) over the records in the
         given spans, for anti-entropy.
+        """
+
+    @_abc_1.abstractmethod
+    def Watch(
+        self,
+        request: _replica_pb2.WatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_replica_pb2.WatchResponse], _abc.AsyncIterator[_replica_pb2.WatchResponse]]:
+        """This replica's changes to keys in the spans, from its change log and
+        then as they are stored, for a client watch (kv.KeyValue.Watch).
         """
 
     @_abc_1.abstractmethod

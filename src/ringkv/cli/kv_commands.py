@@ -42,7 +42,7 @@ def add_parsers(commands: Commands) -> None:
     delete.set_defaults(handler=del_command)
 
 
-def _client(args: argparse.Namespace) -> Client:
+def client_for(args: argparse.Namespace) -> Client:
     security = security_from(args)
     return Client(
         args.endpoints,
@@ -58,7 +58,7 @@ def _print_json(document: dict[str, Any]) -> None:
     print(json.dumps(document, sort_keys=True))
 
 
-def _value_fields(value: bytes) -> dict[str, str]:
+def value_fields(value: bytes) -> dict[str, str]:
     """A value as JSON text when it is UTF-8, else as base64."""
     try:
         return {"value": value.decode("utf-8")}
@@ -66,21 +66,21 @@ def _value_fields(value: bytes) -> dict[str, str]:
         return {"value_base64": base64.b64encode(value).decode("ascii")}
 
 
-def _fail(error: RingkvError) -> int:
+def fail(error: RingkvError) -> int:
     sys.stderr.write(f"ringkv: {error.reason}: {error.message}\n")
     return EXIT_ERROR
 
 
 def get_command(args: argparse.Namespace) -> int:
     try:
-        with _client(args) as client:
+        with client_for(args) as client:
             entry: Entry | None = client.get(args.key, consistency=args.consistency)
     except RingkvError as error:
-        return _fail(error)
+        return fail(error)
     if args.json:
         document: dict[str, Any] = {"key": args.key, "found": entry is not None}
         if entry is not None:
-            document |= _value_fields(entry.value)
+            document |= value_fields(entry.value)
             document["version"] = entry.version
             if entry.expires_at_ms:
                 document["expires_at_ms"] = entry.expires_at_ms
@@ -97,7 +97,7 @@ def get_command(args: argparse.Namespace) -> int:
 def set_command(args: argparse.Namespace) -> int:
     value = args.value.encode() if args.value is not None else sys.stdin.buffer.read()
     try:
-        with _client(args) as client:
+        with client_for(args) as client:
             version = client.set(
                 args.key,
                 value,
@@ -107,7 +107,7 @@ def set_command(args: argparse.Namespace) -> int:
                 consistency=args.consistency,
             )
     except RingkvError as error:
-        return _fail(error)
+        return fail(error)
     if args.json:
         _print_json({"key": args.key, "version": version})
     else:
@@ -117,12 +117,12 @@ def set_command(args: argparse.Namespace) -> int:
 
 def del_command(args: argparse.Namespace) -> int:
     try:
-        with _client(args) as client:
+        with client_for(args) as client:
             found = client.delete(
                 args.key, if_version=args.if_version, consistency=args.consistency
             )
     except RingkvError as error:
-        return _fail(error)
+        return fail(error)
     if args.json:
         _print_json({"key": args.key, "deleted": found})
     else:

@@ -17,6 +17,7 @@ from ringkv.cli import (
     kv_commands,
     local_cluster,
     node_command,
+    prefix_commands,
 )
 from ringkv.cli.args import ArgumentParser
 
@@ -31,6 +32,7 @@ def build_parser() -> ArgumentParser:
     )
     node_command.add_parser(commands)
     kv_commands.add_parsers(commands)
+    prefix_commands.add_parsers(commands)
     local_cluster.add_parser(commands)
     cluster_commands.add_parser(commands)
     health_command.add_parser(commands)

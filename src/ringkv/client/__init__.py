@@ -2,8 +2,16 @@
 
 from ringkv.client.aio import AsyncClient
 from ringkv.client.channels import Security
-from ringkv.client.requests import Entry
+from ringkv.client.requests import Entry, KeyEntry, ScanPage
 from ringkv.client.retry import RetryPolicy
 from ringkv.client.sync import Client
 
-__all__ = ["AsyncClient", "Client", "Entry", "RetryPolicy", "Security"]
+__all__ = [
+    "AsyncClient",
+    "Client",
+    "Entry",
+    "KeyEntry",
+    "RetryPolicy",
+    "ScanPage",
+    "Security",
+]

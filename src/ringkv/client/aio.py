@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, TypeAlias, TypeVar
 
@@ -14,7 +14,15 @@ from ringkv.api import kv_pb2, kv_pb2_grpc
 from ringkv.client import requests
 from ringkv.client.calls import TOPOLOGY_TIMEOUT_S, CallPolicy
 from ringkv.client.channels import ChannelPool, PemSource, Security
-from ringkv.client.requests import CHANNEL_OPTIONS, DEFAULT_ENDPOINT, Entry, Level
+from ringkv.client.requests import (
+    CHANNEL_OPTIONS,
+    DEFAULT_ENDPOINT,
+    MAX_PAGE,
+    Entry,
+    KeyEntry,
+    Level,
+    ScanPage,
+)
 from ringkv.client.retry import RetryPolicy
 
 if TYPE_CHECKING:  # the async stub type exists only in the generated .pyi
@@ -152,6 +160,48 @@ class AsyncClient:
         request = requests.multi_set_request(items, ttl, consistency)
         response = await self._call(lambda stub: stub.MultiSet, request, timeout)
         return {key: r.version for key, r in zip(items, response.results, strict=True)}
+
+    async def scan_page(
+        self,
+        prefix: str = "",
+        cursor: bytes = b"",
+        *,
+        limit: int = 0,
+        keys_only: bool = False,
+        consistency: Level = None,
+        timeout: float | None = None,
+    ) -> ScanPage:
+        """One page of the live keys under ``prefix``; see ``Client.scan_page``."""
+        request = requests.scan_request(prefix, cursor, limit, keys_only, consistency)
+        return requests.scan_page(await self._call(lambda stub: stub.Scan, request, timeout))
+
+    async def scan(
+        self,
+        prefix: str = "",
+        *,
+        limit: int | None = None,
+        keys_only: bool = False,
+        consistency: Level = None,
+        timeout: float | None = None,
+    ) -> AsyncIterator[KeyEntry]:
+        """Every live key under ``prefix``; see ``Client.scan``."""
+        cursor, left = b"", limit
+        while left is None or left > 0:
+            page = await self.scan_page(
+                prefix,
+                cursor,
+                limit=min(left or 0, MAX_PAGE),
+                keys_only=keys_only,
+                consistency=consistency,
+                timeout=timeout,
+            )
+            for entry in page.entries[:left]:
+                yield entry
+            if left is not None:
+                left -= len(page.entries)
+            if not page.next_cursor:
+                return
+            cursor = page.next_cursor
 
     async def ping(self, *, timeout: float | None = None) -> str:
         """The id of the node that answered a no-op call."""

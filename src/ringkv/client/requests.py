@@ -12,6 +12,8 @@ from ringkv.core.errors import InvalidArgument
 from ringkv.core.validation import LARGEST_MESSAGE_BYTES
 
 DEFAULT_ENDPOINT = "127.0.0.1:50051"
+MAX_PAGE = 1000
+"""The most keys a node puts in one scan page."""
 Level = Consistency | str | None
 """A consistency level by enum or name; None for the node's default."""
 CHANNEL_OPTIONS = [
@@ -36,6 +38,28 @@ class Entry:
     """Pass as ``if_version`` to write only if nobody wrote in between."""
     expires_at_ms: int = 0
     """Unix milliseconds when the value expires; 0 for never."""
+
+
+@dataclass(frozen=True, slots=True)
+class KeyEntry:
+    """A key and its value, as a scan found them."""
+
+    key: str
+    value: bytes
+    """Empty when the scan asked for keys only."""
+    version: int
+    expires_at_ms: int = 0
+    """Unix milliseconds when the value expires; 0 for never."""
+
+
+@dataclass(frozen=True, slots=True)
+class ScanPage:
+    """One page of a scan."""
+
+    entries: list[KeyEntry]
+    """In token order (keys are hashed: not lexical order)."""
+    next_cursor: bytes
+    """Pass to the next ``scan_page`` call; empty when the scan is done."""
 
 
 def level(consistency: Level) -> kv_pb2.Consistency.ValueType:
@@ -119,6 +143,27 @@ def multi_set_request(
             for key, value in items.items()
         ],
         consistency=level(consistency),
+    )
+
+
+def scan_request(
+    prefix: str, cursor: bytes, limit: int, keys_only: bool, consistency: Level
+) -> kv_pb2.ScanRequest:
+    if limit < 0:
+        raise InvalidArgument(f"a page limit must not be negative, got {limit}")
+    return kv_pb2.ScanRequest(
+        prefix=prefix,
+        cursor=cursor,
+        limit=limit,
+        keys_only=keys_only,
+        consistency=level(consistency),
+    )
+
+
+def scan_page(response: kv_pb2.ScanResponse) -> ScanPage:
+    return ScanPage(
+        [KeyEntry(e.key, e.value, e.version, e.expires_at_ms) for e in response.entries],
+        response.next_cursor,
     )
 
 

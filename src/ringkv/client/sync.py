@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import TypeAlias, TypeVar
 
@@ -14,7 +14,15 @@ from ringkv.api import kv_pb2, kv_pb2_grpc
 from ringkv.client import requests
 from ringkv.client.calls import TOPOLOGY_TIMEOUT_S, CallPolicy
 from ringkv.client.channels import ChannelPool, PemSource, Security
-from ringkv.client.requests import CHANNEL_OPTIONS, DEFAULT_ENDPOINT, Entry, Level
+from ringkv.client.requests import (
+    CHANNEL_OPTIONS,
+    DEFAULT_ENDPOINT,
+    MAX_PAGE,
+    Entry,
+    KeyEntry,
+    Level,
+    ScanPage,
+)
 from ringkv.client.retry import RetryPolicy
 
 RequestT = TypeVar("RequestT")
@@ -159,6 +167,53 @@ class Client:
         request = requests.multi_set_request(items, ttl, consistency)
         response = self._call(lambda stub: stub.MultiSet, request, timeout)
         return {key: r.version for key, r in zip(items, response.results, strict=True)}
+
+    def scan_page(
+        self,
+        prefix: str = "",
+        cursor: bytes = b"",
+        *,
+        limit: int = 0,
+        keys_only: bool = False,
+        consistency: Level = None,
+        timeout: float | None = None,
+    ) -> ScanPage:
+        """One page of the live keys under ``prefix``, from ``cursor`` (empty:
+        the start); ``limit`` caps the page (0: the node's cap, 1000). A page
+        may be short, even empty, before the end: the scan is done only when
+        ``next_cursor`` is empty."""
+        request = requests.scan_request(prefix, cursor, limit, keys_only, consistency)
+        return requests.scan_page(self._call(lambda stub: stub.Scan, request, timeout))
+
+    def scan(
+        self,
+        prefix: str = "",
+        *,
+        limit: int | None = None,
+        keys_only: bool = False,
+        consistency: Level = None,
+        timeout: float | None = None,
+    ) -> Iterator[KeyEntry]:
+        """Every live key under ``prefix`` (at most ``limit``), a page at a
+        time, in token order; each ``timeout`` is per page. A key that exists
+        for the whole scan is yielded exactly once, whichever node fails
+        meanwhile; one written during it may or may not be."""
+        cursor, left = b"", limit
+        while left is None or left > 0:
+            page = self.scan_page(
+                prefix,
+                cursor,
+                limit=min(left or 0, MAX_PAGE),
+                keys_only=keys_only,
+                consistency=consistency,
+                timeout=timeout,
+            )
+            yield from page.entries[:left]
+            if left is not None:
+                left -= len(page.entries)
+            if not page.next_cursor:
+                return
+            cursor = page.next_cursor
 
     def ping(self, *, timeout: float | None = None) -> str:
         """The id of the node that answered a no-op call."""

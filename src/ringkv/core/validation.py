@@ -58,6 +58,11 @@ class Limits:
             )
         return encoded
 
+    def prefix(self, prefix: str) -> bytes:
+        """A key prefix's UTF-8 bytes (empty: every key), or InvalidArgument
+        as ``key`` says."""
+        return self.key(prefix) if prefix else b""
+
     def value(self, value: bytes) -> bytes:
         """The value, or ValueTooLarge if it is over the limit."""
         if len(value) > self.max_value_bytes:

@@ -31,6 +31,7 @@ from ringkv.server.data.anti_entropy import AntiEntropy, RepairSchedule, TreeCac
 from ringkv.server.data.commit import DEFAULT_MAX_BATCH, CommitQueue
 from ringkv.server.data.coordinator import Coordinator
 from ringkv.server.data.hints import HintReplayer
+from ringkv.server.data.key_scan import KeyScanner
 from ringkv.server.data.local_store import LocalStore
 from ringkv.server.data.rebalance import Rebalancer
 from ringkv.server.services.admin_service import AdminService
@@ -227,6 +228,7 @@ async def serve(
             KeyValueService(
                 view,
                 coordinator,
+                KeyScanner(view, engine, now_ms, lease),
                 config.limits,
                 read_level=config.read_level,
                 write_level=config.write_level,

@@ -29,7 +29,8 @@ from ringkv.server.data.anti_entropy import (
 )
 from ringkv.server.data.commit import CommitQueue
 from ringkv.server.data.local_store import LocalStore
-from ringkv.server.services.replica_service import SCAN_PAGE_RECORDS, ReplicaService
+from ringkv.server.data.scan_pages import PAGE_RECORDS
+from ringkv.server.services.replica_service import ReplicaService
 from ringkv.server.transport import rpc
 from ringkv.server.transport.peers import Peer
 from ringkv.storage import Engine, FsyncMode
@@ -437,8 +438,8 @@ def test_scan_pages_through_a_span_exactly_once(tmp_path: Path) -> None:
                 pages = await paged(peer, start, end, limit)
                 expected = list(b.engine.scan(start, end))
                 assert [r for page in pages for r in page] == expected
-                assert all(len(page) == (limit or SCAN_PAGE_RECORDS) for page in pages[:-1])
-                assert len(pages) == max(1, -(-len(expected) // (limit or SCAN_PAGE_RECORDS)))
+                assert all(len(page) == (limit or PAGE_RECORDS) for page in pages[:-1])
+                assert len(pages) == max(1, -(-len(expected) // (limit or PAGE_RECORDS)))
 
     run(scenario)
 
@@ -466,7 +467,7 @@ def test_scan_pages_never_split_the_keys_of_one_token(
         return 7 if key.startswith(b"a") else 9
 
     monkeypatch.setattr("ringkv.storage.memory.token_of", two_tokens)
-    monkeypatch.setattr("ringkv.server.services.replica_service.token_of", two_tokens)
+    monkeypatch.setattr("ringkv.server.data.scan_pages.token_of", two_tokens)
     engine = MemoryEngine()
     engine.apply([Mutation(value(k, 10, "b")) for k in (b"a1", b"a2", b"a3", b"b1", b"b2")])
 

@@ -24,12 +24,14 @@ from ringkv.api.status import error_info
 from ringkv.core.consistency import Consistency
 from ringkv.core.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted, RingkvError
 from ringkv.core.records import Record
+from ringkv.core.scan import decode_cursor, encode_cursor
 from ringkv.core.validation import MESSAGE_OVERHEAD_BYTES, Limits, expected_version, ttl_ms
 from ringkv.server.cluster.clock_guard import CLOCK_OFFSET, CLOCK_UNCHECKED, ClockGuard
 from ringkv.server.cluster.cluster_view import ClusterView
 from ringkv.server.cluster.leader_lease import NO_LEADER_LEASE
 from ringkv.server.counters import Counters
 from ringkv.server.data.coordinator import Coordinator
+from ringkv.server.data.key_scan import KeyScanner
 from ringkv.server.transport.peers import Peer
 from ringkv.server.transport.rpc import SHUTTING_DOWN, Context, Method, RelayedError
 
@@ -57,6 +59,7 @@ class KeyValueService:
         self,
         view: ClusterView,
         coordinator: Coordinator,
+        scanner: KeyScanner,
         limits: Limits,
         *,
         read_level: Consistency,
@@ -69,6 +72,7 @@ class KeyValueService:
         self._clock_guard = clock_guard
         self._view = view
         self._coordinator = coordinator
+        self._scanner = scanner
         self._limits = limits
         self._read_level = read_level
         self._write_level = write_level
@@ -86,6 +90,7 @@ class KeyValueService:
             "Ping": Method(kv_pb2.PingRequest, self.ping),
             "MultiGet": Method(kv_pb2.MultiGetRequest, self.multi_get, read),
             "MultiSet": Method(kv_pb2.MultiSetRequest, self.multi_set, write),
+            "Scan": Method(kv_pb2.ScanRequest, self.scan, read),
         }
 
     def _read_level_name(self, request: _LeveledRequest) -> str:
@@ -274,6 +279,34 @@ class KeyValueService:
                 kv_pb2.SetResponse(ok=True, version=w.record.version.timestamp) for w in written
             ]
         )
+
+    async def scan(self, request: kv_pb2.ScanRequest, context: Context) -> kv_pb2.ScanResponse:
+        self._answer(context)
+        prefix = self._limits.prefix(request.prefix)
+        after = decode_cursor(request.cursor)
+        level = self._level(request.consistency, self._read_level)
+        if level is Consistency.LINEARIZABLE:
+            if request.consistency:
+                raise InvalidArgument(
+                    "a scan reads at ONE, QUORUM or ALL, not LINEARIZABLE",
+                    reason="LEVEL_NOT_SUPPORTED",
+                )
+            # The node's default read level: a scan's closest is QUORUM.
+            level = Consistency.QUORUM
+        limit = min(request.limit or MAX_KEYS_PER_CALL, MAX_KEYS_PER_CALL)
+        page = await self._scanner.page(prefix, after, limit, level, self._timeout(context))
+        response = kv_pb2.ScanResponse(
+            next_cursor=b"" if page.last_token is None else encode_cursor(page.last_token)
+        )
+        add = response.entries.add
+        for record in page.records:
+            add(
+                key=record.key.decode("utf-8"),
+                value=b"" if request.keys_only else record.value,
+                version=record.version.timestamp,
+                expires_at_ms=record.expires_at_ms,
+            )
+        return response
 
     async def ping(self, _request: kv_pb2.PingRequest, _: Context) -> kv_pb2.PingResponse:
         return kv_pb2.PingResponse(node_id=self._view.node_id)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import struct
 from collections.abc import Callable
 from typing import Protocol
 
@@ -14,10 +13,10 @@ from ringkv.core.errors import InvalidArgument, PreconditionFailed
 from ringkv.core.hlc import HybridLogicalClock
 from ringkv.core.membership import Liveness, Membership
 from ringkv.core.merkle import MAX_DEPTH
-from ringkv.core.records import Record, ack
+from ringkv.core.records import ack
 from ringkv.core.ring import TOKEN_SPACE
-from ringkv.core.tokens import token_of
 from ringkv.core.validation import MAX_BATCH_BYTES, Limits
+from ringkv.server.data import scan_pages
 from ringkv.server.data.anti_entropy import TreeCache
 from ringkv.server.data.local_store import LocalStore
 from ringkv.server.transport.rpc import Context, Method
@@ -33,14 +32,6 @@ from ringkv.server.transport.wire import (
 from ringkv.storage import Engine
 
 log = logging.getLogger(__name__)
-
-SCAN_PAGE_RECORDS = 1000
-"""The most records a Scan page holds, whatever the caller asks for."""
-SCAN_PAGE_BYTES = 4 << 20
-"""A page is cut once its keys and values pass this many bytes: 1000 values
-at the 1 MiB value limit would not fit in one message."""
-# A Scan cursor is the last token of the page before.
-_CURSOR = struct.Struct(">Q")
 
 
 class MemberTableHolder(Protocol):
@@ -216,17 +207,15 @@ class ReplicaService:
                     metadata={"epoch": str(mine.epoch)},
                 )
         start, end = _span_from_wire(request.span)
-        if request.cursor:
-            if len(request.cursor) != _CURSOR.size:
-                raise InvalidArgument("malformed scan cursor", reason="MALFORMED_CURSOR")
-            (last,) = _CURSOR.unpack(request.cursor)
+        last = scan_pages.decode_cursor(request.cursor)
+        if last is not None:
             start = max(start, last + 1)
-        limit = min(request.limit or SCAN_PAGE_RECORDS, SCAN_PAGE_RECORDS)
         # An LMDB scan blocks on the disk: off the event loop.
-        records, last_token = await asyncio.to_thread(_scan_page, self._engine, start, end, limit)
+        records, last_token = await asyncio.to_thread(
+            scan_pages.scan_page, self._engine, start, end, request.limit, request.prefix
+        )
         response = replica_pb2.ScanResponse(
-            next_cursor=b"" if last_token is None else _CURSOR.pack(last_token),
-            clock=self._clock.last,
+            next_cursor=scan_pages.encode_cursor(last_token), clock=self._clock.last
         )
         add_records(response.records, records)
         return response
@@ -252,24 +241,3 @@ def _check_paxos_key(key: bytes) -> None:
 
 def _span_from_wire(span: replica_pb2.TokenSpan) -> tuple[int, int]:
     return span.start, TOKEN_SPACE if span.to_end else span.end
-
-
-def _scan_page(engine: Engine, start: int, end: int, limit: int) -> tuple[list[Record], int | None]:
-    """Up to ``limit`` records from ``start``, and the token to resume after
-    (None when the span is done).
-
-    A page ends only where the token changes, so resuming after a token
-    loses nothing even though keys that share a token are not in key order
-    (the LMDB engine orders long keys by their digest).
-    """
-    records: list[Record] = []
-    size = 0
-    last: int | None = None
-    for record in engine.scan(start, end):
-        token = token_of(record.key)
-        if (len(records) >= limit or size >= SCAN_PAGE_BYTES) and token != last:
-            return records, last
-        records.append(record)
-        size += len(record.key) + len(record.value)
-        last = token
-    return records, None

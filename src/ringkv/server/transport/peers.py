@@ -311,10 +311,11 @@ class Peer:
         await self._channel.close()
 
     async def scan(
-        self, start: int, end: int, cursor: bytes, limit: int
+        self, start: int, end: int, cursor: bytes, limit: int, prefix: bytes = b""
     ) -> tuple[list[Record], bytes]:
         """One page of the peer's records with ``start <= token < end`` (``end``
-        up to 2**64), tombstones included, and the cursor of the next page.
+        up to 2**64) and keys under ``prefix``, tombstones included, and the
+        cursor of the next page.
         PreconditionFailed (MEMBER_TABLE_BEHIND) while the peer is on an older
         member table than this node's.
 
@@ -328,6 +329,7 @@ class Peer:
             limit=limit,
             clock=self._clock.last,
             fence=self._fence(),
+            prefix=prefix,
         )
         try:
             response = await self._replica.Scan(request, timeout=self._timeout_s)
