@@ -9,8 +9,17 @@ The client SDK is importable from here::
         print(kv.get("greeting").value)
 """
 
-from ringkv.client import AsyncClient, Client, Entry, RetryPolicy
+from ringkv.client import AsyncClient, Client, Entry, KeyEntry, RetryPolicy, WatchEvent
 from ringkv.core import errors
 from ringkv.core.consistency import Consistency
 
-__all__ = ["AsyncClient", "Client", "Consistency", "Entry", "RetryPolicy", "errors"]
+__all__ = [
+    "AsyncClient",
+    "Client",
+    "Consistency",
+    "Entry",
+    "KeyEntry",
+    "RetryPolicy",
+    "WatchEvent",
+    "errors",
+]

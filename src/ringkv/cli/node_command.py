@@ -26,6 +26,7 @@ from ringkv.server.config import (
 from ringkv.server.logs import configure_logging
 from ringkv.server.node import run
 from ringkv.storage import ENGINE_KINDS, FsyncMode
+from ringkv.storage.engine import DEFAULT_CHANGE_LOG_ENTRIES
 
 
 def add_parser(commands: Commands) -> None:
@@ -183,6 +184,15 @@ def add_parser(commands: Commands) -> None:
         f"(default: {DEFAULT_MAX_UNSENT_ANSWER_MIB})",
     )
     parser.add_argument(
+        "--watch-log-entries",
+        type=int,
+        default=DEFAULT_CHANGE_LOG_ENTRIES,
+        metavar="N",
+        help="changes kept in the node's durable change log, from which watches resume "
+        f"after a disconnect or a node failure; 0 turns watches off "
+        f"(default: {DEFAULT_CHANGE_LOG_ENTRIES})",
+    )
+    parser.add_argument(
         "--metrics-addr",
         help="serve Prometheus metrics over HTTP at host:port/metrics; an empty host "
         "means all interfaces, port 0 a free port (default: off)",
@@ -270,6 +280,7 @@ def config_from(args: argparse.Namespace) -> NodeConfig:
         shutdown_grace_s=args.shutdown_grace,
         max_concurrent_calls=args.max_concurrent_calls,
         max_unsent_answer_mib=args.max_unsent_answer_mib,
+        watch_log_entries=args.watch_log_entries,
         metrics_addr=(
             HostPort.parse(args.metrics_addr, what="--metrics-addr", allow_port_zero=True)
             if args.metrics_addr is not None

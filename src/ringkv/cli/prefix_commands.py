@@ -9,10 +9,12 @@ from typing import Any
 
 from ringkv.cli.args import ArgumentParser, Commands, add_endpoint_option
 from ringkv.cli.kv_commands import client_for, fail, value_fields
-from ringkv.client import KeyEntry
+from ringkv.client import KeyEntry, WatchEvent
 from ringkv.core.errors import RingkvError
 
 SCAN_LEVELS = ("one", "quorum", "all")
+EXIT_INTERRUPTED = 130
+"""128 + SIGINT, as a shell reports a command stopped with Ctrl-C."""
 
 
 def add_parsers(commands: Commands) -> None:
@@ -29,6 +31,19 @@ def add_parsers(commands: Commands) -> None:
     ls.add_argument("--values", action="store_true", help="print each key's value too")
     ls.add_argument("--consistency", choices=SCAN_LEVELS, help="default: the node's level")
     ls.set_defaults(handler=ls_command)
+
+    watch = commands.add_parser(
+        "watch", parents=[common], help="print each change to keys under a prefix as it happens"
+    )
+    watch.add_argument("prefix", nargs="?", default="", help="default: every key")
+    watch.add_argument(
+        "--from",
+        dest="from_version",
+        type=_positive,
+        help="start after this version (a version printed before); default: from now on",
+    )
+    watch.add_argument("--count", type=_positive, help="stop after this many changes")
+    watch.set_defaults(handler=watch_command)
 
 
 def _positive(text: str) -> int:
@@ -67,6 +82,35 @@ def ls_command(args: argparse.Namespace) -> int:
     except RingkvError as error:
         return fail(error)
     return 0
+
+
+def watch_command(args: argparse.Namespace) -> int:
+    try:
+        with client_for(args) as client:
+            events = client.watch(args.prefix, from_version=args.from_version or 0)
+            for number, event in enumerate(events, start=1):
+                _print_event(event, as_json=args.json)
+                if number == args.count:
+                    break
+    except RingkvError as error:
+        return fail(error)
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    return 0
+
+
+def _print_event(event: WatchEvent, *, as_json: bool) -> None:
+    if as_json:
+        document: dict[str, Any] = {"key": event.key, "kind": event.kind, "version": event.version}
+        if event.kind == "put":
+            document |= value_fields(event.value)
+        if event.expires_at_ms:
+            document["expires_at_ms"] = event.expires_at_ms
+        _print_line(document)
+    elif event.kind == "put":
+        print(f"PUT {event.key} {_text(event.value)} version={event.version}", flush=True)
+    else:
+        print(f"DELETE {event.key} version={event.version}", flush=True)
 
 
 def _print_entry(entry: KeyEntry, *, values: bool, as_json: bool) -> None:

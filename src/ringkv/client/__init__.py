@@ -5,6 +5,7 @@ from ringkv.client.channels import Security
 from ringkv.client.requests import Entry, KeyEntry, ScanPage
 from ringkv.client.retry import RetryPolicy
 from ringkv.client.sync import Client
+from ringkv.client.watching import WatchEvent
 
 __all__ = [
     "AsyncClient",
@@ -14,4 +15,5 @@ __all__ = [
     "RetryPolicy",
     "ScanPage",
     "Security",
+    "WatchEvent",
 ]

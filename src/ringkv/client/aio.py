@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, TypeAlias, TypeVar
 
@@ -24,6 +25,7 @@ from ringkv.client.requests import (
     ScanPage,
 )
 from ringkv.client.retry import RetryPolicy
+from ringkv.client.watching import DEFAULT_RECONNECT_S, WatchEvent, WatchState
 
 if TYPE_CHECKING:  # the async stub type exists only in the generated .pyi
     from ringkv.api.kv_pb2_grpc import KeyValueAsyncStub
@@ -202,6 +204,30 @@ class AsyncClient:
             if not page.next_cursor:
                 return
             cursor = page.next_cursor
+
+    async def watch(
+        self,
+        prefix: str = "",
+        *,
+        from_version: int = 0,
+        reconnect_s: float = DEFAULT_RECONNECT_S,
+    ) -> AsyncGenerator[WatchEvent, None]:
+        """Every change to keys under ``prefix``; see ``Client.watch``."""
+        state = WatchState(prefix, from_version, reconnect_s, self._policy.rng)
+        while True:
+            for address in self._policy.topology_sources():
+                stream = kv_pb2_grpc.KeyValueStub(self._pool.get(address)).Watch(state.request())
+                try:
+                    async for response in stream:
+                        for event in state.events(response):
+                            yield event
+                    delay = 0.0  # the node ended the stream: go on elsewhere
+                except grpc.RpcError as error:
+                    self._policy.topology_failed(address)
+                    delay = state.failed(error, time.monotonic())
+                finally:
+                    stream.cancel()
+                await asyncio.sleep(delay)
 
     async def ping(self, *, timeout: float | None = None) -> str:
         """The id of the node that answered a no-op call."""

@@ -23,7 +23,8 @@ ERROR_CLASSES: dict[grpc.StatusCode, type[errors.RingkvError]] = {
 # A reason names a subclass more precise than the status code alone
 # (RESOURCE_EXHAUSTED is a value too large, or a full disk).
 REASON_CLASSES: dict[str, type[errors.RingkvError]] = {
-    cls.default_reason: cls for cls in (errors.ValueTooLarge, errors.StorageFull, errors.Overloaded)
+    cls.default_reason: cls
+    for cls in (errors.ValueTooLarge, errors.StorageFull, errors.Overloaded, errors.Compacted)
 }
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import TypeAlias, TypeVar
 
@@ -24,6 +24,7 @@ from ringkv.client.requests import (
     ScanPage,
 )
 from ringkv.client.retry import RetryPolicy
+from ringkv.client.watching import DEFAULT_RECONNECT_S, WatchEvent, WatchState
 
 RequestT = TypeVar("RequestT")
 ResponseT = TypeVar("ResponseT")
@@ -214,6 +215,38 @@ class Client:
             if not page.next_cursor:
                 return
             cursor = page.next_cursor
+
+    def watch(
+        self,
+        prefix: str = "",
+        *,
+        from_version: int = 0,
+        reconnect_s: float = DEFAULT_RECONNECT_S,
+    ) -> Generator[WatchEvent, None, None]:
+        """Every change to keys under ``prefix`` with a version above
+        ``from_version`` (0: from now on), as it happens; blocks between
+        changes and runs until the caller stops iterating.
+
+        When a stream breaks, the watch goes on through another endpoint from
+        where it was, for up to ``reconnect_s`` of failing: no change is lost,
+        none is passed on twice, each key's changes come in version order.
+        Raises ``errors.Compacted`` when the nodes' change logs no longer reach
+        back to where it would resume.
+        """
+        state = WatchState(prefix, from_version, reconnect_s, self._policy.rng)
+        while True:
+            for address in self._policy.topology_sources():
+                stream = kv_pb2_grpc.KeyValueStub(self._pool.get(address)).Watch(state.request())
+                try:
+                    for response in stream:
+                        yield from state.events(response)
+                    delay = 0.0  # the node ended the stream: go on elsewhere
+                except grpc.RpcError as error:
+                    self._policy.topology_failed(address)
+                    delay = state.failed(error, time.monotonic())
+                finally:
+                    stream.cancel()
+                time.sleep(delay)
 
     def ping(self, *, timeout: float | None = None) -> str:
         """The id of the node that answered a no-op call."""

@@ -72,6 +72,14 @@ class PreconditionFailed(RingkvError):
     default_reason = "VERSION_MISMATCH"
 
 
+class Compacted(PreconditionFailed):
+    """A watch asked to resume from a version its change logs no longer reach
+    back to (as etcd's "required revision has been compacted"): changes may
+    have been missed. Scan for the current state and watch again from now."""
+
+    default_reason = "COMPACTED"
+
+
 class Unavailable(RingkvError):
     """The request cannot be served now; retrying later may succeed."""
 

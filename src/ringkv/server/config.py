@@ -15,6 +15,7 @@ from ringkv.core.errors import InvalidArgument
 from ringkv.core.ring import DEFAULT_VNODES_PER_NODE
 from ringkv.core.validation import DEFAULT_MAX_VALUE_BYTES, VALUE_BYTES_CEILING, Limits
 from ringkv.storage import ENGINE_KINDS, FsyncMode
+from ringkv.storage.engine import DEFAULT_CHANGE_LOG_ENTRIES
 
 DEFAULT_MAX_CONCURRENT_CALLS = 1000
 DEFAULT_MAX_UNSENT_ANSWER_MIB = 256
@@ -174,6 +175,9 @@ class NodeConfig:
     max_unsent_answer_mib: int = DEFAULT_MAX_UNSENT_ANSWER_MIB
     """MiB of answers held for callers that have not read them; past it new
     client and operator calls are refused OVERLOADED."""
+    watch_log_entries: int = DEFAULT_CHANGE_LOG_ENTRIES
+    """Changes the node keeps for watches that resume (``Engine.changes``); 0: none,
+    and watches are refused."""
     metrics_addr: HostPort | None = None
     """Where Prometheus metrics are served over HTTP (``/metrics``); None for nowhere."""
     tls_cert: Path | None = None
@@ -239,6 +243,10 @@ class NodeConfig:
         if self.max_unsent_answer_mib < 1:
             raise ConfigError(
                 f"--max-unsent-answer-mib must be at least 1, got {self.max_unsent_answer_mib}"
+            )
+        if self.watch_log_entries < 0:
+            raise ConfigError(
+                f"--watch-log-entries must not be negative, got {self.watch_log_entries}"
             )
         if self.shutdown_grace_s < 0:
             raise ConfigError("the shutdown grace period must not be negative")

@@ -28,12 +28,14 @@ from ringkv.server.cluster.membership_file import MembershipFile
 from ringkv.server.config import HostPort, NodeConfig
 from ringkv.server.counters import Counters
 from ringkv.server.data.anti_entropy import AntiEntropy, RepairSchedule, TreeCache
+from ringkv.server.data.change_feed import ChangeSignal
 from ringkv.server.data.commit import DEFAULT_MAX_BATCH, CommitQueue
 from ringkv.server.data.coordinator import Coordinator
 from ringkv.server.data.hints import HintReplayer
 from ringkv.server.data.key_scan import KeyScanner
 from ringkv.server.data.local_store import LocalStore
 from ringkv.server.data.rebalance import Rebalancer
+from ringkv.server.data.watch_coordinator import WatchCoordinator
 from ringkv.server.services.admin_service import AdminService
 from ringkv.server.services.cluster_service import ClusterService
 from ringkv.server.services.kv_service import KeyValueService
@@ -86,12 +88,18 @@ async def serve(
         metrics_socket = bind_metrics(config.metrics_addr) if config.metrics_addr else None
         if metrics_socket is not None:
             resources.callback(metrics_socket.close)
-        engine = open_engine(config.engine, config.data_path, config.fsync)
+        engine = open_engine(
+            config.engine,
+            config.data_path,
+            config.fsync,
+            change_log_entries=config.watch_log_entries,
+        )
         resources.callback(engine.close)
         if config.engine == "lmdb":
             files.claim(config.data_path, config.node_id)
         max_batch = 1 if config.fsync is FsyncMode.ALWAYS else DEFAULT_MAX_BATCH
-        commits = CommitQueue(engine, max_batch=max_batch)
+        changes = ChangeSignal()
+        commits = CommitQueue(engine, max_batch=max_batch, on_commit=changes.notify)
         resources.push_async_callback(commits.close)
         store = LocalStore(engine, commits)
         now_ms = wall_clock(config.clock_offset_ms)
@@ -229,6 +237,7 @@ async def serve(
                 view,
                 coordinator,
                 KeyScanner(view, engine, now_ms, lease),
+                WatchCoordinator(view, engine, changes, clock, now_ms),
                 config.limits,
                 read_level=config.read_level,
                 write_level=config.write_level,
@@ -247,7 +256,14 @@ async def serve(
                 rebalancer=rebalancer,
             ),
             ReplicaService(
-                store, clock, now_ms, engine=engine, tables=view, limits=config.limits, trees=trees
+                store,
+                clock,
+                now_ms,
+                engine=engine,
+                tables=view,
+                limits=config.limits,
+                trees=trees,
+                changes=changes,
             ),
             AdminService(
                 config.node_id,

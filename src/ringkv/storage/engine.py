@@ -44,6 +44,37 @@ class EngineStats:
     """Hints held for other nodes."""
 
 
+DEFAULT_CHANGE_LOG_ENTRIES = 100_000
+"""Change log entries an engine keeps by default (``--watch-log-entries``)."""
+CHANGE_LOG_OFF = (1 << 63) - 1
+"""``ChangeLogState.horizon`` of an engine that keeps no change log."""
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One entry of an engine's change log."""
+
+    seq: int
+    """Numbers the entries from 1 in the order they were stored."""
+    record: Record
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeLogState:
+    last_seq: int
+    """The sequence number of the newest entry; 0 for none yet."""
+    horizon: int
+    """The largest version timestamp trimmed from the log (0: none): a
+    change at or below it may be gone. ``CHANGE_LOG_OFF`` when the engine
+    keeps no log."""
+
+
+def trim_count(entries: int, keep: int) -> int:
+    """How many of the oldest entries to trim from a log of ``entries`` that
+    keeps ``keep``: none until it is an eighth over, so trimming is amortized."""
+    return entries - keep if entries > keep + max(1, keep // 8) else 0
+
+
 class BackupUnsupported(PreconditionFailed):
     """The engine keeps nothing on disk, so there is nothing to back up."""
 
@@ -125,6 +156,20 @@ class Engine(Protocol):
 
     def scan(self, start_token: int, end_token: int) -> Iterator[Record]:
         """Records with ``start_token <= token < end_token``, in (token, key) order."""
+        ...
+
+    def changes(self, after: int, limit: int) -> list[Change]:
+        """Up to ``limit`` change log entries numbered above ``after``, oldest first.
+
+        The log holds every record stored as its key's newest version (by
+        ``apply`` or a Paxos commit; hints are not changes), in the order they
+        were stored, in the same transaction: the last ``change_log_entries``
+        of them (the engine's setting), durable like the records.
+        """
+        ...
+
+    def change_log_state(self) -> ChangeLogState:
+        """The newest entry's number and how far back the log reaches."""
         ...
 
     def scan_hints(self) -> Iterator[tuple[str, Record]]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import struct
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -35,13 +36,28 @@ from ringkv.storage.codec import (
     stored_user_key,
     token_bound,
 )
-from ringkv.storage.engine import EngineStats, FsyncMode, PaxosOp, PaxosStep, T, purge_checks
+from ringkv.storage.engine import (
+    CHANGE_LOG_OFF,
+    DEFAULT_CHANGE_LOG_ENTRIES,
+    Change,
+    ChangeLogState,
+    EngineStats,
+    FsyncMode,
+    PaxosOp,
+    PaxosStep,
+    T,
+    purge_checks,
+    trim_count,
+)
 from ringkv.storage.files import PRIVATE_FILE_MODE, create_private, make_private_dir
 
 DEFAULT_INITIAL_MAP_BYTES = 256 << 20
 DEFAULT_MAX_MAP_BYTES = 1 << 40
 _SCAN_CHUNK = 512
 _LOCK_FILE = "ringkv.lock"
+_SEQ = struct.Struct(">Q")
+_KEY_LENGTH = struct.Struct(">H")
+_HORIZON = b"change-log-horizon"
 _T = TypeVar("_T")
 
 
@@ -53,6 +69,7 @@ class LmdbEngine:
         path: Path,
         fsync: FsyncMode = FsyncMode.BATCH,
         *,
+        change_log_entries: int = DEFAULT_CHANGE_LOG_ENTRIES,
         initial_map_bytes: int = DEFAULT_INITIAL_MAP_BYTES,
         max_map_bytes: int = DEFAULT_MAX_MAP_BYTES,
     ) -> None:
@@ -64,7 +81,7 @@ class LmdbEngine:
             self._env = lmdb.open(
                 str(path),
                 map_size=initial_map_bytes,
-                max_dbs=4,
+                max_dbs=8,
                 mode=PRIVATE_FILE_MODE,
                 sync=fsync is not FsyncMode.NEVER,
                 metasync=fsync is not FsyncMode.NEVER,
@@ -72,6 +89,12 @@ class LmdbEngine:
             self._records = self._env.open_db(b"records")
             self._hints = self._env.open_db(b"hints")
             self._paxos = self._env.open_db(b"paxos")
+            self._changes = self._env.open_db(b"changes")
+            self._meta = self._env.open_db(b"meta")
+            self._change_log_entries = change_log_entries
+            self._last_seq, self._horizon = self._read_change_log_state()
+            # What the write transaction in progress moves them to.
+            self._pending_seq, self._pending_horizon = self._last_seq, self._horizon
         except BaseException:
             os.close(self._dir_lock)
             raise
@@ -145,11 +168,19 @@ class LmdbEngine:
                     txn.delete(stored_key, db=db)
                 else:
                     txn.put(stored_key, encode_record(record), db=db)
+                    if mutation.hint_for is None:
+                        self._log_change(txn, record)
             results.append(result)
+        self._trim_changes(txn)
         return results
 
     def paxos(self, ops: Sequence[PaxosOp]) -> list[Any]:
-        return self._write(lambda txn: [self._paxos_in(txn, key, step) for key, step in ops])
+        def paxos_all(txn: lmdb.Transaction) -> list[Any]:
+            answers = [self._paxos_in(txn, key, step) for key, step in ops]
+            self._trim_changes(txn)
+            return answers
+
+        return self._write(paxos_all)
 
     def _paxos_in(self, txn: lmdb.Transaction, key: bytes, step: PaxosStep[T]) -> T:
         stored_key = storage_key(key)
@@ -162,7 +193,59 @@ class LmdbEngine:
             txn.put(stored_key, encode_acceptor_state(new_state), db=self._paxos)
         if chosen is not None and resolve(Mutation(chosen), current).outcome is Outcome.APPLIED:
             txn.put(stored_key, encode_record(chosen), db=self._records)
+            self._log_change(txn, chosen)
         return answer
+
+    # -- the change log ----------------------------------------------------------
+    # Entries are keyed by their big-endian number, so the log is in order;
+    # the largest timestamp trimmed is kept under _HORIZON in the meta table.
+    # The numbers and horizon in memory change only with their transaction:
+    # a write that is rolled back (a full map, retried) must not move them.
+
+    def _read_change_log_state(self) -> tuple[int, int]:
+        with self._env.begin() as txn:
+            cursor = txn.cursor(db=self._changes)
+            last = _SEQ.unpack(cursor.key())[0] if cursor.last() else 0
+            horizon = txn.get(_HORIZON, db=self._meta)
+        return last, 0 if horizon is None else _SEQ.unpack(horizon)[0]
+
+    def _log_change(self, txn: lmdb.Transaction, record: Record) -> None:
+        if self._change_log_entries:
+            self._pending_seq += 1
+            entry = _KEY_LENGTH.pack(len(record.key)) + record.key + encode_record(record)
+            txn.put(_SEQ.pack(self._pending_seq), entry, db=self._changes)
+
+    def _trim_changes(self, txn: lmdb.Transaction) -> None:
+        count = trim_count(txn.stat(self._changes)["entries"], self._change_log_entries)
+        if not count:
+            return
+        horizon = self._pending_horizon
+        cursor = txn.cursor(db=self._changes)
+        cursor.first()
+        for _ in range(count):
+            horizon = max(
+                horizon, _decode_change(cursor.key(), cursor.value()).record.version.timestamp
+            )
+            cursor.delete()
+        self._pending_horizon = horizon
+        txn.put(_HORIZON, _SEQ.pack(horizon), db=self._meta)
+
+    def changes(self, after: int, limit: int) -> list[Change]:
+        found: list[Change] = []
+        with self._map_lock, self._env.begin(db=self._changes, buffers=True) as txn:
+            cursor = txn.cursor()
+            if not cursor.set_range(_SEQ.pack(after + 1)):
+                return found
+            for stored_key, data in cursor:
+                found.append(_decode_change(stored_key, data))
+                if len(found) == limit:
+                    break
+        return found
+
+    def change_log_state(self) -> ChangeLogState:
+        if not self._change_log_entries:
+            return ChangeLogState(self._last_seq, CHANGE_LOG_OFF)
+        return ChangeLogState(self._last_seq, self._horizon)
 
     def purge(self, keys: Sequence[bytes], *, expected: Sequence[Version] | None = None) -> int:
         versions = purge_checks(keys, expected)
@@ -197,11 +280,13 @@ class LmdbEngine:
 
     def _write_growing(self, body: Callable[[lmdb.Transaction], _T]) -> _T:
         while True:
+            self._pending_seq, self._pending_horizon = self._last_seq, self._horizon
             try:
                 with self._env.begin(write=True, buffers=True) as txn:
-                    return body(txn)
+                    result = body(txn)
             except lmdb.MapFullError:
                 self._grow_map()
+                continue
             except lmdb.DiskError as exc:
                 raise StorageFull(f"the disk is full: {exc}") from None
             except lmdb.Error as exc:
@@ -210,6 +295,8 @@ class LmdbEngine:
                 if _disk_nearly_full(self._path):
                     raise StorageFull(f"the disk is full: {exc}") from None
                 raise
+            self._last_seq, self._horizon = self._pending_seq, self._pending_horizon
+            return result
 
     def _grow_map(self) -> None:
         size = int(self._env.info()["map_size"])
@@ -300,6 +387,12 @@ class LmdbEngine:
             self._env.sync(True)
             self._env.close()
         os.close(self._dir_lock)
+
+
+def _decode_change(stored_key: bytes | memoryview, data: bytes | memoryview) -> Change:
+    (length,) = _KEY_LENGTH.unpack_from(data)
+    key = bytes(data[_KEY_LENGTH.size : _KEY_LENGTH.size + length])
+    return Change(_SEQ.unpack(stored_key)[0], decode_record(key, data[_KEY_LENGTH.size + length :]))
 
 
 def _disk_nearly_full(path: Path) -> bool:

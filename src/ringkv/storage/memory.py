@@ -12,13 +12,27 @@ from ringkv.core.hlc import Version
 from ringkv.core.paxos import AcceptorState
 from ringkv.core.records import ApplyResult, Mutation, Outcome, Record, resolve
 from ringkv.core.tokens import token_of
-from ringkv.storage.engine import BackupUnsupported, EngineStats, PaxosOp, purge_checks
+from ringkv.storage.engine import (
+    CHANGE_LOG_OFF,
+    DEFAULT_CHANGE_LOG_ENTRIES,
+    BackupUnsupported,
+    Change,
+    ChangeLogState,
+    EngineStats,
+    PaxosOp,
+    purge_checks,
+    trim_count,
+)
 
 
 class MemoryEngine:
     """Records in memory, for tests and caches; ``--fsync`` does not apply."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, change_log_entries: int = DEFAULT_CHANGE_LOG_ENTRIES) -> None:
+        self._change_log_entries = change_log_entries
+        self._changes: list[Change] = []
+        self._last_seq = 0
+        self._horizon = 0 if change_log_entries else CHANGE_LOG_OFF
         self._records: dict[bytes, Record] = {}
         self._hints: dict[tuple[bytes, str], Record] = {}
         self._paxos: dict[bytes, AcceptorState] = {}
@@ -64,7 +78,10 @@ class MemoryEngine:
                     del store[slot]
                 elif result.outcome is Outcome.APPLIED:
                     store[slot] = mutation.record
+                    if mutation.hint_for is None:
+                        self._log_change(mutation.record)
                 results.append(result)
+            self._trim_changes()
         return results
 
     def paxos(self, ops: Sequence[PaxosOp]) -> list[Any]:
@@ -80,8 +97,35 @@ class MemoryEngine:
                     and resolve(Mutation(chosen), current).outcome is Outcome.APPLIED
                 ):
                     self._records[key] = chosen
+                    self._log_change(chosen)
                 answers.append(answer)
+            self._trim_changes()
         return answers
+
+    def _log_change(self, record: Record) -> None:
+        if self._change_log_entries:
+            self._last_seq += 1
+            self._changes.append(Change(self._last_seq, record))
+
+    def _trim_changes(self) -> None:
+        count = trim_count(len(self._changes), self._change_log_entries)
+        if count:
+            trimmed = self._changes[:count]
+            del self._changes[:count]
+            newest = max(change.record.version.timestamp for change in trimmed)
+            self._horizon = max(self._horizon, newest)
+
+    def changes(self, after: int, limit: int) -> list[Change]:
+        with self._lock:
+            if not self._changes:
+                return []
+            # Numbers are consecutive: the entry after ``after`` is at a known place.
+            first = max(0, after + 1 - self._changes[0].seq)
+            return self._changes[first : first + limit]
+
+    def change_log_state(self) -> ChangeLogState:
+        with self._lock:
+            return ChangeLogState(self._last_seq, self._horizon)
 
     def purge(self, keys: Sequence[bytes], *, expected: Sequence[Version] | None = None) -> int:
         versions = purge_checks(keys, expected)

@@ -55,6 +55,8 @@ _LMDB_LOCK_FILE = "lock.mdb"
 _DIR_LOCK_FILE = "ringkv.lock"
 _TABLES = (b"records", b"hints")
 _PAXOS = b"paxos"
+_OPTIONAL_TABLES = (_PAXOS, b"changes", b"meta")
+"""Tables a backup may hold, as the version that wrote it kept them."""
 """Conditional writes' acceptor state: in snapshots of nodes that ran any."""
 _COPY_CHUNK = 1 << 20
 
@@ -224,8 +226,8 @@ def _count_entries(path: Path, size: int) -> tuple[int, int]:
                 for _, data in txn.cursor(db=tables[_PAXOS]):
                     decode_acceptor_state(b"", data)
                     counts[_PAXOS] += 1
-            for table, db in tables.items():
-                if txn.stat(db)["entries"] != counts[table]:
+            for table, counted in counts.items():
+                if txn.stat(tables[table])["entries"] != counted:
                     raise CorruptBackup(f"{path}: the {table.decode()} table is inconsistent")
     except CorruptBackup:
         raise
@@ -237,7 +239,7 @@ def _count_entries(path: Path, size: int) -> tuple[int, int]:
 @contextmanager
 def _open_snapshot(path: Path, size: int) -> Iterator[tuple[lmdb.Environment, dict[bytes, Any]]]:
     """The snapshot file opened read-only (no lock file), with its tables."""
-    env = lmdb.open(str(path), subdir=False, readonly=True, lock=False, create=False, max_dbs=4)
+    env = lmdb.open(str(path), subdir=False, readonly=True, lock=False, create=False, max_dbs=8)
     try:
         info, stat = env.info(), env.stat()
         # LMDB maps the file and follows page numbers into it: a page past the
@@ -247,10 +249,11 @@ def _open_snapshot(path: Path, size: int) -> Iterator[tuple[lmdb.Environment, di
             raise CorruptBackup(f"{path} is truncated: {size} bytes, its pages need {needed}")
         with env.begin() as txn:
             names = sorted(bytes(name) for name, _ in txn.cursor())
-        if names not in (sorted(_TABLES), sorted((*_TABLES, _PAXOS))):
+        if not set(_TABLES) <= set(names) <= {*_TABLES, *_OPTIONAL_TABLES}:
             found = ", ".join(repr(name.decode(errors="replace")) for name in names) or "none"
             raise CorruptBackup(
-                f"{path} has the tables {found}, not 'hints' and 'records' (and 'paxos')"
+                f"{path} has the tables {found}, not 'hints' and 'records' "
+                "(and 'paxos', 'changes', 'meta')"
             )
         yield env, {name: env.open_db(name, create=False) for name in names}
     finally:

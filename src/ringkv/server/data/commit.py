@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -26,8 +26,16 @@ DEFAULT_MAX_BATCH = 1024
 class CommitQueue:
     """Feeds mutations to an engine in batches, from one commit thread."""
 
-    def __init__(self, engine: Engine, *, max_batch: int = DEFAULT_MAX_BATCH) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        max_batch: int = DEFAULT_MAX_BATCH,
+        on_commit: Callable[[], None] = lambda: None,
+    ) -> None:
         self._engine = engine
+        self._on_commit = on_commit
+        """Called on the event loop after each commit (the change log may have grown)."""
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ringkv-commit")
         self._batcher = Batcher(self._commit, max_batch=max_batch, name="the commit queue")
         # Paxos steps have their own queue (their answers are not ApplyResults)
@@ -37,6 +45,12 @@ class CommitQueue:
         )
 
     async def _commit(self, mutations: list[Mutation]) -> list[ApplyResult | Exception]:
+        try:
+            return await self._commit_all(mutations)
+        finally:
+            self._on_commit()
+
+    async def _commit_all(self, mutations: list[Mutation]) -> list[ApplyResult | Exception]:
         loop = asyncio.get_running_loop()
         try:
             return list(await loop.run_in_executor(self._thread, self._engine.apply, mutations))
@@ -83,6 +97,12 @@ class CommitQueue:
         return answer
 
     async def _commit_paxos(self, ops: list[PaxosOp]) -> list[Any]:
+        try:
+            return await self._commit_paxos_all(ops)
+        finally:
+            self._on_commit()
+
+    async def _commit_paxos_all(self, ops: list[PaxosOp]) -> list[Any]:
         loop = asyncio.get_running_loop()
         try:
             return await loop.run_in_executor(self._thread, self._engine.paxos, ops)

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Callable
+from contextlib import aclosing
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import grpc
@@ -32,8 +33,15 @@ from ringkv.server.cluster.leader_lease import NO_LEADER_LEASE
 from ringkv.server.counters import Counters
 from ringkv.server.data.coordinator import Coordinator
 from ringkv.server.data.key_scan import KeyScanner
+from ringkv.server.data.watch_coordinator import WatchCoordinator
 from ringkv.server.transport.peers import Peer
-from ringkv.server.transport.rpc import SHUTTING_DOWN, Context, Method, RelayedError
+from ringkv.server.transport.rpc import (
+    SHUTTING_DOWN,
+    Context,
+    Method,
+    RelayedError,
+    StreamMethod,
+)
 
 if TYPE_CHECKING:  # the async stub type exists only in the generated .pyi
     from ringkv.api.kv_pb2_grpc import KeyValueAsyncStub
@@ -60,6 +68,7 @@ class KeyValueService:
         view: ClusterView,
         coordinator: Coordinator,
         scanner: KeyScanner,
+        watches: WatchCoordinator,
         limits: Limits,
         *,
         read_level: Consistency,
@@ -73,12 +82,13 @@ class KeyValueService:
         self._view = view
         self._coordinator = coordinator
         self._scanner = scanner
+        self._watches = watches
         self._limits = limits
         self._read_level = read_level
         self._write_level = write_level
         self._request_timeout_s = request_timeout_s
 
-    def methods(self) -> dict[str, Method]:
+    def methods(self) -> dict[str, Method | StreamMethod]:
         read, write = self._read_level_name, self._write_level_name
         return {
             "Get": Method(kv_pb2.GetRequest, self.get, read),
@@ -91,6 +101,7 @@ class KeyValueService:
             "MultiGet": Method(kv_pb2.MultiGetRequest, self.multi_get, read),
             "MultiSet": Method(kv_pb2.MultiSetRequest, self.multi_set, write),
             "Scan": Method(kv_pb2.ScanRequest, self.scan, read),
+            "Watch": StreamMethod(kv_pb2.WatchRequest, self.watch, endless=True),
         }
 
     def _read_level_name(self, request: _LeveledRequest) -> str:
@@ -307,6 +318,29 @@ class KeyValueService:
                 expires_at_ms=record.expires_at_ms,
             )
         return response
+
+    async def watch(
+        self, request: kv_pb2.WatchRequest, _: Context
+    ) -> AsyncGenerator[kv_pb2.WatchResponse, None]:
+        prefix = self._limits.prefix(request.prefix)
+        if request.from_version < 0:
+            raise InvalidArgument(
+                f"from_version must not be negative, got {request.from_version}",
+                reason="NEGATIVE_VERSION",
+            )
+        async with aclosing(self._watches.watch(prefix, request.from_version)) as batches:
+            async for batch in batches:
+                response = kv_pb2.WatchResponse(resume_version=batch.resume_version)
+                add = response.events.add
+                for record in batch.records:
+                    add(
+                        key=record.key.decode("utf-8"),
+                        value=record.value,
+                        version=record.version.timestamp,
+                        kind=kv_pb2.EVENT_DELETE if record.tombstone else kv_pb2.EVENT_PUT,
+                        expires_at_ms=record.expires_at_ms,
+                    )
+                yield response
 
     async def ping(self, _request: kv_pb2.PingRequest, _: Context) -> kv_pb2.PingResponse:
         return kv_pb2.PingResponse(node_id=self._view.node_id)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Callable
+from contextlib import aclosing
 from typing import Protocol
 
 from ringkv.api import kv_pb2, replica_pb2
@@ -18,8 +19,9 @@ from ringkv.core.ring import TOKEN_SPACE
 from ringkv.core.validation import MAX_BATCH_BYTES, Limits
 from ringkv.server.data import scan_pages
 from ringkv.server.data.anti_entropy import TreeCache
+from ringkv.server.data.change_feed import ChangeSignal, SpanSet, follow
 from ringkv.server.data.local_store import LocalStore
-from ringkv.server.transport.rpc import Context, Method
+from ringkv.server.transport.rpc import Context, Method, StreamMethod
 from ringkv.server.transport.wire import (
     add_records,
     ballot_from_wire,
@@ -59,7 +61,10 @@ class ReplicaService:
         tables: MemberTableHolder | None = None,
         limits: Limits | None = None,
         trees: TreeCache | None = None,
+        changes: ChangeSignal | None = None,
     ) -> None:
+        self._changes = changes or ChangeSignal()
+        """Told of commits: wakes the watches of this node's change log."""
         self._store = store
         self._limits = limits or Limits()
         """The node's key and value limits, which records from peers must meet too."""
@@ -73,12 +78,13 @@ class ReplicaService:
         # not ranges.
         self._engine = engine
 
-    def methods(self) -> dict[str, Method]:
+    def methods(self) -> dict[str, Method | StreamMethod]:
         return {
             "Read": Method(replica_pb2.ReadRequest, self.read),
             "Write": Method(replica_pb2.WriteRequest, self.write),
             "Scan": Method(replica_pb2.ScanRequest, self.scan),
             "Merkle": Method(replica_pb2.MerkleRequest, self.merkle),
+            "Watch": StreamMethod(replica_pb2.WatchRequest, self.watch, endless=True),
             "Clock": Method(replica_pb2.ClockRequest, self.clock),
             "Prepare": Method(replica_pb2.PrepareRequest, self.prepare),
             "Propose": Method(replica_pb2.ProposeRequest, self.propose),
@@ -219,6 +225,27 @@ class ReplicaService:
         )
         add_records(response.records, records)
         return response
+
+    async def watch(
+        self, request: replica_pb2.WatchRequest, _: Context
+    ) -> AsyncGenerator[replica_pb2.WatchResponse, None]:
+        self._clock.observe_peer(request.clock)
+        spans = SpanSet.of([_span_from_wire(span) for span in request.spans])
+        feed = follow(
+            self._engine,
+            self._changes,
+            self._clock,
+            spans=spans,
+            prefix=request.prefix,
+            from_version=request.from_version,
+        )
+        async with aclosing(feed) as batches:
+            async for batch in batches:
+                response = replica_pb2.WatchResponse(
+                    progress=batch.progress, clock=self._clock.last
+                )
+                add_records(response.records, batch.records)
+                yield response
 
     async def merkle(
         self, request: replica_pb2.MerkleRequest, _: Context

@@ -10,14 +10,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import AsyncGenerator, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
 import grpc
 
 from ringkv.api import kv_pb2, kv_pb2_grpc, replica_pb2, replica_pb2_grpc
-from ringkv.core.errors import InternalError, StaleMemberTable, Unavailable
+from ringkv.api.status import error_info
+from ringkv.core.errors import Compacted, InternalError, StaleMemberTable, Unavailable
 from ringkv.core.hlc import HybridLogicalClock
 from ringkv.core.membership import Membership
 from ringkv.core.paxos import Ballot, Promise, Proposal
@@ -337,6 +338,37 @@ class Peer:
             raise self._failed(error, "replica scan") from None
         self._clock.observe_peer(response.clock)
         return [record_from_wire(r) for r in response.records], response.next_cursor
+
+    async def watch(
+        self, spans: Iterable[tuple[int, int]], prefix: bytes, from_version: int
+    ) -> AsyncGenerator[tuple[list[Record], int], None]:
+        """The peer's changes to keys under ``prefix`` in ``spans`` above
+        ``from_version``, with its progress marks, as they come
+        (``ringkv.server.data.change_feed``); until cancelled or it fails.
+
+        Compacted when its log no longer reaches back to ``from_version``,
+        Unavailable when the stream breaks.
+        """
+        request = replica_pb2.WatchRequest(
+            spans=[self._span(start, end) for start, end in spans],
+            prefix=prefix,
+            from_version=from_version,
+            clock=self._clock.last,
+        )
+        # No deadline: the stream lives as long as the watch.
+        call = self._replica.Watch(request)
+        try:
+            async for response in call:
+                self._clock.observe_peer(response.clock)
+                yield [record_from_wire(r) for r in response.records], response.progress
+        except grpc.aio.AioRpcError as error:
+            info = error_info(error.trailing_metadata())
+            if info is not None and info.reason == Compacted.default_reason:
+                raise Compacted(error.details() or "", metadata=dict(info.metadata)) from None
+            raise self._failed(error, "replica watch", slow_is_down=False) from None
+        finally:
+            call.cancel()
+        raise Unavailable(f"{self.node_id} ended a watch stream")
 
     async def merkle(
         self, spans: list[tuple[int, int]], depth: int, purge_horizon_ms: int

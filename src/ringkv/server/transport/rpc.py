@@ -8,6 +8,7 @@ INVALID_ARGUMENT with a reason instead of grpc's opaque INTERNAL.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
@@ -58,6 +59,10 @@ class StreamMethod:
 
     request_type: type[Message]
     handler: StreamHandler
+    endless: bool = False
+    """The stream runs until the caller leaves (a watch): when the node
+    starts to shut down it ends with UNAVAILABLE (SHUTTING_DOWN) at once, so
+    the caller goes on elsewhere, instead of holding the shutdown up."""
 
 
 class Service(Protocol):
@@ -137,6 +142,8 @@ class Gate:
         self.unsent_bytes = 0
         self._unsent_by_caller: dict[str, int] = {}
         self._closed = False
+        self.closing = asyncio.Event()
+        """Set once the gate closes."""
         self._arrivals = 0
         self._overloaded_since: float | None = None
 
@@ -222,6 +229,7 @@ class Gate:
         retry elsewhere, so the arrivals stop.
         """
         self._closed = True
+        self.closing.set()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         while loop.time() < deadline:
@@ -332,7 +340,8 @@ def _serve_stream(
                     policy.check(access, context)
                 request = parse_request(method.request_type, raw)
                 async with aclosing(method.handler(request, context)) as responses:
-                    async for response in responses:
+                    stream = _until(responses, gate.closing) if method.endless else responses
+                    async for response in stream:
                         yield response.SerializeToString()
                 code = grpc.StatusCode.OK
             except RingkvError as error:
@@ -349,6 +358,29 @@ def _serve_stream(
                 observe(service, method_name, "", code, time.perf_counter() - started)
 
     return serve
+
+
+async def _until(
+    responses: AsyncGenerator[Message, None], closing: asyncio.Event
+) -> AsyncGenerator[Message, None]:
+    """``responses`` until ``closing`` is set; then Unavailable (SHUTTING_DOWN)."""
+    closed = asyncio.ensure_future(closing.wait())
+    try:
+        while True:
+            following = asyncio.ensure_future(anext(responses))
+            await asyncio.wait({following, closed}, return_when=asyncio.FIRST_COMPLETED)
+            if not following.done():
+                following.cancel()
+                with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                    await following
+                raise Unavailable("the node is shutting down", reason=SHUTTING_DOWN)
+            try:
+                response = following.result()
+            except StopAsyncIteration:
+                return
+            yield response
+    finally:
+        closed.cancel()
 
 
 def generic_handler(

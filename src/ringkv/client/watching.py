@@ -1,0 +1,105 @@
+"""What the blocking and the asyncio client share about a watch.
+
+A watch is one server stream at a time. When it breaks (the node died, was
+stopped, or the connection was cut) the client opens another on the next
+endpoint from the last resume version the stream gave, and drops what it
+is sent again (``ringkv.core.watch.Delivered``): no change is lost, none is
+passed on twice, and each key's changes stay in version order.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import grpc
+
+from ringkv.api import kv_pb2
+from ringkv.client.errors import from_rpc_error
+from ringkv.core.watch import Delivered
+
+DEFAULT_RECONNECT_S = 30.0
+"""How long a watch keeps trying to reconnect before it raises."""
+_RECONNECTABLE = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.CANCELLED,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.ABORTED,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNKNOWN,
+    }
+)
+"""Codes after which another node may serve the watch on: the stream broke,
+not the request."""
+_MAX_BACKOFF_S = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class WatchEvent:
+    """One change to a key."""
+
+    key: str
+    kind: str
+    """"put" or "delete"."""
+    value: bytes
+    """Empty for a delete."""
+    version: int
+    """Pass as ``from_version`` to watch again from after this change."""
+    expires_at_ms: int = 0
+    """Unix milliseconds when the value expires; 0 for never. Expiry itself
+    is not an event."""
+
+
+class WatchState:
+    """The resume point of one watch, the changes it passed on, its reconnects."""
+
+    def __init__(
+        self, prefix: str, from_version: int, reconnect_s: float, rng: random.Random
+    ) -> None:
+        if from_version < 0:
+            raise ValueError(f"from_version must not be negative, got {from_version}")
+        self._prefix = prefix
+        self.resume_version = from_version
+        """Every change at or below it has been passed on (once the first
+        answer came; before that, where the watch was asked to start)."""
+        self._delivered = Delivered()
+        self._reconnect_s = reconnect_s
+        self._rng = rng
+        self._failing_since: float | None = None
+        self._failures = 0
+
+    def request(self) -> kv_pb2.WatchRequest:
+        return kv_pb2.WatchRequest(prefix=self._prefix, from_version=self.resume_version)
+
+    def events(self, response: kv_pb2.WatchResponse) -> list[WatchEvent]:
+        """The news in one answer of the stream."""
+        self._failing_since, self._failures = None, 0
+        news = [
+            WatchEvent(
+                event.key,
+                "delete" if event.kind == kv_pb2.EVENT_DELETE else "put",
+                event.value,
+                event.version,
+                event.expires_at_ms,
+            )
+            for event in response.events
+            if self._delivered.admit(event.key.encode(), (event.version, ""))
+        ]
+        if response.resume_version > self.resume_version:
+            self.resume_version = response.resume_version
+            self._delivered.forget_below(self.resume_version)
+        return news
+
+    def failed(self, error: grpc.RpcError, now: float) -> float:
+        """Seconds to pause before reconnecting; raises the typed error when
+        the stream cannot be resumed (a bad request, Compacted) or no node
+        took it for ``reconnect_s``."""
+        if error.code() not in _RECONNECTABLE:
+            raise from_rpc_error(error) from None
+        if self._failing_since is None:
+            self._failing_since = now
+        elif now - self._failing_since > self._reconnect_s:
+            raise from_rpc_error(error) from None
+        self._failures += 1
+        return self._rng.uniform(0, min(_MAX_BACKOFF_S, 0.05 * 2 ** (self._failures - 1)))

@@ -1,0 +1,50 @@
+"""Watches: which change events to pass on, and where to resume.
+
+A watch follows one replica per token range and moves to another when that
+one fails, resuming a little before where it had got to; a client that
+reconnects resumes from the last resume version it was given. Both see some
+changes twice, and a key's older version may come after a newer one was
+passed on. ``Delivered`` drops those, so each key's events stay in version
+order.
+"""
+
+from __future__ import annotations
+
+from ringkv.core.hlc import LOGICAL_BITS
+
+RESUME_MARGIN = 5_000 << LOGICAL_BITS
+"""How far (5 s, in timestamp units) below a replica's progress mark a watch
+resumes: a write reaches its replicas within that of being stamped, or it
+is late (a hint, a repair) and may be missed by a watch that moved to
+another replica meanwhile."""
+
+Stamp = tuple[int, str]
+"""A version as (timestamp, node id); a client sees the timestamp only and
+passes "" for the node."""
+
+
+class Delivered:
+    """The newest version passed on of each key that changed lately."""
+
+    def __init__(self) -> None:
+        self._newest: dict[bytes, Stamp] = {}
+
+    def admit(self, key: bytes, version: Stamp) -> bool:
+        """Whether an event is news (newer than what was passed on for its
+        key); if so it counts as passed on."""
+        held = self._newest.get(key)
+        if held is not None and version <= held:
+            return False
+        self._newest[key] = version
+        return True
+
+    def forget_below(self, resume_version: int) -> None:
+        """Forget keys last changed well below ``resume_version``: a watch
+        resumed from it sees nothing at or below it again."""
+        floor = resume_version - RESUME_MARGIN
+        stale = [key for key, (timestamp, _) in self._newest.items() if timestamp < floor]
+        for key in stale:
+            del self._newest[key]
+
+    def __len__(self) -> int:
+        return len(self._newest)

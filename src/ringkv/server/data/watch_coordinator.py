@@ -1,0 +1,244 @@
+"""Client watches: every change under a prefix, from one live replica per range.
+
+A watch splits the read ring's token ranges among their replicas (the
+first live one of each, this node's own log when it is one) and follows
+each chosen replica's change log (``ringkv.server.data.change_feed``) over
+one stream per node. Events pass through ``ringkv.core.watch.Delivered``,
+which drops repeats and keeps each key's events in version order.
+
+The watch's resume version is the lowest progress mark of its streams,
+less ``RESUME_MARGIN``: every change at or below it has been passed on.
+When a stream fails (its node died, stalled, or left) or the member table
+changes, every stream starts again from the resume version on the replicas
+the table now names, skipping a node that just failed; what they send
+again is dropped as a repeat. A change a replica's log was trimmed past
+ends the watch with Compacted, never silently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import defaultdict
+from collections.abc import AsyncGenerator, Callable
+from contextlib import aclosing
+from dataclasses import dataclass, field
+
+from ringkv.core.errors import Compacted, RingkvError, Unavailable
+from ringkv.core.hlc import HybridLogicalClock
+from ringkv.core.records import Record
+from ringkv.core.watch import RESUME_MARGIN, Delivered
+from ringkv.server.cluster.cluster_view import ClusterView
+from ringkv.server.data.change_feed import HEARTBEAT_S, ChangeSignal, SpanSet, follow
+from ringkv.storage import Engine
+
+log = logging.getLogger(__name__)
+
+STALL_S = 5 * HEARTBEAT_S
+"""A stream silent this long (its replica sends progress every second) is
+taken for failed: a partitioned node sends no error."""
+RETRY_S = 0.5
+"""The pause before streams start again after a failure."""
+AVOID_S = 10.0
+"""How long a node whose stream failed is passed over while another replica
+of its ranges is live."""
+QUEUE_BATCHES = 64
+"""Batches waiting for the caller: past it the streams wait (flow control)."""
+
+
+@dataclass(frozen=True, slots=True)
+class WatchBatch:
+    records: list[Record]
+    """Changes, each key's in version order."""
+    resume_version: int
+    """Every change at or below this version has been passed on."""
+
+
+@dataclass(slots=True)
+class _Stream:
+    node: str
+    spans: list[tuple[int, int]]
+    task: asyncio.Task[None] | None = None
+    progress: int = 0
+
+
+@dataclass(slots=True)
+class _Failure:
+    node: str
+    error: BaseException
+
+
+@dataclass(slots=True)
+class _Session:
+    prefix: bytes
+    resume_version: int
+    queue: asyncio.Queue[tuple[_Stream, list[Record], int] | _Failure] = field(
+        default_factory=lambda: asyncio.Queue(QUEUE_BATCHES)
+    )
+    streams: list[_Stream] = field(default_factory=list)
+    delivered: Delivered = field(default_factory=Delivered)
+    epoch: int = -1
+
+
+class WatchCoordinator:
+    """Serves client watches on this node."""
+
+    def __init__(
+        self,
+        view: ClusterView,
+        engine: Engine,
+        changes: ChangeSignal,
+        clock: HybridLogicalClock,
+        now_ms: Callable[[], int],
+    ) -> None:
+        self._now_ms = now_ms
+        self._view = view
+        self._engine = engine
+        self._changes = changes
+        self._clock = clock
+        self._avoid: dict[str, float] = {}
+        """Nodes whose streams failed lately, until when they are passed over."""
+
+    async def watch(self, prefix: bytes, from_version: int) -> AsyncGenerator[WatchBatch, None]:
+        """Batches of changes to keys under ``prefix`` with versions above
+        ``from_version`` (0: from now), until the caller stops; the first
+        batch is empty and says where the watch starts."""
+        # From now: past every version stamped before, whatever this node's
+        # clock last saw.
+        start = from_version or self._clock.tick(self._now_ms()).timestamp
+        session = _Session(prefix, start)
+        loop = asyncio.get_running_loop()
+        try:
+            self._start_streams(session)
+            yield WatchBatch([], start)
+            last_answer = loop.time()
+            while True:
+                try:
+                    item = await asyncio.wait_for(session.queue.get(), HEARTBEAT_S)
+                except TimeoutError:
+                    item = None
+                if isinstance(item, _Failure):
+                    if isinstance(item.error, Compacted):
+                        raise item.error
+                    log.info("watch stream failed", extra={"peer": item.node, "error": item.error})
+                    self._avoid[item.node] = loop.time() + AVOID_S
+                    await self._stop_streams(session)
+                    await asyncio.sleep(RETRY_S)
+                    self._start_streams(session)
+                    continue
+                if session.epoch != self._view.epoch:
+                    await self._stop_streams(session)
+                    self._start_streams(session)
+                news: list[Record] = []
+                if item is not None:
+                    stream, records, progress = item
+                    news = [
+                        record
+                        for record in records
+                        if session.delivered.admit(
+                            record.key, (record.version.timestamp, record.version.node_id)
+                        )
+                    ]
+                    stream.progress = max(stream.progress, progress)
+                self._advance(session)
+                # Also a heartbeat: a caller that hears nothing for long can
+                # tell a dead node from a quiet prefix.
+                if news or loop.time() - last_answer >= HEARTBEAT_S:
+                    yield WatchBatch(news, session.resume_version)
+                    last_answer = loop.time()
+        finally:
+            await self._stop_streams(session)
+
+    @staticmethod
+    def _advance(session: _Session) -> None:
+        """Move the resume version up to what every stream has passed."""
+        if not session.streams or any(s.progress == 0 for s in session.streams):
+            return
+        candidate = min(s.progress for s in session.streams) - RESUME_MARGIN
+        if candidate > session.resume_version:
+            session.resume_version = candidate
+            session.delivered.forget_below(candidate)
+
+    def _start_streams(self, session: _Session) -> None:
+        view = self._view
+        session.epoch = view.epoch
+        now = asyncio.get_running_loop().time()
+        self._avoid = {node: until for node, until in self._avoid.items() if until > now}
+        spans: dict[str, list[tuple[int, int]]] = defaultdict(list)
+        for token_range in view.ring.ranges(view.replicas):
+            if not token_range.replicas:
+                continue
+            spans[self._pick(token_range.replicas)].append((token_range.start, token_range.end))
+        session.streams = [_Stream(node, node_spans) for node, node_spans in spans.items()]
+        log.info(
+            "watch following",
+            extra={
+                "nodes": ",".join(sorted(spans)),
+                "from_version": session.resume_version,
+            },
+        )
+        for stream in session.streams:
+            stream.task = asyncio.get_running_loop().create_task(
+                self._pump(session, stream), name=f"watch of {stream.node}"
+            )
+
+    def _pick(self, replicas: tuple[str, ...]) -> str:
+        """This node if it is a replica, else the first live one not failed lately."""
+        view = self._view
+        if view.node_id in replicas:
+            return view.node_id
+        for node in replicas:
+            if view.is_live(node) and node not in self._avoid:
+                return node
+        for node in replicas:
+            if view.is_live(node):
+                return node
+        return replicas[0]
+
+    @staticmethod
+    async def _stop_streams(session: _Session) -> None:
+        tasks = [s.task for s in session.streams if s.task is not None]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        session.streams = []
+        # What the stopped streams left queued belongs to them: drop it.
+        while not session.queue.empty():
+            session.queue.get_nowait()
+
+    async def _pump(self, session: _Session, stream: _Stream) -> None:
+        """Move one node's batches to the session's queue, or its failure."""
+        try:
+            async with aclosing(self._feed(session, stream)) as feed:
+                while True:
+                    records, progress = await asyncio.wait_for(anext(feed), STALL_S)
+                    await session.queue.put((stream, records, progress))
+        except (RingkvError, TimeoutError, StopAsyncIteration) as error:
+            await session.queue.put(_Failure(stream.node, error))
+
+    async def _feed(
+        self, session: _Session, stream: _Stream
+    ) -> AsyncGenerator[tuple[list[Record], int], None]:
+        if stream.node == self._view.node_id:
+            batches = follow(
+                self._engine,
+                self._changes,
+                self._clock,
+                spans=SpanSet.of(stream.spans),
+                prefix=session.prefix,
+                from_version=session.resume_version,
+            )
+            async with aclosing(batches) as local:
+                async for batch in local:
+                    yield batch.records, batch.progress
+            return
+        peer = self._view.peers.get(stream.node)
+        if peer is None:
+            raise Unavailable(f"{stream.node} is not a member this node can reach")
+        remote = peer.watch(stream.spans, session.prefix, session.resume_version)
+        async with aclosing(remote) as answers:
+            async for answer in answers:
+                yield answer
