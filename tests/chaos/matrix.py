@@ -82,6 +82,7 @@ def schedule_line(result: ScheduleResult) -> str:
         f"non-linearizable keys {count(lin)}, lost CAS {count(cas)}, "
         f"order {count(order)}, divergent {count(conv)}, dual leaders {count(leaders)}, "
         f"crashes {len(result.crashes)}, availability {ok / calls if calls else 1:.0%}"
+        + ("" if result.watch is None else f", {result.watch.line()}")
         + ("" if not result.problems else f"; {'; '.join(result.problems)}")
     )
 
@@ -102,13 +103,18 @@ def summary(results: list[ScheduleResult]) -> str:
         1 for r in results for report in r.analysis.reports if report.status is Status.UNKNOWN
     )
     failing = [r.seed for r in results if r.violated()]
+    watched = [r.watch for r in results if r.watch is not None]
+    delivered = sum(w.acked_delivered for w in watched)
+    watch_acked = sum(w.acked for w in watched)
     return (
         f"{len(results)} schedules: {lost:,} lost of {acked:,} acknowledged writes, "
         f"{non_lin}/{keys} non-linearizable keys, {cas} lost CAS updates, "
         f"{order} version-order violations, {divergent} divergent keys, "
         f"{dual} dual-leader intervals, {crashes} crashes, "
         f"{undecided} undecided checks, availability {ok / calls if calls else 1:.0%} under "
-        f"faults; failing seeds: {', '.join(map(str, failing)) or 'none'}"
+        f"faults; watches delivered {delivered:,} of {watch_acked:,} acknowledged writes "
+        f"(every key's final version, in order); "
+        f"failing seeds: {', '.join(map(str, failing)) or 'none'}"
     )
 
 

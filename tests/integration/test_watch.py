@@ -30,9 +30,14 @@ class WatchOutput:
     def __init__(self, process: subprocess.Popen[bytes]) -> None:
         self.process = process
         self.events: list[dict[str, Any]] = []
+        self.errors: list[str] = []
         self._lock = threading.Lock()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
+        self._readers = [
+            threading.Thread(target=self._read, daemon=True),
+            threading.Thread(target=self._read_errors, daemon=True),
+        ]
+        for reader in self._readers:
+            reader.start()
 
     def _read(self) -> None:
         assert self.process.stdout is not None
@@ -40,8 +45,14 @@ class WatchOutput:
             with self._lock:
                 self.events.append(json.loads(line))
 
+    def _read_errors(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            self.errors.append(line.decode(errors="replace"))
+
     def join(self) -> None:
-        self._reader.join(timeout=10)
+        for reader in self._readers:
+            reader.join(timeout=10)
 
     def seen(self) -> list[dict[str, Any]]:
         with self._lock:
@@ -121,7 +132,7 @@ def check_every_change_in_order(
     wait_for(
         lambda: wanted <= {(e["key"], e["version"]) for e in watch.seen()},
         timeout=WATCH_TIMEOUT_S,
-        what=what,
+        what=f"{what} (ringkv watch said: {''.join(watch.errors)!r})",
     )
     by_key: dict[str, list[int]] = defaultdict(list)
     for event in watch.seen():

@@ -55,6 +55,7 @@ from tests.support.nemesis import FAULT_KINDS, Nemesis, PlannedFault, make_sched
 from tests.support.netns import NetnsLab
 from tests.support.nodes import NodeProcess, wait_for
 from tests.support.tmpfs import small_tmpfs
+from tests.support.watch_observer import WatchObserver, WatchReport
 
 PORT = 50051
 """Every namespace has its own ports: all nodes use the seed's first port."""
@@ -357,6 +358,8 @@ class ScheduleResult:
     crashes: list[str]
     problems: list[str] = field(default_factory=list)
     """Things that went wrong outside the checkers (no leader after heal...)."""
+    watch: WatchReport | None = None
+    """What the watch kept open through the run delivered."""
 
     @property
     def acknowledged_writes(self) -> int:
@@ -389,6 +392,9 @@ def run_schedule(
         # Kill every node before the disk is unmounted and the lab removed.
         stack.callback(cluster.kill_all)
         cluster.start()
+        observer = WatchObserver(cluster.endpoints, f"chaos/{seed}/")
+        observer.start()
+        stack.callback(observer.stop)
         recorder = CallRecorder()
         watcher = LeaderWatcher(lambda: [*cluster.nodes, *cluster.spares], recorder.now)
         watcher.start()
@@ -423,6 +429,8 @@ def run_schedule(
         unread = len(keys) + len(counters) - len(final)
         if unread:
             problems.append(f"{unread} keys could not be read at ALL after the heal")
+        watch = observer.check(history, final)
+        problems += watch.problems
         analysis = analyse(
             history,
             RunEvidence(final=final, replicas=copies, faults=nemesis.log.windows, leaders=leaders),
@@ -439,6 +447,7 @@ def run_schedule(
             nemesis.log.events,
             crashes,
             problems,
+            watch,
         )
     raise AssertionError("unreachable")
 

@@ -40,7 +40,8 @@ def add_parsers(commands: Commands) -> None:
         "--from",
         dest="from_version",
         type=_positive,
-        help="start after this version (a version printed before); default: from now on",
+        help="start after this version: a resume_version printed with --json misses nothing; "
+        "an event's version may skip changes to other keys not yet printed; default: now",
     )
     watch.add_argument("--count", type=_positive, help="stop after this many changes")
     watch.set_defaults(handler=watch_command)
@@ -81,6 +82,8 @@ def ls_command(args: argparse.Namespace) -> int:
                 _print_entry(entry, values=args.values, as_json=args.json)
     except RingkvError as error:
         return fail(error)
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
     return 0
 
 
@@ -101,7 +104,12 @@ def watch_command(args: argparse.Namespace) -> int:
 
 def _print_event(event: WatchEvent, *, as_json: bool) -> None:
     if as_json:
-        document: dict[str, Any] = {"key": event.key, "kind": event.kind, "version": event.version}
+        document: dict[str, Any] = {
+            "key": event.key,
+            "kind": event.kind,
+            "version": event.version,
+            "resume_version": event.resume_version,
+        }
         if event.kind == "put":
             document |= value_fields(event.value)
         if event.expires_at_ms:

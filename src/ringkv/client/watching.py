@@ -15,7 +15,9 @@ from dataclasses import dataclass
 import grpc
 
 from ringkv.api import kv_pb2
+from ringkv.api.status import error_info
 from ringkv.client.errors import from_rpc_error
+from ringkv.core.errors import Overloaded
 from ringkv.core.watch import Delivered
 
 DEFAULT_RECONNECT_S = 30.0
@@ -35,6 +37,11 @@ not the request."""
 _MAX_BACKOFF_S = 1.0
 
 
+def _overloaded(error: grpc.RpcError) -> bool:
+    info = error_info(error.trailing_metadata())
+    return info is not None and info.reason == Overloaded.default_reason
+
+
 @dataclass(frozen=True, slots=True)
 class WatchEvent:
     """One change to a key."""
@@ -45,10 +52,16 @@ class WatchEvent:
     value: bytes
     """Empty for a delete."""
     version: int
-    """Pass as ``from_version`` to watch again from after this change."""
+    """Each key's events come in version order; events of different keys
+    need not."""
     expires_at_ms: int = 0
     """Unix milliseconds when the value expires; 0 for never. Expiry itself
     is not an event."""
+    resume_version: int = 0
+    """Where to start a new watch to miss nothing after this event (every
+    change at or below it was delivered): pass it as ``from_version``. An
+    event's own ``version`` resumes too, but may skip changes to other keys
+    stamped earlier that had not come yet."""
 
 
 class WatchState:
@@ -75,27 +88,27 @@ class WatchState:
     def events(self, response: kv_pb2.WatchResponse) -> list[WatchEvent]:
         """The news in one answer of the stream."""
         self._failing_since, self._failures = None, 0
-        news = [
+        if response.resume_version > self.resume_version:
+            self.resume_version = response.resume_version
+            self._delivered.forget_below(self.resume_version)
+        return [
             WatchEvent(
                 event.key,
                 "delete" if event.kind == kv_pb2.EVENT_DELETE else "put",
                 event.value,
                 event.version,
                 event.expires_at_ms,
+                self.resume_version,
             )
             for event in response.events
             if self._delivered.admit(event.key.encode(), (event.version, ""))
         ]
-        if response.resume_version > self.resume_version:
-            self.resume_version = response.resume_version
-            self._delivered.forget_below(self.resume_version)
-        return news
 
     def failed(self, error: grpc.RpcError, now: float) -> float:
         """Seconds to pause before reconnecting; raises the typed error when
         the stream cannot be resumed (a bad request, Compacted) or no node
         took it for ``reconnect_s``."""
-        if error.code() not in _RECONNECTABLE:
+        if error.code() not in _RECONNECTABLE and not _overloaded(error):
             raise from_rpc_error(error) from None
         if self._failing_since is None:
             self._failing_since = now

@@ -10,6 +10,8 @@ order.
 
 from __future__ import annotations
 
+import heapq
+
 from ringkv.core.hlc import LOGICAL_BITS
 
 RESUME_MARGIN = 5_000 << LOGICAL_BITS
@@ -28,6 +30,9 @@ class Delivered:
 
     def __init__(self) -> None:
         self._newest: dict[bytes, Stamp] = {}
+        # Every version admitted, oldest first: forgetting pops from the
+        # front, so it costs what it forgets, not what is kept.
+        self._by_age: list[tuple[Stamp, bytes]] = []
 
     def admit(self, key: bytes, version: Stamp) -> bool:
         """Whether an event is news (newer than what was passed on for its
@@ -36,15 +41,18 @@ class Delivered:
         if held is not None and version <= held:
             return False
         self._newest[key] = version
+        heapq.heappush(self._by_age, (version, key))
         return True
 
     def forget_below(self, resume_version: int) -> None:
         """Forget keys last changed well below ``resume_version``: a watch
         resumed from it sees nothing at or below it again."""
         floor = resume_version - RESUME_MARGIN
-        stale = [key for key, (timestamp, _) in self._newest.items() if timestamp < floor]
-        for key in stale:
-            del self._newest[key]
+        by_age = self._by_age
+        while by_age and by_age[0][0][0] < floor:
+            version, key = heapq.heappop(by_age)
+            if self._newest.get(key) == version:
+                del self._newest[key]
 
     def __len__(self) -> int:
         return len(self._newest)

@@ -28,7 +28,7 @@ from ringkv.server.cluster.membership_file import MembershipFile
 from ringkv.server.config import HostPort, NodeConfig
 from ringkv.server.counters import Counters
 from ringkv.server.data.anti_entropy import AntiEntropy, RepairSchedule, TreeCache
-from ringkv.server.data.change_feed import ChangeSignal
+from ringkv.server.data.change_feed import ChangeFeed
 from ringkv.server.data.commit import DEFAULT_MAX_BATCH, CommitQueue
 from ringkv.server.data.coordinator import Coordinator
 from ringkv.server.data.hints import HintReplayer
@@ -98,10 +98,6 @@ async def serve(
         if config.engine == "lmdb":
             files.claim(config.data_path, config.node_id)
         max_batch = 1 if config.fsync is FsyncMode.ALWAYS else DEFAULT_MAX_BATCH
-        changes = ChangeSignal()
-        commits = CommitQueue(engine, max_batch=max_batch, on_commit=changes.notify)
-        resources.push_async_callback(commits.close)
-        store = LocalStore(engine, commits)
         now_ms = wall_clock(config.clock_offset_ms)
         clock = HybridLogicalClock(
             config.node_id,
@@ -110,6 +106,15 @@ async def serve(
         )
         clock_mark = ClockMark(config.data_path if config.engine == "lmdb" else None, clock, now_ms)
         clock_mark.resume()
+        # A log that starts empty (a new data dir, the memory engine) holds
+        # nothing of what this node stored before: no watch resumes below now.
+        started_empty = engine.change_log_state().last_seq == 0
+        changes = ChangeFeed(
+            engine, clock, floor=clock.tick(now_ms()).timestamp if started_empty else 0
+        )
+        commits = CommitQueue(engine, max_batch=max_batch, on_commit=changes.notify)
+        resources.push_async_callback(commits.close)
+        store = LocalStore(engine, commits)
         counters = Counters()
 
         def offer_table(table: Membership) -> None:
@@ -237,7 +242,7 @@ async def serve(
                 view,
                 coordinator,
                 KeyScanner(view, engine, now_ms, lease),
-                WatchCoordinator(view, engine, changes, clock, now_ms),
+                WatchCoordinator(view, changes, clock, now_ms),
                 config.limits,
                 read_level=config.read_level,
                 write_level=config.write_level,

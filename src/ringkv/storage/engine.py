@@ -46,6 +46,8 @@ class EngineStats:
 
 DEFAULT_CHANGE_LOG_ENTRIES = 100_000
 """Change log entries an engine keeps by default (``--watch-log-entries``)."""
+CHANGES_READ_BYTES = 4 << 20
+"""``Engine.changes`` stops after the entry that passes this many bytes."""
 CHANGE_LOG_OFF = (1 << 63) - 1
 """``ChangeLogState.horizon`` of an engine that keeps no change log."""
 
@@ -159,7 +161,8 @@ class Engine(Protocol):
         ...
 
     def changes(self, after: int, limit: int) -> list[Change]:
-        """Up to ``limit`` change log entries numbered above ``after``, oldest first.
+        """Up to ``limit`` change log entries numbered above ``after``, oldest
+        first, ending early once they pass ``CHANGES_READ_BYTES``.
 
         The log holds every record stored as its key's newest version (by
         ``apply`` or a Paxos commit; hints are not changes), in the order they

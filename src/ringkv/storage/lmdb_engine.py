@@ -38,6 +38,7 @@ from ringkv.storage.codec import (
 )
 from ringkv.storage.engine import (
     CHANGE_LOG_OFF,
+    CHANGES_READ_BYTES,
     DEFAULT_CHANGE_LOG_ENTRIES,
     Change,
     ChangeLogState,
@@ -56,7 +57,7 @@ DEFAULT_MAX_MAP_BYTES = 1 << 40
 _SCAN_CHUNK = 512
 _LOCK_FILE = "ringkv.lock"
 _SEQ = struct.Struct(">Q")
-_KEY_LENGTH = struct.Struct(">H")
+_ENTRY_HEAD = struct.Struct(">qH")
 _HORIZON = b"change-log-horizon"
 _T = TypeVar("_T")
 
@@ -92,9 +93,9 @@ class LmdbEngine:
             self._changes = self._env.open_db(b"changes")
             self._meta = self._env.open_db(b"meta")
             self._change_log_entries = change_log_entries
-            self._last_seq, self._horizon = self._read_change_log_state()
-            # What the write transaction in progress moves them to.
-            self._pending_seq, self._pending_horizon = self._last_seq, self._horizon
+            self._first_seq, self._last_seq, self._horizon = self._open_change_log()
+            # Where the write transaction in progress moves them.
+            self._pending_seq, self._committed_first = self._last_seq, self._first_seq
         except BaseException:
             os.close(self._dir_lock)
             raise
@@ -167,9 +168,10 @@ class LmdbEngine:
                 if mutation.delivered:
                     txn.delete(stored_key, db=db)
                 else:
-                    txn.put(stored_key, encode_record(record), db=db)
+                    encoded = encode_record(record)
+                    txn.put(stored_key, encoded, db=db)
                     if mutation.hint_for is None:
-                        self._log_change(txn, record)
+                        self._log_change(txn, record, encoded)
             results.append(result)
         self._trim_changes(txn)
         return results
@@ -192,53 +194,64 @@ class LmdbEngine:
         if new_state != state:
             txn.put(stored_key, encode_acceptor_state(new_state), db=self._paxos)
         if chosen is not None and resolve(Mutation(chosen), current).outcome is Outcome.APPLIED:
-            txn.put(stored_key, encode_record(chosen), db=self._records)
-            self._log_change(txn, chosen)
+            encoded = encode_record(chosen)
+            txn.put(stored_key, encoded, db=self._records)
+            self._log_change(txn, chosen, encoded)
         return answer
 
     # -- the change log ----------------------------------------------------------
     # Entries are keyed by their big-endian number, so the log is in order;
-    # the largest timestamp trimmed is kept under _HORIZON in the meta table.
-    # The numbers and horizon in memory change only with their transaction:
-    # a write that is rolled back (a full map, retried) must not move them.
+    # an entry is the record's timestamp (read when trimming without decoding
+    # the rest), its key's length, the key, and the stored record. The largest
+    # timestamp trimmed is kept under _HORIZON in the meta table. The numbers
+    # in memory change only with their transaction (a write rolled back, say
+    # for a full map, must not skip or reuse one); the horizon is raised as
+    # soon as a trim is decided, so a reader that sees the gap also sees it.
 
-    def _read_change_log_state(self) -> tuple[int, int]:
-        with self._env.begin() as txn:
+    def _open_change_log(self) -> tuple[int, int, int]:
+        """The first and last entry numbers and the horizon. A node that keeps
+        no log empties it, so a log turned on again starts with no gap."""
+        with self._env.begin(write=True) as txn:
+            if not self._change_log_entries:
+                txn.drop(self._changes, delete=False)
             cursor = txn.cursor(db=self._changes)
             last = _SEQ.unpack(cursor.key())[0] if cursor.last() else 0
+            first = _SEQ.unpack(cursor.key())[0] if cursor.first() else last + 1
             horizon = txn.get(_HORIZON, db=self._meta)
-        return last, 0 if horizon is None else _SEQ.unpack(horizon)[0]
+        return first, last, 0 if horizon is None else _SEQ.unpack(horizon)[0]
 
-    def _log_change(self, txn: lmdb.Transaction, record: Record) -> None:
+    def _log_change(self, txn: lmdb.Transaction, record: Record, encoded: bytes) -> None:
         if self._change_log_entries:
             self._pending_seq += 1
-            entry = _KEY_LENGTH.pack(len(record.key)) + record.key + encode_record(record)
-            txn.put(_SEQ.pack(self._pending_seq), entry, db=self._changes)
+            head = _ENTRY_HEAD.pack(record.version.timestamp, len(record.key))
+            txn.put(_SEQ.pack(self._pending_seq), head + record.key + encoded, db=self._changes)
 
     def _trim_changes(self, txn: lmdb.Transaction) -> None:
-        count = trim_count(txn.stat(self._changes)["entries"], self._change_log_entries)
+        entries = self._pending_seq - self._first_seq + 1
+        count = trim_count(entries, self._change_log_entries)
         if not count:
             return
-        horizon = self._pending_horizon
+        horizon = self._horizon
         cursor = txn.cursor(db=self._changes)
         cursor.first()
         for _ in range(count):
-            horizon = max(
-                horizon, _decode_change(cursor.key(), cursor.value()).record.version.timestamp
-            )
+            horizon = max(horizon, _ENTRY_HEAD.unpack_from(cursor.value())[0])
             cursor.delete()
-        self._pending_horizon = horizon
+        self._first_seq += count
+        self._horizon = horizon
         txn.put(_HORIZON, _SEQ.pack(horizon), db=self._meta)
 
     def changes(self, after: int, limit: int) -> list[Change]:
         found: list[Change] = []
+        size = 0
         with self._map_lock, self._env.begin(db=self._changes, buffers=True) as txn:
             cursor = txn.cursor()
             if not cursor.set_range(_SEQ.pack(after + 1)):
                 return found
             for stored_key, data in cursor:
                 found.append(_decode_change(stored_key, data))
-                if len(found) == limit:
+                size += len(data)
+                if len(found) == limit or size >= CHANGES_READ_BYTES:
                     break
         return found
 
@@ -280,7 +293,7 @@ class LmdbEngine:
 
     def _write_growing(self, body: Callable[[lmdb.Transaction], _T]) -> _T:
         while True:
-            self._pending_seq, self._pending_horizon = self._last_seq, self._horizon
+            self._pending_seq, self._first_seq = self._last_seq, self._committed_first
             try:
                 with self._env.begin(write=True, buffers=True) as txn:
                     result = body(txn)
@@ -295,7 +308,7 @@ class LmdbEngine:
                 if _disk_nearly_full(self._path):
                     raise StorageFull(f"the disk is full: {exc}") from None
                 raise
-            self._last_seq, self._horizon = self._pending_seq, self._pending_horizon
+            self._last_seq, self._committed_first = self._pending_seq, self._first_seq
             return result
 
     def _grow_map(self) -> None:
@@ -390,9 +403,10 @@ class LmdbEngine:
 
 
 def _decode_change(stored_key: bytes | memoryview, data: bytes | memoryview) -> Change:
-    (length,) = _KEY_LENGTH.unpack_from(data)
-    key = bytes(data[_KEY_LENGTH.size : _KEY_LENGTH.size + length])
-    return Change(_SEQ.unpack(stored_key)[0], decode_record(key, data[_KEY_LENGTH.size + length :]))
+    _, length = _ENTRY_HEAD.unpack_from(data)
+    start = _ENTRY_HEAD.size
+    key = bytes(data[start : start + length])
+    return Change(_SEQ.unpack(stored_key)[0], decode_record(key, data[start + length :]))
 
 
 def _disk_nearly_full(path: Path) -> bool:

@@ -14,6 +14,7 @@ from ringkv.core.records import ApplyResult, Mutation, Outcome, Record, resolve
 from ringkv.core.tokens import token_of
 from ringkv.storage.engine import (
     CHANGE_LOG_OFF,
+    CHANGES_READ_BYTES,
     DEFAULT_CHANGE_LOG_ENTRIES,
     BackupUnsupported,
     Change,
@@ -121,7 +122,14 @@ class MemoryEngine:
                 return []
             # Numbers are consecutive: the entry after ``after`` is at a known place.
             first = max(0, after + 1 - self._changes[0].seq)
-            return self._changes[first : first + limit]
+            found: list[Change] = []
+            size = 0
+            for change in self._changes[first : first + limit]:
+                found.append(change)
+                size += len(change.record.key) + len(change.record.value)
+                if size >= CHANGES_READ_BYTES:
+                    break
+            return found
 
     def change_log_state(self) -> ChangeLogState:
         with self._lock:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 from bisect import bisect_right
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Iterator, Sequence
 from dataclasses import dataclass
 
 from ringkv.core.errors import Compacted, PreconditionFailed
@@ -25,32 +25,12 @@ from ringkv.storage import Engine
 from ringkv.storage.engine import CHANGE_LOG_OFF
 
 BATCH = 500
-"""Log entries read at once."""
+"""Log entries read at once (``Engine.changes`` also stops at 4 MiB)."""
+BATCH_BYTES = 4 << 20
+"""A batch ends once its keys and values pass this many bytes, so that it
+fits a message whatever the values' sizes."""
 HEARTBEAT_S = 1.0
 """A follower with nothing to send still sends its progress this often."""
-
-
-class ChangeSignal:
-    """Wakes this node's followers when a commit may have grown the change log."""
-
-    def __init__(self) -> None:
-        self._waiters: set[asyncio.Future[None]] = set()
-
-    def ticket(self) -> asyncio.Future[None]:
-        """A future the next ``notify`` completes; take it before reading the
-        log, so a commit between the read and the wait is not missed."""
-        waiter = asyncio.get_running_loop().create_future()
-        self._waiters.add(waiter)
-        return waiter
-
-    def notify(self) -> None:
-        waiters, self._waiters = self._waiters, set()
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(None)
-
-    def forget(self, waiter: asyncio.Future[None]) -> None:
-        self._waiters.discard(waiter)
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,71 +59,103 @@ class FeedBatch:
     (but for writes in flight; 0 until the follower has read the whole log)."""
 
 
-def check_resumable(engine: Engine, from_version: int) -> None:
-    """PreconditionFailed if the engine keeps no log; Compacted if the log
-    no longer reaches back to ``from_version``."""
-    horizon = engine.change_log_state().horizon
-    if horizon == CHANGE_LOG_OFF:
-        raise PreconditionFailed(
-            "this node keeps no change log (it runs with --watch-log-entries 0)",
-            reason="WATCH_DISABLED",
-        )
-    if from_version < horizon:
-        raise Compacted(
-            f"changes after version {from_version} are no longer all in the change log, "
-            f"which reaches back to version {horizon}: scan for the current values "
-            "and watch again from now",
-            metadata={"horizon": str(horizon)},
-        )
+class ChangeFeed:
+    """This node's change log, as watches follow it."""
+
+    def __init__(self, engine: Engine, clock: HybridLogicalClock, *, floor: int = 0) -> None:
+        self._engine = engine
+        self._clock = clock
+        self._floor = floor
+        """No change at or below this version is sure to be in the log: the
+        moment the node started with an empty one (a new data dir, the memory
+        engine), when changes made before may be missing from it."""
+        self._waiters: set[asyncio.Future[None]] = set()
+
+    def notify(self) -> None:
+        """A commit may have grown the log: wake the followers."""
+        waiters, self._waiters = self._waiters, set()
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def check_resumable(self, from_version: int) -> None:
+        """PreconditionFailed (WATCH_DISABLED) if the node keeps no log;
+        Compacted if the log no longer reaches back to ``from_version``."""
+        horizon = self._engine.change_log_state().horizon
+        if horizon == CHANGE_LOG_OFF:
+            raise PreconditionFailed(
+                "this node keeps no change log (it runs with --watch-log-entries 0)",
+                reason="WATCH_DISABLED",
+            )
+        reach = max(horizon, self._floor)
+        if from_version < reach:
+            raise Compacted(
+                f"changes after version {from_version} are no longer all in the change log, "
+                f"which reaches back to version {reach}: scan for the current values "
+                "and watch again from now",
+                metadata={"horizon": str(reach)},
+            )
+
+    async def follow(
+        self, *, spans: SpanSet, prefix: bytes, from_version: int
+    ) -> AsyncGenerator[FeedBatch, None]:
+        """The changes to keys under ``prefix`` in ``spans`` with a timestamp
+        above ``from_version``, as they are logged; forever, until cancelled.
+
+        Raises Compacted if the log is trimmed past changes not yet sent (a
+        follower that fell that far behind).
+        """
+        self.check_resumable(from_version)
+        loop = asyncio.get_running_loop()
+        seq = progress = 0
+        last_sent = loop.time()
+        while True:
+            # Taken before the read, so a commit after it wakes the wait below.
+            ticket = loop.create_future()
+            self._waiters.add(ticket)
+            try:
+                # Also before the read: whatever was logged by then is read now.
+                mark, logged = self._clock.last, self._engine.change_log_state().last_seq
+                changes = await asyncio.to_thread(self._engine.changes, seq, BATCH)
+                if changes and changes[0].seq > seq + 1:
+                    # Entries went unread, trimmed: harmless only if all were
+                    # at or below the version resumed from.
+                    self.check_resumable(from_version)
+                if changes:
+                    seq = changes[-1].seq
+                caught_up = seq >= logged
+                matching = [
+                    change.record
+                    for change in changes
+                    if change.record.version.timestamp > from_version
+                    and change.record.key.startswith(prefix)
+                    and token_of(change.record.key) in spans
+                ]
+                pieces = list(_pieces(matching))
+                for piece in pieces[:-1]:
+                    yield FeedBatch(piece, progress)
+                # The mark holds once the last piece is out.
+                if caught_up:
+                    progress = max(progress, mark)
+                if pieces or loop.time() - last_sent >= HEARTBEAT_S:
+                    yield FeedBatch(pieces[-1] if pieces else [], progress)
+                    last_sent = loop.time()
+                if caught_up:
+                    timeout = max(0.0, HEARTBEAT_S - (loop.time() - last_sent))
+                    await asyncio.wait([ticket], timeout=timeout)
+            finally:
+                self._waiters.discard(ticket)
 
 
-async def follow(
-    engine: Engine,
-    signal: ChangeSignal,
-    clock: HybridLogicalClock,
-    *,
-    spans: SpanSet,
-    prefix: bytes,
-    from_version: int,
-) -> AsyncGenerator[FeedBatch, None]:
-    """The changes to keys under ``prefix`` in ``spans`` with a timestamp
-    above ``from_version``, as they are logged; forever, until cancelled.
-
-    Raises Compacted if the log is trimmed past changes not yet sent (a
-    follower that fell that far behind).
-    """
-    check_resumable(engine, from_version)
-    loop = asyncio.get_running_loop()
-    seq = 0
-    progress = 0
-    last_sent = loop.time()
-    while True:
-        ticket = signal.ticket()
-        try:
-            # Taken before the read: whatever was stored by then is read now.
-            mark = clock.last
-            changes = await asyncio.to_thread(engine.changes, seq, BATCH)
-            if changes and changes[0].seq > seq + 1:
-                # Entries went unread, trimmed: harmless only if all were
-                # at or below the version resumed from.
-                check_resumable(engine, from_version)
-            if changes:
-                seq = changes[-1].seq
-            caught_up = len(changes) < BATCH
-            if caught_up:
-                progress = max(progress, mark)
-            records = [
-                change.record
-                for change in changes
-                if change.record.version.timestamp > from_version
-                and change.record.key.startswith(prefix)
-                and token_of(change.record.key) in spans
-            ]
-            if records or loop.time() - last_sent >= HEARTBEAT_S:
-                yield FeedBatch(records, progress)
-                last_sent = loop.time()
-            if caught_up:
-                timeout = max(0.0, HEARTBEAT_S - (loop.time() - last_sent))
-                await asyncio.wait([ticket], timeout=timeout)
-        finally:
-            signal.forget(ticket)
+def _pieces(records: list[Record]) -> Iterator[list[Record]]:
+    """``records`` in pieces of about ``BATCH_BYTES``, so every answer fits a message."""
+    piece: list[Record] = []
+    size = 0
+    for record in records:
+        piece.append(record)
+        size += len(record.key) + len(record.value)
+        if size >= BATCH_BYTES:
+            yield piece
+            piece, size = [], 0
+    if piece:
+        yield piece

@@ -155,4 +155,6 @@ class KeyScanner:
                 raise Unavailable(f"{node} is not a member this node can reach")
             records, cursor = await peer.scan(start, end, b"", limit, prefix)
             last = scan_pages.decode_cursor(cursor)
-        return ReplicaPage(records, end - 1 if last is None else last)
+        # Filtered here too: a node of an older version ignores the prefix.
+        kept = [record for record in records if record.key.startswith(prefix)]
+        return ReplicaPage(kept, end - 1 if last is None else last)

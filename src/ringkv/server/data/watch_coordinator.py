@@ -18,20 +18,20 @@ ends the watch with Compacted, never silently.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import defaultdict
 from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field
 
-from ringkv.core.errors import Compacted, RingkvError, Unavailable
+from ringkv.core.consistency import Consistency
+from ringkv.core.errors import Compacted, PreconditionFailed, RingkvError, Unavailable
 from ringkv.core.hlc import HybridLogicalClock
+from ringkv.core.quorum import required_replies
 from ringkv.core.records import Record
 from ringkv.core.watch import RESUME_MARGIN, Delivered
 from ringkv.server.cluster.cluster_view import ClusterView
-from ringkv.server.data.change_feed import HEARTBEAT_S, ChangeSignal, SpanSet, follow
-from ringkv.storage import Engine
+from ringkv.server.data.change_feed import HEARTBEAT_S, ChangeFeed, SpanSet
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +79,8 @@ class _Session:
     streams: list[_Stream] = field(default_factory=list)
     delivered: Delivered = field(default_factory=Delivered)
     epoch: int = -1
+    compacted: set[str] = field(default_factory=set)
+    """Nodes whose logs do not reach back to where this watch resumes."""
 
 
 class WatchCoordinator:
@@ -87,14 +89,12 @@ class WatchCoordinator:
     def __init__(
         self,
         view: ClusterView,
-        engine: Engine,
-        changes: ChangeSignal,
+        changes: ChangeFeed,
         clock: HybridLogicalClock,
         now_ms: Callable[[], int],
     ) -> None:
         self._now_ms = now_ms
         self._view = view
-        self._engine = engine
         self._changes = changes
         self._clock = clock
         self._avoid: dict[str, float] = {}
@@ -119,13 +119,13 @@ class WatchCoordinator:
                 except TimeoutError:
                     item = None
                 if isinstance(item, _Failure):
-                    if isinstance(item.error, Compacted):
-                        raise item.error
-                    log.info("watch stream failed", extra={"peer": item.node, "error": item.error})
-                    self._avoid[item.node] = loop.time() + AVOID_S
+                    self._failed(session, item)
                     await self._stop_streams(session)
                     await asyncio.sleep(RETRY_S)
                     self._start_streams(session)
+                    if loop.time() - last_answer >= HEARTBEAT_S:
+                        yield WatchBatch([], session.resume_version)
+                        last_answer = loop.time()
                     continue
                 if session.epoch != self._view.epoch:
                     await self._stop_streams(session)
@@ -150,6 +150,29 @@ class WatchCoordinator:
         finally:
             await self._stop_streams(session)
 
+    def _failed(self, session: _Session, failure: _Failure) -> None:
+        """Note a stream's failure; raise it when no other replica can stand in."""
+        error = failure.error
+        if isinstance(error, Compacted):
+            # That replica's log does not reach back far enough; another's may.
+            session.compacted.add(failure.node)
+            log.info("watch stream compacted", extra={"peer": failure.node, "error": str(error)})
+            if self._uncovered(session):
+                raise error
+            return
+        if isinstance(error, PreconditionFailed):
+            raise error  # a node that keeps no log (WATCH_DISABLED): no retry helps
+        log.info("watch stream failed", extra={"peer": failure.node, "error": repr(error)})
+        self._avoid[failure.node] = asyncio.get_running_loop().time() + AVOID_S
+
+    def _uncovered(self, session: _Session) -> bool:
+        """Whether some range has no replica left whose log reaches back."""
+        view = self._view
+        return any(
+            all(node in session.compacted for node in token_range.replicas)
+            for token_range in view.ring.ranges(view.replicas)
+        )
+
     @staticmethod
     def _advance(session: _Session) -> None:
         """Move the resume version up to what every stream has passed."""
@@ -169,7 +192,8 @@ class WatchCoordinator:
         for token_range in view.ring.ranges(view.replicas):
             if not token_range.replicas:
                 continue
-            spans[self._pick(token_range.replicas)].append((token_range.start, token_range.end))
+            for node in self._pick(token_range.replicas, session.compacted):
+                spans[node].append((token_range.start, token_range.end))
         session.streams = [_Stream(node, node_spans) for node, node_spans in spans.items()]
         log.info(
             "watch following",
@@ -183,27 +207,33 @@ class WatchCoordinator:
                 self._pump(session, stream), name=f"watch of {stream.node}"
             )
 
-    def _pick(self, replicas: tuple[str, ...]) -> str:
-        """This node if it is a replica, else the first live one not failed lately."""
+    def _pick(self, replicas: tuple[str, ...], compacted: set[str]) -> list[str]:
+        """A quorum of the replicas to follow (fewer if the logs of the others
+        do not reach back): this node first if it is one, then live ones not
+        failed lately, then other live ones, then the rest.
+
+        A quorum, so that every write acknowledged at QUORUM or above reaches
+        a followed replica as it is made: one that missed it (down, or cut
+        off from the writer) gets only the key's newest version later.
+        """
         view = self._view
-        if view.node_id in replicas:
-            return view.node_id
-        for node in replicas:
-            if view.is_live(node) and node not in self._avoid:
-                return node
-        for node in replicas:
-            if view.is_live(node):
-                return node
-        return replicas[0]
+
+        def preference(node: str) -> tuple[bool, bool, bool]:
+            live = view.is_live(node)
+            return (node != view.node_id, not (live and node not in self._avoid), not live)
+
+        ranked = sorted((n for n in replicas if n not in compacted), key=preference)
+        return ranked[: required_replies(Consistency.QUORUM, len(replicas))]
 
     @staticmethod
     async def _stop_streams(session: _Session) -> None:
         tasks = [s.task for s in session.streams if s.task is not None]
         for task in tasks:
             task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if tasks:
+            # Not awaiting each: a cancellation of this task must not be taken
+            # for one of theirs.
+            await asyncio.wait(tasks)
         session.streams = []
         # What the stopped streams left queued belongs to them: drop it.
         while not session.queue.empty():
@@ -214,19 +244,21 @@ class WatchCoordinator:
         try:
             async with aclosing(self._feed(session, stream)) as feed:
                 while True:
-                    records, progress = await asyncio.wait_for(anext(feed), STALL_S)
+                    async with asyncio.timeout(STALL_S):
+                        records, progress = await anext(feed)
                     await session.queue.put((stream, records, progress))
         except (RingkvError, TimeoutError, StopAsyncIteration) as error:
+            await session.queue.put(_Failure(stream.node, error))
+        except Exception as error:
+            # Not lost with the task: the watch moves on from it like any failure.
+            log.exception("watch stream broke", extra={"peer": stream.node})
             await session.queue.put(_Failure(stream.node, error))
 
     async def _feed(
         self, session: _Session, stream: _Stream
     ) -> AsyncGenerator[tuple[list[Record], int], None]:
         if stream.node == self._view.node_id:
-            batches = follow(
-                self._engine,
-                self._changes,
-                self._clock,
+            batches = self._changes.follow(
                 spans=SpanSet.of(stream.spans),
                 prefix=session.prefix,
                 from_version=session.resume_version,

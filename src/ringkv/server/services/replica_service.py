@@ -19,7 +19,7 @@ from ringkv.core.ring import TOKEN_SPACE
 from ringkv.core.validation import MAX_BATCH_BYTES, Limits
 from ringkv.server.data import scan_pages
 from ringkv.server.data.anti_entropy import TreeCache
-from ringkv.server.data.change_feed import ChangeSignal, SpanSet, follow
+from ringkv.server.data.change_feed import ChangeFeed, SpanSet
 from ringkv.server.data.local_store import LocalStore
 from ringkv.server.transport.rpc import Context, Method, StreamMethod
 from ringkv.server.transport.wire import (
@@ -61,10 +61,10 @@ class ReplicaService:
         tables: MemberTableHolder | None = None,
         limits: Limits | None = None,
         trees: TreeCache | None = None,
-        changes: ChangeSignal | None = None,
+        changes: ChangeFeed | None = None,
     ) -> None:
-        self._changes = changes or ChangeSignal()
-        """Told of commits: wakes the watches of this node's change log."""
+        self._changes = changes or ChangeFeed(engine, clock)
+        """This node's change log, for the watches of other nodes."""
         self._store = store
         self._limits = limits or Limits()
         """The node's key and value limits, which records from peers must meet too."""
@@ -231,13 +231,8 @@ class ReplicaService:
     ) -> AsyncGenerator[replica_pb2.WatchResponse, None]:
         self._clock.observe_peer(request.clock)
         spans = SpanSet.of([_span_from_wire(span) for span in request.spans])
-        feed = follow(
-            self._engine,
-            self._changes,
-            self._clock,
-            spans=spans,
-            prefix=request.prefix,
-            from_version=request.from_version,
+        feed = self._changes.follow(
+            spans=spans, prefix=request.prefix, from_version=request.from_version
         )
         async with aclosing(feed) as batches:
             async for batch in batches:

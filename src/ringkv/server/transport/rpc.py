@@ -8,7 +8,6 @@ INVALID_ARGUMENT with a reason instead of grpc's opaque INTERNAL.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
@@ -363,16 +362,20 @@ def _serve_stream(
 async def _until(
     responses: AsyncGenerator[Message, None], closing: asyncio.Event
 ) -> AsyncGenerator[Message, None]:
-    """``responses`` until ``closing`` is set; then Unavailable (SHUTTING_DOWN)."""
+    """``responses`` until ``closing`` is set; then Unavailable (SHUTTING_DOWN).
+
+    Each response is awaited in a task of its own, raced against the gate; a
+    task still running when this ends (the gate closed, or the caller left
+    and this task was cancelled) is cancelled and waited for, so the
+    generator is idle again before the caller closes it.
+    """
     closed = asyncio.ensure_future(closing.wait())
+    following: asyncio.Future[Message] | None = None
     try:
         while True:
             following = asyncio.ensure_future(anext(responses))
             await asyncio.wait({following, closed}, return_when=asyncio.FIRST_COMPLETED)
             if not following.done():
-                following.cancel()
-                with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
-                    await following
                 raise Unavailable("the node is shutting down", reason=SHUTTING_DOWN)
             try:
                 response = following.result()
@@ -381,6 +384,9 @@ async def _until(
             yield response
     finally:
         closed.cancel()
+        if following is not None and not following.done():
+            following.cancel()
+            await asyncio.wait([following])
 
 
 def generic_handler(
