@@ -161,3 +161,20 @@ def test_unsent_answers_are_counted_per_connection_until_their_calls_end() -> No
     other.finish()
     assert gate.unsent_bytes == 0
     gate.enter(Access.CLIENT, "slow")
+
+
+def test_watches_are_counted_apart_from_the_calls_that_come_and_go() -> None:
+    gate = rpc.Gate(max_calls=2)
+    gate.enter(Access.CLIENT, endless=True)
+    gate.enter(Access.CLIENT, endless=True)
+    with pytest.raises(Overloaded, match="2 watches"):
+        gate.enter(Access.CLIENT, endless=True)
+    # Two watches open leave both call slots free.
+    gate.enter(Access.CLIENT)
+    gate.enter(Access.CLIENT)
+    with pytest.raises(Overloaded, match="2 calls"):
+        gate.enter(Access.CLIENT)
+    gate.leave(Access.CLIENT, endless=True)
+    gate.enter(Access.CLIENT, endless=True)
+    # A member's stream (another node's watch) is never refused for load.
+    gate.enter(Access.MEMBER, endless=True)

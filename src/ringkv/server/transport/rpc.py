@@ -136,6 +136,7 @@ class Gate:
     def __init__(self, max_calls: int | None = None, max_unsent_bytes: int | None = None) -> None:
         self._active = 0
         self._limited = 0
+        self._streams = 0
         self._max_calls = max_calls
         self._max_unsent_bytes = max_unsent_bytes
         self.unsent_bytes = 0
@@ -146,18 +147,31 @@ class Gate:
         self._arrivals = 0
         self._overloaded_since: float | None = None
 
-    def enter(self, access: Access, caller: str = "") -> None:
+    def enter(self, access: Access, caller: str = "", *, endless: bool = False) -> None:
         """Count a call in, or refuse it: UNAVAILABLE once closed, OVERLOADED
         when ``max_calls`` client and operator calls are inside already.
 
         Member calls are never turned away for load: they carry heartbeats
         and the replication of calls already admitted somewhere, and their
         number is bounded by the client calls the cluster admits.
+
+        ``endless`` streams (watches) are counted apart, up to ``max_calls``
+        of them: they stay for as long as their callers, and must not use
+        up the calls that come and go.
         """
         self._arrivals += 1
         if self._closed:
             raise Unavailable("the node is shutting down", reason=SHUTTING_DOWN)
-        if access is not Access.MEMBER:
+        if endless and access is not Access.MEMBER:
+            if self._max_calls is not None and self._streams >= self._max_calls:
+                self._note_overload()
+                raise Overloaded(
+                    f"the node serves its limit of {self._max_calls} watches; "
+                    "close some, or watch through another node",
+                    metadata={"limit": str(self._max_calls)},
+                )
+            self._streams += 1
+        elif access is not Access.MEMBER:
             if self._max_calls is not None and self._limited >= self._max_calls:
                 self._note_overload()
                 raise Overloaded(
@@ -183,9 +197,11 @@ class Gate:
             self._limited += 1
         self._active += 1
 
-    def leave(self, access: Access) -> None:
+    def leave(self, access: Access, *, endless: bool = False) -> None:
         self._active -= 1
-        if access is not Access.MEMBER:
+        if endless and access is not Access.MEMBER:
+            self._streams -= 1
+        elif access is not Access.MEMBER:
             self._limited -= 1
 
     def answered(self, access: Access, answer: bytes, context: Context, caller: str = "") -> None:
@@ -330,7 +346,7 @@ def _serve_stream(
         code = grpc.StatusCode.CANCELLED
         try:
             try:
-                gate.enter(access)
+                gate.enter(access, endless=method.endless)
             except RingkvError as error:
                 code = status_code(error)
                 await abort_with(context, error)
@@ -351,7 +367,7 @@ def _serve_stream(
                 code = grpc.StatusCode.INTERNAL
                 await abort_with(context, InternalError(f"internal error in {full_name}"))
             finally:
-                gate.leave(access)
+                gate.leave(access, endless=method.endless)
         finally:
             if observe is not None:
                 observe(service, method_name, "", code, time.perf_counter() - started)
