@@ -568,7 +568,7 @@ def test_garbage_request_is_malformed(channel: grpc.Channel, garbage: bytes) -> 
 
 def test_unknown_method_is_unimplemented(channel: grpc.Channel) -> None:
     raw_call: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(
-        "/kv.KeyValue/Scan", request_serializer=None, response_deserializer=None
+        "/kv.KeyValue/Transaction", request_serializer=None, response_deserializer=None
     )
     with pytest.raises(grpc.RpcError) as raised:
         raw_call(b"", timeout=CALL_TIMEOUT_S)

@@ -23,6 +23,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import ringkv
+from ringkv.core.errors import RingkvError
 from ringkv.core.history import FinalRead, HistoryOp
 
 START_WAIT_S = 30.0
@@ -64,12 +65,17 @@ class WatchObserver:
         made after it started (the nodes' logs begin when they start, so a
         watch cannot reach back before that)."""
         self._thread.start()
-        self._started.wait(timeout=10)
+        if not self._started.wait(timeout=START_WAIT_S):
+            raise AssertionError("the watch thread never started")
         marker = f"{self._prefix}watch-start"
         deadline = time.monotonic() + START_WAIT_S
         with ringkv.Client(self._endpoints) as client:
             while time.monotonic() < deadline and self.error is None:
-                version = client.set(marker, "x")
+                try:
+                    version = client.set(marker, "x")
+                except RingkvError:
+                    time.sleep(0.2)  # the cluster is still settling: ask again
+                    continue
                 seen = time.monotonic() + 1.0
                 while time.monotonic() < seen:
                     if (marker, version, "put") in self.events():

@@ -24,7 +24,13 @@ ERROR_CLASSES: dict[grpc.StatusCode, type[errors.RingkvError]] = {
 # (RESOURCE_EXHAUSTED is a value too large, or a full disk).
 REASON_CLASSES: dict[str, type[errors.RingkvError]] = {
     cls.default_reason: cls
-    for cls in (errors.ValueTooLarge, errors.StorageFull, errors.Overloaded, errors.Compacted)
+    for cls in (
+        errors.ValueTooLarge,
+        errors.StorageFull,
+        errors.Overloaded,
+        errors.Compacted,
+        errors.WatchDisabled,
+    )
 }
 
 

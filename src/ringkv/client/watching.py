@@ -9,6 +9,7 @@ passed on twice, and each key's changes stay in version order.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from dataclasses import dataclass
 
@@ -88,21 +89,27 @@ class WatchState:
     def events(self, response: kv_pb2.WatchResponse) -> list[WatchEvent]:
         """The news in one answer of the stream."""
         self._failing_since, self._failures = None, 0
-        if response.resume_version > self.resume_version:
-            self.resume_version = response.resume_version
-            self._delivered.forget_below(self.resume_version)
-        return [
+        # The answer's resume version holds once all of its events are
+        # handled: the events before its last carry the one before.
+        before = self.resume_version
+        news = [
             WatchEvent(
                 event.key,
                 "delete" if event.kind == kv_pb2.EVENT_DELETE else "put",
                 event.value,
                 event.version,
                 event.expires_at_ms,
-                self.resume_version,
+                before,
             )
             for event in response.events
             if self._delivered.admit(event.key.encode(), (event.version, ""))
         ]
+        if response.resume_version > before:
+            self.resume_version = response.resume_version
+            self._delivered.forget_below(self.resume_version)
+            if news:
+                news[-1] = dataclasses.replace(news[-1], resume_version=self.resume_version)
+        return news
 
     def failed(self, error: grpc.RpcError, now: float) -> float:
         """Seconds to pause before reconnecting; raises the typed error when

@@ -80,6 +80,12 @@ class Compacted(PreconditionFailed):
     default_reason = "COMPACTED"
 
 
+class WatchDisabled(PreconditionFailed):
+    """A node keeps no change log (``--watch-log-entries 0``): it serves no watch."""
+
+    default_reason = "WATCH_DISABLED"
+
+
 class Unavailable(RingkvError):
     """The request cannot be served now; retrying later may succeed."""
 

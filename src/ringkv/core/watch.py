@@ -33,21 +33,36 @@ class Delivered:
         # Every version admitted, oldest first: forgetting pops from the
         # front, so it costs what it forgets, not what is kept.
         self._by_age: list[tuple[Stamp, bytes]] = []
+        self._floor = 0
+        """Below this timestamp keys are forgotten: nothing is news there."""
 
     def admit(self, key: bytes, version: Stamp) -> bool:
         """Whether an event is news (newer than what was passed on for its
-        key); if so it counts as passed on."""
+        key, and not below what was forgotten); if so it counts as passed on.
+
+        An event below the floor is a repeat, or a change that reached its
+        replicas more than the margin late: either way one that could come
+        after a newer version of its key that was forgotten.
+        """
+        if version[0] < self._floor:
+            return False
         held = self._newest.get(key)
         if held is not None and version <= held:
             return False
         self._newest[key] = version
-        heapq.heappush(self._by_age, (version, key))
+        by_age = self._by_age
+        heapq.heappush(by_age, (version, key))
+        if len(by_age) > 2 * len(self._newest) + 1024:
+            # Superseded versions of hot keys: keep one entry per key.
+            self._by_age = [(stamp, held_key) for held_key, stamp in self._newest.items()]
+            heapq.heapify(self._by_age)
         return True
 
     def forget_below(self, resume_version: int) -> None:
         """Forget keys last changed well below ``resume_version``: a watch
         resumed from it sees nothing at or below it again."""
         floor = resume_version - RESUME_MARGIN
+        self._floor = max(self._floor, floor)
         by_age = self._by_age
         while by_age and by_age[0][0][0] < floor:
             version, key = heapq.heappop(by_age)

@@ -70,3 +70,13 @@ def test_a_broken_stream_is_resumed_for_a_while_and_a_bad_one_never() -> None:
         state.failed(FailedCall(grpc.StatusCode.FAILED_PRECONDITION, "COMPACTED"), now=11.0)
     with pytest.raises(errors.InvalidArgument):
         state.failed(FailedCall(grpc.StatusCode.INVALID_ARGUMENT), now=11.0)
+
+
+def test_only_the_last_event_of_an_answer_carries_its_new_resume_version() -> None:
+    state = WatchState("", 0, 30.0, random.Random(1))
+    state.events(kv_pb2.WatchResponse(resume_version=100))
+    news = state.events(
+        kv_pb2.WatchResponse(events=[event("a", 110), event("b", 105)], resume_version=150)
+    )
+    # Saved after "a" alone, 150 would skip "b": it still says 100.
+    assert [e.resume_version for e in news] == [100, 150]

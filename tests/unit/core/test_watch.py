@@ -28,6 +28,14 @@ def test_each_keys_events_pass_in_version_order_and_the_newest_always_passes(
         assert versions[-1] == max((t, n) for k, t, n in stream if k == key)
 
 
+def test_the_heap_of_versions_stays_near_one_entry_per_key() -> None:
+    delivered = Delivered()
+    for timestamp in range(1, 10_000):
+        assert delivered.admit(b"hot", (timestamp, "n1"))
+    assert len(delivered) == 1
+    assert len(delivered._by_age) <= 2 + 1024
+
+
 def test_a_repeat_is_dropped_and_forgetting_keeps_what_a_resume_could_repeat() -> None:
     delivered = Delivered()
     recent = 100 * RESUME_MARGIN
@@ -40,5 +48,7 @@ def test_a_repeat_is_dropped_and_forgetting_keeps_what_a_resume_could_repeat() -
     assert len(delivered) == 1
     # Still remembered: a replay from ``recent`` may send it again.
     assert not delivered.admit(b"recent", (recent, "n1"))
-    assert delivered.admit(b"old", (old, "n1"))  # forgotten: a resume never repeats it
+    # Forgotten, and below the floor: a repeat, or a change too late to order.
+    assert not delivered.admit(b"old", (old, "n1"))
+    assert delivered.admit(b"old", (recent + 1, "n1"))
     assert RESUME_MARGIN == 5_000 << LOGICAL_BITS

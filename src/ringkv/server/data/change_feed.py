@@ -17,7 +17,7 @@ from bisect import bisect_right
 from collections.abc import AsyncGenerator, Iterator, Sequence
 from dataclasses import dataclass
 
-from ringkv.core.errors import Compacted, PreconditionFailed
+from ringkv.core.errors import Compacted, WatchDisabled
 from ringkv.core.hlc import HybridLogicalClock
 from ringkv.core.records import Record
 from ringkv.core.tokens import token_of
@@ -79,13 +79,12 @@ class ChangeFeed:
                 waiter.set_result(None)
 
     def check_resumable(self, from_version: int) -> None:
-        """PreconditionFailed (WATCH_DISABLED) if the node keeps no log;
+        """WatchDisabled if the node keeps no log;
         Compacted if the log no longer reaches back to ``from_version``."""
         horizon = self._engine.change_log_state().horizon
         if horizon == CHANGE_LOG_OFF:
-            raise PreconditionFailed(
-                "this node keeps no change log (it runs with --watch-log-entries 0)",
-                reason="WATCH_DISABLED",
+            raise WatchDisabled(
+                "this node keeps no change log (it runs with --watch-log-entries 0)"
             )
         reach = max(horizon, self._floor)
         if from_version < reach:

@@ -20,12 +20,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Collection
 from contextlib import aclosing
 from dataclasses import dataclass, field
 
 from ringkv.core.consistency import Consistency
-from ringkv.core.errors import Compacted, PreconditionFailed, RingkvError, Unavailable
+from ringkv.core.errors import Compacted, RingkvError, Unavailable, WatchDisabled
 from ringkv.core.hlc import HybridLogicalClock
 from ringkv.core.quorum import required_replies
 from ringkv.core.records import Record
@@ -79,8 +79,10 @@ class _Session:
     streams: list[_Stream] = field(default_factory=list)
     delivered: Delivered = field(default_factory=Delivered)
     epoch: int = -1
-    compacted: set[str] = field(default_factory=set)
-    """Nodes whose logs do not reach back to where this watch resumes."""
+    compacted: dict[str, int] = field(default_factory=dict)
+    """Nodes whose logs do not reach back to where this watch resumes, and
+    the version each reaches back to: once the watch passed it, it may be
+    followed again."""
 
 
 class WatchCoordinator:
@@ -155,13 +157,14 @@ class WatchCoordinator:
         error = failure.error
         if isinstance(error, Compacted):
             # That replica's log does not reach back far enough; another's may.
-            session.compacted.add(failure.node)
+            reach = int(error.metadata.get("horizon", str(1 << 62)))
+            session.compacted[failure.node] = reach
             log.info("watch stream compacted", extra={"peer": failure.node, "error": str(error)})
             if self._uncovered(session):
                 raise error
             return
-        if isinstance(error, PreconditionFailed):
-            raise error  # a node that keeps no log (WATCH_DISABLED): no retry helps
+        if isinstance(error, WatchDisabled):
+            raise error  # a node that keeps no log: no retry helps
         log.info("watch stream failed", extra={"peer": failure.node, "error": repr(error)})
         self._avoid[failure.node] = asyncio.get_running_loop().time() + AVOID_S
 
@@ -184,15 +187,30 @@ class WatchCoordinator:
             session.delivered.forget_below(candidate)
 
     def _start_streams(self, session: _Session) -> None:
+        """Follow a quorum of each range's replicas from the resume version;
+        Compacted if some range has no replica whose log reaches back."""
         view = self._view
         session.epoch = view.epoch
+        session.compacted = {
+            node: reach
+            for node, reach in session.compacted.items()
+            if reach > session.resume_version
+        }
         now = asyncio.get_running_loop().time()
         self._avoid = {node: until for node, until in self._avoid.items() if until > now}
         spans: dict[str, list[tuple[int, int]]] = defaultdict(list)
         for token_range in view.ring.ranges(view.replicas):
             if not token_range.replicas:
                 continue
-            for node in self._pick(token_range.replicas, session.compacted):
+            picked = self._pick(token_range.replicas, session.compacted.keys())
+            if not picked:
+                raise Compacted(
+                    f"no replica of a token range keeps changes back to version "
+                    f"{session.resume_version}: scan for the current values and watch again "
+                    "from now",
+                    metadata={"horizon": str(min(session.compacted.values()))},
+                )
+            for node in picked:
                 spans[node].append((token_range.start, token_range.end))
         session.streams = [_Stream(node, node_spans) for node, node_spans in spans.items()]
         log.info(
@@ -207,7 +225,7 @@ class WatchCoordinator:
                 self._pump(session, stream), name=f"watch of {stream.node}"
             )
 
-    def _pick(self, replicas: tuple[str, ...], compacted: set[str]) -> list[str]:
+    def _pick(self, replicas: tuple[str, ...], compacted: Collection[str]) -> list[str]:
         """A quorum of the replicas to follow (fewer if the logs of the others
         do not reach back): this node first if it is one, then live ones not
         failed lately, then other live ones, then the rest.
@@ -220,7 +238,7 @@ class WatchCoordinator:
 
         def preference(node: str) -> tuple[bool, bool, bool]:
             live = view.is_live(node)
-            return (node != view.node_id, not (live and node not in self._avoid), not live)
+            return (not (live and node not in self._avoid), node != view.node_id, not live)
 
         ranked = sorted((n for n in replicas if n not in compacted), key=preference)
         return ranked[: required_replies(Consistency.QUORUM, len(replicas))]

@@ -18,7 +18,13 @@ import grpc
 
 from ringkv.api import kv_pb2, kv_pb2_grpc, replica_pb2, replica_pb2_grpc
 from ringkv.api.status import error_info
-from ringkv.core.errors import Compacted, InternalError, StaleMemberTable, Unavailable
+from ringkv.core.errors import (
+    Compacted,
+    InternalError,
+    StaleMemberTable,
+    Unavailable,
+    WatchDisabled,
+)
 from ringkv.core.hlc import HybridLogicalClock
 from ringkv.core.membership import Membership
 from ringkv.core.paxos import Ballot, Promise, Proposal
@@ -365,6 +371,8 @@ class Peer:
             info = error_info(error.trailing_metadata())
             if info is not None and info.reason == Compacted.default_reason:
                 raise Compacted(error.details() or "", metadata=dict(info.metadata)) from None
+            if info is not None and info.reason == WatchDisabled.default_reason:
+                raise WatchDisabled(error.details() or "") from None
             raise self._failed(error, "replica watch", slow_is_down=False) from None
         finally:
             call.cancel()

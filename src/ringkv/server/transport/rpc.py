@@ -8,6 +8,7 @@ INVALID_ARGUMENT with a reason instead of grpc's opaque INTERNAL.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
@@ -400,9 +401,12 @@ async def _until(
             yield response
     finally:
         closed.cancel()
-        if following is not None and not following.done():
+        # Until it is done, even if this task is cancelled again meanwhile:
+        # the caller closes the generator next, which must be idle by then.
+        while following is not None and not following.done():
             following.cancel()
-            await asyncio.wait([following])
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait([following])
 
 
 def generic_handler(
