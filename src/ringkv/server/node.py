@@ -16,7 +16,7 @@ from grpc_reflection.v1alpha import reflection
 
 from ringkv.core.election import ElectionConfig
 from ringkv.core.errors import Unavailable
-from ringkv.core.hlc import LOGICAL_BITS, HybridLogicalClock
+from ringkv.core.hlc import HybridLogicalClock
 from ringkv.core.membership import Membership, RingMaker
 from ringkv.server import descriptors
 from ringkv.server.cluster.clock_guard import ClockGuard, ClockProber
@@ -107,13 +107,14 @@ async def serve(
         clock_mark = ClockMark(config.data_path if config.engine == "lmdb" else None, clock, now_ms)
         clock_mark.resume()
         # A log that starts empty (a new data dir, the memory engine) holds
-        # nothing of what this node stored before: no watch resumes below now,
-        # nor below what its clock may have taken from peers ahead of it.
-        floor = 0
-        if engine.change_log_state().last_seq == 0:
-            lead_ms = round(config.max_clock_offset_s * 1000)
-            floor = max(clock.tick(now_ms()).timestamp, (now_ms() + lead_ms) << LOGICAL_BITS)
-        changes = ChangeFeed(engine, clock, floor=floor)
+        # nothing of what this node stored before: no watch resumes below now.
+        # (Not below now plus the clock lead a peer may have given a previous
+        # run: a watch from now, begun on a just-started cluster, would be
+        # refused.)
+        started_empty = engine.change_log_state().last_seq == 0
+        changes = ChangeFeed(
+            engine, clock, floor=clock.tick(now_ms()).timestamp if started_empty else 0
+        )
         commits = CommitQueue(engine, max_batch=max_batch, on_commit=changes.notify)
         resources.push_async_callback(commits.close)
         store = LocalStore(engine, commits)
