@@ -17,7 +17,15 @@ import grpc
 import ringkv
 from ringkv.api import kv_pb2, kv_pb2_grpc
 from tests.integration.test_cli import RINGKV, cli_env
-from tests.support.nodes import ClusterFactory, NodeProcess, wait_for, wait_for_leader
+from tests.integration.test_membership import FAST, wait_for_members
+from tests.support.nodes import (
+    ClusterFactory,
+    NodeFactory,
+    NodeProcess,
+    free_ports,
+    wait_for,
+    wait_for_leader,
+)
 
 WRITES = 1000
 KEYS = 200
@@ -193,3 +201,33 @@ def test_a_watch_moves_to_another_node_and_resumes_from_a_version(
         resumed = [next(events) for _ in range(10)]
         events.close()
     assert all(event.version > middle for event in resumed)
+
+
+def test_a_watch_and_a_scan_go_on_across_a_join(nodes: NodeFactory) -> None:
+    """A fourth node joins while a watch runs: the watch follows the new ring
+    (the joiner's log starts at its start, so it is passed over for what
+    came before), and a scan after the join still lists each key once."""
+    members = ClusterFactory(nodes)(3, *FAST)
+    wait_for_leader(members)
+    endpoint = ",".join(node.address for node in members)
+    with watching("w/", "--endpoint", endpoint) as watch:
+        watch_coordinator(members)
+        written = write_and_delete(members, 0, 300)
+        (port,) = free_ports(1)
+        joiner = nodes("node4", "-peers", f"node1={members[0].address}", *FAST, start=False)
+        joiner.extra_args += ["-replicas", "3"]
+        joiner.port = port
+        joiner.start()
+        everyone = [*members, joiner]
+        wait_for_members(
+            members, {node.node_id: "normal" for node in everyone}, timeout=WATCH_TIMEOUT_S
+        )
+        later = write_and_delete(everyone, 300, 300)
+        for key, versions in later.items():
+            written[key] += versions
+        check_every_change_in_order(watch, written, what="every change across the join")
+
+    with ringkv.Client([node.address for node in everyone]) as client:
+        listed = [entry.key for entry in client.scan("w/", consistency="quorum")]
+        live = {key for key in written if client.get(key) is not None}
+    assert sorted(listed) == sorted(live)
