@@ -25,7 +25,7 @@ from ringkv.client.requests import (
     ScanPage,
 )
 from ringkv.client.retry import RetryPolicy
-from ringkv.client.watching import DEFAULT_RECONNECT_S, WatchEvent, WatchState
+from ringkv.client.watching import DEFAULT_RECONNECT_S, STALL_S, WatchEvent, WatchState
 
 if TYPE_CHECKING:  # the async stub type exists only in the generated .pyi
     from ringkv.api.kv_pb2_grpc import KeyValueAsyncStub
@@ -218,10 +218,18 @@ class AsyncClient:
             for address in self._policy.topology_sources():
                 stream = kv_pb2_grpc.KeyValueStub(self._pool.get(address)).Watch(state.request())
                 try:
-                    async for response in stream:
+                    while True:
+                        # A stream silent past its heartbeats is taken for broken.
+                        async with asyncio.timeout(STALL_S):
+                            response = await stream.read()
+                        if not isinstance(response, kv_pb2.WatchResponse):
+                            break  # EOF: the node ended the stream
                         for event in state.events(response):
                             yield event
-                    delay = 0.0  # the node ended the stream: go on elsewhere
+                    delay = 0.0  # go on elsewhere
+                except TimeoutError:
+                    self._policy.topology_failed(address)
+                    delay = 0.0
                 except grpc.RpcError as error:
                     self._policy.topology_failed(address)
                     delay = state.failed(error, time.monotonic())

@@ -24,7 +24,7 @@ from ringkv.client.requests import (
     ScanPage,
 )
 from ringkv.client.retry import RetryPolicy
-from ringkv.client.watching import DEFAULT_RECONNECT_S, WatchEvent, WatchState
+from ringkv.client.watching import DEFAULT_RECONNECT_S, Watchdog, WatchEvent, WatchState
 
 RequestT = TypeVar("RequestT")
 ResponseT = TypeVar("ResponseT")
@@ -237,14 +237,21 @@ class Client:
         while True:
             for address in self._policy.topology_sources():
                 stream = kv_pb2_grpc.KeyValueStub(self._pool.get(address)).Watch(state.request())
+                watchdog = Watchdog(stream.cancel)
                 try:
-                    for response in stream:
+                    while True:
+                        watchdog.waiting()
+                        response = next(stream, None)
+                        watchdog.answered()
+                        if response is None:
+                            break
                         yield from state.events(response)
                     delay = 0.0  # the node ended the stream: go on elsewhere
                 except grpc.RpcError as error:
                     self._policy.topology_failed(address)
                     delay = state.failed(error, time.monotonic())
                 finally:
+                    watchdog.stop()
                     stream.cancel()
                 time.sleep(delay)
 

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import grpc
@@ -21,6 +24,9 @@ from ringkv.client.errors import from_rpc_error
 from ringkv.core.errors import Overloaded
 from ringkv.core.watch import Delivered
 
+STALL_S = 10.0
+"""A stream silent this long is taken for broken (nodes send a heartbeat
+every second): a node paused, or cut off from this client without a reset."""
 DEFAULT_RECONNECT_S = 30.0
 """How long a watch keeps trying to reconnect before it raises."""
 _RECONNECTABLE = frozenset(
@@ -63,6 +69,34 @@ class WatchEvent:
     change at or below it was delivered): pass it as ``from_version``. An
     event's own ``version`` resumes too, but may skip changes to other keys
     stamped earlier that had not come yet."""
+
+
+class Watchdog:
+    """Cancels a blocking stream that sends nothing for ``STALL_S`` while
+    its reader waits on it (not while the reader handles what it was sent)."""
+
+    def __init__(self, cancel: Callable[[], object]) -> None:
+        self._cancel = cancel
+        self._waiting_since: float | None = None
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="watch watchdog", daemon=True)
+        self._thread.start()
+
+    def waiting(self) -> None:
+        self._waiting_since = time.monotonic()
+
+    def answered(self) -> None:
+        self._waiting_since = None
+
+    def stop(self) -> None:
+        self._done.set()
+
+    def _watch(self) -> None:
+        while not self._done.wait(timeout=STALL_S / 10):
+            since = self._waiting_since
+            if since is not None and time.monotonic() - since > STALL_S:
+                self._cancel()
+                return
 
 
 class WatchState:
