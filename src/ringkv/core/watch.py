@@ -20,6 +20,10 @@ resumes: a write reaches its replicas within that of being stamped, or it
 is late (a hint, a repair) and may be missed by a watch that moved to
 another replica meanwhile."""
 
+REMEMBERED_KEYS = 100_000
+"""Keys whose newest version passed on a watch remembers (some MiB): a change
+to a forgotten key that arrives late could come after a newer version of it."""
+
 Stamp = tuple[int, str]
 """A version as (timestamp, node id); a client sees the timestamp only and
 passes "" for the node."""
@@ -33,19 +37,15 @@ class Delivered:
         # Every version admitted, oldest first: forgetting pops from the
         # front, so it costs what it forgets, not what is kept.
         self._by_age: list[tuple[Stamp, bytes]] = []
-        self._floor = 0
-        """Below this timestamp keys are forgotten: nothing is news there."""
 
     def admit(self, key: bytes, version: Stamp) -> bool:
         """Whether an event is news (newer than what was passed on for its
-        key, and not below what was forgotten); if so it counts as passed on.
+        key); if so it counts as passed on.
 
-        An event below the floor is a repeat, or a change that reached its
-        replicas more than the margin late: either way one that could come
-        after a newer version of its key that was forgotten.
+        A change that reached its replicas late (a hint, a repair) is news
+        if its key's newest version passed on is older or forgotten: so a
+        key's final version is never held back.
         """
-        if version[0] < self._floor:
-            return False
         held = self._newest.get(key)
         if held is not None and version <= held:
             return False
@@ -59,12 +59,12 @@ class Delivered:
         return True
 
     def forget_below(self, resume_version: int) -> None:
-        """Forget keys last changed well below ``resume_version``: a watch
-        resumed from it sees nothing at or below it again."""
+        """Past ``REMEMBERED_KEYS``, forget the keys last changed longest ago,
+        down to well below ``resume_version`` (a watch resumed from it sends
+        nothing at or below it again, so those are never repeats)."""
         floor = resume_version - RESUME_MARGIN
-        self._floor = max(self._floor, floor)
         by_age = self._by_age
-        while by_age and by_age[0][0][0] < floor:
+        while len(self._newest) > REMEMBERED_KEYS and by_age and by_age[0][0][0] < floor:
             version, key = heapq.heappop(by_age)
             if self._newest.get(key) == version:
                 del self._newest[key]

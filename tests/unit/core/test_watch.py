@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from ringkv.core import watch
 from ringkv.core.hlc import LOGICAL_BITS
 from ringkv.core.watch import RESUME_MARGIN, Delivered
 
@@ -36,7 +38,10 @@ def test_the_heap_of_versions_stays_near_one_entry_per_key() -> None:
     assert len(delivered._by_age) <= 2 + 1024
 
 
-def test_a_repeat_is_dropped_and_forgetting_keeps_what_a_resume_could_repeat() -> None:
+def test_a_repeat_is_dropped_and_forgetting_keeps_what_a_resume_could_repeat(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(watch, "REMEMBERED_KEYS", 1)
     delivered = Delivered()
     recent = 100 * RESUME_MARGIN
     old = recent - 2 * RESUME_MARGIN
@@ -48,7 +53,13 @@ def test_a_repeat_is_dropped_and_forgetting_keeps_what_a_resume_could_repeat() -
     assert len(delivered) == 1
     # Still remembered: a replay from ``recent`` may send it again.
     assert not delivered.admit(b"recent", (recent, "n1"))
-    # Forgotten, and below the floor: a repeat, or a change too late to order.
-    assert not delivered.admit(b"old", (old, "n1"))
-    assert delivered.admit(b"old", (recent + 1, "n1"))
+    # Forgotten (past the cap, well below the resume version): news again.
+    assert delivered.admit(b"old", (old, "n1"))
+
+
+def test_under_the_cap_nothing_is_forgotten() -> None:
+    delivered = Delivered()
+    assert delivered.admit(b"k", (1, "n1"))
+    delivered.forget_below(100 * RESUME_MARGIN)
+    assert not delivered.admit(b"k", (1, "n1"))
     assert RESUME_MARGIN == 5_000 << LOGICAL_BITS

@@ -9,9 +9,9 @@ which drops repeats and keeps each key's events in version order.
 The watch's resume version is the lowest progress mark of its streams,
 less ``RESUME_MARGIN``: every change at or below it has been passed on.
 When a stream fails (its node died, stalled, or left) or the member table
-changes, every stream starts again from the resume version on the replicas
-the table now names, skipping a node that just failed; what they send
-again is dropped as a repeat. A change a replica's log was trimmed past
+changes, the plan is made again, skipping a node that just failed, and the
+streams whose node or spans changed start again from the resume version;
+what they send again is dropped as a repeat. A change a replica's log was trimmed past
 ends the watch with Compacted, never silently.
 """
 
@@ -55,17 +55,19 @@ class WatchBatch:
     """Every change at or below this version has been passed on."""
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class _Stream:
     node: str
     spans: list[tuple[int, int]]
+    delay_s: float = 0.0
+    """How long to wait before opening it: its node failed a moment ago."""
     task: asyncio.Task[None] | None = None
     progress: int = 0
 
 
 @dataclass(slots=True)
 class _Failure:
-    node: str
+    stream: _Stream
     error: BaseException
 
 
@@ -83,6 +85,12 @@ class _Session:
     """Nodes whose logs do not reach back to where this watch resumes, and
     the version each reaches back to: once the watch passed it, it may be
     followed again."""
+    failed_at: dict[str, float] = field(default_factory=dict)
+    """When each node's stream last failed."""
+
+    def following(self, stream: _Stream) -> bool:
+        """Whether a stream is still one of the session's (not stopped)."""
+        return any(s is stream for s in self.streams)
 
 
 class WatchCoordinator:
@@ -112,7 +120,7 @@ class WatchCoordinator:
         session = _Session(prefix, start)
         loop = asyncio.get_running_loop()
         try:
-            self._start_streams(session)
+            await self._reconcile(session)
             yield WatchBatch([], start)
             last_answer = loop.time()
             while True:
@@ -120,20 +128,13 @@ class WatchCoordinator:
                     item = await asyncio.wait_for(session.queue.get(), HEARTBEAT_S)
                 except TimeoutError:
                     item = None
-                if isinstance(item, _Failure):
+                if isinstance(item, _Failure) and session.following(item.stream):
                     self._failed(session, item)
-                    await self._stop_streams(session)
-                    await asyncio.sleep(RETRY_S)
-                    self._start_streams(session)
-                    if loop.time() - last_answer >= HEARTBEAT_S:
-                        yield WatchBatch([], session.resume_version)
-                        last_answer = loop.time()
-                    continue
-                if session.epoch != self._view.epoch:
-                    await self._stop_streams(session)
-                    self._start_streams(session)
+                    await self._reconcile(session)
+                elif session.epoch != self._view.epoch:
+                    await self._reconcile(session)
                 news: list[Record] = []
-                if item is not None:
+                if isinstance(item, tuple) and session.following(item[0]):
                     stream, records, progress = item
                     news = [
                         record
@@ -150,23 +151,25 @@ class WatchCoordinator:
                     yield WatchBatch(news, session.resume_version)
                     last_answer = loop.time()
         finally:
-            await self._stop_streams(session)
+            await self._stop(session.streams)
 
     def _failed(self, session: _Session, failure: _Failure) -> None:
         """Note a stream's failure; raise it when no other replica can stand in."""
-        error = failure.error
+        error, node = failure.error, failure.stream.node
+        now = asyncio.get_running_loop().time()
+        session.failed_at[node] = now
         if isinstance(error, Compacted):
             # That replica's log does not reach back far enough; another's may.
             reach = int(error.metadata.get("horizon", str(1 << 62)))
-            session.compacted[failure.node] = reach
-            log.info("watch stream compacted", extra={"peer": failure.node, "error": str(error)})
+            session.compacted[node] = reach
+            log.info("watch stream compacted", extra={"peer": node, "error": str(error)})
             if self._uncovered(session):
                 raise error
             return
         if isinstance(error, WatchDisabled):
             raise error  # a node that keeps no log: no retry helps
-        log.info("watch stream failed", extra={"peer": failure.node, "error": repr(error)})
-        self._avoid[failure.node] = asyncio.get_running_loop().time() + AVOID_S
+        log.info("watch stream failed", extra={"peer": node, "error": repr(error)})
+        self._avoid[node] = now + AVOID_S
 
     def _uncovered(self, session: _Session) -> bool:
         """Whether some range has no replica left whose log reaches back."""
@@ -186,9 +189,42 @@ class WatchCoordinator:
             session.resume_version = candidate
             session.delivered.forget_below(candidate)
 
-    def _start_streams(self, session: _Session) -> None:
-        """Follow a quorum of each range's replicas from the resume version;
-        Compacted if some range has no replica whose log reaches back."""
+    async def _reconcile(self, session: _Session) -> None:
+        """Follow the current plan: streams whose node and spans it keeps go
+        on, the others stop, new ones start from the resume version (after a
+        pause if their node just failed). Compacted if some range has no
+        replica whose log reaches back."""
+        plan = self._plan(session)
+        keep = [
+            s
+            for s in session.streams
+            if plan.get(s.node) == s.spans and s.task is not None and not s.task.done()
+        ]
+        await self._stop([s for s in session.streams if s not in keep])
+        kept = {s.node for s in keep}
+        now = asyncio.get_running_loop().time()
+        started = [
+            _Stream(
+                node,
+                spans,
+                delay_s=RETRY_S if now - session.failed_at.get(node, -RETRY_S) < RETRY_S else 0.0,
+            )
+            for node, spans in plan.items()
+            if node not in kept
+        ]
+        session.streams = keep + started
+        for stream in started:
+            stream.task = asyncio.get_running_loop().create_task(
+                self._pump(session, stream), name=f"watch of {stream.node}"
+            )
+        if started:
+            log.info(
+                "watch following",
+                extra={"nodes": ",".join(sorted(plan)), "from_version": session.resume_version},
+            )
+
+    def _plan(self, session: _Session) -> dict[str, list[tuple[int, int]]]:
+        """The spans to follow on each node: a quorum of each range's replicas."""
         view = self._view
         session.epoch = view.epoch
         session.compacted = {
@@ -212,18 +248,7 @@ class WatchCoordinator:
                 )
             for node in picked:
                 spans[node].append((token_range.start, token_range.end))
-        session.streams = [_Stream(node, node_spans) for node, node_spans in spans.items()]
-        log.info(
-            "watch following",
-            extra={
-                "nodes": ",".join(sorted(spans)),
-                "from_version": session.resume_version,
-            },
-        )
-        for stream in session.streams:
-            stream.task = asyncio.get_running_loop().create_task(
-                self._pump(session, stream), name=f"watch of {stream.node}"
-            )
+        return dict(spans)
 
     def _pick(self, replicas: tuple[str, ...], compacted: Collection[str]) -> list[str]:
         """A quorum of the replicas to follow (fewer if the logs of the others
@@ -244,33 +269,31 @@ class WatchCoordinator:
         return ranked[: required_replies(Consistency.QUORUM, len(replicas))]
 
     @staticmethod
-    async def _stop_streams(session: _Session) -> None:
-        tasks = [s.task for s in session.streams if s.task is not None]
+    async def _stop(streams: list[_Stream]) -> None:
+        """Stop streams; what they left queued is ignored (``Session.following``)."""
+        tasks = [s.task for s in streams if s.task is not None]
         for task in tasks:
             task.cancel()
         if tasks:
             # Not awaiting each: a cancellation of this task must not be taken
             # for one of theirs.
             await asyncio.wait(tasks)
-        session.streams = []
-        # What the stopped streams left queued belongs to them: drop it.
-        while not session.queue.empty():
-            session.queue.get_nowait()
 
     async def _pump(self, session: _Session, stream: _Stream) -> None:
         """Move one node's batches to the session's queue, or its failure."""
         try:
+            await asyncio.sleep(stream.delay_s)
             async with aclosing(self._feed(session, stream)) as feed:
                 while True:
                     async with asyncio.timeout(STALL_S):
                         records, progress = await anext(feed)
                     await session.queue.put((stream, records, progress))
         except (RingkvError, TimeoutError, StopAsyncIteration) as error:
-            await session.queue.put(_Failure(stream.node, error))
+            await session.queue.put(_Failure(stream, error))
         except Exception as error:
             # Not lost with the task: the watch moves on from it like any failure.
             log.exception("watch stream broke", extra={"peer": stream.node})
-            await session.queue.put(_Failure(stream.node, error))
+            await session.queue.put(_Failure(stream, error))
 
     async def _feed(
         self, session: _Session, stream: _Stream
