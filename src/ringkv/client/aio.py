@@ -18,7 +18,6 @@ from ringkv.client.channels import ChannelPool, PemSource, Security
 from ringkv.client.requests import (
     CHANNEL_OPTIONS,
     DEFAULT_ENDPOINT,
-    MAX_PAGE,
     Entry,
     KeyEntry,
     Level,
@@ -187,23 +186,18 @@ class AsyncClient:
         timeout: float | None = None,
     ) -> AsyncIterator[KeyEntry]:
         """Every live key under ``prefix``; see ``Client.scan``."""
-        cursor, left = b"", limit
-        while left is None or left > 0:
+        pager = requests.ScanPager(limit)
+        while not pager.done:
             page = await self.scan_page(
                 prefix,
-                cursor,
-                limit=min(left or 0, MAX_PAGE),
+                pager.cursor,
+                limit=pager.page_limit,
                 keys_only=keys_only,
                 consistency=consistency,
                 timeout=timeout,
             )
-            for entry in page.entries[:left]:
+            for entry in pager.take(page):
                 yield entry
-            if left is not None:
-                left -= len(page.entries)
-            if not page.next_cursor:
-                return
-            cursor = page.next_cursor
 
     async def watch(
         self,

@@ -160,6 +160,29 @@ def scan_request(
     )
 
 
+class ScanPager:
+    """Where a scan of at most ``limit`` keys (None: all) has got to."""
+
+    def __init__(self, limit: int | None) -> None:
+        self.cursor = b""
+        self.done = limit is not None and limit <= 0
+        self._left = limit
+
+    @property
+    def page_limit(self) -> int:
+        """The limit of the next page (0: the node's cap)."""
+        return 0 if self._left is None else min(self._left, MAX_PAGE)
+
+    def take(self, page: ScanPage) -> list[KeyEntry]:
+        """A page's entries within the limit; moves on past the page."""
+        entries = page.entries if self._left is None else page.entries[: self._left]
+        if self._left is not None:
+            self._left -= len(entries)
+        self.cursor = page.next_cursor
+        self.done = not page.next_cursor or self._left == 0
+        return entries
+
+
 def scan_page(response: kv_pb2.ScanResponse) -> ScanPage:
     return ScanPage(
         [KeyEntry(e.key, e.value, e.version, e.expires_at_ms) for e in response.entries],

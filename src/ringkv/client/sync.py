@@ -17,7 +17,6 @@ from ringkv.client.channels import ChannelPool, PemSource, Security
 from ringkv.client.requests import (
     CHANNEL_OPTIONS,
     DEFAULT_ENDPOINT,
-    MAX_PAGE,
     Entry,
     KeyEntry,
     Level,
@@ -199,22 +198,17 @@ class Client:
         time, in token order; each ``timeout`` is per page. A key that exists
         for the whole scan is yielded exactly once, whichever node fails
         meanwhile; one written during it may or may not be."""
-        cursor, left = b"", limit
-        while left is None or left > 0:
+        pager = requests.ScanPager(limit)
+        while not pager.done:
             page = self.scan_page(
                 prefix,
-                cursor,
-                limit=min(left or 0, MAX_PAGE),
+                pager.cursor,
+                limit=pager.page_limit,
                 keys_only=keys_only,
                 consistency=consistency,
                 timeout=timeout,
             )
-            yield from page.entries[:left]
-            if left is not None:
-                left -= len(page.entries)
-            if not page.next_cursor:
-                return
-            cursor = page.next_cursor
+            yield from pager.take(page)
 
     def watch(
         self,
