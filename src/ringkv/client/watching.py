@@ -22,7 +22,7 @@ from ringkv.api import kv_pb2
 from ringkv.api.status import error_info
 from ringkv.client.errors import from_rpc_error
 from ringkv.core.errors import Overloaded
-from ringkv.core.watch import Delivered
+from ringkv.core.watch import RESUME_MARGIN, Delivered
 
 STALL_S = 10.0
 """A stream silent this long is taken for broken (nodes send a heartbeat
@@ -111,6 +111,8 @@ class WatchState:
         self.resume_version = from_version
         """Every change at or below it has been passed on (once the first
         answer came; before that, where the watch was asked to start)."""
+        self._start = from_version
+        """Where the watch starts (from now: the first answer says where)."""
         self._delivered = Delivered()
         self._reconnect_s = reconnect_s
         self._rng = rng
@@ -118,7 +120,13 @@ class WatchState:
         self._failures = 0
 
     def request(self) -> kv_pb2.WatchRequest:
-        return kv_pb2.WatchRequest(prefix=self._prefix, from_version=self.resume_version)
+        """The request of the next stream: from a margin below the resume
+        version (what reached a replica late, stamped just below it, is still
+        news; repeats are dropped), never below where the watch started."""
+        if not self._start:
+            return kv_pb2.WatchRequest(prefix=self._prefix)
+        again = max(self._start, self.resume_version - RESUME_MARGIN)
+        return kv_pb2.WatchRequest(prefix=self._prefix, from_version=again)
 
     def events(self, response: kv_pb2.WatchResponse) -> list[WatchEvent]:
         """The news in one answer of the stream."""
@@ -138,6 +146,8 @@ class WatchState:
             for event in response.events
             if self._delivered.admit(event.key.encode(), (event.version, ""))
         ]
+        if not self._start:
+            self._start = response.resume_version  # from now: here
         if response.resume_version > before:
             self.resume_version = response.resume_version
             self._delivered.forget_below(self.resume_version)

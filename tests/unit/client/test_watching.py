@@ -13,6 +13,7 @@ from ringkv.api import kv_pb2
 from ringkv.api.headers import STATUS_DETAILS
 from ringkv.client.watching import WatchState
 from ringkv.core import errors
+from ringkv.core.watch import RESUME_MARGIN
 
 
 class FailedCall(grpc.RpcError):
@@ -80,3 +81,15 @@ def test_only_the_last_event_of_an_answer_carries_its_new_resume_version() -> No
     )
     # Saved after "a" alone, 150 would skip "b": it still says 100.
     assert [e.resume_version for e in news] == [100, 150]
+
+
+def test_a_reconnect_starts_a_margin_below_the_resume_version_never_below_the_start() -> None:
+    margin = RESUME_MARGIN
+    state = WatchState("", 0, 30.0, random.Random(1))
+    assert state.request().from_version == 0  # from now: the node says where
+    state.events(kv_pb2.WatchResponse(resume_version=10 * margin))
+    assert state.request().from_version == 10 * margin  # not before the start
+    state.events(kv_pb2.WatchResponse(resume_version=13 * margin))
+    # A change that reached a replica late, just below the resume version,
+    # is still news: the next stream starts a margin below it.
+    assert state.request().from_version == 12 * margin

@@ -117,3 +117,25 @@ def test_a_batch_of_large_values_is_sent_in_pieces_that_fit_a_message() -> None:
         assert seen[-1].progress == 10
 
     asyncio.run(scenario())
+
+
+def test_a_change_stored_late_below_the_resume_version_is_still_sent() -> None:
+    """A repair or hint may store a version below where the follower began:
+    it is news to the watch if its key never had a newer one passed on."""
+
+    async def scenario() -> None:
+        engine = MemoryEngine()
+        clock = HybridLogicalClock("n1")
+        changes = ChangeFeed(engine, clock)
+        engine.apply([Mutation(record("k/old", 5))])
+        feed = changes.follow(spans=EVERYTHING, prefix=b"k/", from_version=50)
+        async with aclosing(feed) as batches:
+            # Logged before the follower began and below 50: not sent.
+            first = await asyncio.wait_for(anext(batches), 5.0)
+            assert first.records == []
+            engine.apply([Mutation(record("k/late", 40))])
+            changes.notify()
+            batch = await next_with_records(batches)
+        assert batch.records == [record("k/late", 40)]
+
+    asyncio.run(scenario())

@@ -107,6 +107,11 @@ class ChangeFeed:
         self.check_resumable(from_version)
         loop = asyncio.get_running_loop()
         seq = progress = 0
+        # Entries logged from now on are sent whatever their version: a
+        # change that reaches this replica late (a hint, a repair) may be
+        # stamped below where the watch resumed and still be news to it (a
+        # key's final version, say); the coordinator drops what is not.
+        tail_from = self._engine.change_log_state().last_seq
         last_sent = loop.time()
         while True:
             # Taken before the read, so a commit after it wakes the wait below.
@@ -126,7 +131,7 @@ class ChangeFeed:
                 matching = [
                     change.record
                     for change in changes
-                    if change.record.version.timestamp > from_version
+                    if (change.seq > tail_from or change.record.version.timestamp > from_version)
                     and change.record.key.startswith(prefix)
                     and token_of(change.record.key) in spans
                 ]

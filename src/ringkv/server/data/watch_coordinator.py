@@ -74,6 +74,9 @@ class _Failure:
 @dataclass(slots=True)
 class _Session:
     prefix: bytes
+    start: int
+    """Where the caller asked to start: nothing at or below it is passed on
+    (streams may send what reached a replica late, stamped below it)."""
     resume_version: int
     queue: asyncio.Queue[tuple[_Stream, list[Record], int] | _Failure] = field(
         default_factory=lambda: asyncio.Queue(QUEUE_BATCHES)
@@ -117,7 +120,7 @@ class WatchCoordinator:
         # From now: past every version stamped before, whatever this node's
         # clock last saw.
         start = from_version or self._clock.tick(self._now_ms()).timestamp
-        session = _Session(prefix, start)
+        session = _Session(prefix, start, start)
         loop = asyncio.get_running_loop()
         try:
             await self._reconcile(session)
@@ -139,7 +142,8 @@ class WatchCoordinator:
                     news = [
                         record
                         for record in records
-                        if session.delivered.admit(
+                        if record.version.timestamp > session.start
+                        and session.delivered.admit(
                             record.key, (record.version.timestamp, record.version.node_id)
                         )
                     ]
