@@ -223,7 +223,7 @@ class AsyncClient:
                     delay = 0.0  # go on elsewhere
                 except TimeoutError:
                     self._policy.topology_failed(address)
-                    delay = 0.0
+                    delay = state.stalled(time.monotonic())
                 except grpc.RpcError as error:
                     self._policy.topology_failed(address)
                     delay = state.failed(error, time.monotonic())

@@ -1,10 +1,11 @@
 """What the blocking and the asyncio client share about a watch.
 
 A watch is one server stream at a time. When it breaks (the node died, was
-stopped, or the connection was cut) the client opens another on the next
-endpoint from the last resume version the stream gave, and drops what it
-is sent again (``ringkv.core.watch.Delivered``): no change is lost, none is
-passed on twice, and each key's changes stay in version order.
+stopped, the connection was cut, or it sent nothing for ``STALL_S``) the
+client opens another on the next endpoint a little below the last resume
+version the stream gave, and drops what it is sent again
+(``ringkv.core.watch.Delivered``): each key's changes stay in version order,
+none twice.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import grpc
 from ringkv.api import kv_pb2
 from ringkv.api.status import error_info
 from ringkv.client.errors import from_rpc_error
-from ringkv.core.errors import Overloaded
+from ringkv.core.errors import Overloaded, Unavailable
 from ringkv.core.watch import RESUME_MARGIN, Delivered
 
 STALL_S = 10.0
@@ -161,9 +162,18 @@ class WatchState:
         took it for ``reconnect_s``."""
         if error.code() not in _RECONNECTABLE and not _overloaded(error):
             raise from_rpc_error(error) from None
+        return self._retry(now, lambda: from_rpc_error(error))
+
+    def stalled(self, now: float) -> float:
+        """``failed`` for a stream that went silent (no error came)."""
+        return self._retry(
+            now, lambda: Unavailable(f"no node kept the watch going for {self._reconnect_s} s")
+        )
+
+    def _retry(self, now: float, error: Callable[[], Exception]) -> float:
         if self._failing_since is None:
             self._failing_since = now
         elif now - self._failing_since > self._reconnect_s:
-            raise from_rpc_error(error) from None
+            raise error()
         self._failures += 1
         return self._rng.uniform(0, min(_MAX_BACKOFF_S, 0.05 * 2 ** (self._failures - 1)))

@@ -93,3 +93,10 @@ def test_a_reconnect_starts_a_margin_below_the_resume_version_never_below_the_st
     # A change that reached a replica late, just below the resume version,
     # is still news: the next stream starts a margin below it.
     assert state.request().from_version == 12 * margin
+
+
+def test_silence_counts_as_a_failure_toward_giving_up() -> None:
+    state = WatchState("", 0, 10.0, random.Random(1))
+    assert 0 <= state.stalled(now=0.0) <= 1.0
+    with pytest.raises(errors.Unavailable, match="10.0 s"):
+        state.stalled(now=10.5)

@@ -53,8 +53,11 @@ def test_a_repeat_is_dropped_and_forgetting_keeps_what_a_resume_could_repeat(
     assert len(delivered) == 1
     # Still remembered: a replay from ``recent`` may send it again.
     assert not delivered.admit(b"recent", (recent, "n1"))
-    # Forgotten (past the cap, well below the resume version): news again.
-    assert delivered.admit(b"old", (old, "n1"))
+    # Forgotten (past the cap, well below the resume version): a late copy
+    # of it, or anything older than it, can no longer be put in order.
+    assert not delivered.admit(b"old", (old, "n1"))
+    assert not delivered.admit(b"other", (old - 1, "n1"))
+    assert delivered.admit(b"old", (old + 1, "n1"))
 
 
 def test_under_the_cap_nothing_is_forgotten() -> None:

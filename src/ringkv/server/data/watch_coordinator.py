@@ -1,8 +1,8 @@
-"""Client watches: every change under a prefix, from one live replica per range.
+"""Client watches: every change under a prefix, from a quorum of each range's replicas.
 
-A watch splits the read ring's token ranges among their replicas (the
-first live one of each, this node's own log when it is one) and follows
-each chosen replica's change log (``ringkv.server.data.change_feed``) over
+A watch follows a quorum of each of the read ring's token ranges' replicas
+(this node's own log first when it is one, then live ones), each chosen
+replica's change log (``ringkv.server.data.change_feed``) over
 one stream per node. Events pass through ``ringkv.core.watch.Delivered``,
 which drops repeats and keeps each key's events in version order.
 
@@ -32,6 +32,7 @@ from ringkv.core.records import Record
 from ringkv.core.watch import RESUME_MARGIN, Delivered
 from ringkv.server.cluster.cluster_view import ClusterView
 from ringkv.server.data.change_feed import HEARTBEAT_S, ChangeFeed, SpanSet
+from ringkv.server.transport.peers import Peer
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,9 @@ class _Stream:
     spans: list[tuple[int, int]]
     delay_s: float = 0.0
     """How long to wait before opening it: its node failed a moment ago."""
+    peer: Peer | None = None
+    """The channel it uses (None for this node's own log): a stream whose
+    node was reopened at another address is replaced, not kept."""
     task: asyncio.Task[None] | None = None
     progress: int = 0
 
@@ -131,13 +135,11 @@ class WatchCoordinator:
                     item = await asyncio.wait_for(session.queue.get(), HEARTBEAT_S)
                 except TimeoutError:
                     item = None
-                if isinstance(item, _Failure) and session.following(item.stream):
-                    self._failed(session, item)
-                    await self._reconcile(session)
-                elif session.epoch != self._view.epoch:
-                    await self._reconcile(session)
                 news: list[Record] = []
-                if isinstance(item, tuple) and session.following(item[0]):
+                if isinstance(item, tuple):
+                    # Also from a stream replaced meanwhile: what it read is
+                    # news all the same (a late change it alone saw, say);
+                    # only its progress no longer counts.
                     stream, records, progress = item
                     news = [
                         record
@@ -147,7 +149,16 @@ class WatchCoordinator:
                             record.key, (record.version.timestamp, record.version.node_id)
                         )
                     ]
-                    stream.progress = max(stream.progress, progress)
+                    if session.following(stream):
+                        stream.progress = max(stream.progress, progress)
+                if isinstance(item, _Failure):
+                    self._failed(session, item)
+                if (
+                    (isinstance(item, _Failure) and session.following(item.stream))
+                    or session.epoch != self._view.epoch
+                    or any(s.task is not None and s.task.done() for s in session.streams)
+                ):
+                    await self._reconcile(session)
                 self._advance(session)
                 # Also a heartbeat: a caller that hears nothing for long can
                 # tell a dead node from a quiet prefix.
@@ -158,10 +169,14 @@ class WatchCoordinator:
             await self._stop(session.streams)
 
     def _failed(self, session: _Session, failure: _Failure) -> None:
-        """Note a stream's failure; raise it when no other replica can stand in."""
+        """Note a stream's failure; raise it when no other replica can stand in.
+        A stream already replaced only counts against its node."""
         error, node = failure.error, failure.stream.node
         now = asyncio.get_running_loop().time()
         session.failed_at[node] = now
+        if not session.following(failure.stream):
+            self._avoid[node] = now + AVOID_S
+            return
         if isinstance(error, Compacted):
             # That replica's log does not reach back far enough; another's may.
             reach = int(error.metadata.get("horizon", str(1 << 62)))
@@ -202,7 +217,10 @@ class WatchCoordinator:
         keep = [
             s
             for s in session.streams
-            if plan.get(s.node) == s.spans and s.task is not None and not s.task.done()
+            if plan.get(s.node) == s.spans
+            and s.task is not None
+            and not s.task.done()
+            and self._view.peers.get(s.node) is s.peer
         ]
         await self._stop([s for s in session.streams if s not in keep])
         kept = {s.node for s in keep}
@@ -212,6 +230,7 @@ class WatchCoordinator:
                 node,
                 spans,
                 delay_s=RETRY_S if now - session.failed_at.get(node, -RETRY_S) < RETRY_S else 0.0,
+                peer=self._view.peers.get(node),
             )
             for node, spans in plan.items()
             if node not in kept
@@ -294,6 +313,12 @@ class WatchCoordinator:
                     await session.queue.put((stream, records, progress))
         except (RingkvError, TimeoutError, StopAsyncIteration) as error:
             await session.queue.put(_Failure(stream, error))
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # stopped by the watch
+            # The call was cancelled under it: the peer's channel closed.
+            await session.queue.put(_Failure(stream, Unavailable(f"{stream.node} went away")))
         except Exception as error:
             # Not lost with the task: the watch moves on from it like any failure.
             log.exception("watch stream broke", extra={"peer": stream.node})
@@ -312,10 +337,9 @@ class WatchCoordinator:
                 async for batch in local:
                     yield batch.records, batch.progress
             return
-        peer = self._view.peers.get(stream.node)
-        if peer is None:
+        if stream.peer is None:
             raise Unavailable(f"{stream.node} is not a member this node can reach")
-        remote = peer.watch(stream.spans, session.prefix, session.resume_version)
+        remote = stream.peer.watch(stream.spans, session.prefix, session.resume_version)
         async with aclosing(remote) as answers:
             async for answer in answers:
                 yield answer
