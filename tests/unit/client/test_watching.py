@@ -98,5 +98,5 @@ def test_a_reconnect_starts_a_margin_below_the_resume_version_never_below_the_st
 def test_silence_counts_as_a_failure_toward_giving_up() -> None:
     state = WatchState("", 0, 10.0, random.Random(1))
     assert 0 <= state.stalled(now=0.0) <= 1.0
-    with pytest.raises(errors.Unavailable, match="10.0 s"):
+    with pytest.raises(errors.Unavailable, match=r"10\.0 s"):
         state.stalled(now=10.5)
