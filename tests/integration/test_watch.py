@@ -19,6 +19,7 @@ import ringkv
 from ringkv.api import kv_pb2, kv_pb2_grpc
 from tests.integration.test_cli import RINGKV, cli_env
 from tests.integration.test_membership import FAST, wait_for_members
+from tests.support.metrics import METRICS, scrape
 from tests.support.nodes import (
     ClusterFactory,
     NodeFactory,
@@ -241,11 +242,13 @@ def test_a_watch_whose_node_stops_answering_moves_to_another(cluster: ClusterFac
     """The node serving the watch is paused (SIGSTOP: its connection stays
     open, nothing comes): the client takes the silence for a failure and
     goes on through another node, missing nothing."""
-    members = cluster(3, *FAST)
+    members = cluster(3, *FAST, *METRICS)
     wait_for_leader(members)
     endpoint = ",".join(node.address for node in members)
     with watching("w/", "--endpoint", endpoint) as watch:
         coordinator, _ = watch_coordinator(members)
+        assert [scrape(node).get("ringkv_watches") for node in members].count(1) == 1
+        assert scrape(coordinator).get("ringkv_watches") == 1
         written = write_and_delete(members, 0, 100)
         check_every_change_in_order(watch, written, what="the changes before the pause")
         coordinator.signal(signal.SIGSTOP)

@@ -287,6 +287,11 @@ class NodeCollector:
                 "(past --max-unsent-answer-mib new calls are refused OVERLOADED).",
                 value=self._gate.unsent_bytes,
             )
+            yield GaugeMetricFamily(
+                "ringkv_watches",
+                "Client watches this node serves now (at most --max-concurrent-calls).",
+                value=self._gate.watches,
+            )
         if self._lease is not None:
             yield GaugeMetricFamily(
                 "ringkv_leader_lease",

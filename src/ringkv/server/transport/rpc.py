@@ -198,6 +198,11 @@ class Gate:
             self._limited += 1
         self._active += 1
 
+    @property
+    def watches(self) -> int:
+        """Client and operator streams that run until their callers leave."""
+        return self._streams
+
     def leave(self, access: Access, *, endless: bool = False) -> None:
         self._active -= 1
         if endless and access is not Access.MEMBER:
