@@ -207,7 +207,7 @@ class AsyncClient:
         reconnect_s: float = DEFAULT_RECONNECT_S,
     ) -> AsyncGenerator[WatchEvent, None]:
         """Every change to keys under ``prefix``; see ``Client.watch``."""
-        state = WatchState(prefix, from_version, reconnect_s, self._policy.rng)
+        state = WatchState(prefix, from_version, reconnect_s, self._policy.rng, self._policy.retry)
         while True:
             for address in self._policy.topology_sources():
                 stream = kv_pb2_grpc.KeyValueStub(self._pool.get(address)).Watch(state.request())

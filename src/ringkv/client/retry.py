@@ -12,15 +12,17 @@ from ringkv.client.errors import from_rpc_error
 from ringkv.core.errors import Overloaded
 
 
+def overloaded(error: grpc.RpcError) -> bool:
+    """Whether a node turned the call away before any work (OVERLOADED)."""
+    if error.code() is not grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return False
+    info = error_info(error.trailing_metadata())
+    return info is not None and info.reason == Overloaded.default_reason
+
+
 def _not_run(error: grpc.RpcError) -> bool:
     """Whether the failed call surely did nothing, so that it may be sent again."""
-    code = error.code()
-    if code is grpc.StatusCode.UNAVAILABLE:
-        return True
-    if code is grpc.StatusCode.RESOURCE_EXHAUSTED:
-        info = error_info(error.trailing_metadata())
-        return info is not None and info.reason == Overloaded.default_reason
-    return False
+    return error.code() is grpc.StatusCode.UNAVAILABLE or overloaded(error)
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +45,13 @@ class RetryPolicy:
         if self.attempts < 1:
             raise ValueError("attempts must be at least 1")
 
+    def backoff(self, failures: int, rng: random.Random) -> float:
+        """Seconds to wait after the ``failures``-th failure in a row (from 1)."""
+        ceiling = min(
+            self.max_backoff_s, self.initial_backoff_s * self.multiplier ** (failures - 1)
+        )
+        return rng.uniform(0, ceiling)
+
 
 class Attempts:
     """The retry state of one call."""
@@ -57,8 +66,4 @@ class Attempts:
         self._failures += 1
         if not _not_run(error) or self._failures >= self._policy.attempts:
             raise from_rpc_error(error) from None
-        ceiling = min(
-            self._policy.max_backoff_s,
-            self._policy.initial_backoff_s * self._policy.multiplier ** (self._failures - 1),
-        )
-        return self._rng.uniform(0, ceiling)
+        return self._policy.backoff(self._failures, self._rng)

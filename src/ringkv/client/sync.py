@@ -227,7 +227,7 @@ class Client:
         Raises ``errors.Compacted`` when the nodes' change logs no longer reach
         back to where it would resume.
         """
-        state = WatchState(prefix, from_version, reconnect_s, self._policy.rng)
+        state = WatchState(prefix, from_version, reconnect_s, self._policy.rng, self._policy.retry)
         while True:
             for address in self._policy.topology_sources():
                 stream = kv_pb2_grpc.KeyValueStub(self._pool.get(address)).Watch(state.request())

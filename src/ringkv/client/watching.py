@@ -20,9 +20,9 @@ from dataclasses import dataclass
 import grpc
 
 from ringkv.api import kv_pb2
-from ringkv.api.status import error_info
 from ringkv.client.errors import from_rpc_error
-from ringkv.core.errors import Overloaded, Unavailable
+from ringkv.client.retry import RetryPolicy, overloaded
+from ringkv.core.errors import Unavailable
 from ringkv.core.watch import RESUME_MARGIN, Delivered
 
 STALL_S = 10.0
@@ -42,12 +42,6 @@ _RECONNECTABLE = frozenset(
 )
 """Codes after which another node may serve the watch on: the stream broke,
 not the request."""
-_MAX_BACKOFF_S = 1.0
-
-
-def _overloaded(error: grpc.RpcError) -> bool:
-    info = error_info(error.trailing_metadata())
-    return info is not None and info.reason == Overloaded.default_reason
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,8 +98,15 @@ class WatchState:
     """The resume point of one watch, the changes it passed on, its reconnects."""
 
     def __init__(
-        self, prefix: str, from_version: int, reconnect_s: float, rng: random.Random
+        self,
+        prefix: str,
+        from_version: int,
+        reconnect_s: float,
+        rng: random.Random,
+        retry: RetryPolicy | None = None,
     ) -> None:
+        self._retry_policy = retry or RetryPolicy()
+        """Its backoff paces reconnects (its attempts do not apply: ``reconnect_s`` does)."""
         if from_version < 0:
             raise ValueError(f"from_version must not be negative, got {from_version}")
         self._prefix = prefix
@@ -160,7 +161,7 @@ class WatchState:
         """Seconds to pause before reconnecting; raises the typed error when
         the stream cannot be resumed (a bad request, Compacted) or no node
         took it for ``reconnect_s``."""
-        if error.code() not in _RECONNECTABLE and not _overloaded(error):
+        if error.code() not in _RECONNECTABLE and not overloaded(error):
             raise from_rpc_error(error) from None
         return self._retry(now, lambda: from_rpc_error(error))
 
@@ -176,4 +177,4 @@ class WatchState:
         elif now - self._failing_since > self._reconnect_s:
             raise error()
         self._failures += 1
-        return self._rng.uniform(0, min(_MAX_BACKOFF_S, 0.05 * 2 ** (self._failures - 1)))
+        return self._retry_policy.backoff(self._failures, self._rng)
