@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from bisect import bisect_right
 from collections.abc import Callable
 
 from ringkv.core.membership import Liveness, Membership, RingMaker, replica_count
 from ringkv.core.quorum import ReplicaSets
-from ringkv.core.ring import Ring
+from ringkv.core.ring import Ring, TokenRange
 from ringkv.core.tokens import token_of
 from ringkv.server.transport.peers import Peer
 
@@ -49,6 +50,10 @@ class ClusterView:
         self.membership = membership
         self.ring: Ring = rings(())
         self.next_ring: Ring | None = None
+        self.ranges: list[TokenRange] = []
+        """The read ring's token ranges with their ``replicas`` replicas, in
+        token order (built once per member table)."""
+        self._range_starts: list[int] = []
         self.adopt(membership)
 
     @property
@@ -69,6 +74,8 @@ class ClusterView:
         self.membership = membership
         self.ring = self._rings(membership.current_nodes())
         self.next_ring = self._rings(membership.next_nodes()) if membership.changing else None
+        self.ranges = self.ring.ranges(self.replicas)
+        self._range_starts = [token_range.start for token_range in self.ranges]
         addresses = membership.addresses
         for node_id, peer in list(self.peers.items()):
             if addresses.get(node_id) != peer.address:
@@ -82,6 +89,10 @@ class ClusterView:
         task = asyncio.get_running_loop().create_task(peer.close())
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
+
+    def range_at(self, token: int) -> TokenRange:
+        """The read ring's range holding ``token``."""
+        return self.ranges[bisect_right(self._range_starts, token) - 1]
 
     def clockwise(self, key: bytes) -> tuple[str, ...]:
         """Every member of the read ring in the key's clockwise order; the first

@@ -18,7 +18,6 @@ way. There is no snapshot across keys, as in Cassandra's token-range scans.
 from __future__ import annotations
 
 import asyncio
-from bisect import bisect_right
 from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import islice
@@ -27,7 +26,7 @@ from ringkv.core.consistency import Consistency
 from ringkv.core.errors import RingkvError, Unavailable
 from ringkv.core.quorum import required_replies
 from ringkv.core.records import Record
-from ringkv.core.ring import TOKEN_SPACE, Ring, TokenRange
+from ringkv.core.ring import TOKEN_SPACE, TokenRange
 from ringkv.core.scan import ReplicaPage, merge_pages, take_visible
 from ringkv.server.cluster.cluster_view import ClusterView
 from ringkv.server.cluster.leader_lease import LeaderLease
@@ -60,7 +59,6 @@ class KeyScanner:
         self._engine = engine
         self._now_ms = now_ms
         self._lease = lease
-        self._ranges: tuple[Ring, int, list[TokenRange], list[int]] | None = None
 
     async def page(
         self, prefix: bytes, after: int | None, limit: int, level: Consistency, timeout_s: float
@@ -80,7 +78,7 @@ class KeyScanner:
         found: list[Record] = []
         size = 0
         while position < TOKEN_SPACE:
-            token_range = self._range_at(position)
+            token_range = self._view.range_at(position)
             merged, covered_to = await self._read_range(
                 token_range, position, prefix, limit - len(found), level
             )
@@ -93,15 +91,6 @@ class KeyScanner:
             if len(found) >= limit or size >= PAGE_BYTES or loop.time() >= soft_deadline:
                 break
         return ScanPage(found, None if position >= TOKEN_SPACE else position - 1)
-
-    def _range_at(self, token: int) -> TokenRange:
-        """The read ring's range holding ``token``."""
-        ring, replicas = self._view.ring, self._view.replicas
-        if self._ranges is None or self._ranges[0] is not ring or self._ranges[1] != replicas:
-            ranges = ring.ranges(replicas)
-            self._ranges = (ring, replicas, ranges, [r.start for r in ranges])
-        _, _, ranges, starts = self._ranges
-        return ranges[bisect_right(starts, token) - 1]
 
     async def _read_range(
         self, token_range: TokenRange, start: int, prefix: bytes, limit: int, level: Consistency

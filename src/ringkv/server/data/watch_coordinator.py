@@ -195,7 +195,7 @@ class WatchCoordinator:
         view = self._view
         return any(
             all(node in session.compacted for node in token_range.replicas)
-            for token_range in view.ring.ranges(view.replicas)
+            for token_range in view.ranges
         )
 
     @staticmethod
@@ -258,7 +258,7 @@ class WatchCoordinator:
         now = asyncio.get_running_loop().time()
         self._avoid = {node: until for node, until in self._avoid.items() if until > now}
         spans: dict[str, list[tuple[int, int]]] = defaultdict(list)
-        for token_range in view.ring.ranges(view.replicas):
+        for token_range in view.ranges:
             if not token_range.replicas:
                 continue
             picked = self._pick(token_range.replicas, session.compacted.keys())

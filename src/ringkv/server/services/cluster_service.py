@@ -121,7 +121,7 @@ class ClusterService:
             if request.omit_ranges
             else [
                 kv_pb2.TokenRange(start=r.start, last=r.end - 1, replicas=list(r.replicas))
-                for r in ring.ranges(view.replicas)
+                for r in view.ranges
             ],
             table=table,
             member_port_offset=self._member_port_offset,
