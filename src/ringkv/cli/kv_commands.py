@@ -54,8 +54,10 @@ def client_for(args: argparse.Namespace) -> Client:
     )
 
 
-def _print_json(document: dict[str, Any]) -> None:
-    print(json.dumps(document, sort_keys=True))
+def print_json(document: dict[str, Any]) -> None:
+    """One JSON object on a line, flushed: a reader of a pipe (``ls``,
+    ``watch``) sees each as it comes."""
+    print(json.dumps(document, sort_keys=True), flush=True)
 
 
 def value_fields(value: bytes) -> dict[str, str]:
@@ -84,7 +86,7 @@ def get_command(args: argparse.Namespace) -> int:
             document["version"] = entry.version
             if entry.expires_at_ms:
                 document["expires_at_ms"] = entry.expires_at_ms
-        _print_json(document)
+        print_json(document)
     elif entry is not None:
         # The exact bytes for pipes; a newline only for a person at a terminal.
         sys.stdout.buffer.write(entry.value + (b"\n" if sys.stdout.isatty() else b""))
@@ -109,7 +111,7 @@ def set_command(args: argparse.Namespace) -> int:
     except RingkvError as error:
         return fail(error)
     if args.json:
-        _print_json({"key": args.key, "version": version})
+        print_json({"key": args.key, "version": version})
     else:
         print(f"OK version={version}")
     return 0
@@ -124,7 +126,7 @@ def del_command(args: argparse.Namespace) -> int:
     except RingkvError as error:
         return fail(error)
     if args.json:
-        _print_json({"key": args.key, "deleted": found})
+        print_json({"key": args.key, "deleted": found})
     else:
         print("deleted" if found else "not found")
     return 0 if found else EXIT_NOT_FOUND

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 import base64
-import json
 from typing import Any
 
 from ringkv.cli.args import ArgumentParser, Commands, add_endpoint_option
-from ringkv.cli.kv_commands import client_for, fail, value_fields
+from ringkv.cli.kv_commands import client_for, fail, print_json, value_fields
 from ringkv.client import KeyEntry, WatchEvent
 from ringkv.core.errors import RingkvError
 
@@ -65,11 +64,6 @@ def _text(value: bytes) -> str:
         return "base64:" + base64.b64encode(value).decode("ascii")
 
 
-def _print_line(document: dict[str, Any]) -> None:
-    # Flushed line by line: a reader of a pipe sees each key as it comes.
-    print(json.dumps(document, sort_keys=True), flush=True)
-
-
 def ls_command(args: argparse.Namespace) -> int:
     try:
         with client_for(args) as client:
@@ -114,7 +108,7 @@ def _print_event(event: WatchEvent, *, as_json: bool) -> None:
             document |= value_fields(event.value)
         if event.expires_at_ms:
             document["expires_at_ms"] = event.expires_at_ms
-        _print_line(document)
+        print_json(document)
     elif event.kind == "put":
         print(f"PUT {event.key} {_text(event.value)} version={event.version}", flush=True)
     else:
@@ -128,7 +122,7 @@ def _print_entry(entry: KeyEntry, *, values: bool, as_json: bool) -> None:
             document |= value_fields(entry.value)
         if entry.expires_at_ms:
             document["expires_at_ms"] = entry.expires_at_ms
-        _print_line(document)
+        print_json(document)
     elif values:
         print(f"{entry.key}\t{_text(entry.value)}", flush=True)
     else:
