@@ -721,6 +721,7 @@ class WatchRequest(_message.Message):
     PREFIX_FIELD_NUMBER: _builtins.int
     FROM_VERSION_FIELD_NUMBER: _builtins.int
     CLOCK_FIELD_NUMBER: _builtins.int
+    AFTER_SEQ_FIELD_NUMBER: _builtins.int
     prefix: _builtins.bytes
     """Only keys that start with this."""
     from_version: _builtins.int
@@ -729,6 +730,11 @@ class WatchRequest(_message.Message):
     back that far.
     """
     clock: _builtins.int
+    after_seq: _builtins.int
+    """A WatchResponse.last_seq an earlier stream of this node sent: the
+    entries logged after it are sent whatever their version (a change that
+    reached the replica late, between the two streams). 0: from now.
+    """
     @_builtins.property
     def spans(self) -> _containers.RepeatedCompositeFieldContainer[Global___TokenSpan]: ...
     def __init__(
@@ -738,10 +744,11 @@ class WatchRequest(_message.Message):
         prefix: _builtins.bytes = ...,
         from_version: _builtins.int = ...,
         clock: _builtins.int = ...,
+        after_seq: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["clock", b"clock", "from_version", b"from_version", "prefix", b"prefix", "spans", b"spans"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_seq", b"after_seq", "clock", b"clock", "from_version", b"from_version", "prefix", b"prefix", "spans", b"spans"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -754,12 +761,15 @@ class WatchResponse(_message.Message):
     RECORDS_FIELD_NUMBER: _builtins.int
     PROGRESS_FIELD_NUMBER: _builtins.int
     CLOCK_FIELD_NUMBER: _builtins.int
+    LAST_SEQ_FIELD_NUMBER: _builtins.int
     progress: _builtins.int
     """Every change this replica stored with a timestamp at or below this one
     has been sent (up to changes that reach it later than the coordinator's
     resume margin).
     """
     clock: _builtins.int
+    last_seq: _builtins.int
+    """The number of the last log entry read (see WatchRequest.after_seq)."""
     @_builtins.property
     def records(self) -> _containers.RepeatedCompositeFieldContainer[Global___Record]:
         """Changes as this replica stored them: each key's in version order."""
@@ -770,10 +780,11 @@ class WatchResponse(_message.Message):
         records: _abc.Iterable[Global___Record] | None = ...,
         progress: _builtins.int = ...,
         clock: _builtins.int = ...,
+        last_seq: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["clock", b"clock", "progress", b"progress", "records", b"records"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clock", b"clock", "last_seq", b"last_seq", "progress", b"progress", "records", b"records"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -139,3 +139,25 @@ def test_a_change_stored_late_below_the_resume_version_is_still_sent() -> None:
         assert batch.records == [record("k/late", 40)]
 
     asyncio.run(scenario())
+
+
+def test_a_follower_started_again_sends_what_was_logged_since_the_last_one_read() -> None:
+    """Between two followers of a node (a watch's streams restarted), a late
+    change may be logged below the resume version: the second, told where
+    the first stopped, sends it."""
+
+    async def scenario() -> None:
+        engine = MemoryEngine()
+        changes = ChangeFeed(engine, HybridLogicalClock("n1"))
+        engine.apply([Mutation(record("k/seen", 5))])
+        first = changes.follow(spans=EVERYTHING, prefix=b"k/", from_version=1)
+        async with aclosing(first) as batches:
+            batch = await next_with_records(batches)
+        assert batch.records == [record("k/seen", 5)] and batch.last_seq == 1
+        engine.apply([Mutation(record("k/between", 3))])  # late, below 50
+        again = changes.follow(spans=EVERYTHING, prefix=b"k/", from_version=50, after_seq=1)
+        async with aclosing(again) as batches:
+            batch = await next_with_records(batches)
+        assert batch.records == [record("k/between", 3)]
+
+    asyncio.run(scenario())

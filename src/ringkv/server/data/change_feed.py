@@ -57,6 +57,9 @@ class FeedBatch:
     progress: int
     """Every change stored here with a timestamp up to this one has been sent
     (but for writes in flight; 0 until the follower has read the whole log)."""
+    last_seq: int = 0
+    """The number of the last log entry read: a follower of this node started
+    again may ask for everything logged after it (``follow``'s ``after_seq``)."""
 
 
 class ChangeFeed:
@@ -96,7 +99,7 @@ class ChangeFeed:
             )
 
     async def follow(
-        self, *, spans: SpanSet, prefix: bytes, from_version: int
+        self, *, spans: SpanSet, prefix: bytes, from_version: int, after_seq: int = 0
     ) -> AsyncGenerator[FeedBatch, None]:
         """The changes to keys under ``prefix`` in ``spans`` with a timestamp
         above ``from_version``, as they are logged; forever, until cancelled.
@@ -111,7 +114,10 @@ class ChangeFeed:
         # change that reaches this replica late (a hint, a repair) may be
         # stamped below where the watch resumed and still be news to it (a
         # key's final version, say); the coordinator drops what is not.
-        tail_from = self._engine.change_log_state().last_seq
+        # With ``after_seq`` (the last entry an earlier follower of this node
+        # read), from there: what was logged between the two is not missed.
+        logged = self._engine.change_log_state().last_seq
+        tail_from = min(after_seq, logged) if after_seq else logged
         last_sent = loop.time()
         while True:
             # Taken before the read, so a commit after it wakes the wait below.
@@ -125,6 +131,7 @@ class ChangeFeed:
                     # Entries went unread, trimmed: harmless only if all were
                     # at or below the version resumed from.
                     self.check_resumable(from_version)
+                read_from = seq
                 if changes:
                     seq = changes[-1].seq
                 caught_up = seq >= logged
@@ -137,12 +144,13 @@ class ChangeFeed:
                 ]
                 pieces = list(_pieces(matching))
                 for piece in pieces[:-1]:
-                    yield FeedBatch(piece, progress)
+                    # The read is not all out yet: say where it began.
+                    yield FeedBatch(piece, progress, read_from)
                 # The mark holds once the last piece is out.
                 if caught_up:
                     progress = max(progress, mark)
                 if pieces or loop.time() - last_sent >= HEARTBEAT_S:
-                    yield FeedBatch(pieces[-1] if pieces else [], progress)
+                    yield FeedBatch(pieces[-1] if pieces else [], progress, seq)
                     last_sent = loop.time()
                 if caught_up:
                     timeout = max(0.0, HEARTBEAT_S - (loop.time() - last_sent))

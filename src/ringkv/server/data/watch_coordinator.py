@@ -82,7 +82,7 @@ class _Session:
     """Where the caller asked to start: nothing at or below it is passed on
     (streams may send what reached a replica late, stamped below it)."""
     resume_version: int
-    queue: asyncio.Queue[tuple[_Stream, list[Record], int] | _Failure] = field(
+    queue: asyncio.Queue[tuple[_Stream, list[Record], int, int] | _Failure] = field(
         default_factory=lambda: asyncio.Queue(QUEUE_BATCHES)
     )
     streams: list[_Stream] = field(default_factory=list)
@@ -93,6 +93,10 @@ class _Session:
     the version each reaches back to: once the watch passed it, it may be
     followed again."""
     failed_at: dict[str, float] = field(default_factory=dict)
+    last_seq: dict[str, int] = field(default_factory=dict)
+    """The last log entry each node's streams read: a stream started again
+    there asks for everything logged after it, so a late change logged
+    between two streams is not missed."""
     """When each node's stream last failed."""
 
     def following(self, stream: _Stream) -> bool:
@@ -140,7 +144,11 @@ class WatchCoordinator:
                     # Also from a stream replaced meanwhile: what it read is
                     # news all the same (a late change it alone saw, say);
                     # only its progress no longer counts.
-                    stream, records, progress = item
+                    stream, records, progress, last_seq = item
+                    if last_seq:
+                        session.last_seq[stream.node] = max(
+                            session.last_seq.get(stream.node, 0), last_seq
+                        )
                     news = [
                         record
                         for record in records
@@ -309,8 +317,8 @@ class WatchCoordinator:
             async with aclosing(self._feed(session, stream)) as feed:
                 while True:
                     async with asyncio.timeout(STALL_S):
-                        records, progress = await anext(feed)
-                    await session.queue.put((stream, records, progress))
+                        records, progress, last_seq = await anext(feed)
+                    await session.queue.put((stream, records, progress, last_seq))
         except (RingkvError, TimeoutError, StopAsyncIteration) as error:
             await session.queue.put(_Failure(stream, error))
         except asyncio.CancelledError:
@@ -326,20 +334,26 @@ class WatchCoordinator:
 
     async def _feed(
         self, session: _Session, stream: _Stream
-    ) -> AsyncGenerator[tuple[list[Record], int], None]:
+    ) -> AsyncGenerator[tuple[list[Record], int, int], None]:
         if stream.node == self._view.node_id:
             batches = self._changes.follow(
                 spans=SpanSet.of(stream.spans),
                 prefix=session.prefix,
                 from_version=session.resume_version,
+                after_seq=session.last_seq.get(stream.node, 0),
             )
             async with aclosing(batches) as local:
                 async for batch in local:
-                    yield batch.records, batch.progress
+                    yield batch.records, batch.progress, batch.last_seq
             return
         if stream.peer is None:
             raise Unavailable(f"{stream.node} is not a member this node can reach")
-        remote = stream.peer.watch(stream.spans, session.prefix, session.resume_version)
+        remote = stream.peer.watch(
+            stream.spans,
+            session.prefix,
+            session.resume_version,
+            session.last_seq.get(stream.node, 0),
+        )
         async with aclosing(remote) as answers:
             async for answer in answers:
                 yield answer

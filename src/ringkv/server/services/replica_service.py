@@ -232,12 +232,15 @@ class ReplicaService:
         self._clock.observe_peer(request.clock)
         spans = SpanSet.of([_span_from_wire(span) for span in request.spans])
         feed = self._changes.follow(
-            spans=spans, prefix=request.prefix, from_version=request.from_version
+            spans=spans,
+            prefix=request.prefix,
+            from_version=request.from_version,
+            after_seq=request.after_seq,
         )
         async with aclosing(feed) as batches:
             async for batch in batches:
                 response = replica_pb2.WatchResponse(
-                    progress=batch.progress, clock=self._clock.last
+                    progress=batch.progress, clock=self._clock.last, last_seq=batch.last_seq
                 )
                 add_records(response.records, batch.records)
                 yield response

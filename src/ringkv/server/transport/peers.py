@@ -346,8 +346,12 @@ class Peer:
         return [record_from_wire(r) for r in response.records], response.next_cursor
 
     async def watch(
-        self, spans: Iterable[tuple[int, int]], prefix: bytes, from_version: int
-    ) -> AsyncGenerator[tuple[list[Record], int], None]:
+        self,
+        spans: Iterable[tuple[int, int]],
+        prefix: bytes,
+        from_version: int,
+        after_seq: int = 0,
+    ) -> AsyncGenerator[tuple[list[Record], int, int], None]:
         """The peer's changes to keys under ``prefix`` in ``spans`` above
         ``from_version``, with its progress marks, as they come
         (``ringkv.server.data.change_feed``); until cancelled or it fails.
@@ -360,13 +364,15 @@ class Peer:
             prefix=prefix,
             from_version=from_version,
             clock=self._clock.last,
+            after_seq=after_seq,
         )
         # No deadline: the stream lives as long as the watch.
         call = self._replica.Watch(request)
         try:
             async for response in call:
                 self._clock.observe_peer(response.clock)
-                yield [record_from_wire(r) for r in response.records], response.progress
+                records = [record_from_wire(r) for r in response.records]
+                yield records, response.progress, response.last_seq
         except grpc.aio.AioRpcError as error:
             info = error_info(error.trailing_metadata())
             if info is not None and info.reason == Compacted.default_reason:
