@@ -62,35 +62,56 @@ def test_a_member_silent_past_the_limit_is_decommissioned() -> None:
     assert n3 is not None and n3.status is MemberStatus.LEAVING
 
 
-def test_a_join_settles_when_every_member_adopted_it_or_the_old_leases_ran_out() -> None:
-    joining = THREE.with_joining("n4", "a:4", term=1)
-
-    def settled(adopted_by: tuple[str, ...], now_ms: int) -> bool:
-        leader = duties()
-        leader.adopted_table(joining, 0)
-        step(leader, joining, 0)
-        for node in ("n2", "n3", "n4"):
-            epoch = joining.epoch if node in adopted_by else THREE.epoch
-            leader.answered(node, synced=joining.epoch, adopted=epoch, now_ms=now_ms)
-        result = step(leader, joining, now_ms)
-        assert result is not None
-        return result[1] is not None and not result[1].changing
-
-    assert settled(("n2", "n3", "n4"), 10)
-    # n3 still answers with the table before the join: it may hold a lease on it.
-    assert not settled(("n2", "n4"), 10)
-    assert leader_drain_ms() == 3 * TIMEOUT_MS
-    assert not settled(("n2", "n4"), 3 * TIMEOUT_MS - 1)
-    assert settled(("n2", "n4"), 3 * TIMEOUT_MS)
+JOINED_AT_MS = 10 * TIMEOUT_MS
+"""When the leader below, leading since 0, admits n4."""
 
 
-def leader_drain_ms() -> int:
-    """When leases on older tables have run out, for a node that adopted the
-    join and began to lead at time 0: three election timeouts after it led."""
+def settled_after_join(
+    adopted_by: tuple[str, ...], now_ms: int, *, before: Membership = THREE
+) -> bool:
+    """Whether a leader settles n4's join at ``now_ms``, the members in
+    ``adopted_by`` having answered with the join's table, the others with the
+    one before it."""
+    joining = before.with_joining("n4", "a:4", term=1)
     leader = duties()
     leader.adopted_table(THREE, 0)
     step(leader, THREE, 0)
-    return leader.leases_drained_at_ms()
+    if before is not THREE:
+        leader.adopted_table(before, JOINED_AT_MS - TIMEOUT_MS)
+    leader.adopted_table(joining, JOINED_AT_MS)
+    step(leader, joining, JOINED_AT_MS)
+    for node in ("n2", "n3", "n4"):
+        if joining.get(node) is not None:
+            epoch = joining.epoch if node in adopted_by else before.epoch
+            leader.answered(node, synced=joining.epoch, adopted=epoch, now_ms=now_ms)
+    result = step(leader, joining, now_ms)
+    assert result is not None
+    return result[1] is not None and not result[1].changing
+
+
+def test_a_join_settles_when_every_member_adopted_it_or_the_old_leases_ran_out() -> None:
+    assert settled_after_join(("n2", "n3", "n4"), JOINED_AT_MS + 10)
+    # n3 still answers with the table before the join: it may hold a lease on it.
+    assert not settled_after_join(("n2", "n4"), JOINED_AT_MS + 10)
+    # Leases on older tables run out two election timeouts after the leader
+    # adopted the join: heartbeats since carried it.
+    drained = JOINED_AT_MS + 2 * TIMEOUT_MS
+    assert not settled_after_join(("n2", "n4"), drained - 1)
+    assert settled_after_join(("n2", "n4"), drained)
+
+
+def test_a_node_dropped_from_the_table_holds_up_the_next_settle_until_its_lease_is_over() -> None:
+    """Cluster sim seed 140: n3 left and was dropped from the table without
+    hearing of it (no heartbeat reaches a non-member), so it never answers
+    with a newer table; its lease on the table before its departure ran on
+    while the next join settled on members that all had adopted it."""
+    without_n3 = THREE.with_leaving("n3", term=1).settled(term=1)
+    everyone = ("n2", "n4")
+    # Dropped a timeout before the join, its lease may run two timeouts from then.
+    drained = JOINED_AT_MS - TIMEOUT_MS + 2 * TIMEOUT_MS
+    assert not settled_after_join(everyone, JOINED_AT_MS + 10, before=without_n3)
+    assert not settled_after_join(everyone, drained - 1, before=without_n3)
+    assert settled_after_join(everyone, drained, before=without_n3)
 
 
 def test_a_joiner_admitted_while_leading_that_never_comes_up_is_dropped() -> None:

@@ -168,3 +168,26 @@ def test_a_heartbeat_held_in_the_network_past_its_deadline_renews_no_lease(
             assert lease.held
 
     asyncio.run(scenario())
+
+
+def test_a_node_removed_while_away_saves_the_table_without_it(
+    tmp_path: Path,
+) -> None:
+    """Cluster sim seed 187: a joiner dropped before it came up, then restarted,
+    resumed the saved table that still named it instead of joining again."""
+
+    async def scenario() -> None:
+        async with manager(tmp_path) as (membership, saved, view):
+            table = view.membership
+            without_a = Membership(table.epoch + 1, table.members[1:], 1)
+            membership.on_heartbeat(
+                kv_pb2.HeartbeatRequest(
+                    node_id="c", term=1, is_leader=True, members=membership_to_wire(without_a, {})
+                )
+            )
+            assert view.membership == without_a
+            state = saved.load()
+            assert state is not None and state.membership == without_a
+            assert not state.decommissioned
+
+    asyncio.run(scenario())

@@ -50,6 +50,9 @@ class LeaderDuties:
         """The epoch of the table each member had when it last answered."""
         self._table_since_ms = 0
         self._led_since_ms = 0
+        self._members: frozenset[str] = frozenset()
+        self._departed_drained_at_ms = 0
+        """Until when a node no longer in the table may still hold a lease on an older one."""
         self.leading = False
         self._gainers_of: tuple[Membership, frozenset[str]] | None = None
 
@@ -74,6 +77,16 @@ class LeaderDuties:
         new ones from now (one never heard from would otherwise never go
         silent: a joiner that never came up would hold the change open for good)."""
         self._table_since_ms = now_ms
+        members = frozenset(table.node_ids)
+        if not self._members or self._members - members:
+            # A node dropped from the table (or one this node never knew of,
+            # on its first table) gets no more heartbeats, so it never reports
+            # the change: no member answer proves its lease is over, only
+            # time (cluster sim seed 140: a removed node, cut off, kept a lease
+            # on the table before its removal while a leader two ring changes
+            # on settled a join).
+            self._departed_drained_at_ms = self.leases_drained_at_ms()
+        self._members = members
         self._detector.forget(set(self._synced) - set(table.node_ids))
         self._detector.watch(table.node_ids, now_ms)
 
@@ -120,7 +133,7 @@ class LeaderDuties:
             liveness=liveness,
             dead_for_ms={node: self._detector.silent_for(node, now_ms) for node in members},
             remove_dead_after_ms=self._remove_dead_after_ms,
-            adopted=self._adopted,
+            adopted=self._adopted if now_ms >= self._departed_drained_at_ms else {},
             leases_expired=now_ms >= self.leases_drained_at_ms(),
         )
         return liveness, change

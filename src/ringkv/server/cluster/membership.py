@@ -300,6 +300,9 @@ class MembershipManager:
         )
         if self.node_id not in table.addresses:
             self._removed(was_leaving=self._leaving)
+            # No longer a member, it coordinates nothing (cluster sim seed 204:
+            # a leader that settled its own departure kept its lease).
+            self._update_lease()
             return
         if self._election is not None:
             self._election.set_members(table.node_ids)
@@ -317,9 +320,9 @@ class MembershipManager:
 
     def _update_lease(self) -> None:
         table = self.membership
-        self._lease.exempt(table.epoch == 0 or len(table.members) == 1)
+        self._lease.exempt(table.epoch == 0 or table.node_ids == (self.node_id,))
         election = self._election
-        self._lease.lead(election.lease_expiry_ms if election and self._leads() else 0)
+        self._lease.lead(election.lease_expiry_ms if election and self.leads else 0)
 
     def catch_up(self) -> None:
         """Act on election timers due by now, before answering from this node's state
@@ -334,8 +337,13 @@ class MembershipManager:
             self._election = None
             self._spawn(self._leave())
             return
-        # Removed while it was down: come back as a new member.
+        # Removed while it was down: come back as a new member. Saved, so a
+        # restart goes on joining rather than resume a table that still names
+        # it (cluster sim seed 187: a joiner dropped before it came up,
+        # restarted, went back to the table that admitted it).
         log.info("removed while away; joining again")
+        with contextlib.suppress(OSError):  # a full disk: it learns again from a member
+            self._file.save(SavedState(self.membership, *self._vote()))
         self._election = None
         self._spawn(self._rejoin())
 
@@ -542,7 +550,7 @@ class MembershipManager:
         )
 
     async def on_join(self, request: kv_pb2.JoinRequest) -> kv_pb2.JoinResponse:
-        if not self._leads():
+        if not self.leads:
             leader = await self._leader_peer()
             return await _relayed(leader.cluster.Join(request, timeout=5.0))
         table = self.membership.with_joining(request.node_id, request.address, self._view.term)
@@ -552,7 +560,7 @@ class MembershipManager:
         return kv_pb2.JoinResponse(members=membership_to_wire(table, self._view.liveness))
 
     async def on_remove(self, request: kv_pb2.RemoveNodeRequest) -> kv_pb2.RemoveNodeResponse:
-        if not self._leads():
+        if not self.leads:
             leader = await self._leader_peer()
             return await _relayed(leader.cluster.RemoveNode(request, timeout=5.0))
         table = self.membership.with_leaving(request.node_id, self._view.term)
@@ -561,7 +569,8 @@ class MembershipManager:
             self._adopt(table)
         return kv_pb2.RemoveNodeResponse(members=membership_to_wire(table, self._view.liveness))
 
-    def _leads(self) -> bool:
+    @property
+    def leads(self) -> bool:
         """Whether this node leads, and no leader of a later term changed the table.
 
         Its election's lease must be running now, not only at its last tick: a
@@ -587,7 +596,7 @@ class MembershipManager:
     def _leader_duties(self) -> None:
         now = self._now_ms()
         step = self._duties.step(
-            self._leads(),
+            self.leads,
             self.membership,
             term=self._view.term,
             synced_epoch=self.synced_epoch,
