@@ -50,6 +50,7 @@ from rich.table import Table
 from ringkv.api import kv_pb2, kv_pb2_grpc
 from ringkv.core.clock_offset import OffsetSample
 from ringkv.core.election import ElectionConfig
+from ringkv.core.errors import PreconditionFailed
 from ringkv.core.hlc import HybridLogicalClock
 from ringkv.core.membership import Membership, RingMaker
 from ringkv.server.cluster.cluster_view import ClusterView
@@ -71,11 +72,14 @@ REPLICATION_FACTOR = 2
 VNODES = 4
 WALL_EPOCH_MS = 1_700_000_000_000
 CHAOS_S = 30.0
-SETTLE_S = 4 * ET_MS / 1000 + 3 * CONFIG.heartbeat_interval_ms / 1000 + 2 * PEER_TIMEOUT_S + 6.0
-"""Fault-free time after which every node must agree: two election timeouts
-to elect, two more for a candidate that loses to a node it learns of late, a
-few heartbeats to spread the newest table, and the data movement of the
-change in flight (a sync, then a settle)."""
+SETTLE_S = 2 * (7 * ET_MS / 1000) + 3 * CONFIG.heartbeat_interval_ms / 1000 + 2 * PEER_TIMEOUT_S
+"""Fault-free time after which every node must agree. Up to two leaders in
+turn may settle a change after the heal (a node that restarts leaving takes
+over, settles its own departure and goes; then a joiner of a higher id takes
+over): each needs up to four election timeouts to be elected (two, and two
+more for a candidate that learns of a higher id late) and three more before
+it settles a change it cannot prove every lease has moved past. Then a few
+heartbeats to spread the table, and calls that time out on the way."""
 CLUSTER = "/kv.Cluster/"
 CLOCK_UNCERTAINTY_MS = 10.0
 """How far off the clock prober's measurement of a peer's clock may be."""
@@ -251,9 +255,15 @@ class ClusterSim:
             open_channel=opener,
         )
         manager.rebalancer = SimRangeMover(self)
+        try:
+            manager.start()
+        except PreconditionFailed:
+            # Crashed while handing its records off: it refuses to start again.
+            self.note(f"{node.node_id} refuses to start: it was decommissioned")
+            node.decommissioned = True
+            return
         node.manager, node.view, node.lease, node.seeds = manager, view, lease, tuple(seeds)
         self.network.serve(node.node_id, node.address, self.routes(node, manager, view))
-        manager.start()
 
     async def stop(self, node: SimNode, *, decommissioned: bool = False) -> None:
         manager, view = node.manager, node.view
@@ -607,12 +617,13 @@ class ClusterSim:
         self.note("agreed")
 
     async def _restart_the_stranded(self) -> None:
-        """Start again, with other seeds, a node still looking for its cluster
-        whose every seed has left it since."""
+        """Start again, with other seeds, a node that is not in its own table
+        (still looking for its cluster, or removed and joining again) whose
+        every seed has left since."""
         for node in self.running:
-            if cast(ClusterView, node.view).epoch == 0 and all(
-                self.nodes[seed].decommissioned for seed in node.seeds
-            ):
+            view = cast(ClusterView, node.view)
+            outside = view.epoch == 0 or node.node_id not in view.membership.addresses
+            if outside and all(self.nodes[seed].decommissioned for seed in node.seeds):
                 await self.stop(node)
                 self._rejoin(node)
 

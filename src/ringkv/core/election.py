@@ -289,6 +289,9 @@ class ElectionNode:
         # LEADER: when the next heartbeat is due.
         self._next_heartbeat_ms = 0
         self._started = False
+        # Until then, a node that resumed a vote elects no one (itself
+        # included) but the leader of its term: see :meth:`start`.
+        self._quiet_until_ms = 0
 
     def set_members(self, members: Sequence[str]) -> None:
         """Change who takes part (a join or a removal); the term is kept."""
@@ -337,6 +340,14 @@ class ElectionNode:
         """
         self._started = True
         out: list[Envelope] = []
+        if self._term > 0:
+            # Resumed a vote: before it stopped, it may have acknowledged a
+            # leader within the last election timeout, and that ack may still
+            # count toward the leader's lease. It forgot when, so it keeps
+            # the promise sticky followers keep for a whole timeout from now
+            # (cluster sim seed 10609: restarted half a second after it acked
+            # n3, n1 made n5's majority while n3 still led).
+            self._quiet_until_ms = now_ms + self.config.election_timeout_ms
         if campaign:
             self._start_election(now_ms, out)
         else:
@@ -396,6 +407,8 @@ class ElectionNode:
 
     def _on_claim(self, leader: str, term: int, now_ms: int, out: list[Envelope]) -> bool:
         """A Heartbeat or Coordinator from ``leader`` for ``term``: follow it or not."""
+        if now_ms < self._quiet_until_ms and leader != self._term_leader:
+            return False
         if leader != self._leader and self._hears_leader(now_ms):
             # Sticky, as Raft's check-quorum: the leader this node follows was
             # heard within an election timeout and may still hold its lease; a
@@ -481,6 +494,10 @@ class ElectionNode:
 
     def _start_election(self, now_ms: int, out: list[Envelope]) -> None:
         """Ask every higher id whether it is alive; with none, claim at once."""
+        if now_ms < self._quiet_until_ms:
+            self._role = Role.FOLLOWER
+            self._deadline_ms = self._quiet_until_ms
+            return
         self._role = Role.CANDIDATE
         self._leader = None
         self._acked_at.clear()

@@ -77,7 +77,7 @@ def settled_after_join(
     leader.adopted_table(THREE, 0)
     step(leader, THREE, 0)
     if before is not THREE:
-        leader.adopted_table(before, JOINED_AT_MS - TIMEOUT_MS)
+        leader.adopted_table(before, JOINED_AT_MS - 2 * TIMEOUT_MS)
     leader.adopted_table(joining, JOINED_AT_MS)
     step(leader, joining, JOINED_AT_MS)
     for node in ("n2", "n3", "n4"):
@@ -107,8 +107,9 @@ def test_a_node_dropped_from_the_table_holds_up_the_next_settle_until_its_lease_
     while the next join settled on members that all had adopted it."""
     without_n3 = THREE.with_leaving("n3", term=1).settled(term=1)
     everyone = ("n2", "n4")
-    # Dropped a timeout before the join, its lease may run two timeouts from then.
-    drained = JOINED_AT_MS - TIMEOUT_MS + 2 * TIMEOUT_MS
+    # Dropped two timeouts before the join (below), its lease may run three
+    # from then: sooner than leases on the table before the join run out.
+    drained = JOINED_AT_MS - 2 * TIMEOUT_MS + 3 * TIMEOUT_MS
     assert not settled_after_join(everyone, JOINED_AT_MS + 10, before=without_n3)
     assert not settled_after_join(everyone, drained - 1, before=without_n3)
     assert settled_after_join(everyone, drained, before=without_n3)

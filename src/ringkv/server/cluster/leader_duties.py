@@ -78,15 +78,22 @@ class LeaderDuties:
         silent: a joiner that never came up would hold the change open for good)."""
         self._table_since_ms = now_ms
         members = frozenset(table.node_ids)
-        if not self._members or self._members - members:
-            # A node dropped from the table (or one this node never knew of,
-            # on its first table) gets no more heartbeats, so it never reports
-            # the change: no member answer proves its lease is over, only
-            # time (cluster sim seed 140: a removed node, cut off, kept a lease
-            # on the table before its removal while a leader two ring changes
-            # on settled a join).
-            self._departed_drained_at_ms = self.leases_drained_at_ms()
-        self._members = members
+        if table.epoch and (not self._members or self._members - members):
+            # A node dropped from the table gets no more heartbeats, so it
+            # never answers with a newer table: no member's answer proves its
+            # lease is over, only time (cluster sim seed 140: a removed node,
+            # cut off, kept a lease on the table before its removal while a
+            # leader two ring changes on settled a join). It was dropped
+            # before now, by a leader that heartbeated it until then; leaders
+            # deposed earlier stopped within an election timeout of that
+            # leader's election; a heartbeat takes up to one timeout to
+            # arrive and renews a lease for one more. A node's first table
+            # (not the one from its flags: epoch 0) may have dropped nodes
+            # it never knew of (cluster sim seed
+            # 10364: a joiner, elected just after it was admitted, settled
+            # its join while a node dropped one change before held a lease).
+            self._departed_drained_at_ms = now_ms + 3 * self._election_timeout_ms
+        self._members = members if table.epoch else frozenset()
         self._detector.forget(set(self._synced) - set(table.node_ids))
         self._detector.watch(table.node_ids, now_ms)
 

@@ -31,7 +31,7 @@ import errno
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sized
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sized
 from typing import Any, Protocol, TypeVar
 
 import grpc
@@ -79,6 +79,8 @@ log = logging.getLogger("ringkv.membership")
 _MAX_SLEEP_S = 0.1
 """The loop looks at timers and leader duties at least this often."""
 _REPLIES = (HeartbeatAck, CoordinatorAck, Answer)
+_REJOIN_RETRY_S = 1.0
+"""How long a removed node waits before it asks to be admitted again."""
 _HAND_OFF_TIMEOUT_S = 120.0
 """The longest a decommissioned node spends giving its records away before it stops."""
 T = TypeVar("T")
@@ -160,6 +162,8 @@ class MembershipManager:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._main: asyncio.Task[None] | None = None
         self._refreshing: asyncio.Task[None] | None = None
+        self._seeking: set[asyncio.Task[None]] = set()
+        """Finding the cluster or joining it again, until an election starts."""
 
     @property
     def node_id(self) -> str:
@@ -206,7 +210,12 @@ class MembershipManager:
 
     async def _run(self, *, find_cluster: bool, saved: SavedState | None) -> None:
         if find_cluster:
-            await self._find_cluster(saved)
+            # Beside the timers, not before them: a node admitted meanwhile by
+            # another path (a member's heartbeat, then a rejoin) must run its
+            # election while a seed still refuses it (cluster sim seed 10043:
+            # the highest id, stuck asking a seed that had no leader to relay
+            # to, never timed out its own claim, and no one led again).
+            self._seek(self._find_cluster(saved))
         while True:
             try:
                 self._step(self._tick())
@@ -218,16 +227,15 @@ class MembershipManager:
         """Adopt the table a seed has, joining it first if this node is not in it."""
         deadline = self._now_ms() + 2 * self._config.heartbeat_interval_ms
         waiting_logged = False
-        while True:
+        while self._election is None:
             table = await self._seeds.newest_table()
             if table is not None:
                 joining = table.addresses.get(self.node_id) != self._address
                 if joining:
                     table = await self._seeds.join()
-                self._adopt(table)
                 term, leader = (saved.term, saved.term_leader) if saved else (0, None)
-                self._start_election(term, leader, campaign=not joining)
-                return
+                if self._admitted(table, term, leader, campaign=not joining):
+                    return
             if saved is None and self._now_ms() >= deadline:
                 if not self._joins_existing:
                     self._bootstrap()
@@ -267,7 +275,18 @@ class MembershipManager:
             if isinstance(answer, Membership):
                 self.offer(answer)
 
+    def _seek(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._seeking.add(task)
+        task.add_done_callback(self._seeking.discard)
+        task.add_done_callback(self._done)
+
     def _start_election(self, term: int, term_leader: str | None, *, campaign: bool = True) -> None:
+        # Admitted: stop asking seeds (one may never answer; a heartbeat's
+        # table can admit this node first).
+        for task in self._seeking:
+            if task is not asyncio.current_task():
+                task.cancel()
         self._election = ElectionNode(
             self.node_id,
             self.membership.node_ids,
@@ -282,9 +301,18 @@ class MembershipManager:
     # -- the member table ------------------------------------------------------
 
     def offer(self, table: Membership | None) -> None:
-        """Adopt a member table if it is newer than the one in effect."""
+        """Adopt a member table if it is newer than the one in effect.
+
+        A node still being admitted that finds itself in it (a member's
+        heartbeat can bring it before a seed answers the join) starts to
+        follow: it is a member, whose seeds may never answer again (cluster
+        sim seed 658: a joiner whose only seed left was made a member, and
+        never took part).
+        """
         if table is not None and table.newer_than(self.membership):
             self._adopt(table)
+            if self._election is None and self.node_id in table.addresses:
+                self._start_election(*self._saved_vote, campaign=False)
 
     def _adopt(self, table: Membership) -> None:
         before = self.membership.get(self.node_id)
@@ -331,6 +359,7 @@ class MembershipManager:
         self._step(self._tick())
 
     def _removed(self, *, was_leaving: bool) -> None:
+        self._view.leader_id = ""  # no longer a member: it follows no one, nor leads
         if was_leaving:
             log.info("decommissioned: this node left the cluster")
             self._file.save(SavedState(self.membership, *self._vote(), decommissioned=True))
@@ -345,7 +374,7 @@ class MembershipManager:
         with contextlib.suppress(OSError):  # a full disk: it learns again from a member
             self._file.save(SavedState(self.membership, *self._vote()))
         self._election = None
-        self._spawn(self._rejoin())
+        self._seek(self._rejoin())
 
     async def _leave(self) -> None:
         """Give every record to its replicas (writes that reached only this node
@@ -360,10 +389,34 @@ class MembershipManager:
             self._on_removed()
 
     async def _rejoin(self) -> None:
-        table = await self._seeds.join()
-        self._adopt(table)
-        term, leader = self._saved_vote
-        self._start_election(term, leader, campaign=False)
+        while True:
+            table = await self._seeds.join()
+            term, leader = self._saved_vote
+            if self._admitted(table, term, leader, campaign=False):
+                return
+            # An answer older than the table that removed this node: the
+            # leader had not adopted the removal yet (cluster sim seed 18: a
+            # joiner removed by an operator got its first admission back).
+            await asyncio.sleep(_REJOIN_RETRY_S)
+
+    def _admitted(
+        self, table: Membership, term: int, term_leader: str | None, *, campaign: bool
+    ) -> bool:
+        """Take the table a seed admitted this node with (or named it in), and
+        start its election, unless another path got there first: the table
+        only if it is newer than the one a heartbeat brought meanwhile, the
+        election only if none runs yet (a second would forget its vote).
+
+        False if this node is not a member after all: the table is older
+        than one that removed it.
+        """
+        if table.newer_than(self.membership):
+            self._adopt(table)
+        if self.node_id not in self.membership.addresses:
+            return False
+        if self._election is None:
+            self._start_election(term, term_leader, campaign=campaign)
+        return True
 
     def _vote(self) -> tuple[int, str | None]:
         # Without an election running (resuming, rejoining), the vote is the
@@ -542,9 +595,15 @@ class MembershipManager:
         reply = self._handle(Election(request.node_id, request.term))
         answered = reply is not None and isinstance(reply.message, Answer)
         member = request.node_id in self.membership.addresses
+        # A refusal stands for the bully's Answer ("I am alive and will take
+        # over"): a node that runs no election yet (still being admitted)
+        # must not give one, or the candidate waits for it to take over, for
+        # good (cluster sim seed 10904: a joiner of the highest id, admitted
+        # while its answer was lost, kept every member waiting on it).
+        running = self._election is not None
         return kv_pb2.RequestVoteResponse(
             term=self._view.term,
-            vote_granted=member and not answered,
+            vote_granted=(member or not running) and not answered,
             node_id=self.node_id,
             members=None if member else membership_to_wire(self.membership, self._view.liveness),
         )
@@ -625,7 +684,9 @@ class MembershipManager:
         return self._view.liveness.get(node_id, Liveness.ALIVE)
 
     async def close(self) -> None:
-        tasks = [t for t in (self._main, self._refreshing, *self._tasks) if t is not None]
+        tasks = [
+            t for t in (self._main, self._refreshing, *self._tasks, *self._seeking) if t is not None
+        ]
         for task in tasks:
             task.cancel()
         for task in tasks:
