@@ -171,6 +171,30 @@ def test_a_follower_that_hears_its_leader_refuses_a_second_one() -> None:
     assert (state.leader, state.term) == ("n5", 3)
 
 
+def test_a_node_that_resumed_a_vote_follows_no_new_leader_for_an_election_timeout() -> None:
+    """Cluster sim seed 10609: n1 acked n3, restarted half a second later, and
+    made n5's majority while n3's lease, counted on n1's ack, still ran."""
+    restarted = ElectionNode("n2", FIVE, CONFIG, random.Random(0), term=7, term_leader="n4")
+    assert restarted.start(1_000).messages == ()  # it asks no one yet
+    claim = restarted.receive(Coordinator("n5", 8), 1_000 + ET - 1)
+    assert claim.messages[0] == Envelope("n5", CoordinatorAck("n2", 7, False))
+    heartbeat = restarted.receive(Heartbeat("n4", 7), 1_000 + ET - 1)  # the leader it acked
+    assert heartbeat.messages[0] == Envelope("n4", HeartbeatAck("n2", 7, True))
+    fresh = ElectionNode("n2", FIVE, CONFIG, random.Random(0), term=7, term_leader="n4")
+    fresh.start(1_000)
+    later = fresh.receive(Coordinator("n5", 8), 1_000 + ET)
+    assert later.messages[0] == Envelope("n5", CoordinatorAck("n2", 8, True))
+
+
+def test_the_highest_id_restarted_claims_only_after_an_election_timeout() -> None:
+    restarted = ElectionNode("n5", FIVE, CONFIG, random.Random(0), term=7, term_leader="n3")
+    assert restarted.start(1_000).messages == ()
+    assert restarted.tick(1_000 + ET - 1).messages == ()
+    claims = restarted.tick(1_000 + ET).messages
+    assert {e.to for e in claims} == {"n1", "n2", "n3", "n4"}
+    assert all(isinstance(e.message, Coordinator) for e in claims)
+
+
 def test_a_leader_answers_an_election_with_a_heartbeat() -> None:
     state = node("n3")
     state.start(0)
