@@ -57,8 +57,12 @@ from ringkv.server.cluster.cluster_view import ClusterView
 from ringkv.server.cluster.leader_lease import LeaderLease
 from ringkv.server.cluster.membership import MembershipManager
 from ringkv.server.cluster.membership_file import MembershipFile, SavedState
+from ringkv.server.counters import Counters
+from ringkv.server.data.anti_entropy import RepairSchedule
+from ringkv.server.services.cluster_service import ClusterService
 from ringkv.server.transport.peers import ChannelOpener, Peer
-from ringkv.server.transport.wire import membership_to_wire
+from ringkv.server.transport.rpc import Context, Method
+from ringkv.storage.memory import MemoryEngine
 from tests.sim.rpc_network import LinkFaults, Route, RpcNetwork
 from tests.sim.virtual_time import VirtualTimeLoop, run_in_virtual_time
 
@@ -81,6 +85,8 @@ more for a candidate that learns of a higher id late) and three more before
 it settles a change it cannot prove every lease has moved past. Then a few
 heartbeats to spread the table, and calls that time out on the way."""
 CLUSTER = "/kv.Cluster/"
+NO_CONTEXT = cast(Context, None)
+"""The Cluster handlers simulated here never touch their call's context."""
 CLOCK_UNCERTAINTY_MS = 10.0
 """How far off the clock prober's measurement of a peer's clock may be."""
 
@@ -151,7 +157,17 @@ class RecordingView(ClusterView):
         super().adopt(membership)
 
 
-class _FailedTasks(logging.Handler):
+class RenewalLog(LeaderLease):
+    """A node's lease, counting the heartbeats that renewed it."""
+
+    renewals = 0
+
+    def renew(self) -> None:
+        self.renewals += 1
+        super().renew()
+
+
+class _ErrorLog(logging.Handler):
     """Collects what the nodes log as errors (a failed step or task is a bug)."""
 
     def __init__(self, sink: list[str]) -> None:
@@ -182,7 +198,10 @@ class ClusterSim:
         self._joiners = 0
         self.elections = 0
         self.tables_made = 0
+        self.made: list[tuple[str, Membership]] = []
+        """Every table a leader made (not the bootstrap), with its maker."""
         loop.after_step = self.check
+        loop.set_exception_handler(self._loop_error)
 
     # -- time and bookkeeping ---------------------------------------------------
 
@@ -200,6 +219,15 @@ class ClusterSim:
         task = self.loop.create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._failed_if_raised)
+
+    def _failed_if_raised(self, task: asyncio.Task[Any]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            self.fail(f"{task.get_coro()!r} raised {task.exception()!r}")
+
+    def _loop_error(self, _: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        """An error asyncio could only log (a callback's, an unretrieved task's)."""
+        self.fail(f"event loop: {context.get('message')} {context.get('exception')!r}")
 
     def call_in_background(self, call: Awaitable[Any]) -> None:
         """Make an operator's call; under faults it may fail: only its effects count."""
@@ -227,13 +255,13 @@ class ClusterSim:
         provisional = Membership(
             0, Membership.bootstrap({node.node_id: node.address, **seeds}).members
         )
-        clock = HybridLogicalClock(node.node_id)
+        clock = HybridLogicalClock(node.node_id, now_ms=self.now_ms)
         opener = cast(ChannelOpener, self.network.opener(node.node_id))
 
         def open_peer(peer: str, address: str) -> Peer:
             return Peer(peer, address, clock, PEER_TIMEOUT_S, open_channel=opener)
 
-        lease = LeaderLease(ET_MS, self.now_ms)
+        lease = RenewalLog(ET_MS, self.now_ms)
         view = RecordingView(
             self, node, node.node_id, provisional, REPLICATION_FACTOR, rings, open_peer
         )
@@ -289,35 +317,37 @@ class ClusterSim:
     def routes(
         self, node: SimNode, manager: MembershipManager, view: ClusterView
     ) -> dict[str, Route]:
-        """A node's kv.Cluster handlers, as ``ClusterService`` serves them."""
+        """A node's kv.Cluster handlers: the real ``ClusterService``'s."""
+        service = ClusterService(
+            view,
+            MemoryEngine(),
+            Counters(),
+            manager,
+            cast(RepairSchedule, None),  # Repair is not simulated
+        )
+        methods = service.methods()
+        lease = cast(RenewalLog, node.lease)
+
+        def served(name: str) -> Route:
+            method = methods[name]
+            assert isinstance(method, Method)
+            return Route(method.request_type, lambda request: method.handler(request, NO_CONTEXT))
 
         async def heartbeat(request: kv_pb2.HeartbeatRequest) -> kv_pb2.HeartbeatResponse:
-            response = manager.on_heartbeat(request)
+            renewals = lease.renewals
+            response = await service.heartbeat(request, NO_CONTEXT)
             sender = self.nodes.get(request.node_id)
-            if response.accepted and not request.claim and sender is not None:
+            if lease.renewals > renewals and sender is not None:
                 sent_ms = request.sent_wall_ms - WALL_EPOCH_MS - sender.skew_ms
                 node.heartbeat_sent_ms = max(node.heartbeat_sent_ms, sent_ms)
             return response
 
-        async def request_vote(request: kv_pb2.RequestVoteRequest) -> kv_pb2.RequestVoteResponse:
-            return manager.on_request_vote(request)
-
-        async def state(_: kv_pb2.GetClusterStateRequest) -> kv_pb2.GetClusterStateResponse:
-            manager.catch_up()
-            return kv_pb2.GetClusterStateResponse(
-                leader_id=view.leader_id,
-                term=view.term,
-                epoch=view.epoch,
-                table=membership_to_wire(view.membership, view.liveness),
-            )
-
-        return {
-            CLUSTER + "Heartbeat": Route(kv_pb2.HeartbeatRequest, heartbeat),
-            CLUSTER + "RequestVote": Route(kv_pb2.RequestVoteRequest, request_vote),
-            CLUSTER + "GetClusterState": Route(kv_pb2.GetClusterStateRequest, state),
-            CLUSTER + "Join": Route(kv_pb2.JoinRequest, manager.on_join),
-            CLUSTER + "RemoveNode": Route(kv_pb2.RemoveNodeRequest, manager.on_remove),
+        routes = {
+            CLUSTER + name: served(name)
+            for name in ("RequestVote", "GetClusterState", "Join", "RemoveNode")
         }
+        routes[CLUSTER + "Heartbeat"] = Route(kv_pb2.HeartbeatRequest, heartbeat)
+        return routes
 
     def operator(self, node: SimNode) -> kv_pb2_grpc.ClusterAsyncStub:
         """The Cluster API of a node, as ``ringkv cluster`` reaches it."""
@@ -412,15 +442,23 @@ class ClusterSim:
         if table.fence == (1, 0) or manager is None:
             return  # every node of a new cluster bootstraps the same epoch 1
         self.tables_made += 1
+        self.made.append((node.node_id, table))
         term = cast(ClusterView, node.view).term
         if not manager.leads:
             self.fail(f"{node.node_id} made {table.fence} without leading")
         if table.term != term:
             self.fail(f"{node.node_id} stamped {table.fence} while on term {term}")
-        if term < self.newest_led_term:
+        # Leaders elected in this turn of the loop, not yet seen by check().
+        leading_now = [
+            cast(ClusterView, n.view).term
+            for n in self.running
+            if n is not node and cast(MembershipManager, n.manager).leads
+        ]
+        newest = max([self.newest_led_term, *leading_now])
+        if term < newest:
             self.fail(
                 f"{node.node_id} made {table.fence} on term {term}, "
-                f"after a leader was elected in term {self.newest_led_term}"
+                f"after a leader was elected in term {newest}"
             )
 
     def disagreement(self) -> str | None:
@@ -459,7 +497,7 @@ class ClusterSim:
             if a not in bridges and b not in bridges
         }
 
-    def member_ids(self) -> list[str]:
+    def node_ids(self) -> list[str]:
         return sorted(self.nodes)
 
     async def chaos(self, seconds: float) -> None:
@@ -487,7 +525,7 @@ class ClusterSim:
             await asyncio.sleep(rng.uniform(0.2, 4.0))
 
     def _partition(self) -> None:
-        ids = self.member_ids()
+        ids = self.node_ids()
         self.rng.shuffle(ids)
         cut = self.rng.randint(1, len(ids) - 1)
         self.note(f"partition {sorted(ids[:cut])} | {sorted(ids[cut:])}")
@@ -497,18 +535,18 @@ class ClusterSim:
         leading = [n.node_id for n in self.running if cast(MembershipManager, n.manager).leads]
         if not leading:
             return
-        others = [n for n in self.member_ids() if n != leading[0]]
+        others = [n for n in self.node_ids() if n != leading[0]]
         self.note(f"isolate the leader {leading[0]}")
         self.isolate([[leading[0]], others])
 
     def _asymmetric(self) -> None:
-        ids = self.member_ids()
+        ids = self.node_ids()
         links = [(a, b) for a in ids for b in ids if a != b]
         self.network.cut = set(self.rng.sample(links, self.rng.randint(1, len(links) // 2)))
         self.note(f"cut one way: {sorted(self.network.cut)}")
 
     def _bridge(self) -> None:
-        ids = self.member_ids()
+        ids = self.node_ids()
         if len(ids) < 3:
             return
         self.rng.shuffle(ids)
@@ -528,14 +566,16 @@ class ClusterSim:
                 LinkFaults(),
                 LinkFaults(drop=rng.uniform(0.05, 0.4)),
                 LinkFaults(min_delay_ms=1, max_delay_ms=rng.uniform(10, 800)),
-                LinkFaults(long_delay=rng.uniform(0.02, 0.3), long_delay_ms=(ET_MS, 2.5 * ET_MS)),
+                LinkFaults(
+                    long_delay_chance=rng.uniform(0.02, 0.3), long_delay_ms=(ET_MS, 2.5 * ET_MS)
+                ),
             ]
         )
         self.note(f"links: {self.network.faults}")
 
     def _hold(self) -> None:
         """Hold some links' messages past the election timeout (none, at times)."""
-        ids = self.member_ids()
+        ids = self.node_ids()
         links = [(a, b) for a in ids for b in ids if a != b]
         network = self.network
         network.held = set(self.rng.sample(links, self.rng.randint(0, len(links) // 2)))
@@ -659,25 +699,32 @@ def run_schedule(
 ) -> Outcome:
     """Run one seeded schedule (or a scripted ``scenario``) with its checks."""
     errors: list[str] = []
-    handler = _FailedTasks(errors)
+    handler = _ErrorLog(errors)
     logger = logging.getLogger("ringkv")
     logger.addHandler(handler)
     level = logger.level
     logger.setLevel(logging.ERROR)
 
-    async def main(loop: VirtualTimeLoop) -> ClusterSim:
+    sims: list[ClusterSim] = []
+
+    async def main(loop: VirtualTimeLoop) -> None:
         sim = ClusterSim(seed, loop)
+        sims.append(sim)
         try:
             await (scenario or random_schedule)(sim)
+        except Exception as error:  # reported with the seed and the events
+            sim.fail(f"the schedule raised {error!r}")
         finally:
             await sim.close()
-        return sim
 
     try:
-        sim: ClusterSim = run_in_virtual_time(main)
+        run_in_virtual_time(main)
+    except RuntimeError as error:  # stuck: no task could make progress
+        sims[0].fail(str(error))
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)
+    (sim,) = sims
     return Outcome(
         seed,
         tuple(sim.violations + errors),

@@ -53,7 +53,7 @@ class LinkFaults:
     """Probability that a message is lost."""
     min_delay_ms: float = 0.5
     max_delay_ms: float = 5.0
-    long_delay: float = 0.0
+    long_delay_chance: float = 0.0
     """Probability that a message is held for ``long_delay_ms`` instead."""
     long_delay_ms: tuple[float, float] = (0.0, 0.0)
 
@@ -80,7 +80,11 @@ class RpcNetwork:
     def __init__(self, rng: random.Random) -> None:
         self._rng = rng
         self._servers: dict[str, tuple[str, Mapping[str, Route]]] = {}
+        self._node_at: dict[str, str] = {}
+        """Which node an address belongs to, served or not."""
         self._serving: dict[str, set[asyncio.Task[None]]] = {}
+        self._unanswered: dict[str, dict[asyncio.Future[bytes], str]] = {}
+        """Per node, the calls sent to it and not answered yet, with their callers."""
         self.cut: set[tuple[str, str]] = set()
         """Directed (sender, receiver) pairs of node ids whose messages are lost."""
         self.held: set[tuple[str, str]] = set()
@@ -93,13 +97,24 @@ class RpcNetwork:
 
     def serve(self, node_id: str, address: str, routes: Mapping[str, Route]) -> None:
         self._servers[address] = (node_id, routes)
+        self._node_at[address] = node_id
         self._serving.setdefault(node_id, set())
 
     def stop_serving(self, node_id: str, address: str) -> None:
-        """The node is gone: nothing reaches it, and calls it was serving die."""
+        """The node is gone: nothing reaches it, calls it was serving die, and
+        their callers learn it as over a real connection: UNAVAILABLE, once
+        the reset crosses the link (if it can)."""
         self._servers.pop(address, None)
         for task in self._serving.pop(node_id, set()):
             task.cancel()
+        for answer, caller in list(self._unanswered.get(node_id, {}).items()):
+            self._reset(caller, node_id, answer)
+
+    def _reset(self, caller: str, node_id: str, answer: asyncio.Future[bytes]) -> None:
+        if self._passes(node_id, caller):
+            error = rpc_error(grpc.StatusCode.UNAVAILABLE, "connection reset")
+            delay = self._delay_s(node_id, caller)
+            asyncio.get_running_loop().call_later(delay, _settle, answer, error)
 
     def opener(self, node_id: str) -> Callable[[str], SimChannel]:
         """The ``ChannelOpener`` of one node."""
@@ -112,7 +127,7 @@ class RpcNetwork:
         if (sender, receiver) in self.held:
             return self._rng.uniform(*self.held_ms) / 1000
         faults = self.faults
-        if faults.long_delay and self._rng.random() < faults.long_delay:
+        if faults.long_delay_chance and self._rng.random() < faults.long_delay_chance:
             return self._rng.uniform(*faults.long_delay_ms) / 1000
         return self._rng.uniform(faults.min_delay_ms, faults.max_delay_ms) / 1000
 
@@ -123,6 +138,11 @@ class RpcNetwork:
         loop = asyncio.get_running_loop()
         server = self._servers.get(address)
         if server is None:
+            # Refused, if the refusal can come back; lost otherwise.
+            down = self._node_at.get(address)
+            if down is not None and ((sender, down) in self.cut or (down, sender) in self.cut):
+                await asyncio.sleep(timeout_s or 0)
+                raise rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded")
             await asyncio.sleep(0.001)
             raise rpc_error(grpc.StatusCode.UNAVAILABLE, "connection refused")
         receiver, routes = server
@@ -130,6 +150,9 @@ class RpcNetwork:
         if route is None:
             raise rpc_error(grpc.StatusCode.UNIMPLEMENTED, f"{method} is not simulated")
         answer: asyncio.Future[bytes] = loop.create_future()
+        unanswered = self._unanswered.setdefault(receiver, {})
+        unanswered[answer] = sender
+        answer.add_done_callback(lambda done: unanswered.pop(done, None))
         if self._passes(sender, receiver):
             delay = self._delay_s(sender, receiver)
             loop.call_later(delay, self._arrive, sender, address, route, raw, answer)
@@ -142,8 +165,9 @@ class RpcNetwork:
         self, sender: str, address: str, route: Route, raw: bytes, answer: asyncio.Future[bytes]
     ) -> None:
         server = self._servers.get(address)
-        if server is None:
-            return  # the node went down while the request was on its way
+        if server is None:  # the node went down while the request was on its way
+            self._reset(sender, self._node_at[address], answer)
+            return
         receiver = server[0]
         task = asyncio.get_running_loop().create_task(
             self._handle(sender, receiver, route, raw, answer)

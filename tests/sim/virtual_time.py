@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import selectors
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 class _JumpingSelector(selectors.SelectSelector):
@@ -55,7 +57,7 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         self.after_step()
 
 
-def run_in_virtual_time(main: Callable[[VirtualTimeLoop], Any]) -> Any:
+def run_in_virtual_time(main: Callable[[VirtualTimeLoop], Coroutine[Any, Any, T]]) -> T:
     """Run ``main(loop)``'s coroutine to its end on a fresh virtual-time loop."""
     loop = VirtualTimeLoop()
     try:

@@ -42,7 +42,9 @@ role only while a majority acknowledged a heartbeat within the last
 
 A node that restarts must resume the term and the leader it accepted
 (:attr:`ElectionNode.vote`, passed back to the constructor); the node
-persists both before it answers for a new term.
+persists both before it answers for a new term. Having forgotten when it
+last acknowledged its leader, it then follows no other leader, and claims
+nothing, for an election timeout (:meth:`ElectionNode.start`).
 """
 
 from __future__ import annotations
@@ -330,7 +332,8 @@ class ElectionNode:
     # -- events --------------------------------------------------------------
 
     def start(self, now_ms: int, *, campaign: bool = True) -> Output:
-        """Join the group: like a bully process that comes up, start an election.
+        """Join the group: like a bully process that comes up, start an election
+        (after an election timeout, for a node that resumed a vote).
 
         Without ``campaign`` the node first follows whoever leads, and runs
         for leader only after an election timeout without one (or when a
@@ -340,13 +343,14 @@ class ElectionNode:
         """
         self._started = True
         out: list[Envelope] = []
-        if self._term > 0:
+        if self._term > 0 and self._others and self._term_leader != self.node_id:
             # Resumed a vote: before it stopped, it may have acknowledged a
             # leader within the last election timeout, and that ack may still
             # count toward the leader's lease. It forgot when, so it keeps
             # the promise sticky followers keep for a whole timeout from now
             # (cluster sim seed 10609: restarted half a second after it acked
-            # n3, n1 made n5's majority while n3 still led).
+            # n3, n1 made n5's majority while n3 still led). Not a lone node,
+            # nor one that claimed its term: it acked no one since.
             self._quiet_until_ms = now_ms + self.config.election_timeout_ms
         if campaign:
             self._start_election(now_ms, out)
@@ -496,7 +500,10 @@ class ElectionNode:
         """Ask every higher id whether it is alive; with none, claim at once."""
         if now_ms < self._quiet_until_ms:
             self._role = Role.FOLLOWER
-            self._deadline_ms = self._quiet_until_ms
+            # Jittered, as every election timeout: nodes restarted together
+            # would otherwise all run at once.
+            jitter = self._election_timeout() - self.config.election_timeout_ms
+            self._deadline_ms = self._quiet_until_ms + jitter
             return
         self._role = Role.CANDIDATE
         self._leader = None

@@ -186,12 +186,19 @@ def test_a_node_that_resumed_a_vote_follows_no_new_leader_for_an_election_timeou
     assert later.messages[0] == Envelope("n5", CoordinatorAck("n2", 8, True))
 
 
-def test_the_highest_id_restarted_claims_only_after_an_election_timeout() -> None:
-    restarted = ElectionNode("n5", FIVE, CONFIG, random.Random(0), term=7, term_leader="n3")
+def test_a_restarted_follower_runs_no_election_for_an_election_timeout() -> None:
+    restarted = ElectionNode("n2", THREE, CONFIG, random.Random(0), term=7, term_leader="n3")
     assert restarted.start(1_000).messages == ()
     assert restarted.tick(1_000 + ET - 1).messages == ()
-    claims = restarted.tick(1_000 + ET).messages
-    assert {e.to for e in claims} == {"n1", "n2", "n3", "n4"}
+    asked = restarted.tick(1_000 + ET + CONFIG.jitter_ms).messages
+    assert asked == (Envelope("n3", Election("n2", 7)),)
+
+
+def test_a_restarted_node_that_claimed_its_term_claims_again_at_once() -> None:
+    """It acknowledged no one since it claimed: it has no promise to keep."""
+    restarted = ElectionNode("n3", THREE, CONFIG, random.Random(0), term=7, term_leader="n3")
+    claims = restarted.start(1_000).messages
+    assert {e.to for e in claims} == {"n1", "n2"}
     assert all(isinstance(e.message, Coordinator) for e in claims)
 
 

@@ -67,17 +67,17 @@ JOINED_AT_MS = 10 * TIMEOUT_MS
 
 
 def settled_after_join(
-    adopted_by: tuple[str, ...], now_ms: int, *, before: Membership = THREE
+    adopted_by: tuple[str, ...], now_ms: int, *, before: Membership = THREE, led_at_ms: int = 0
 ) -> bool:
-    """Whether a leader settles n4's join at ``now_ms``, the members in
-    ``adopted_by`` having answered with the join's table, the others with the
-    one before it."""
+    """Whether a leader (since ``led_at_ms``) settles n4's join at ``now_ms``,
+    the members in ``adopted_by`` having answered with the join's table, the
+    others with the one before it."""
     joining = before.with_joining("n4", "a:4", term=1)
     leader = duties()
     leader.adopted_table(THREE, 0)
-    step(leader, THREE, 0)
+    step(leader, THREE, led_at_ms)
     if before is not THREE:
-        leader.adopted_table(before, JOINED_AT_MS - 2 * TIMEOUT_MS)
+        leader.adopted_table(before, JOINED_AT_MS - TIMEOUT_MS // 2)
     leader.adopted_table(joining, JOINED_AT_MS)
     step(leader, joining, JOINED_AT_MS)
     for node in ("n2", "n3", "n4"):
@@ -100,6 +100,17 @@ def test_a_join_settles_when_every_member_adopted_it_or_the_old_leases_ran_out()
     assert settled_after_join(("n2", "n4"), drained)
 
 
+def test_a_new_leader_waits_out_the_leases_its_predecessors_gave_before_it_trusts_answers() -> None:
+    """A node dropped from the table before this leader was elected may hold a
+    lease from a predecessor's heartbeat, and never answers (cluster sim seed
+    10364)."""
+    led_at = JOINED_AT_MS - 10
+    everyone = ("n2", "n3", "n4")
+    assert not settled_after_join(everyone, JOINED_AT_MS + 10, led_at_ms=led_at)
+    assert not settled_after_join(everyone, led_at + 3 * TIMEOUT_MS - 1, led_at_ms=led_at)
+    assert settled_after_join(everyone, led_at + 3 * TIMEOUT_MS, led_at_ms=led_at)
+
+
 def test_a_node_dropped_from_the_table_holds_up_the_next_settle_until_its_lease_is_over() -> None:
     """Cluster sim seed 140: n3 left and was dropped from the table without
     hearing of it (no heartbeat reaches a non-member), so it never answers
@@ -107,9 +118,9 @@ def test_a_node_dropped_from_the_table_holds_up_the_next_settle_until_its_lease_
     while the next join settled on members that all had adopted it."""
     without_n3 = THREE.with_leaving("n3", term=1).settled(term=1)
     everyone = ("n2", "n4")
-    # Dropped two timeouts before the join (below), its lease may run three
+    # Dropped half a timeout before the join (below), its lease may run two
     # from then: sooner than leases on the table before the join run out.
-    drained = JOINED_AT_MS - 2 * TIMEOUT_MS + 3 * TIMEOUT_MS
+    drained = JOINED_AT_MS - TIMEOUT_MS // 2 + 2 * TIMEOUT_MS
     assert not settled_after_join(everyone, JOINED_AT_MS + 10, before=without_n3)
     assert not settled_after_join(everyone, drained - 1, before=without_n3)
     assert settled_after_join(everyone, drained, before=without_n3)

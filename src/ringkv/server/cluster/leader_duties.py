@@ -51,8 +51,9 @@ class LeaderDuties:
         self._table_since_ms = 0
         self._led_since_ms = 0
         self._members: frozenset[str] = frozenset()
-        self._departed_drained_at_ms = 0
-        """Until when a node no longer in the table may still hold a lease on an older one."""
+        self._dropped_drained_at_ms = 0
+        """Until when a node this one dropped from the table may still hold a
+        lease from this node's heartbeats."""
         self.leading = False
         self._gainers_of: tuple[Membership, frozenset[str]] | None = None
 
@@ -78,21 +79,15 @@ class LeaderDuties:
         silent: a joiner that never came up would hold the change open for good)."""
         self._table_since_ms = now_ms
         members = frozenset(table.node_ids)
-        if table.epoch and (not self._members or self._members - members):
+        if self._members - members:
             # A node dropped from the table gets no more heartbeats, so it
             # never answers with a newer table: no member's answer proves its
             # lease is over, only time (cluster sim seed 140: a removed node,
             # cut off, kept a lease on the table before its removal while a
-            # leader two ring changes on settled a join). It was dropped
-            # before now, by a leader that heartbeated it until then; leaders
-            # deposed earlier stopped within an election timeout of that
-            # leader's election; a heartbeat takes up to one timeout to
-            # arrive and renews a lease for one more. A node's first table
-            # (not the one from its flags: epoch 0) may have dropped nodes
-            # it never knew of (cluster sim seed
-            # 10364: a joiner, elected just after it was admitted, settled
-            # its join while a node dropped one change before held a lease).
-            self._departed_drained_at_ms = now_ms + 3 * self._election_timeout_ms
+            # leader two ring changes on settled a join). This node
+            # heartbeats it no more from now: one timeout for a heartbeat on
+            # its way to arrive, one for the lease it renews.
+            self._dropped_drained_at_ms = now_ms + 2 * self._election_timeout_ms
         self._members = members if table.epoch else frozenset()
         self._detector.forget(set(self._synced) - set(table.node_ids))
         self._detector.watch(table.node_ids, now_ms)
@@ -140,10 +135,23 @@ class LeaderDuties:
             liveness=liveness,
             dead_for_ms={node: self._detector.silent_for(node, now_ms) for node in members},
             remove_dead_after_ms=self._remove_dead_after_ms,
-            adopted=self._adopted if now_ms >= self._departed_drained_at_ms else {},
+            adopted=self._adopted if self._answers_prove_leases(now_ms) else {},
             leases_expired=now_ms >= self.leases_drained_at_ms(),
         )
         return liveness, change
+
+    def _answers_prove_leases(self, now_ms: int) -> bool:
+        """Whether "every member answered with the change" proves that no lease
+        on an older table still runs. Not while a node dropped from the
+        table may hold one: it never answers. Nor for three election
+        timeouts after this node began to lead: a leader before it may have
+        heartbeated such a node up to then (cluster sim seed 10364: a joiner,
+        elected just after it was admitted, settled its join while a node
+        dropped one change before held a lease), the bound of
+        :meth:`leases_drained_at_ms`.
+        """
+        since_led = self._led_since_ms + 3 * self._election_timeout_ms
+        return now_ms >= max(self._dropped_drained_at_ms, since_led)
 
     def leases_drained_at_ms(self) -> int:
         """When no lease granted on a table older than the one in effect can still run.

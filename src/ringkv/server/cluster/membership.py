@@ -14,13 +14,22 @@ ranges and followers learn each new epoch within a heartbeat.
 
 How a node finds its cluster on start:
 
-* with a saved table (``cluster.json`` in the data dir) it resumes it, and its
-  election term and vote;
+* with a saved table (``cluster.json`` in the data dir) that names it, it
+  resumes the table, its election term and its vote; for an election timeout
+  it follows no new leader (it may have acknowledged one just before it
+  stopped: ``ElectionNode.start``);
+* with a saved table that removed it (it was removed while away), it asks the
+  ``-peers`` to admit it again, keeping its vote;
 * otherwise it asks the ``-peers`` for their table; if one includes it, it adopts
   it; if one does not, it asks to join and adopts the table it is admitted with;
 * if no peer answers within the discovery window, it bootstraps the table from
-  its own flags (epoch 1): every node of a new cluster names the same members,
-  so they all build the same table.
+  its own flags (epoch 1), unless it was told ``--initial-cluster-state
+  existing``: every node of a new cluster names the same members, so they all
+  build the same table.
+
+Finding the cluster runs beside the election's timers, and a member's
+heartbeat can admit the node first: then it starts to follow at once and
+stops asking.
 """
 
 from __future__ import annotations
@@ -162,7 +171,7 @@ class MembershipManager:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._main: asyncio.Task[None] | None = None
         self._refreshing: asyncio.Task[None] | None = None
-        self._seeking: set[asyncio.Task[None]] = set()
+        self._seeking: set[asyncio.Task[Any]] = set()
         """Finding the cluster or joining it again, until an election starts."""
 
     @property
@@ -180,8 +189,9 @@ class MembershipManager:
     def start(self) -> None:
         """Resume or bootstrap at once when no peer needs asking, then run in the background.
 
-        A lone node or one with a saved table is leading or following before
-        the node reports itself serving.
+        A lone new node leads, and one with a saved table runs its election,
+        before the node reports itself serving (one that resumed a vote
+        follows no new leader for an election timeout: ``ElectionNode.start``).
         """
         self._update_lease()
         saved = self._file.load()
@@ -193,13 +203,20 @@ class MembershipManager:
                 reason="DECOMMISSIONED",
             )
         established = False
+        if saved is not None:
+            # Whatever the table says, the vote must not go back to term 0.
+            self._saved_vote = (saved.term, saved.term_leader)
         if saved is not None and self.node_id in saved.membership.addresses:
             log.info("resuming", extra={"epoch": saved.membership.epoch, "term": saved.term})
-            self._saved_vote = (saved.term, saved.term_leader)
             self._adopt(saved.membership)
             self._start_election(saved.term, saved.term_leader)
             established = True
-        elif saved is None and not self._seeds:
+        elif saved is not None:
+            # Removed while it was away, and saved so: join again, from a
+            # table no seed's older one can replace.
+            self._adopt(saved.membership)
+            established = True
+        elif not self._seeds:
             self._bootstrap()
             established = True
         self._main = asyncio.get_running_loop().create_task(
@@ -215,7 +232,7 @@ class MembershipManager:
             # election while a seed still refuses it (cluster sim seed 10043:
             # the highest id, stuck asking a seed that had no leader to relay
             # to, never timed out its own claim, and no one led again).
-            self._seek(self._find_cluster(saved))
+            self._spawn(self._find_cluster(saved), self._seeking)
         while True:
             try:
                 self._step(self._tick())
@@ -228,14 +245,16 @@ class MembershipManager:
         deadline = self._now_ms() + 2 * self._config.heartbeat_interval_ms
         waiting_logged = False
         while self._election is None:
-            table = await self._seeds.newest_table()
-            if table is not None:
-                joining = table.addresses.get(self.node_id) != self._address
-                if joining:
-                    table = await self._seeds.join()
-                term, leader = (saved.term, saved.term_leader) if saved else (0, None)
-                if self._admitted(table, term, leader, campaign=not joining):
-                    return
+            try:
+                table = await self._seeds.newest_table()
+                if table is not None:
+                    joining = table.addresses.get(self.node_id) != self._address
+                    if joining:
+                        table = await self._seeds.join()
+                    if self._admitted(table, *self._saved_vote, campaign=not joining):
+                        return
+            except Exception:  # a node that stops seeking is never admitted
+                log.exception("finding the cluster failed; trying again")
             if saved is None and self._now_ms() >= deadline:
                 if not self._joins_existing:
                     self._bootstrap()
@@ -274,12 +293,6 @@ class MembershipManager:
         for answer in answers:
             if isinstance(answer, Membership):
                 self.offer(answer)
-
-    def _seek(self, work: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.get_running_loop().create_task(work)
-        self._seeking.add(task)
-        task.add_done_callback(self._seeking.discard)
-        task.add_done_callback(self._done)
 
     def _start_election(self, term: int, term_leader: str | None, *, campaign: bool = True) -> None:
         # Admitted: stop asking seeds (one may never answer; a heartbeat's
@@ -327,7 +340,8 @@ class MembershipManager:
             },
         )
         if self.node_id not in table.addresses:
-            self._removed(was_leaving=self._leaving)
+            if before is not None:  # once: a later table without it changes nothing
+                self._removed(was_leaving=self._leaving)
             # No longer a member, it coordinates nothing (cluster sim seed 204:
             # a leader that settled its own departure kept its lease).
             self._update_lease()
@@ -359,22 +373,24 @@ class MembershipManager:
         self._step(self._tick())
 
     def _removed(self, *, was_leaving: bool) -> None:
+        vote = self._vote()
+        self._election = None
         self._view.leader_id = ""  # no longer a member: it follows no one, nor leads
+        # Saved, so a restart does not resume a table that still names it
+        # (cluster sim seed 187: a joiner dropped before it came up, then
+        # restarted, went back to the table that had admitted it).
+        try:
+            self._file.save(SavedState(self.membership, *vote, decommissioned=was_leaving))
+        except OSError as error:
+            # Restarted, it resumes the older table and hears of this one again.
+            log.warning("removal not saved", extra={"error": str(error)})
         if was_leaving:
             log.info("decommissioned: this node left the cluster")
-            self._file.save(SavedState(self.membership, *self._vote(), decommissioned=True))
-            self._election = None
             self._spawn(self._leave())
             return
-        # Removed while it was down: come back as a new member. Saved, so a
-        # restart goes on joining rather than resume a table that still names
-        # it (cluster sim seed 187: a joiner dropped before it came up,
-        # restarted, went back to the table that admitted it).
+        # Removed while it was down: come back as a new member.
         log.info("removed while away; joining again")
-        with contextlib.suppress(OSError):  # a full disk: it learns again from a member
-            self._file.save(SavedState(self.membership, *self._vote()))
-        self._election = None
-        self._seek(self._rejoin())
+        self._spawn(self._rejoin(), self._seeking)
 
     async def _leave(self) -> None:
         """Give every record to its replicas (writes that reached only this node
@@ -390,13 +406,15 @@ class MembershipManager:
 
     async def _rejoin(self) -> None:
         while True:
-            table = await self._seeds.join()
-            term, leader = self._saved_vote
-            if self._admitted(table, term, leader, campaign=False):
-                return
-            # An answer older than the table that removed this node: the
-            # leader had not adopted the removal yet (cluster sim seed 18: a
-            # joiner removed by an operator got its first admission back).
+            try:
+                table = await self._seeds.join()
+                if self._admitted(table, *self._saved_vote, campaign=False):
+                    return
+                # An answer older than the table that removed this node: the
+                # leader had not adopted the removal yet (cluster sim seed 18:
+                # a joiner removed by an operator got its first admission back).
+            except Exception:  # a node that stops asking is never admitted
+                log.exception("joining again failed; trying again")
             await asyncio.sleep(_REJOIN_RETRY_S)
 
     def _admitted(
@@ -577,7 +595,12 @@ class MembershipManager:
             term = self._view.term
         if accepted:
             self._view.liveness = liveness_from_wire(request.members)
-            if not request.claim:
+            # A lease vouches for the leader's table. A node holding another
+            # (a newer one a deposed leader made, which this leader has not
+            # seen: cluster sim seed 24927) answers with it below, and renews
+            # once the leader has adopted it and sent it back.
+            same_table = sent is not None and sent.fence == self.membership.fence
+            if not request.claim and same_table:
                 self._renew_lease(request.node_id, request.sent_wall_ms)
         mine = self.membership
         return kv_pb2.HeartbeatResponse(
@@ -668,13 +691,17 @@ class MembershipManager:
         if change is not None:
             self._adopt(change)
 
-    def _spawn(self, work: Any) -> None:
+    def _spawn(
+        self, work: Coroutine[Any, Any, Any], tasks: set[asyncio.Task[Any]] | None = None
+    ) -> None:
+        """Run ``work`` in the background, kept in ``tasks`` (the node's by default)."""
+        into = self._tasks if tasks is None else tasks
         task = asyncio.get_running_loop().create_task(work)
-        self._tasks.add(task)
+        into.add(task)
+        task.add_done_callback(into.discard)
         task.add_done_callback(self._done)
 
     def _done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             error = task.exception()
             if not isinstance(error, RingkvError):
