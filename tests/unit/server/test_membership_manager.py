@@ -15,18 +15,17 @@ from pathlib import Path
 
 import pytest
 
-from ringkv.api import kv_pb2
 from ringkv.core.clock_offset import OffsetSample
 from ringkv.core.election import ElectionConfig
 from ringkv.core.errors import StorageFull
 from ringkv.core.hlc import HybridLogicalClock
 from ringkv.core.membership import Member, Membership, RingMaker
 from ringkv.server.cluster.cluster_view import ClusterView
+from ringkv.server.cluster.election_calls import HeartbeatAnswer, ReceivedHeartbeat
 from ringkv.server.cluster.leader_lease import LeaderLease
 from ringkv.server.cluster.membership import MembershipManager
 from ringkv.server.cluster.membership_file import MembershipFile, SavedState
 from ringkv.server.transport.peers import Peer
-from ringkv.server.transport.wire import membership_to_wire
 from tests.support.nodes import free_ports
 
 ELECTION = ElectionConfig(
@@ -93,16 +92,14 @@ async def manager(
         await membership.close()
 
 
-def claim(membership: MembershipManager, leader: str, term: int) -> kv_pb2.HeartbeatResponse:
-    return membership.on_heartbeat(
-        kv_pb2.HeartbeatRequest(
-            node_id=leader,
-            term=term,
-            is_leader=True,
-            claim=True,
-            members=membership_to_wire(membership.membership, {}),
-        )
-    )
+def received(
+    leader: str, term: int, table: Membership, *, claim: bool = False, sent_wall_ms: int = 0
+) -> ReceivedHeartbeat:
+    return ReceivedHeartbeat(leader, term, claim, table, {}, sent_wall_ms)
+
+
+def claim(membership: MembershipManager, leader: str, term: int) -> HeartbeatAnswer:
+    return membership.heartbeat(received(leader, term, membership.membership, claim=True))
 
 
 def test_a_node_that_cannot_save_a_new_vote_names_no_leader(tmp_path: Path) -> None:
@@ -128,15 +125,9 @@ def test_a_node_that_cannot_save_a_new_vote_names_no_leader(tmp_path: Path) -> N
 
 def heartbeat(
     membership: MembershipManager, leader: str, term: int, sent_wall_ms: int
-) -> kv_pb2.HeartbeatResponse:
-    return membership.on_heartbeat(
-        kv_pb2.HeartbeatRequest(
-            node_id=leader,
-            term=term,
-            is_leader=True,
-            members=membership_to_wire(membership.membership, {}),
-            sent_wall_ms=sent_wall_ms,
-        )
+) -> HeartbeatAnswer:
+    return membership.heartbeat(
+        received(leader, term, membership.membership, sent_wall_ms=sent_wall_ms)
     )
 
 
@@ -180,11 +171,7 @@ def test_a_node_removed_while_away_saves_the_table_without_it(
         async with manager(tmp_path) as (membership, saved, view):
             table = view.membership
             without_a = Membership(table.epoch + 1, table.members[1:], 1)
-            membership.on_heartbeat(
-                kv_pb2.HeartbeatRequest(
-                    node_id="c", term=1, is_leader=True, members=membership_to_wire(without_a, {})
-                )
-            )
+            membership.heartbeat(received("c", 1, without_a))
             assert view.membership == without_a
             state = saved.load()
             assert state is not None and state.membership == without_a

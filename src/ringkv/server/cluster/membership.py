@@ -2,17 +2,23 @@
 
 This is the I/O shell around two pure parts: :class:`ringkv.core.election.ElectionNode`
 decides who leads, and :mod:`ringkv.core.membership` decides how the member table
-changes. The seeds' RPCs (tables, joins) are :class:`~ringkv.server.cluster.seeds.Seeds`;
-the leader's failure detection and bookkeeping are
-:class:`~ringkv.server.cluster.leader_duties.LeaderDuties`; the saved vote and
-table are :class:`~ringkv.server.cluster.membership_file.MembershipFile`.
+changes. Around the manager, each concern has a class of its own:
 
-Election messages travel as the seed's ``Heartbeat`` and ``RequestVote``
-calls (see kv.proto); every heartbeat carries the sender's member table and every
-reply the responder's synced epoch, so the leader learns who has pulled its
-ranges and followers learn each new epoch within a heartbeat.
+* finding the cluster (seeds, joining, joining again after a removal):
+  :class:`~ringkv.server.cluster.discovery.Discovery`;
+* the election's messages as ``Heartbeat`` and ``RequestVote`` calls:
+  :class:`~ringkv.server.cluster.election_calls.ElectionCalls`, and the
+  Cluster service (``ringkv.server.services.cluster_service``) for the calls
+  this node answers;
+* the leader's failure detection and bookkeeping:
+  :class:`~ringkv.server.cluster.leader_duties.LeaderDuties`;
+* the saved vote and table:
+  :class:`~ringkv.server.cluster.membership_file.MembershipFile`.
 
-How a node finds its cluster on start:
+The manager itself adopts tables, steps the election (saving a changed vote
+before anything it decided leaves the node), and keeps the leader lease.
+
+How a node starts:
 
 * with a saved table (``cluster.json`` in the data dir) that names it, it
   resumes the table, its election term and its vote; for an election timeout
@@ -20,16 +26,8 @@ How a node finds its cluster on start:
   stopped: ``ElectionNode.start``);
 * with a saved table that removed it (it was removed while away), it asks the
   ``-peers`` to admit it again, keeping its vote;
-* otherwise it asks the ``-peers`` for their table; if one includes it, it adopts
-  it; if one does not, it asks to join and adopts the table it is admitted with;
-* if no peer answers within the discovery window, it bootstraps the table from
-  its own flags (epoch 1), unless it was told ``--initial-cluster-state
-  existing``: every node of a new cluster names the same members, so they all
-  build the same table.
-
-Finding the cluster runs beside the election's timers, and a member's
-heartbeat can admit the node first: then it starts to follow at once and
-stops asking.
+* otherwise it finds the cluster through its seeds (``Discovery``), or,
+  with none, bootstraps.
 """
 
 from __future__ import annotations
@@ -40,13 +38,9 @@ import errno
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sized
-from typing import Any, Protocol, TypeVar
+from collections.abc import Callable, Coroutine, Mapping, Sized
+from typing import Any, Protocol
 
-import grpc
-
-from ringkv.api import kv_pb2
-from ringkv.api.status import error_info
 from ringkv.core.clock_offset import OffsetSample
 from ringkv.core.election import (
     Answer,
@@ -61,7 +55,7 @@ from ringkv.core.election import (
     Output,
     Role,
 )
-from ringkv.core.errors import PreconditionFailed, RingkvError, StorageFull, Unavailable
+from ringkv.core.errors import PreconditionFailed, RingkvError, StorageFull
 from ringkv.core.membership import (
     Liveness,
     Membership,
@@ -69,30 +63,29 @@ from ringkv.core.membership import (
     RingMaker,
 )
 from ringkv.server.cluster.cluster_view import ClusterView
+from ringkv.server.cluster.discovery import Discovery
+from ringkv.server.cluster.election_calls import (
+    ElectionCalls,
+    HeartbeatAnswer,
+    ReceivedHeartbeat,
+    VoteAnswer,
+)
 from ringkv.server.cluster.leader_duties import LeaderDuties
 from ringkv.server.cluster.leader_lease import LeaderLease, arrived_in_time
 from ringkv.server.cluster.membership_file import FILE_NAME as MEMBERSHIP_FILE
 from ringkv.server.cluster.membership_file import MembershipFile, SavedState
 from ringkv.server.cluster.seeds import Seeds
 from ringkv.server.transport.auth import NodeSecurity
-from ringkv.server.transport.peers import ChannelOpener, Peer
-from ringkv.server.transport.rpc import RelayedError
-from ringkv.server.transport.wire import (
-    liveness_from_wire,
-    membership_from_wire,
-    membership_to_wire,
-)
+from ringkv.server.transport.peers import ChannelOpener
+from ringkv.server.transport.wire import membership_to_wire
 
 log = logging.getLogger("ringkv.membership")
 
 _MAX_SLEEP_S = 0.1
 """The loop looks at timers and leader duties at least this often."""
 _REPLIES = (HeartbeatAck, CoordinatorAck, Answer)
-_REJOIN_RETRY_S = 1.0
-"""How long a removed node waits before it asks to be admitted again."""
 _HAND_OFF_TIMEOUT_S = 120.0
 """The longest a decommissioned node spends giving its records away before it stops."""
-T = TypeVar("T")
 
 
 class RangeMover(Protocol):
@@ -142,10 +135,6 @@ class MembershipManager:
     ) -> None:
         self._view = view
         self._address = address
-        # Dials a seed with the node's credentials (the same as its peers' channels).
-        self._seeds = Seeds(
-            view.node_id, address, seeds, open_channel or NodeSecurity().open_channel
-        )
         self._file = saved
         self._config = election
         self._on_removed = on_removed
@@ -155,6 +144,25 @@ class MembershipManager:
         self._rng = rng or random.Random()
         self._election: ElectionNode | None = None
         self._saved_vote: tuple[int, str | None] = (0, None)
+        self._discovery = Discovery(
+            # Dials a seed with the node's credentials (the same as its peers' channels).
+            Seeds(view.node_id, address, seeds, open_channel or NodeSecurity().open_channel),
+            self,
+            node_id=view.node_id,
+            address=address,
+            window_ms=2 * election.heartbeat_interval_ms,
+            ask_timeout_s=election.election_timeout_ms / 1000,
+            joins_existing=joins_existing,
+            now_ms=now_ms,
+        )
+        self._calls = ElectionCalls(
+            view.node_id,
+            address,
+            self,
+            timeout_s=election.election_timeout_ms / 1000,
+            table=lambda: membership_to_wire(self.membership, self._view.liveness),
+            wall_ms=wall_ms,
+        )
         self._duties = LeaderDuties(
             view.node_id,
             heartbeat_interval_ms=election.heartbeat_interval_ms,
@@ -165,14 +173,10 @@ class MembershipManager:
         )
         self._duties.adopted_table(view.membership, now_ms())
         self._lease = lease
-        self._joins_existing = joins_existing
         self._leaving = False
         self.rebalancer: RangeMover | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._main: asyncio.Task[None] | None = None
-        self._refreshing: asyncio.Task[None] | None = None
-        self._seeking: set[asyncio.Task[Any]] = set()
-        """Finding the cluster or joining it again, until an election starts."""
 
     @property
     def node_id(self) -> str:
@@ -185,6 +189,11 @@ class MembershipManager:
     @property
     def synced_epoch(self) -> int:
         return 0 if self.rebalancer is None else self.rebalancer.synced_epoch
+
+    @property
+    def member(self) -> bool:
+        """Whether this node runs its election: it was admitted, by any path."""
+        return self._election is not None
 
     def start(self) -> None:
         """Resume or bootstrap at once when no peer needs asking, then run in the background.
@@ -202,7 +211,6 @@ class MembershipManager:
                 f"{MEMBERSHIP_FILE} from its data dir",
                 reason="DECOMMISSIONED",
             )
-        established = False
         if saved is not None:
             # Whatever the table says, the vote must not go back to term 0.
             self._saved_vote = (saved.term, saved.term_leader)
@@ -210,29 +218,22 @@ class MembershipManager:
             log.info("resuming", extra={"epoch": saved.membership.epoch, "term": saved.term})
             self._adopt(saved.membership)
             self._start_election(saved.term, saved.term_leader)
-            established = True
         elif saved is not None:
             # Removed while it was away, and saved so: join again, from a
             # table no seed's older one can replace.
             self._adopt(saved.membership)
-            established = True
-        elif not self._seeds:
-            self._bootstrap()
-            established = True
-        self._main = asyncio.get_running_loop().create_task(
-            self._run(find_cluster=not established, saved=saved), name="membership"
-        )
-
-    # -- finding the cluster ---------------------------------------------------
-
-    async def _run(self, *, find_cluster: bool, saved: SavedState | None) -> None:
-        if find_cluster:
+        elif not self._discovery.seeds:
+            self.bootstrap()
+        else:
             # Beside the timers, not before them: a node admitted meanwhile by
             # another path (a member's heartbeat, then a rejoin) must run its
             # election while a seed still refuses it (cluster sim seed 10043:
             # the highest id, stuck asking a seed that had no leader to relay
             # to, never timed out its own claim, and no one led again).
-            self._spawn(self._find_cluster(saved), self._seeking)
+            self._discovery.find()
+        self._main = asyncio.get_running_loop().create_task(self._run(), name="membership")
+
+    async def _run(self) -> None:
         while True:
             try:
                 self._step(self._tick())
@@ -240,66 +241,34 @@ class MembershipManager:
                 log.exception("membership step failed")
             await asyncio.sleep(_MAX_SLEEP_S)
 
-    async def _find_cluster(self, saved: SavedState | None) -> None:
-        """Adopt the table a seed has, joining it first if this node is not in it."""
-        deadline = self._now_ms() + 2 * self._config.heartbeat_interval_ms
-        waiting_logged = False
-        while self._election is None:
-            try:
-                table = await self._seeds.newest_table()
-                if table is not None:
-                    joining = table.addresses.get(self.node_id) != self._address
-                    if joining:
-                        table = await self._seeds.join()
-                    if self._admitted(table, *self._saved_vote, campaign=not joining):
-                        return
-            except Exception:  # a node that stops seeking is never admitted
-                log.exception("finding the cluster failed; trying again")
-            if saved is None and self._now_ms() >= deadline:
-                if not self._joins_existing:
-                    self._bootstrap()
-                    return
-                if not waiting_logged:
-                    log.info(
-                        "no seed answers; waiting for one (--initial-cluster-state existing)",
-                        extra={"seeds": ",".join(self._seeds.addresses)},
-                    )
-                    waiting_logged = True
-            await asyncio.sleep(0.2)
-
-    def _bootstrap(self) -> None:
-        table = Membership.bootstrap({self.node_id: self._address, **self._seeds.addresses})
+    def bootstrap(self) -> None:
+        """Start a new cluster of this node and its seeds."""
+        table = Membership.bootstrap(
+            {self.node_id: self._address, **self._discovery.seeds.addresses}
+        )
         log.info("bootstrapping", extra={"members": ",".join(table.node_ids)})
         self._adopt(table)
         self._start_election(0, None)
 
-    def _refresh_table(self) -> None:
-        if self._refreshing is None or self._refreshing.done():
-            self._refreshing = asyncio.get_running_loop().create_task(self._ask_members())
+    def admitted(self, table: Membership, *, campaign: bool) -> bool:
+        """Take the table a seed admitted this node with (or named it in), and
+        start its election, unless another path got there first: the table
+        only if it is newer than the one a heartbeat brought meanwhile, the
+        election only if none runs yet (a second would forget its vote).
 
-    async def _ask_members(self) -> None:
-        """Adopt the newest table any member has."""
-
-        async def table_of(peer: Peer) -> Membership | None:
-            response = await peer.cluster.GetClusterState(
-                kv_pb2.GetClusterStateRequest(), timeout=self._config.election_timeout_ms / 1000
-            )
-            return membership_from_wire(response.table)
-
-        answers = await asyncio.gather(
-            *(table_of(peer) for peer in list(self._view.peers.values())),
-            return_exceptions=True,
-        )
-        for answer in answers:
-            if isinstance(answer, Membership):
-                self.offer(answer)
+        False if this node is not a member after all: the table is older
+        than one that removed it.
+        """
+        if table.newer_than(self.membership):
+            self._adopt(table)
+        if self.node_id not in self.membership.addresses:
+            return False
+        if self._election is None:
+            self._start_election(*self._saved_vote, campaign=campaign)
+        return True
 
     def _start_election(self, term: int, term_leader: str | None, *, campaign: bool = True) -> None:
-        # Admitted: stop asking seeds (one may never answer; a heartbeat's
-        # table can admit this node first).
-        for task in self._seeking:
-            if task is not asyncio.current_task():
-                task.cancel()
+        self._discovery.stop_seeking()
         self._election = ElectionNode(
             self.node_id,
             self.membership.node_ids,
@@ -390,7 +359,7 @@ class MembershipManager:
             return
         # Removed while it was down: come back as a new member.
         log.info("removed while away; joining again")
-        self._spawn(self._rejoin(), self._seeking)
+        self._discovery.rejoin()
 
     async def _leave(self) -> None:
         """Give every record to its replicas (writes that reached only this node
@@ -403,38 +372,6 @@ class MembershipManager:
             log.warning("hand-off incomplete", extra={"error": str(error)})
         finally:
             self._on_removed()
-
-    async def _rejoin(self) -> None:
-        while True:
-            try:
-                table = await self._seeds.join()
-                if self._admitted(table, *self._saved_vote, campaign=False):
-                    return
-                # An answer older than the table that removed this node: the
-                # leader had not adopted the removal yet (cluster sim seed 18:
-                # a joiner removed by an operator got its first admission back).
-            except Exception:  # a node that stops asking is never admitted
-                log.exception("joining again failed; trying again")
-            await asyncio.sleep(_REJOIN_RETRY_S)
-
-    def _admitted(
-        self, table: Membership, term: int, term_leader: str | None, *, campaign: bool
-    ) -> bool:
-        """Take the table a seed admitted this node with (or named it in), and
-        start its election, unless another path got there first: the table
-        only if it is newer than the one a heartbeat brought meanwhile, the
-        election only if none runs yet (a second would forget its vote).
-
-        False if this node is not a member after all: the table is older
-        than one that removed it.
-        """
-        if table.newer_than(self.membership):
-            self._adopt(table)
-        if self.node_id not in self.membership.addresses:
-            return False
-        if self._election is None:
-            self._start_election(term, term_leader, campaign=campaign)
-        return True
 
     def _vote(self) -> tuple[int, str | None]:
         # Without an election running (resuming, rejoining), the vote is the
@@ -454,7 +391,7 @@ class MembershipManager:
             ) from error
         self._saved_vote = vote
 
-    # -- election plumbing -------------------------------------------------------
+    # -- stepping the election ---------------------------------------------------
 
     def _tick(self) -> Output | None:
         if self._election is None:
@@ -487,57 +424,14 @@ class MembershipManager:
         self._update_lease()
         for envelope in output.messages:
             if not isinstance(envelope.message, _REPLIES):
-                self._spawn(self._send(envelope))
+                self._send(envelope)
         self._leader_duties()
         return True
 
-    async def _send(self, envelope: Envelope) -> None:
+    def _send(self, envelope: Envelope) -> None:
         peer = self._view.peers.get(envelope.to)
-        if peer is None:
-            return
-        message = envelope.message
-        # Late replies are harmless (the election ignores stale ones), while a
-        # deadline as short as the answer timeout loses every reply on a
-        # loaded node and leaves the cluster without a leader.
-        timeout = self._config.election_timeout_ms / 1000
-        try:
-            if isinstance(message, Election):
-                vote = await peer.cluster.RequestVote(
-                    kv_pb2.RequestVoteRequest(node_id=self.node_id, term=message.term),
-                    timeout=timeout,
-                )
-                self._duties.heard(peer.node_id, self._now_ms())
-                self.offer(membership_from_wire(vote.members))
-                if not vote.vote_granted:
-                    self._receive(Answer(vote.node_id or peer.node_id, vote.term))
-                return
-            if not isinstance(message, Heartbeat | Coordinator):
-                return
-            response = await peer.cluster.Heartbeat(
-                kv_pb2.HeartbeatRequest(
-                    node_id=self.node_id,
-                    address=self._address,
-                    term=message.term,
-                    is_leader=True,
-                    claim=isinstance(message, Coordinator),
-                    members=membership_to_wire(self.membership, self._view.liveness),
-                    sent_wall_ms=self._wall_ms(),
-                ),
-                timeout=timeout,
-            )
-        except grpc.aio.AioRpcError:
-            return
-        sender = response.node_id or peer.node_id
-        self._duties.answered(
-            sender, synced=response.synced_epoch, adopted=response.epoch, now_ms=self._now_ms()
-        )
-        self.offer(membership_from_wire(response.members))
-        reply = HeartbeatAck if isinstance(message, Heartbeat) else CoordinatorAck
-        self._receive(reply(sender, response.term, response.accepted, message.sent_ms))
-
-    def _receive(self, message: Answer | HeartbeatAck | CoordinatorAck) -> None:
-        if self._election is not None:
-            self._step(self._election.receive(message, self._now_ms()))
+        if peer is not None:
+            self._spawn(self._calls.send(peer, envelope))
 
     def _handle(self, message: Heartbeat | Coordinator | Election) -> Envelope | None:
         """Feed a received message to the election; the reply to its sender, if any."""
@@ -559,7 +453,52 @@ class MembershipManager:
             raise StorageFull("this node cannot save its vote; it answers no election message")
         return reply
 
-    # -- handlers of kv.Cluster calls ------------------------------------------
+    # -- answers to this node's messages (ElectionCalls) ---------------------------
+
+    def heard(self, node_id: str) -> None:
+        self._duties.heard(node_id, self._now_ms())
+
+    def answered(self, node_id: str, *, synced: int, adopted: int) -> None:
+        self._duties.answered(node_id, synced=synced, adopted=adopted, now_ms=self._now_ms())
+
+    def receive(self, message: Answer | HeartbeatAck | CoordinatorAck) -> None:
+        if self._election is not None:
+            self._step(self._election.receive(message, self._now_ms()))
+
+    # -- messages to this node (the Cluster service) -------------------------------
+
+    def heartbeat(self, heartbeat: ReceivedHeartbeat) -> HeartbeatAnswer:
+        sent = heartbeat.table
+        if heartbeat.sender in self.membership.addresses:
+            self.offer(sent)  # Tables come from members only, never from strangers.
+        elif sent is not None and sent.newer_than(self.membership):
+            # A node this one has not heard of claims a newer table: perhaps
+            # just admitted, its claim ahead of the leader's heartbeat here.
+            # Ask the members, never the stranger.
+            self._discovery.ask_members(self._view.peers.values())
+        reply = self._handle(heartbeat.message)
+        ack = reply.message if reply is not None else None
+        accepted = isinstance(ack, HeartbeatAck | CoordinatorAck) and ack.accepted
+        term = ack.term if isinstance(ack, HeartbeatAck | CoordinatorAck) else self._view.term
+        if accepted:
+            self._view.liveness = heartbeat.liveness
+            # A lease vouches for the leader's table. A node holding another
+            # (a newer one a deposed leader made, which this leader has not
+            # seen: cluster sim seed 24927) answers with it below, and renews
+            # once the leader has adopted it and sent it back.
+            same_table = sent is not None and sent.fence == self.membership.fence
+            if not heartbeat.claim and same_table:
+                self._renew_lease(heartbeat.sender, heartbeat.sent_wall_ms)
+        mine = self.membership
+        return HeartbeatAnswer(
+            node_id=self.node_id,
+            term=term,
+            accepted=accepted,
+            synced_epoch=self.synced_epoch,
+            epoch=mine.epoch,
+            table=mine if sent is None or mine.newer_than(sent) else None,
+            liveness=self._view.liveness,
+        )
 
     def _renew_lease(self, leader: str, sent_wall_ms: int) -> None:
         """The leader's table, offered with its heartbeat, is in effect here now:
@@ -574,82 +513,44 @@ class MembershipManager:
             extra={"leader": leader, "sent_wall_ms": sent_wall_ms, "deadline_ms": deadline_ms},
         )
 
-    def on_heartbeat(self, request: kv_pb2.HeartbeatRequest) -> kv_pb2.HeartbeatResponse:
-        sent = membership_from_wire(request.members)
-        if request.node_id in self.membership.addresses:
-            self.offer(sent)  # Tables come from members only, never from strangers.
-        elif sent is not None and sent.newer_than(self.membership):
-            # A node this one has not heard of claims a newer table: perhaps
-            # just admitted, its claim ahead of the leader's heartbeat here.
-            # Ask the members, never the stranger.
-            self._refresh_table()
-        message = (Coordinator if request.claim else Heartbeat)(request.node_id, request.term)
-        reply = self._handle(message)
-        accepted = reply is not None and isinstance(reply.message, HeartbeatAck | CoordinatorAck)
-        if accepted and reply is not None:
-            ack = reply.message
-            assert isinstance(ack, HeartbeatAck | CoordinatorAck)
-            accepted = ack.accepted
-            term = ack.term
-        else:
-            term = self._view.term
-        if accepted:
-            self._view.liveness = liveness_from_wire(request.members)
-            # A lease vouches for the leader's table. A node holding another
-            # (a newer one a deposed leader made, which this leader has not
-            # seen: cluster sim seed 24927) answers with it below, and renews
-            # once the leader has adopted it and sent it back.
-            same_table = sent is not None and sent.fence == self.membership.fence
-            if not request.claim and same_table:
-                self._renew_lease(request.node_id, request.sent_wall_ms)
-        mine = self.membership
-        return kv_pb2.HeartbeatResponse(
-            term=term,
-            accepted=accepted,
-            node_id=self.node_id,
-            synced_epoch=self.synced_epoch,
-            epoch=mine.epoch,
-            members=membership_to_wire(mine, self._view.liveness)
-            if sent is None or mine.newer_than(sent)
-            else None,
-        )
-
-    def on_request_vote(self, request: kv_pb2.RequestVoteRequest) -> kv_pb2.RequestVoteResponse:
-        reply = self._handle(Election(request.node_id, request.term))
+    def request_vote(self, candidate: str, term: int) -> VoteAnswer:
+        reply = self._handle(Election(candidate, term))
         answered = reply is not None and isinstance(reply.message, Answer)
-        member = request.node_id in self.membership.addresses
+        member = candidate in self.membership.addresses
         # A refusal stands for the bully's Answer ("I am alive and will take
         # over"): a node that runs no election yet (still being admitted)
         # must not give one, or the candidate waits for it to take over, for
         # good (cluster sim seed 10904: a joiner of the highest id, admitted
         # while its answer was lost, kept every member waiting on it).
-        running = self._election is not None
-        return kv_pb2.RequestVoteResponse(
-            term=self._view.term,
-            vote_granted=(member or not running) and not answered,
+        return VoteAnswer(
             node_id=self.node_id,
-            members=None if member else membership_to_wire(self.membership, self._view.liveness),
+            term=self._view.term,
+            granted=(member or not self.member) and not answered,
+            table=None if member else self.membership,
+            liveness=self._view.liveness,
         )
 
-    async def on_join(self, request: kv_pb2.JoinRequest) -> kv_pb2.JoinResponse:
+    def admit(self, node_id: str, address: str) -> Membership | None:
+        """The table with ``node_id`` joining (made now if need be); None if
+        this node does not lead, and the request must go to the leader."""
         if not self.leads:
-            leader = await self._leader_peer()
-            return await _relayed(leader.cluster.Join(request, timeout=5.0))
-        table = self.membership.with_joining(request.node_id, request.address, self._view.term)
+            return None
+        table = self.membership.with_joining(node_id, address, self._view.term)
         if table is not self.membership:
-            log.info("admitting", extra={"joiner": request.node_id, "address": request.address})
+            log.info("admitting", extra={"joiner": node_id, "address": address})
             self._adopt(table)
-        return kv_pb2.JoinResponse(members=membership_to_wire(table, self._view.liveness))
+        return table
 
-    async def on_remove(self, request: kv_pb2.RemoveNodeRequest) -> kv_pb2.RemoveNodeResponse:
+    def decommission(self, node_id: str) -> Membership | None:
+        """The table with ``node_id`` leaving (made now if need be); None if
+        this node does not lead, and the request must go to the leader."""
         if not self.leads:
-            leader = await self._leader_peer()
-            return await _relayed(leader.cluster.RemoveNode(request, timeout=5.0))
-        table = self.membership.with_leaving(request.node_id, self._view.term)
+            return None
+        table = self.membership.with_leaving(node_id, self._view.term)
         if table is not self.membership:
-            log.info("decommissioning", extra={"leaver": request.node_id})
+            log.info("decommissioning", extra={"leaver": node_id})
             self._adopt(table)
-        return kv_pb2.RemoveNodeResponse(members=membership_to_wire(table, self._view.liveness))
+        return table
 
     @property
     def leads(self) -> bool:
@@ -666,12 +567,6 @@ class MembershipManager:
             and self._election.vote == self._saved_vote  # a term the disk does not back
             and not self.membership.made_after(self._election.term)
         )
-
-    async def _leader_peer(self) -> Peer:
-        leader = self._view.peers.get(self._view.leader_id)
-        if leader is None:
-            raise Unavailable("no leader is elected yet; retry", reason="NO_LEADER")
-        return leader
 
     # -- the leader's duties ---------------------------------------------------
 
@@ -691,14 +586,10 @@ class MembershipManager:
         if change is not None:
             self._adopt(change)
 
-    def _spawn(
-        self, work: Coroutine[Any, Any, Any], tasks: set[asyncio.Task[Any]] | None = None
-    ) -> None:
-        """Run ``work`` in the background, kept in ``tasks`` (the node's by default)."""
-        into = self._tasks if tasks is None else tasks
+    def _spawn(self, work: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.get_running_loop().create_task(work)
-        into.add(task)
-        task.add_done_callback(into.discard)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
         task.add_done_callback(self._done)
 
     def _done(self, task: asyncio.Task[Any]) -> None:
@@ -711,30 +602,13 @@ class MembershipManager:
         return self._view.liveness.get(node_id, Liveness.ALIVE)
 
     async def close(self) -> None:
-        tasks = [
-            t for t in (self._main, self._refreshing, *self._tasks, *self._seeking) if t is not None
-        ]
+        await self._discovery.close()
+        tasks = [t for t in (self._main, *self._tasks) if t is not None]
         for task in tasks:
             task.cancel()
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-
-
-async def _relayed(call: Awaitable[T]) -> T:
-    """The leader's answer to a request passed on to it; its error, passed back unchanged.
-
-    A leader that cannot be reached is UNAVAILABLE (retry, perhaps elsewhere),
-    not an internal error of this node.
-    """
-    try:
-        return await call
-    except grpc.aio.AioRpcError as error:
-        if error_info(error.trailing_metadata()) is None:
-            raise Unavailable(
-                f"the leader cannot be reached: {error.code().name}", reason="NO_LEADER"
-            ) from None
-        raise RelayedError(error) from None
 
 
 def _sender(message: Heartbeat | Coordinator | Election) -> str:

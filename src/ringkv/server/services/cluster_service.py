@@ -3,24 +3,39 @@
 ``GetClusterState`` reports every member, its address, liveness and place in
 the ring, the epoch and the token ranges a token-aware client routes by.
 ``Heartbeat`` and ``RequestVote`` carry the bully election (see
-:mod:`ringkv.server.cluster.membership`); ``Join`` and ``RemoveNode`` change the
+:mod:`ringkv.server.cluster.election_calls`); ``Join`` and ``RemoveNode`` change the
 member table through the leader; ``Repair`` runs anti-entropy now.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
+from typing import TypeVar
+
+import grpc
+
 from ringkv.api import kv_pb2
+from ringkv.api.status import error_info
 from ringkv.core.errors import InvalidArgument, Unavailable
 from ringkv.server.cluster.clock_guard import ClockGuard
 from ringkv.server.cluster.cluster_view import ClusterView
+from ringkv.server.cluster.election_calls import (
+    heartbeat_answer_to_wire,
+    heartbeat_from_wire,
+    vote_answer_to_wire,
+)
 from ringkv.server.cluster.membership import MembershipManager
 from ringkv.server.config import ConfigError, HostPort, validate_node_id
 from ringkv.server.counters import Counters
 from ringkv.server.data.anti_entropy import RepairSchedule
 from ringkv.server.data.rebalance import Rebalancer
-from ringkv.server.transport.rpc import Context, Method
+from ringkv.server.transport.peers import Peer
+from ringkv.server.transport.rpc import Context, Method, RelayedError
 from ringkv.server.transport.wire import membership_to_wire
 from ringkv.storage import Engine
+
+T = TypeVar("T")
+_RELAY_TIMEOUT_S = 5.0
 
 
 class ClusterService:
@@ -63,12 +78,14 @@ class ClusterService:
     async def heartbeat(
         self, request: kv_pb2.HeartbeatRequest, _: Context
     ) -> kv_pb2.HeartbeatResponse:
-        return self._membership.on_heartbeat(request)
+        answer = self._membership.heartbeat(heartbeat_from_wire(request))
+        return heartbeat_answer_to_wire(answer)
 
     async def request_vote(
         self, request: kv_pb2.RequestVoteRequest, _: Context
     ) -> kv_pb2.RequestVoteResponse:
-        return self._membership.on_request_vote(request)
+        answer = self._membership.request_vote(request.node_id, request.term)
+        return vote_answer_to_wire(answer)
 
     async def join(self, request: kv_pb2.JoinRequest, _: Context) -> kv_pb2.JoinResponse:
         # Checked here, before any leader sees it: an id followers cannot
@@ -80,12 +97,26 @@ class ClusterService:
             raise InvalidArgument(
                 f"cannot admit {request.node_id!r}: {error}", reason="INVALID_MEMBER"
             ) from None
-        return await self._membership.on_join(request)
+        table = self._membership.admit(request.node_id, request.address)
+        if table is None:
+            leader = self._leader()
+            return await _relayed(leader.cluster.Join(request, timeout=_RELAY_TIMEOUT_S))
+        return kv_pb2.JoinResponse(members=membership_to_wire(table, self._view.liveness))
 
     async def remove_node(
         self, request: kv_pb2.RemoveNodeRequest, _: Context
     ) -> kv_pb2.RemoveNodeResponse:
-        return await self._membership.on_remove(request)
+        table = self._membership.decommission(request.node_id)
+        if table is None:
+            leader = self._leader()
+            return await _relayed(leader.cluster.RemoveNode(request, timeout=_RELAY_TIMEOUT_S))
+        return kv_pb2.RemoveNodeResponse(members=membership_to_wire(table, self._view.liveness))
+
+    def _leader(self) -> Peer:
+        leader = self._view.peers.get(self._view.leader_id)
+        if leader is None:
+            raise Unavailable("no leader is elected yet; retry", reason="NO_LEADER")
+        return leader
 
     async def repair(self, _request: kv_pb2.RepairRequest, _: Context) -> kv_pb2.RepairResponse:
         if self._view.epoch == 0:
@@ -155,3 +186,19 @@ class ClusterService:
             clock_check=clock.verdict.value if clock is not None else "",
             clock_offset_ms=round(clock.offset_ms) if clock is not None else 0,
         )
+
+
+async def _relayed(call: Awaitable[T]) -> T:
+    """The leader's answer to a request passed on to it; its error, passed back unchanged.
+
+    A leader that cannot be reached is UNAVAILABLE (retry, perhaps elsewhere),
+    not an internal error of this node.
+    """
+    try:
+        return await call
+    except grpc.aio.AioRpcError as error:
+        if error_info(error.trailing_metadata()) is None:
+            raise Unavailable(
+                f"the leader cannot be reached: {error.code().name}", reason="NO_LEADER"
+            ) from None
+        raise RelayedError(error) from None
