@@ -51,6 +51,7 @@ from functools import partial
 
 import pytest
 
+from ringkv.core import replica
 from ringkv.core.consistency import Consistency
 from ringkv.core.coordination import (
     Call,
@@ -74,7 +75,8 @@ from ringkv.core.errors import RingkvError, StaleMemberTable, Unavailable
 from ringkv.core.hlc import HybridLogicalClock, Version, next_mark
 from ringkv.core.linearizability import Operation, OpKind, Verdict, check_history
 from ringkv.core.quorum import ReplicaSets
-from ringkv.core.records import Mutation, Record, ack
+from ringkv.core.records import Mutation, Record
+from ringkv.core.replica import ReplicaRules
 from ringkv.core.ring import Ring
 from ringkv.core.tokens import token_of
 from ringkv.storage.memory import MemoryEngine
@@ -541,27 +543,39 @@ class Simulation:
     def call(self, running: Running, call: Call) -> None:
         coordinator, target = running.coordinator, call.target
 
+        # The coordinator's clock travels with the call, as on the wire.
+        caller_clock = self.nodes[coordinator].clock.last
+
         def at_replica() -> None:
+            # The production replica's rules (fence, clock, limits, answers);
+            # the engine is the node's own.
             node = self.nodes[target.node_id]
-            if node.epoch > call.fence[0]:
+            rules = ReplicaRules(node.clock, lambda: (node.epoch, 0))
+            now = self.wall_ms(target.node_id)
+            if not call.records:
+                refused = rules.admit(call.fence, caller_clock)
+                answer: object = None if refused is not None else node.engine.get(call.key)
+            else:
+                to_persist = rules.write(
+                    call.records,
+                    fence=call.fence,
+                    caller_clock=caller_clock,
+                    hint_for=target.stands_in_for,
+                    now_ms=now,
+                )
+                refused = to_persist if isinstance(to_persist, StaleMemberTable) else None
+                if refused is None:
+                    assert isinstance(to_persist, list)
+                    results = node.engine.apply(to_persist)
+                    answer = tuple(replica.answers(call.records, results, now))
+            if refused is not None:
                 # Fenced: refused, with the newer table sent back.
-                refusal = StaleMemberTable(f"{target.node_id} is on epoch {node.epoch}")
-                epoch = node.epoch
                 self.send(
                     target.node_id,
                     coordinator,
-                    lambda: self.refused(running, call.id, refusal, epoch),
+                    partial(self.refused, running, call.id, refused, node.epoch),
                 )
                 return
-            if not call.records:
-                answer: object = node.engine.get(call.key)
-            else:
-                mutations = [Mutation(r, hint_for=target.stands_in_for) for r in call.records]
-                results = node.engine.apply(mutations)
-                now = self.wall_ms(target.node_id)
-                answer = tuple(
-                    ack(r, res, now) for r, res in zip(call.records, results, strict=True)
-                )
             self.send(target.node_id, coordinator, lambda: self.settle(running, call.id, (answer,)))
 
         self.send(coordinator, target.node_id, at_replica)

@@ -21,7 +21,6 @@ from typing import Any, TypeVar
 
 from ringkv.core.consistency import Consistency
 from ringkv.core.coordination import (
-    Call,
     Plan,
     PlanDiverged,
     Planner,
@@ -40,10 +39,10 @@ from ringkv.core.coordination import (
     shared_planner,
     stamp,
 )
-from ringkv.core.errors import InternalError, RingkvError, StaleMemberTable, StorageFull
+from ringkv.core.errors import RingkvError, StorageFull
 from ringkv.core.hlc import HybridLogicalClock
 from ringkv.core.quorum import ReplicaSets
-from ringkv.core.records import Record, ack
+from ringkv.core.records import Record
 from ringkv.server.cluster.clock_guard import ClockGuard
 from ringkv.server.cluster.clock_mark import ClockMark
 from ringkv.server.cluster.cluster_view import ClusterView
@@ -51,7 +50,7 @@ from ringkv.server.cluster.leader_lease import LeaderLease
 from ringkv.server.counters import Counters
 from ringkv.server.data.compare_and_set import CompareAndSet
 from ringkv.server.data.local_store import LocalStore
-from ringkv.server.transport.peers import Fence
+from ringkv.server.data.replica_calls import ReplicaCalls
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +82,9 @@ class Coordinator:
         self._now_ms = now_ms
         self._background: set[asyncio.Task[Any]] = set()
         self._closed = False
+        self._calls = ReplicaCalls(
+            view, store, now_ms, lambda batch, then: self._spawn(batch, then=then)
+        )
         # Conditional and linearizable writes of one key run one at a time on
         # this node (their coordinator, the key's owner), so read-check-write
         # is not interleaved with another such write.
@@ -377,9 +379,10 @@ class Coordinator:
         """Drive requests with real calls until each finishes or the deadline
         passes; each one's outcome or error.
 
-        The calls the requests ask for at one moment go out together: one
-        commit for this node's replica, one batch per peer, however many
-        requests they serve. Calls still running at the deadline (or orphaned
+        The calls they ask for join the calls of every other running request
+        in one batch per target (``ReplicaCalls``: one commit for this node's
+        replica, one call per peer, once per turn of the event loop). Calls
+        still running at the deadline (or orphaned
         by a cancelled request) go on in the background and are still fed to
         their request: a late failure may leave a hint, a late stale answer a
         repair. close() waits for them.
@@ -390,12 +393,9 @@ class Coordinator:
         open_requests = set(range(len(requests)))
 
         def act(readies: Iterable[tuple[int, Ready]]) -> None:
-            batches: dict[tuple[str, str | None, bool], list[tuple[int, Call]]] = {}
             for index, ready in readies:
                 for call in ready.calls:
-                    target = call.target
-                    batch = (target.node_id, target.stands_in_for, not call.records)
-                    batches.setdefault(batch, []).append((index, call))
+                    self._calls.submit(call, functools.partial(settle, index, call.id))
                 for hint in ready.hints:
                     self._hint_for(hint.record, hint.node_id)
                 if ready.repairs:
@@ -404,32 +404,15 @@ class Coordinator:
                     self._spawn(self._repair(repair))
                 if requests[index].finished:
                     open_requests.discard(index)
-            for calls in batches.values():
-                self._spawn(
-                    self._start_batch([call for _, call in calls]),
-                    then=functools.partial(settle, calls),
-                )
             if not open_requests and not all_finished.done():
                 all_finished.set_result(None)
 
-        def settle(calls: list[tuple[int, Call]], task: asyncio.Task[list[object]]) -> None:
-            if task.cancelled():
-                error: BaseException | None = asyncio.CancelledError()
+        def settle(index: int, call_id: int, answer: object) -> None:
+            request = requests[index]
+            if isinstance(answer, BaseException):
+                act([(index, request.failed(call_id, answer))])
             else:
-                error = task.exception()
-            answers = [error] * len(calls) if error is not None else task.result()
-            readies: list[tuple[int, Ready]] = []
-            for (i, call), answer in zip(calls, answers, strict=True):
-                # One machine's fault must not keep the batch's other answers
-                # from their machines.
-                try:
-                    if isinstance(answer, BaseException):
-                        readies.append((i, requests[i].failed(call.id, answer)))
-                    else:
-                        readies.append((i, requests[i].answered(call.id, answer)))
-                except Exception:
-                    log.exception("a request machine failed on an answer")
-            act(readies)
+                act([(index, request.answered(call_id, answer))])
 
         def start(index: int, request: Request[T]) -> Ready:
             try:
@@ -453,50 +436,6 @@ class Coordinator:
             except RingkvError as failed:
                 outcomes.append(failed)
         return outcomes
-
-    async def _start_batch(self, calls: list[Call]) -> list[object]:
-        """Start calls to one target, all reads or all writes (with the same
-        stand-in): an answer or an error each."""
-        target = calls[0].target
-        reads = not calls[0].records
-        if target.node_id != self._view.node_id:
-            peer = self._view.peers[target.node_id]
-            if reads:
-                return list(await peer.read_many([(c.key, c.fence) for c in calls]))
-            writes: list[tuple[Record, Fence | None]] = [
-                (record, c.fence) for c in calls for record in c.records
-            ]
-            written = await peer.write_many(writes, hint_for=target.stands_in_for)
-            return _per_call(calls, list(written))
-        # This replica fences the calls as a remote one would.
-        mine = self._view.membership
-        answers: list[object] = [None] * len(calls)
-        admitted: list[int] = []
-        for i, call in enumerate(calls):
-            if mine.fence > call.fence:
-                answers[i] = StaleMemberTable(
-                    f"this node moved on to member table epoch {mine.epoch} (term {mine.term}) "
-                    f"since the request was planned on epoch {call.fence[0]}",
-                    metadata={"epoch": str(mine.epoch)},
-                )
-            else:
-                admitted.append(i)
-        if reads:
-            held = self._store.read_many([calls[i].key for i in admitted])
-            for i, record in zip(admitted, held, strict=True):
-                answers[i] = record
-            return answers
-        records = [record for i in admitted for record in calls[i].records]
-        applied = await self._store.apply_many(records, hint_for=target.stands_in_for)
-        now = self._now_ms()
-        results: list[object] = [
-            result if isinstance(result, Exception) else ack(record, result, now)
-            for record, result in zip(records, applied, strict=True)
-        ]
-        per_call = _per_call([calls[i] for i in admitted], results)
-        for i, answer in zip(admitted, per_call, strict=True):
-            answers[i] = answer
-        return answers
 
     async def _repair(self, repair: Repair) -> None:
         # A repair sends a version some replica already holds: it needs no fence.
@@ -545,30 +484,6 @@ class Coordinator:
             await asyncio.wait(set(self._background), timeout=5.0)
         for task in list(self._background):
             task.cancel()
-
-
-def _per_call(calls: Sequence[Call], results: Sequence[object]) -> list[object]:
-    """The results of the calls' records, in order, as one answer per call:
-    its acks, or an error if any record failed. A replica that stored only
-    some of a call's records failed the call (the others are held there
-    anyway), with an error that does not say "stored nowhere"."""
-    answers: list[object] = []
-    position = 0
-    for call in calls:
-        mine = results[position : position + len(call.records)]
-        position += len(call.records)
-        errors = [r for r in mine if isinstance(r, BaseException)]
-        if not errors:
-            answers.append(tuple(mine))
-        elif len(errors) == len(mine):
-            answers.append(errors[0])
-        else:
-            answers.append(
-                InternalError(
-                    f"{len(errors)} of the call's {len(mine)} records failed: {errors[0]}"
-                )
-            )
-    return answers
 
 
 def _deadline(timeout_s: float) -> float:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 
 from ringkv.core.records import ApplyResult, Mutation, Record
+from ringkv.core.replica import mutations
 from ringkv.server.data.commit import CommitQueue
 from ringkv.storage import Engine
 from ringkv.storage.engine import PaxosStep, T
@@ -56,7 +57,11 @@ class LocalStore:
         self, records: list[Record], *, hint_for: str | None = None
     ) -> list[ApplyResult | Exception]:
         """``apply`` for many records at once, in one commit: a result or an error each."""
-        return await self._commits.submit_many([Mutation(r, hint_for=hint_for) for r in records])
+        return await self.persist(mutations(records, hint_for))
+
+    async def persist(self, to_apply: list[Mutation]) -> list[ApplyResult | Exception]:
+        """Apply mutations in one commit; one that cannot be stored fails alone."""
+        return await self._commits.submit_many(to_apply)
 
     async def purge(self, records: Sequence[Record]) -> int:
         """Remove these records outright (ranges handed off), each only if it is

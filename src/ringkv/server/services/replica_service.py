@@ -9,12 +9,12 @@ from contextlib import aclosing
 from typing import Protocol
 
 from ringkv.api import kv_pb2, replica_pb2
-from ringkv.core import paxos, validation
+from ringkv.core import paxos, replica
 from ringkv.core.errors import InvalidArgument, PreconditionFailed
 from ringkv.core.hlc import HybridLogicalClock
 from ringkv.core.membership import Liveness, Membership
 from ringkv.core.merkle import MAX_DEPTH
-from ringkv.core.records import ack
+from ringkv.core.replica import ReplicaRules
 from ringkv.core.ring import TOKEN_SPACE
 from ringkv.core.validation import MAX_BATCH_BYTES, Limits
 from ringkv.server.data import scan_pages
@@ -66,10 +66,11 @@ class ReplicaService:
         self._changes = changes or ChangeFeed(engine, clock)
         """This node's change log, for the watches of other nodes."""
         self._store = store
-        self._limits = limits or Limits()
-        """The node's key and value limits, which records from peers must meet too."""
         self._tables = tables
         """Fences reads and writes by member table; None in tests of one replica alone."""
+        self._rules = ReplicaRules(
+            clock, None if tables is None else lambda: tables.membership.fence, limits
+        )
         self._clock = clock
         self._now_ms = now_ms
         self._trees = trees or TreeCache(engine)
@@ -94,10 +95,8 @@ class ReplicaService:
     async def prepare(
         self, request: replica_pb2.PrepareRequest, _: Context
     ) -> replica_pb2.PrepareResponse:
-        self._clock.observe_peer(request.clock)
-        newer = self._newer_table(request.fence)
-        if newer is not None:
-            return replica_pb2.PrepareResponse(newer_table=newer, clock=self._clock.last)
+        if self._refuses(request.fence, request.clock):
+            return replica_pb2.PrepareResponse(newer_table=self._table(), clock=self._clock.last)
         _check_paxos_key(request.key)
         step = paxos.prepare_step(ballot_from_wire(request.ballot))
         response = promise_to_wire(await self._store.paxos(request.key, step))
@@ -107,10 +106,8 @@ class ReplicaService:
     async def propose(
         self, request: replica_pb2.ProposeRequest, _: Context
     ) -> replica_pb2.ProposeResponse:
-        self._clock.observe_peer(request.clock)
-        newer = self._newer_table(request.fence)
-        if newer is not None:
-            return replica_pb2.ProposeResponse(newer_table=newer, clock=self._clock.last)
+        if self._refuses(request.fence, request.clock):
+            return replica_pb2.ProposeResponse(newer_table=self._table(), clock=self._clock.last)
         proposal = proposal_from_wire(request.proposal)
         _check_paxos_key(proposal.record.key)
         accepted = await self._store.paxos(proposal.record.key, paxos.propose_step(proposal))
@@ -119,10 +116,8 @@ class ReplicaService:
     async def commit(
         self, request: replica_pb2.CommitRequest, _: Context
     ) -> replica_pb2.CommitResponse:
-        self._clock.observe_peer(request.clock)
-        newer = self._newer_table(request.fence)
-        if newer is not None:
-            return replica_pb2.CommitResponse(newer_table=newer, clock=self._clock.last)
+        if self._refuses(request.fence, request.clock):
+            return replica_pb2.CommitResponse(newer_table=self._table(), clock=self._clock.last)
         proposal = proposal_from_wire(request.proposal)
         _check_paxos_key(proposal.record.key)
         await self._store.paxos(proposal.record.key, paxos.commit_step(proposal))
@@ -134,25 +129,18 @@ class ReplicaService:
         self._clock.observe_peer(request.clock)
         return replica_pb2.ClockResponse(wall_ms=self._now_ms(), clock=self._clock.last)
 
-    def _newer_table(self, fence: replica_pb2.Fence) -> kv_pb2.MemberTable | None:
-        """This node's table if it is newer than the one the request was planned on.
+    def _refuses(self, fence: replica_pb2.Fence, caller_clock: int) -> bool:
+        """Observe the caller's clock; whether this replica's table is newer than
+        the call's (``ringkv.core.replica``): then it answers with ``_table()``."""
+        return self._rules.admit((fence.epoch, fence.term), caller_clock) is not None
 
-        Then the request is refused whatever its keys: its coordinator may have
-        chosen replicas, or a quorum size, that the newer table no longer
-        has, and it adopts this table and plans again.
-        """
-        if self._tables is None:
-            return None
-        mine = self._tables.membership
-        if mine.fence <= (fence.epoch, fence.term):
-            return None
-        return membership_to_wire(mine, self._tables.liveness)
+    def _table(self) -> kv_pb2.MemberTable:
+        assert self._tables is not None  # a replica fenced by nothing refuses nothing
+        return membership_to_wire(self._tables.membership, self._tables.liveness)
 
     async def read(self, request: replica_pb2.ReadRequest, _: Context) -> replica_pb2.ReadResponse:
-        self._clock.observe_peer(request.clock)
-        newer = self._newer_table(request.fence)
-        if newer is not None:
-            return replica_pb2.ReadResponse(newer_table=newer, clock=self._clock.last)
+        if self._refuses(request.fence, request.clock):
+            return replica_pb2.ReadResponse(newer_table=self._table(), clock=self._clock.last)
         # Answers the first keys up to a batch's bytes; the caller asks again
         # for the rest, so that no answer outgrows a message.
         results = []
@@ -166,31 +154,25 @@ class ReplicaService:
     async def write(
         self, request: replica_pb2.WriteRequest, _: Context
     ) -> replica_pb2.WriteResponse:
-        hint_for = request.hint_for or None
-        if hint_for is not None:
-            validation.node_id(hint_for)
-        now = self._now_ms()
-        records = [
-            validation.replica_record(record_from_wire(r), self._limits, now)
-            for r in request.records
-        ]
-        self._clock.observe_peer(request.clock)
-        newer = self._newer_table(request.fence)
-        if newer is not None:
-            return replica_pb2.WriteResponse(newer_table=newer, clock=self._clock.last)
-        # The call's records go to one commit; one that cannot be stored fails
-        # alone, not the others in the call.
-        applied = await self._store.apply_many(records, hint_for=hint_for)
-        now = self._now_ms()
+        records = [record_from_wire(r) for r in request.records]
+        to_persist = self._rules.write(
+            records,
+            fence=(request.fence.epoch, request.fence.term),
+            caller_clock=request.clock,
+            hint_for=request.hint_for or None,
+            now_ms=self._now_ms(),
+        )
+        if not isinstance(to_persist, list):
+            return replica_pb2.WriteResponse(newer_table=self._table(), clock=self._clock.last)
+        applied = await self._store.persist(to_persist)
         response = replica_pb2.WriteResponse(clock=self._clock.last)
-        for record, result in zip(records, applied, strict=True):
-            if isinstance(result, Exception):
-                log.warning("replica write failed", extra={"error": str(result)})
+        for answer in replica.answers(records, applied, self._now_ms()):
+            if isinstance(answer, Exception):
+                log.warning("replica write failed", extra={"error": str(answer)})
                 response.replaced_live.append(False)
                 response.newer.append(0)
                 response.failed.append(True)
                 continue
-            answer = ack(record, result, now)
             response.replaced_live.append(answer.replaced_live)
             response.newer.append(answer.newer)
             response.failed.append(False)
