@@ -1,9 +1,10 @@
 """One replica's side of a coordinator's calls, without I/O.
 
 The same rules answer a call from another node (``ReplicaService``), from
-this node's own coordinator (its local replica, in ``Coordinator``) and from
-the nodes of the replication simulation, so none of them has rules of its
-own:
+this node's own coordinator (``ReplicaCalls``, which needs no clock or
+limits for its own calls: ``refusal``, ``mutations`` and ``answers``) and
+from the nodes of the replication simulation, so none of them has rules of
+its own:
 
 * a call planned on an older member table than the replica's is refused
   whatever its keys, with the replica's table sent back: its coordinator may
@@ -39,8 +40,8 @@ def refusal(mine: Fence, theirs: Fence) -> StaleMemberTable | None:
     if mine <= theirs:
         return None
     return StaleMemberTable(
-        f"this replica moved on to member table epoch {mine[0]} (term {mine[1]}) "
-        f"since the call was planned on epoch {theirs[0]}",
+        f"this node moved on to member table epoch {mine[0]} (term {mine[1]}) "
+        f"since the request was planned on epoch {theirs[0]}",
         metadata={"epoch": str(mine[0])},
     )
 

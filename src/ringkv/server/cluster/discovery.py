@@ -22,6 +22,7 @@ from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, Protocol
 
 from ringkv.api import kv_pb2
+from ringkv.core.errors import RingkvError
 from ringkv.core.membership import Membership
 from ringkv.server.cluster.seeds import Seeds
 from ringkv.server.transport.peers import Peer
@@ -156,6 +157,7 @@ class Discovery:
         task = asyncio.get_running_loop().create_task(work, name="finding the cluster")
         self._seeking.add(task)
         task.add_done_callback(self._seeking.discard)
+        task.add_done_callback(_log_failure)
 
     async def close(self) -> None:
         tasks = [*self._seeking, *([self._asking] if self._asking is not None else [])]
@@ -164,3 +166,12 @@ class Discovery:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    # An error outside the retried calls (saving the bootstrapped table) would
+    # otherwise end the search silently.
+    if not task.cancelled() and task.exception() is not None:
+        error = task.exception()
+        if not isinstance(error, RingkvError):
+            log.error("finding the cluster failed for good", exc_info=error)

@@ -602,10 +602,11 @@ class MembershipManager:
         return self._view.liveness.get(node_id, Liveness.ALIVE)
 
     async def close(self) -> None:
-        await self._discovery.close()
+        # The timers first: nothing may be sent or saved once shutdown began.
         tasks = [t for t in (self._main, *self._tasks) if t is not None]
         for task in tasks:
             task.cancel()
+        await self._discovery.close()
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task

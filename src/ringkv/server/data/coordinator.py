@@ -57,6 +57,10 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+_CLOSE_TIMEOUT_S = 5.0
+"""How long close() lets background replica calls run before it cancels them."""
+
+
 class Coordinator:
     """Runs reads and writes at a consistency level over the cluster view."""
 
@@ -480,8 +484,12 @@ class Coordinator:
     async def close(self) -> None:
         """Let background replica calls finish (bounded), then drop them."""
         self._closed = True
-        if self._background:
-            await asyncio.wait(set(self._background), timeout=5.0)
+        self._calls.flush()  # calls queued for this turn become tasks to wait for
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _CLOSE_TIMEOUT_S
+        # A finished call may start another (a hint, a repair, the next round).
+        while self._background and (left := deadline - loop.time()) > 0:
+            await asyncio.wait(set(self._background), timeout=left)
         for task in list(self._background):
             task.cancel()
 

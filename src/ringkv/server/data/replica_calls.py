@@ -15,8 +15,11 @@ loop:
   (a stamp past a newer version, the next replica after a failure) join the
   next turn's batches.
 
-So concurrent requests share calls whatever their number: 64 writes that
-arrive in one turn cost one commit and one call per peer, not 64 of each.
+So concurrent requests share this node's commit whatever their number:
+64 writes that arrive in one turn cost one commit, not 64 (a peer's batcher
+below merged calls to each peer already). A batch holds at most
+``MAX_RECORDS_PER_CALL`` records, so a burst is never one unbounded read or
+commit on the event loop.
 """
 
 from __future__ import annotations
@@ -31,9 +34,10 @@ from ringkv.core import replica
 from ringkv.core.coordination import Call
 from ringkv.core.errors import InternalError
 from ringkv.core.records import Record
+from ringkv.core.replica import Fence
 from ringkv.server.cluster.cluster_view import ClusterView
 from ringkv.server.data.local_store import LocalStore
-from ringkv.server.transport.peers import Fence
+from ringkv.server.transport.peers import MAX_RECORDS_PER_CALL
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +62,7 @@ class ReplicaCalls:
         self._now_ms = now_ms
         self._spawn = spawn
         self._queued: dict[_BatchKey, list[tuple[Call, Release]]] = {}
-        self._flush_due = False
+        self._flush_due: asyncio.Handle | None = None
 
     def submit(self, call: Call, release: Release) -> None:
         """Start ``call`` with this turn's batch to its target; its answer to ``release``."""
@@ -66,18 +70,24 @@ class ReplicaCalls:
         self._queued.setdefault(
             (target.node_id, target.stands_in_for, not call.records), []
         ).append((call, release))
-        if not self._flush_due:
-            self._flush_due = True
-            asyncio.get_running_loop().call_soon(self._flush)
+        if self._flush_due is None:
+            self._flush_due = asyncio.get_running_loop().call_soon(self._flush)
+
+    def flush(self) -> None:
+        """Start every queued call now (the coordinator's close() then waits for them)."""
+        if self._flush_due is not None:
+            self._flush_due.cancel()
+        self._flush()
 
     def _flush(self) -> None:
-        self._flush_due = False
+        self._flush_due = None
         queued, self._queued = self._queued, {}
         for entries in queued.values():
-            self._spawn(
-                self._start([call for call, _ in entries]),
-                functools.partial(self._release, entries),
-            )
+            for batch in _bounded(entries):
+                self._spawn(
+                    self._start([call for call, _ in batch]),
+                    functools.partial(self._release, batch),
+                )
 
     def _release(
         self, entries: list[tuple[Call, Release]], task: asyncio.Task[list[object]]
@@ -128,6 +138,20 @@ class ReplicaCalls:
         for i, answer in zip(admitted, per_call, strict=True):
             answers[i] = answer
         return answers
+
+
+def _bounded(entries: list[tuple[Call, Release]]) -> list[list[tuple[Call, Release]]]:
+    """The entries in batches of at most ``MAX_RECORDS_PER_CALL`` records (a read counts one)."""
+    batches: list[list[tuple[Call, Release]]] = [[]]
+    size = 0
+    for entry in entries:
+        records = max(1, len(entry[0].records))
+        if batches[-1] and size + records > MAX_RECORDS_PER_CALL:
+            batches.append([])
+            size = 0
+        batches[-1].append(entry)
+        size += records
+    return batches
 
 
 def _per_call(calls: Sequence[Call], results: Sequence[object]) -> list[object]:

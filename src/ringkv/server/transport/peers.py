@@ -29,6 +29,7 @@ from ringkv.core.hlc import HybridLogicalClock
 from ringkv.core.membership import Membership
 from ringkv.core.paxos import Ballot, Promise, Proposal
 from ringkv.core.records import Record, ReplicaAck
+from ringkv.core.replica import Fence
 from ringkv.core.validation import MAX_BATCH_BYTES
 from ringkv.server.counters import Counters
 from ringkv.server.transport.auth import CHANNEL_OPTIONS, NodeSecurity
@@ -88,8 +89,6 @@ class _FencedAnswer(Protocol):
     def newer_table(self) -> kv_pb2.MemberTable: ...
 
 
-Fence = tuple[int, int]
-"""A member table's (epoch, term), as ``Membership.fence``."""
 FencedRequest = TypeVar("FencedRequest", bound=_Fenced)
 FencedResponse = TypeVar("FencedResponse", bound=_FencedAnswer)
 
