@@ -197,14 +197,26 @@ def test_get_cluster_state_fills_the_seed_fields_and_covers_the_ring_once(
     rf1: list[NodeProcess],
 ) -> None:
     ids = [n.node_id for n in rf1]
-    answers = []
-    for node in rf1:
-        with grpc.insecure_channel(node.address) as channel:
-            answers.append(
-                kv_pb2_grpc.ClusterStub(channel).GetClusterState(
-                    kv_pb2.GetClusterStateRequest(), timeout=5
+
+    def states() -> list[kv_pb2.GetClusterStateResponse]:
+        answers = []
+        for node in rf1:
+            with grpc.insecure_channel(node.address) as channel:
+                answers.append(
+                    kv_pb2_grpc.ClusterStub(channel).GetClusterState(
+                        kv_pb2.GetClusterStateRequest(), timeout=5
+                    )
                 )
-            )
+        return answers
+
+    # A loaded machine can delay a heartbeat past the lease: wait out the
+    # election that follows rather than catch a node between leaders.
+    wait_for(
+        lambda: all(state.leader_id for state in states()),
+        timeout=30,
+        what="every node to name a leader",
+    )
+    answers = states()
     for state in answers:
         assert list(state.node_ids) == ids
         assert list(state.addresses) == addresses(rf1)
