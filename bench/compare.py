@@ -406,7 +406,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"workloads are {', '.join(WORKLOADS)}; rounds, duration, concurrency > 0")
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     binary = ensure_etcd()
-    console = Console()
+    # A table this wide is cut at 80 columns when the output is not a terminal.
+    console = Console(width=None if sys.stdout.isatty() else 130)
     workdir = Path(tempfile.mkdtemp(prefix="ringkv-bench-compare-"))
     runs: list[Run] = []
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import socket
@@ -395,6 +396,7 @@ async def _serve_until_stopped(
     on_serving()
     for name in ["", *(s.name for s in services)]:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    tune_garbage_collector()
     log.info(
         "serving",
         extra={
@@ -429,6 +431,26 @@ async def _serve_until_stopped(
     await health_servicer.enter_graceful_shutdown()
     await gate.drain(config.shutdown_grace_s)
     await server.stop(max(0.0, deadline - loop.time()))
+
+
+GC_YOUNG_THRESHOLD = 20_000
+"""Allocations between collections of the youngest generation (Python's
+default is 700). A request makes a few hundred objects, nearly all freed by
+reference counting; at 700 the collector ran every few requests and took 7%
+of the event loop's samples under write load (bench/flame.py)."""
+
+
+def tune_garbage_collector() -> None:
+    """Collect cycles less often, and never scan what startup built again.
+
+    ``gc.freeze`` moves every object alive now (modules, protobuf descriptors,
+    the ring's tables) to a generation the collector skips, so an old-generation
+    collection scans only what requests left behind.
+    """
+    gc.collect()
+    gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
 
 
 def _stop_on_signals() -> asyncio.Event:
