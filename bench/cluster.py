@@ -111,8 +111,10 @@ def spawn(line: list[str], log_path: Path) -> subprocess.Popen[bytes]:
 
 
 def stop(children: list[subprocess.Popen[bytes]]) -> None:
-    # A second Ctrl-C must not cut the shutdown short and leave nodes running.
+    # A second Ctrl-C (or a SIGTERM) must not cut the shutdown short and
+    # leave nodes running.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     for child in children:
         if child.poll() is None:
             child.send_signal(signal.SIGTERM)

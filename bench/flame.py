@@ -6,8 +6,10 @@ Starts the three-node cluster of ``bench/cluster.py`` (RF 3, LMDB), drives
 QUORUM writes at ``--concurrency`` with ``bench/compare.py``'s load generator
 (round-robin over the three nodes, as a client that does not know the ring),
 and records node1 with ``py-spy record --native`` for ``--duration`` seconds.
-Writes the SVG and prints the functions where most samples were taken (self
-time, and with what they call). py-spy comes with the dev dependencies; it
+Writes the SVG, then records again for the table of the functions where the
+event loop's thread spent its samples (self time, and with what they call):
+native stacks need the process stopped while sampled, so the two recordings
+run one after the other, under the same load. py-spy comes with the dev dependencies; it
 needs root, or ptrace allowed, to read another process. Every process is
 stopped on the way out.
 """
@@ -18,11 +20,13 @@ import argparse
 import asyncio
 import collections
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import threading
 from pathlib import Path
+from types import FrameType
 
 from cluster import free_base_port, local_cluster
 from compare import drive, ringkv_system
@@ -61,14 +65,36 @@ def top_functions(raw: Path, limit: int) -> Table:
     return table
 
 
-def _record_both(record: list[str], svg: Path, raw: Path, duration: int) -> None:
-    for output, kind in ((svg, "flamegraph"), (raw, "raw")):
-        subprocess.run(
-            [*record, "--format", kind, "--output", str(output)],
-            check=True,
-            timeout=duration + 60,
-            stdout=subprocess.DEVNULL,
-        )
+class Recorders(threading.Thread):
+    """The flame graph, then the collapsed stacks, each while the load runs."""
+
+    def __init__(self, record: list[str], svg: Path, raw: Path, duration: int) -> None:
+        super().__init__(daemon=True)
+        self._record, self._svg, self._raw, self._duration = record, svg, raw, duration
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            for output, kind in ((self._svg, "flamegraph"), (self._raw, "raw")):
+                subprocess.run(
+                    [*self._record, "--format", kind, "--output", str(output)],
+                    check=True,
+                    timeout=self._duration + 60,
+                    stdout=subprocess.DEVNULL,
+                )
+        except BaseException as error:  # reported by main(), not lost in the thread
+            self.error = error
+
+    def finish(self, timeout_s: float) -> None:
+        self.join(timeout=timeout_s)
+        if self.is_alive():
+            raise SystemExit("py-spy did not finish recording")
+        if self.error is not None:
+            raise SystemExit(f"py-spy failed (root, or ptrace allowed, is needed): {self.error}")
+
+
+def _exit_on_sigterm(signum: int, _frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)  # unwinds through the finally blocks: all stops
 
 
 def main() -> int:
@@ -81,6 +107,7 @@ def main() -> int:
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not Path(py_spy).exists():
         raise SystemExit("py-spy is not installed: scripts/bootstrap installs the dev tools")
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     workdir = Path(tempfile.mkdtemp(prefix="ringkv-bench-flame-"))
     console = Console(width=None if sys.stdout.isatty() else 130)
     try:
@@ -92,14 +119,10 @@ def main() -> int:
                       "--duration", str(args.duration)]  # fmt: skip
             # One recorder at a time (native stacks need the process stopped
             # while sampled): the flame graph, then the collapsed stacks.
-            recorders = threading.Thread(
-                target=_record_both,
-                args=(record, args.out, raw, args.duration),
-                daemon=True,
-            )
+            recorders = Recorders(record, args.out, raw, args.duration)
             recorders.start()
             run = asyncio.run(drive(system, "write", args.concurrency, 2 * args.duration + 2, 1))
-            recorders.join(timeout=60)
+            recorders.finish(timeout_s=60)
             console.print(
                 f"while sampled: {run.throughput:,.0f} writes/s, p50 {run.p50_ms:.1f} ms, "
                 f"p99 {run.p99_ms:.1f} ms, "

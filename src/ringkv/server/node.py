@@ -392,11 +392,11 @@ async def _serve_until_stopped(
     reflection.enable_server_reflection(
         [s.name for s in services] + [health.SERVICE_NAME, reflection.SERVICE_NAME], server
     )
+    tune_garbage_collector()  # its full collection before the first call, not during
     await server.start()
     on_serving()
     for name in ["", *(s.name for s in services)]:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    tune_garbage_collector()
     log.info(
         "serving",
         extra={
@@ -434,10 +434,12 @@ async def _serve_until_stopped(
 
 
 GC_YOUNG_THRESHOLD = 20_000
-"""Allocations between collections of the youngest generation (Python's
-default is 700). A request makes a few hundred objects, nearly all freed by
-reference counting; at 700 the collector ran every few requests and took 7%
-of the event loop's samples under write load (bench/flame.py)."""
+"""Tracked objects allocated and not yet freed between collections of the
+youngest generation (Python's default is 700). A request in flight holds a
+few hundred (its call, task, futures, messages, records): with 64 in flight
+the count passed 700 every few requests, and each collection scanned, and
+promoted, objects still in use. The collector took 7% of the event loop's
+samples under write load (bench/flame.py)."""
 
 
 def tune_garbage_collector() -> None:
@@ -445,7 +447,10 @@ def tune_garbage_collector() -> None:
 
     ``gc.freeze`` moves every object alive now (modules, protobuf descriptors,
     the ring's tables) to a generation the collector skips, so an old-generation
-    collection scans only what requests left behind.
+    collection scans only what requests left behind. What is frozen is never
+    collected: an object of startup's that later becomes cyclic garbage (a
+    provisional member table replaced after discovery) stays, once; nothing
+    made after this call is frozen.
     """
     gc.collect()
     gc.freeze()
