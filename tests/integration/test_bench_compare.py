@@ -17,7 +17,7 @@ import pytest
 from tests.support.nodes import child_env
 
 COMPARE = Path(__file__).resolve().parents[2] / "bench" / "compare.py"
-WORKLOADS = ["write", "read-strong", "read-weak"]
+WORKLOADS = ["write", "read-strong", "read-weak", "read-linearizable"]
 
 
 def _processes_under(directory: Path) -> list[int]:
@@ -39,6 +39,7 @@ def test_compare_drives_both_systems_through_every_workload(tmp_path: Path) -> N
     command = [
         sys.executable, str(COMPARE), "--rounds", "1", "--duration", "0.5",
         "--concurrency", "4", "--json", str(document_path), "--plot", str(plot_path),
+        "--workloads", ",".join(WORKLOADS),
     ]  # fmt: skip
     # The script's data dirs go under tmp_path, so its processes can be found.
     env = child_env() | {"TMPDIR": str(work)}
