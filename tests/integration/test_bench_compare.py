@@ -30,7 +30,7 @@ def _processes_under(directory: Path) -> list[int]:
 
 @pytest.mark.skipif(
     shutil.which("etcd") is None,
-    reason="etcd is not installed (apt-get install etcd-server; .ci/run installs it)",
+    reason="etcd is not installed (apt-get install etcd-server; scripts/test does as root)",
 )
 def test_compare_drives_both_systems_through_every_workload(tmp_path: Path) -> None:
     document_path, plot_path = tmp_path / "compare.json", tmp_path / "compare.png"
