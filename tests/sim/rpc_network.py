@@ -20,6 +20,7 @@ delivered after a partition heals.
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -155,17 +156,30 @@ class RpcNetwork:
         answer.add_done_callback(lambda done: unanswered.pop(done, None))
         if self._passes(sender, receiver):
             delay = self._delay_s(sender, receiver)
-            loop.call_later(delay, self._arrive, sender, address, route, raw, answer)
+            arrive = functools.partial(self._arrive, routes=routes, route=route)
+            loop.call_later(delay, arrive, sender, address, raw, answer)
         try:
             return await asyncio.wait_for(answer, timeout_s)
         except TimeoutError:
             raise rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded") from None
 
     def _arrive(
-        self, sender: str, address: str, route: Route, raw: bytes, answer: asyncio.Future[bytes]
+        self,
+        sender: str,
+        address: str,
+        raw: bytes,
+        answer: asyncio.Future[bytes],
+        *,
+        routes: Mapping[str, Route],
+        route: Route,
     ) -> None:
         server = self._servers.get(address)
-        if server is None:  # the node went down while the request was on its way
+        if server is None or server[1] is not routes:
+            # The node went down while the request was on its way, and perhaps
+            # came back: the request was on the dead process's connection, and
+            # no handler of the old process may run (cluster sim seed 32337: a
+            # heartbeat held past a crash was handled by the crashed node's
+            # manager, after its restart).
             self._reset(sender, self._node_at[address], answer)
             return
         receiver = server[0]
