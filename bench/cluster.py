@@ -27,7 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -79,9 +79,13 @@ class LocalCluster:
 
 
 @contextlib.contextmanager
-def local_cluster(workdir: Path, base_port: int) -> Iterator[LocalCluster]:
-    """Run the cluster while the block runs."""
-    lines = node_command_lines(NODES, base_port, REPLICAS, workdir / "data", "lmdb")
+def local_cluster(
+    workdir: Path, base_port: int, extra_flags: Sequence[str] = ()
+) -> Iterator[LocalCluster]:
+    """Run the cluster while the block runs (``extra_flags`` go to every node)."""
+    lines = node_command_lines(
+        NODES, base_port, REPLICAS, workdir / "data", "lmdb", extra_flags=extra_flags
+    )
     addresses = [f"127.0.0.1:{base_port + index}" for index in range(NODES)]
     logs = [workdir / f"node{index + 1}.log" for index in range(NODES)]
     children: list[subprocess.Popen[bytes]] = []

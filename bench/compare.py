@@ -5,7 +5,8 @@
 
 Starts three etcd members (Debian's ``etcd-server``; installed with apt-get
 when ``etcd`` is missing and this runs as root) and three ringkv nodes (the
-seed's command lines: replication factor 3, LMDB, ``--fsync batch``), all on
+seed's command lines: replication factor 3, LMDB, ``--fsync batch``;
+``--ringkv-flags`` adds flags to every node), all on
 loopback, both clusters up for the whole run. One load generator (grpc.aio on
 uvloop, pre-encoded requests sent as raw bytes, round-robin over a system's
 three endpoints, so neither client knows who leads or owns a key) drives:
@@ -38,6 +39,7 @@ import contextlib
 import itertools
 import json
 import os
+import shlex
 import shutil
 import signal
 import statistics
@@ -418,6 +420,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--plot", type=Path, default=Path("compare.png"), help="PNG to write")
     parser.add_argument("--json", type=Path, help="write every run and the medians here")
+    parser.add_argument(
+        "--ringkv-flags",
+        default="",
+        help='extra flags for every ringkv node, e.g. "--fsync never"',
+    )
     args = parser.parse_args(argv)
     concurrencies = [int(c) for c in args.concurrency.split(",")]
     workloads = [w for w in args.workloads.split(",") if w]
@@ -435,7 +442,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         with (
             asyncio.Runner(loop_factory=_uvloop()) as runner,
             etcd_cluster(binary, workdir, runner) as (etcd_endpoints, etcd_pids),
-            local_cluster(workdir / "ringkv", free_base_port(3)) as ringkv,
+            local_cluster(
+                workdir / "ringkv", free_base_port(3), shlex.split(args.ringkv_flags)
+            ) as ringkv,
         ):
             systems = [
                 etcd_system(etcd_endpoints, etcd_pids),
