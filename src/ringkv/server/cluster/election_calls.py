@@ -93,7 +93,7 @@ def heartbeat_answer_to_wire(answer: HeartbeatAnswer) -> kv_pb2.HeartbeatRespons
         node_id=answer.node_id,
         synced_epoch=answer.synced_epoch,
         epoch=answer.epoch,
-        members=None if answer.table is None else membership_to_wire(answer.table, answer.liveness),
+        members=_table_to_wire(answer.table, answer.liveness),
     )
 
 
@@ -102,8 +102,15 @@ def vote_answer_to_wire(answer: VoteAnswer) -> kv_pb2.RequestVoteResponse:
         term=answer.term,
         vote_granted=answer.granted,
         node_id=answer.node_id,
-        members=None if answer.table is None else membership_to_wire(answer.table, answer.liveness),
+        members=_table_to_wire(answer.table, answer.liveness),
     )
+
+
+def _table_to_wire(
+    table: Membership | None, liveness: Mapping[str, Liveness]
+) -> kv_pb2.MemberTable | None:
+    """An answer's table, if it carries one (none leaves the field unset)."""
+    return None if table is None else membership_to_wire(table, liveness)
 
 
 class ElectionHost(Protocol):
