@@ -8,6 +8,7 @@ defaults (1 s heartbeats, 3 s election timeout) and reports what it measured.
 from __future__ import annotations
 
 import json
+import signal
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -259,6 +260,45 @@ def test_a_phantom_joiner_does_not_block_a_real_one_and_can_be_removed(
     node4.port = port
     node4.start()
     wait_for_members([*members, node4], {**normal, "node4": "normal"}, timeout=90)
+
+
+def test_a_real_joiner_removed_by_the_operator_stops_rather_than_joining_again(
+    nodes: NodeFactory,
+) -> None:
+    """Issue 13: ``cluster remove`` of a node still joining sticks. The node,
+    paused while it pulls its ranges, finds on waking a table without it that
+    names it removed: it stops as a decommissioned node does, where before it
+    took itself for a dead joiner dropped by the leader and joined again."""
+    members = ClusterFactory(nodes)(3, *FAST, "--dead-after", "120")
+    node1, _, node3 = members
+    wait_for_leader(members, "node3", timeout=20)
+    with ringkv.Client(",".join(n.address for n in members)) as client:
+        set_all(client, {f"k/{i:05d}": bytes(200) for i in range(20_000)})
+
+    node4 = nodes("node4", "-peers", f"node1={node1.address}", *FAST, start=False)
+    (node4.port,) = free_ports(1)
+    node4.launch()
+    normal = {"node1": "normal", "node2": "normal", "node3": "normal"}
+    wait_for(
+        lambda: settled_members(node3) == {**normal, "node4": "joining"},
+        timeout=60,
+        interval=0.01,
+        what="node4 admitted",
+    )
+    node4.signal(signal.SIGSTOP)
+    # Paused within milliseconds of its admission, with 15,000 records to pull.
+    assert settled_members(node3) == {**normal, "node4": "joining"}
+    remove_node(node1.address, "node4")
+    wait_for_members(members, normal, timeout=30)
+
+    node4.signal(signal.SIGCONT)
+    assert node4.wait(timeout=60) == 0, node4.log_text()
+    assert "decommissioned" in node4.log_text(), node4.log_text()
+    assert all(settled_members(node) == normal for node in members)
+    # Restarted, it refuses to start rather than join again.
+    node4.launch()
+    assert node4.wait(timeout=60) == 1, node4.log_text()
+    assert "this node was decommissioned" in node4.log_text(), node4.log_text()
 
 
 def test_a_node_dead_past_the_limit_is_removed_and_its_ranges_re_replicated(

@@ -752,21 +752,29 @@ class MemberTable(_message.Message):
     EPOCH_FIELD_NUMBER: _builtins.int
     TERM_FIELD_NUMBER: _builtins.int
     MEMBERS_FIELD_NUMBER: _builtins.int
+    REMOVED_FIELD_NUMBER: _builtins.int
     epoch: _builtins.int
     term: _builtins.int
     """The term of the leader that made this epoch."""
     @_builtins.property
     def members(self) -> _containers.RepeatedCompositeFieldContainer[Global___Member]: ...
+    @_builtins.property
+    def removed(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Added: the ids an operator removed while they were joining (the latest
+        few). A node that finds its id here stops rather than joining again.
+        """
+
     def __init__(
         self,
         *,
         epoch: _builtins.int = ...,
         term: _builtins.int = ...,
         members: _abc.Iterable[Global___Member] | None = ...,
+        removed: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["epoch", b"epoch", "members", b"members", "term", b"term"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["epoch", b"epoch", "members", b"members", "removed", b"removed", "term", b"term"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -59,6 +59,10 @@ class Member:
     status: MemberStatus = MemberStatus.NORMAL
 
 
+REMOVED_KEPT = 16
+"""How many ids of joiners an operator removed a member table remembers."""
+
+
 @dataclass(frozen=True, slots=True)
 class Membership:
     """One epoch of the member table. Immutable: each change is a new epoch."""
@@ -70,6 +74,11 @@ class Membership:
     """The election term of the leader that made this epoch. Two leaders of
     different terms could each make the same epoch number during a failover;
     the later term wins, so every node still converges on one table."""
+    removed: tuple[str, ...] = ()
+    """The ids an operator removed while they were joining, the latest
+    ``REMOVED_KEPT``, oldest first. A joiner dropped because it died comes
+    back as a new member when it returns; one an operator removed must stop
+    instead, and it can only tell the two apart from the table."""
 
     @classmethod
     def bootstrap(cls, addresses: Mapping[str, str]) -> Membership:
@@ -133,7 +142,11 @@ class Membership:
                 term,
             )
         self._check_idle()
-        return self._next((*self.members, Member(node_id, address, MemberStatus.JOINING)), term)
+        # Asked to join again, an id an operator removed is welcome again.
+        removed = tuple(n for n in self.removed if n != node_id)
+        return self._next(
+            (*self.members, Member(node_id, address, MemberStatus.JOINING)), term, removed=removed
+        )
 
     def with_leaving(self, node_id: str, term: int) -> Membership:
         """Start moving a member's ranges to the others, then remove it."""
@@ -145,7 +158,10 @@ class Membership:
         if member.status is MemberStatus.JOINING:
             # Its join is the change in progress, and nothing is its alone
             # yet: the old owners keep every range until the join settles.
-            return self.without_joining(node_id, term)
+            removed = (*(n for n in self.removed if n != node_id), node_id)[-REMOVED_KEPT:]
+            return self._next(
+                (m for m in self.members if m.node_id != node_id), term, removed=removed
+            )
         self._check_idle()
         if len(self.members) == 1:
             raise InvalidArgument(f"{node_id!r} is the only member; it cannot leave")
@@ -181,14 +197,21 @@ class Membership:
         """
         return self.term > term
 
-    def _next(self, members: Iterable[Member], term: int) -> Membership:
+    def _next(
+        self, members: Iterable[Member], term: int, *, removed: tuple[str, ...] | None = None
+    ) -> Membership:
         if self.made_after(term):
             raise Unavailable(
                 f"the member table was made in term {self.term}, after this leader's "
                 f"term {term}: a newer leader exists",
                 reason="STALE_LEADER",
             )
-        return Membership(self.epoch + 1, tuple(sorted(members, key=lambda m: m.node_id)), term)
+        return Membership(
+            self.epoch + 1,
+            tuple(sorted(members, key=lambda m: m.node_id)),
+            term,
+            self.removed if removed is None else removed,
+        )
 
 
 def caught_up(membership: Membership, adopted: Mapping[str, int]) -> bool:

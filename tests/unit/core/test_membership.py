@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from ringkv.core.errors import InvalidArgument, NotFound, Unavailable
 from ringkv.core.membership import (
+    REMOVED_KEPT,
     FailureDetector,
     Liveness,
     Membership,
@@ -69,6 +70,27 @@ def test_removing_a_joiner_gives_up_its_join_and_frees_the_next_change() -> None
     assert removed.newer_than(joining)
     # The next change is not held up by the join that never finished.
     assert removed.with_joining("n5", "a:5", term=2).get("n5") is not None
+
+
+def test_a_joiner_the_operator_removed_is_named_until_it_is_admitted_again() -> None:
+    joining = THREE.with_joining("n4", "a:4", term=1)
+    removed = joining.with_leaving("n4", term=1)
+    assert removed.removed == ("n4",)
+    # Kept through later changes, so a removed joiner that was away learns it.
+    later = removed.with_leaving("n1", term=1).settled(term=1)
+    assert later.removed == ("n4",)
+    assert later.with_joining("n4", "a:4", term=1).removed == ()
+    # A joiner dropped for being dead is not named: it joins again on return.
+    assert joining.without_joining("n4", term=1).removed == ()
+
+
+def test_a_table_remembers_only_the_latest_removed_joiners() -> None:
+    table = THREE
+    for i in range(REMOVED_KEPT + 3):
+        table = table.with_joining(f"j{i}", "a:9", term=1).with_leaving(f"j{i}", term=1)
+    assert len(table.removed) == REMOVED_KEPT
+    assert table.removed[-1] == f"j{REMOVED_KEPT + 2}"
+    assert "j0" not in table.removed
 
 
 def test_joining_again_under_the_same_id_and_address_changes_nothing() -> None:

@@ -3,8 +3,11 @@ what the Cluster service reads from a call and answers with."""
 
 from __future__ import annotations
 
+import pytest
+
 from ringkv.api import kv_pb2
 from ringkv.core.election import Coordinator, Heartbeat
+from ringkv.core.errors import InvalidArgument
 from ringkv.core.membership import Liveness, Member, Membership
 from ringkv.server.cluster.election_calls import (
     HeartbeatAnswer,
@@ -58,3 +61,18 @@ def test_answers_carry_a_table_only_when_there_is_one_to_send() -> None:
     assert (vote.node_id, vote.term, vote.vote_granted) == ("a", 7, False)
     assert membership_from_wire(vote.members) == TABLE
     assert not vote_answer_to_wire(VoteAnswer("a", 7, True, table=None)).HasField("members")
+
+
+def test_a_table_names_its_removed_joiners_on_the_wire_and_checks_them() -> None:
+    table = TABLE.with_joining("d", "127.0.0.1:4", term=TABLE.term).with_leaving(
+        "d", term=TABLE.term
+    )
+    wire = membership_to_wire(table, LIVENESS)
+    assert membership_from_wire(wire) == table
+    wire.removed.append(TABLE.members[0].node_id)  # a member cannot also be removed
+    with pytest.raises(InvalidArgument):
+        membership_from_wire(wire)
+    del wire.removed[:]
+    wire.removed.append("bad id,=")
+    with pytest.raises(InvalidArgument):
+        membership_from_wire(wire)

@@ -178,3 +178,20 @@ def test_a_node_removed_while_away_saves_the_table_without_it(
             assert not state.decommissioned
 
     asyncio.run(scenario())
+
+
+def test_a_joiner_the_operator_removed_saves_itself_decommissioned(tmp_path: Path) -> None:
+    """Issue 13: the table that drops it names it removed, so it stops for
+    good rather than join again as a joiner dropped for being dead would."""
+
+    async def scenario() -> None:
+        async with manager(tmp_path) as (membership, saved, view):
+            table = view.membership
+            without_a = Membership(table.epoch + 1, table.members[1:], 1, removed=("a",))
+            membership.heartbeat(received("c", 1, without_a))
+            assert view.membership == without_a
+            state = saved.load()
+            assert state is not None and state.membership == without_a
+            assert state.decommissioned
+
+    asyncio.run(scenario())

@@ -17,6 +17,7 @@ from ringkv.core.membership import (
     Liveness,
     Membership,
     RingMaker,
+    caught_up,
     gainers,
     leader_decision,
 )
@@ -72,6 +73,10 @@ class LeaderDuties:
         self._detector.heard(node_id, now_ms)
         self._synced[node_id] = synced
         self._adopted[node_id] = adopted
+
+    def all_adopted(self, table: Membership) -> bool:
+        """Whether every member of ``table`` answered a heartbeat with it (or a later one)."""
+        return caught_up(table, self._adopted)
 
     def adopted_table(self, table: Membership, now_ms: int) -> None:
         """This node adopted ``table``: forget members no longer in it, and watch

@@ -310,7 +310,7 @@ class MembershipManager:
         )
         if self.node_id not in table.addresses:
             if before is not None:  # once: a later table without it changes nothing
-                self._removed(was_leaving=self._leaving)
+                self._removed(was_leaving=self._leaving or self.node_id in table.removed)
             # No longer a member, it coordinates nothing (cluster sim seed 204:
             # a leader that settled its own departure kept its lease).
             self._update_lease()
@@ -343,6 +343,16 @@ class MembershipManager:
 
     def _removed(self, *, was_leaving: bool) -> None:
         vote = self._vote()
+        election = self._election
+        # A leader that made the table removing itself is the only node that
+        # has it, and heartbeats no more: it tells the others before it stops
+        # (cluster sim seed 40206: a joiner elected leader, asked to remove
+        # itself, stopped at once, and the others kept the table naming it).
+        made_it = (
+            election is not None
+            and election.role is Role.LEADER
+            and election.term == self.membership.term
+        )
         self._election = None
         self._view.leader_id = ""  # no longer a member: it follows no one, nor leads
         # Saved, so a restart does not resume a table that still names it
@@ -355,23 +365,42 @@ class MembershipManager:
             log.warning("removal not saved", extra={"error": str(error)})
         if was_leaving:
             log.info("decommissioned: this node left the cluster")
-            self._spawn(self._leave())
+            self._spawn(self._leave(announce_term=vote[0] if made_it else None))
             return
         # Removed while it was down: come back as a new member.
         log.info("removed while away; joining again")
         self._discovery.rejoin()
 
-    async def _leave(self) -> None:
+    async def _leave(self, *, announce_term: int | None) -> None:
         """Give every record to its replicas (writes that reached only this node
-        included), then stop."""
+        included), and with ``announce_term`` the table that removed it to the
+        members; then stop."""
+        announced = () if announce_term is None else (self._announce(announce_term),)
+        try:
+            await asyncio.gather(self._hand_off(), *announced)
+        finally:
+            self._on_removed()
+
+    async def _hand_off(self) -> None:
         try:
             if self.rebalancer is not None:
                 sent = await asyncio.wait_for(self.rebalancer.hand_off(), _HAND_OFF_TIMEOUT_S)
                 log.info("records handed off", extra={"records": len(sent)})
         except (TimeoutError, RingkvError) as error:
             log.warning("hand-off incomplete", extra={"error": str(error)})
-        finally:
-            self._on_removed()
+
+    async def _announce(self, term: int) -> None:
+        """Heartbeat the members with this node's table, as the leader of
+        ``term``, until each has answered with it, for two election timeouts at
+        most: by then they have elected another leader, whose table is newer
+        or who will drop this node as a dead joiner."""
+        table = self.membership
+        deadline_ms = self._now_ms() + 2 * self._config.election_timeout_ms
+        while not self._duties.all_adopted(table) and self._now_ms() < deadline_ms:
+            heartbeat = Heartbeat(self.node_id, term, self._now_ms())
+            for node_id in table.node_ids:
+                self._send(Envelope(node_id, heartbeat))
+            await asyncio.sleep(self._config.heartbeat_interval_ms / 1000)
 
     def _vote(self) -> tuple[int, str | None]:
         # Without an election running (resuming, rejoining), the vote is the

@@ -47,6 +47,7 @@ class MembershipFile:
                 for m in document["members"]
             ),
             document["membership_term"],
+            tuple(document.get("removed", ())),
         )
         self._on_disk = SavedState(
             membership,
@@ -68,6 +69,7 @@ class MembershipFile:
                 {"node_id": m.node_id, "address": m.address, "status": m.status.value}
                 for m in state.membership.members
             ],
+            "removed": list(state.membership.removed),
             "term": state.term,
             "term_leader": state.term_leader,
             "decommissioned": state.decommissioned,

@@ -10,7 +10,7 @@ from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
 from ringkv.api import kv_pb2, replica_pb2
 from ringkv.core.errors import InvalidArgument
 from ringkv.core.hlc import Version
-from ringkv.core.membership import Liveness, Member, Membership, MemberStatus
+from ringkv.core.membership import REMOVED_KEPT, Liveness, Member, Membership, MemberStatus
 from ringkv.core.paxos import Ballot, Promise, Proposal
 from ringkv.core.records import Record
 from ringkv.server.config import validate_node_id
@@ -70,6 +70,7 @@ def membership_to_wire(
             )
             for m in membership.members
         ],
+        removed=membership.removed,
     )
 
 
@@ -91,7 +92,19 @@ def membership_from_wire(table: kv_pb2.MemberTable) -> Membership | None:
     ids = [m.node_id for m in members]
     if not ids or len(set(ids)) != len(ids) or table.term < 0:
         raise InvalidArgument("bad member table: no members, a member twice or a negative term")
-    return Membership(table.epoch, tuple(sorted(members, key=lambda m: m.node_id)), table.term)
+    if len(table.removed) > REMOVED_KEPT or set(table.removed) & set(ids):
+        raise InvalidArgument("bad member table: too many removed ids, or a member among them")
+    for node_id in table.removed:
+        try:
+            validate_node_id(node_id)
+        except ValueError as error:
+            raise InvalidArgument(f"bad member table: {error}") from None
+    return Membership(
+        table.epoch,
+        tuple(sorted(members, key=lambda m: m.node_id)),
+        table.term,
+        tuple(table.removed),
+    )
 
 
 def liveness_from_wire(table: kv_pb2.MemberTable) -> dict[str, Liveness]:
