@@ -22,6 +22,7 @@ import argparse
 import asyncio
 import json
 import os
+import shlex
 import shutil
 import signal
 import sys
@@ -108,7 +109,7 @@ def wait_for_normal(address: str, node_id: str, timeout: float) -> float:
 def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     base_port = free_base_port(NODES + 1)
     results: dict[str, Any] = {"keys": args.keys, "value_bytes": args.value_bytes}
-    with local_cluster(workdir, base_port) as cluster:
+    with local_cluster(workdir, base_port, shlex.split(args.ringkv_flags)) as cluster:
         cpu_before = sum(cpu_seconds(p.pid) for p in cluster.processes)
         seconds = asyncio.run(load(cluster.addresses, args))
         load_cpu = sum(cpu_seconds(p.pid) for p in cluster.processes) - cpu_before
@@ -117,6 +118,8 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         results["load_cpu_us_per_key"] = round(load_cpu / args.keys * 1e6)
         results["rss_mib"] = [round(rss_bytes(p.pid) / KIB**2) for p in cluster.processes]
         results["disk_mib"] = round(disk_bytes(cluster.data_dir) / KIB**2)
+        if args.load_only:
+            return results
 
         started = time.monotonic()
         cpu_before = sum(cpu_seconds(p.pid) for p in cluster.processes)
@@ -144,6 +147,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             "-addr", f"127.0.0.1:{joiner_port}",
             "-peers", f"node1={cluster.addresses[0]}",
             "--data-dir", str(cluster.data_dir / "node4"),
+            *shlex.split(args.ringkv_flags),
         ]  # fmt: skip
         joiner = spawn(line, workdir / "node4.log")
         try:
@@ -166,6 +170,12 @@ def main() -> int:
         "--idle-seconds", type=float, default=20.0, help="how long to measure idle CPU"
     )
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument(
+        "--ringkv-flags", default="", help='extra flags for every node, e.g. "--fsync never"'
+    )
+    parser.add_argument(
+        "--load-only", action="store_true", help="stop after the load: no repair, idle or join"
+    )
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda signum, _: sys.exit(128 + signum))
     workdir = Path(tempfile.mkdtemp(prefix="ringkv-bench-scale-"))

@@ -8,9 +8,11 @@ with what the node says over gRPC (GetClusterState, GetNodeStats).
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -20,7 +22,13 @@ import pytest
 import ringkv
 from ringkv.api import kv_pb2, kv_pb2_grpc
 from ringkv.client.admin import cluster_state, node_stats, repair
+from ringkv.core import merkle
 from ringkv.core.errors import PreconditionFailed
+from ringkv.core.hlc import HybridLogicalClock
+from ringkv.core.merkle import DEFAULT_DEPTH
+from ringkv.core.records import Record
+from ringkv.core.ring import TOKEN_SPACE
+from ringkv.server.transport.peers import Peer
 from tests.support.metrics import METRICS, metrics_port, scrape
 from tests.support.nodes import (
     ClusterFactory,
@@ -251,6 +259,49 @@ def test_cluster_gauges_follow_the_cluster_and_repairs_are_counted(
     assert after_repair.get("ringkv_anti_entropy_rounds_total") == stats.repair_rounds
     assert after_repair.get("ringkv_anti_entropy_keys_repaired_total") == stats.keys_repaired
     assert after_repair.get("ringkv_tombstones_purged_total") == stats.tombstones_purged
+    assert after_repair.get("ringkv_merkle_tree_builds_total") >= 1
+
+    # Writes since update the trees each node keeps: the next round builds
+    # none. (The purge horizon steps hourly with the default grace, and a
+    # step starts new trees: an attempt that straddles one is made again.)
+    for attempt in range(2):
+        hour = time.time() // 3600
+        builds = [scrape(node).get("ringkv_merkle_tree_builds_total") for node in members]
+        with ringkv.Client(node1.address) as client:
+            client.set_many({f"kept{attempt}-{i}": b"v" for i in range(200)})
+        repair(node1.address)
+        builds_after = [scrape(node).get("ringkv_merkle_tree_builds_total") for node in members]
+        if time.time() // 3600 == hour:
+            assert builds_after == builds
+            # And the kept tree is right: node2's equals one built from its records.
+            kept, fresh = asyncio.run(kept_and_fresh_tree(node2))
+            assert kept == fresh
+            assert scrape(node2).get("ringkv_merkle_tree_builds_total") == builds[1]
+            break
+    else:
+        pytest.fail("two attempts each straddled an hour")
+
+
+async def kept_and_fresh_tree(node: NodeProcess) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The tree ``node`` answers for the whole ring at this hour's purge horizon
+    (what anti-entropy asks of it with RF 3 on 3 nodes, the default grace), and
+    the tree of the records it answers a scan with."""
+    grace_ms = 10 * 86_400_000
+    horizon = int(time.time() * 1000) - grace_ms
+    horizon -= horizon % 3_600_000
+    peer = Peer(node.node_id, node.address, HybridLogicalClock("test"), timeout_s=30.0)
+    try:
+        kept = await peer.merkle([(0, TOKEN_SPACE)], DEFAULT_DEPTH, horizon)
+        records: list[Record] = []
+        cursor = b""
+        while True:
+            page, cursor = await peer.scan(0, TOKEN_SPACE, cursor, 1000)
+            records += page
+            if not cursor:
+                break
+    finally:
+        await peer.close()
+    return kept, merkle.build(records, DEFAULT_DEPTH, purge_horizon_ms=horizon).leaves
 
 
 # --- bad values -----------------------------------------------------------------

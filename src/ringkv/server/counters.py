@@ -21,6 +21,12 @@ class Counters:
     """Keys anti-entropy pulled from or pushed to another replica."""
     leaves_differing: int = 0
     """Merkle-tree leaves anti-entropy found different from another replica's."""
+    merkle_tree_builds: int = 0
+    """Merkle trees built from a scan of their ranges (the rest were kept up
+    to date on write)."""
+    merkle_leaves_rescanned: int = 0
+    """Merkle-tree leaves scanned again after a change a kept tree could not
+    apply (a purge, a Paxos commit, a write during a scan)."""
     tombstones_purged: int = 0
     """Tombstones and expired values removed after the tombstone grace."""
     replica_errors: dict[tuple[str, str], int] = field(default_factory=dict)

@@ -28,7 +28,7 @@ from ringkv.server.cluster.membership import MembershipManager, monotonic_ms
 from ringkv.server.cluster.membership_file import MembershipFile
 from ringkv.server.config import HostPort, NodeConfig
 from ringkv.server.counters import Counters
-from ringkv.server.data.anti_entropy import AntiEntropy, RepairSchedule, TreeCache
+from ringkv.server.data.anti_entropy import AntiEntropy, RepairSchedule
 from ringkv.server.data.change_feed import ChangeFeed
 from ringkv.server.data.commit import DEFAULT_MAX_BATCH, CommitQueue
 from ringkv.server.data.coordinator import Coordinator
@@ -36,6 +36,7 @@ from ringkv.server.data.hints import HintReplayer
 from ringkv.server.data.key_scan import KeyScanner
 from ringkv.server.data.local_store import LocalStore
 from ringkv.server.data.rebalance import Rebalancer
+from ringkv.server.data.tree_cache import TreeCache
 from ringkv.server.data.watch_coordinator import WatchCoordinator
 from ringkv.server.services.admin_service import AdminService
 from ringkv.server.services.cluster_service import ClusterService
@@ -226,7 +227,8 @@ async def serve(
         )
         membership.rebalancer = rebalancer
         resources.push_async_callback(rebalancer.close)
-        trees = TreeCache(engine)
+        trees = TreeCache(engine, counters)
+        store.observe(trees)
         repairs = RepairSchedule(
             AntiEntropy(
                 view,

@@ -20,16 +20,11 @@ from ringkv.core.records import Mutation, Record
 from ringkv.core.ring import TOKEN_SPACE, Ring
 from ringkv.core.tokens import token_of
 from ringkv.server.cluster.cluster_view import ClusterView
-from ringkv.server.data.anti_entropy import (
-    AntiEntropy,
-    RepairReport,
-    ReplicaView,
-    TreeCache,
-    span_tree,
-)
+from ringkv.server.data.anti_entropy import AntiEntropy, RepairReport, ReplicaView
 from ringkv.server.data.commit import CommitQueue
 from ringkv.server.data.local_store import LocalStore
 from ringkv.server.data.scan_pages import PAGE_RECORDS
+from ringkv.server.data.tree_cache import span_tree
 from ringkv.server.services.replica_service import ReplicaService
 from ringkv.server.transport import rpc
 from ringkv.server.transport.peers import Peer
@@ -503,35 +498,3 @@ def test_merkle_leaves_match_the_local_tree_and_bad_requests_fail(tmp_path: Path
                 await request_with_bad_cursor
 
     run(scenario)
-
-
-@pytest.mark.parametrize("kind", ["memory", "lmdb"])
-def test_a_tree_is_built_again_only_after_the_store_changed(tmp_path: Path, kind: str) -> None:
-    engine: Engine = MemoryEngine() if kind == "memory" else LmdbEngine(tmp_path / "data")
-    engine.apply([Mutation(value(b"k%d" % i, 1_000, "a")) for i in range(50)])
-    spans = [(0, TOKEN_SPACE)]
-    horizon = NOW - GRACE_MS
-
-    async def scenario() -> list[MerkleTree]:
-        trees = TreeCache(engine)
-        first = await trees.tree(spans, DEFAULT_DEPTH, horizon)
-        again = await trees.tree(spans, DEFAULT_DEPTH, horizon)
-        assert trees.builds == 1  # nothing written: the same tree, no scan
-        engine.apply([Mutation(value(b"new", 10, "a"))])
-        changed = await trees.tree(spans, DEFAULT_DEPTH, horizon)
-        engine.purge([b"new"])
-        purged = await trees.tree(spans, DEFAULT_DEPTH, horizon)
-        assert trees.builds == 3
-        # Another horizon or range is another tree.
-        await trees.tree(spans, DEFAULT_DEPTH, horizon - 1)
-        await trees.tree([(0, TOKEN_SPACE // 2)], DEFAULT_DEPTH, horizon)
-        assert trees.builds == 5
-        return [first, again, changed, purged]
-
-    try:
-        first, again, changed, purged = asyncio.run(scenario())
-    finally:
-        if isinstance(engine, LmdbEngine):
-            engine.close()
-    assert first == again == purged
-    assert changed != first

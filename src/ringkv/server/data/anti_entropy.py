@@ -27,8 +27,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
-from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -39,13 +38,11 @@ from ringkv.core.records import Record
 from ringkv.core.ring import TOKEN_SPACE, Ring
 from ringkv.server.counters import Counters
 from ringkv.server.data.local_store import LocalStore
+from ringkv.server.data.tree_cache import Span, TreeCache
 from ringkv.server.transport.peers import Peer
 from ringkv.storage import Engine
 
 log = logging.getLogger(__name__)
-
-Span = tuple[int, int]
-"""The tokens ``start <= t < end``; ``end`` is at most 2**64."""
 
 SCAN_PAGE_RECORDS = 1000
 """Records per Scan page asked of a peer (the most a peer sends)."""
@@ -119,64 +116,10 @@ class RepairReport:
         return sum(peer.keys_pushed for peer in self.repaired)
 
 
-def span_tree(
-    engine: Engine, spans: Iterable[Span], depth: int, purge_horizon_ms: int
-) -> MerkleTree:
-    """The Merkle tree of the engine's records in ``spans`` (disjoint), without
-    those garbage collection may purge at ``purge_horizon_ms``.
-
-    Blocks on the engine's scans: run it in a thread.
-    """
-    records = itertools.chain.from_iterable(engine.scan(start, end) for start, end in spans)
-    return merkle.build(records, depth, purge_horizon_ms=purge_horizon_ms)
-
-
 HORIZON_STEP_MS = 3600 * 1000
 """The purge horizon moves in steps of this (or a tenth of the grace period,
 if less), so that a tree over records nobody wrote since stays the same tree
-for that long, and the cache below can answer for it."""
-
-
-class TreeCache:
-    """Merkle trees of this node's records, kept while the engine has not changed.
-
-    Anti-entropy compares the same ranges with the same peers round after
-    round, and a pair of replicas shares its ranges both ways: on a store
-    with no writes since, a tree is the one built before, and a round costs
-    no scan. This node's rounds and the trees its peers ask for share one
-    cache and build one tree at a time: peers asking at once would otherwise
-    share the CPU and each wait as long as all the builds together.
-    """
-
-    def __init__(self, engine: Engine, capacity: int = 32) -> None:
-        self._engine = engine
-        self._capacity = capacity
-        self._trees: OrderedDict[tuple[tuple[Span, ...], int, int], tuple[int, MerkleTree]] = (
-            OrderedDict()
-        )
-        self._building = asyncio.Lock()
-        self.builds = 0
-        """Trees built (not found in the cache) so far."""
-
-    async def tree(self, spans: Sequence[Span], depth: int, horizon: int) -> MerkleTree:
-        """The tree of the records in ``spans`` (disjoint) at ``depth``,
-        without those purgeable at ``horizon``."""
-        key = (tuple(spans), depth, horizon)
-        async with self._building:
-            # Read before the scan: a write during it moves the generation on,
-            # and the tree is built again next time.
-            generation = self._engine.generation
-            held = self._trees.get(key)
-            if held is not None and held[0] == generation:
-                self._trees.move_to_end(key)
-                return held[1]
-            tree = await asyncio.to_thread(span_tree, self._engine, spans, depth, horizon)
-            self.builds += 1
-            self._trees[key] = (generation, tree)
-            self._trees.move_to_end(key)
-            while len(self._trees) > self._capacity:
-                self._trees.popitem(last=False)
-            return tree
+for that long; each step starts the cache's trees again from a scan."""
 
 
 class AntiEntropy:
@@ -199,7 +142,10 @@ class AntiEntropy:
         self._view = view
         self._store = store
         self._engine = engine
-        self._trees = trees or TreeCache(engine)
+        if trees is None:
+            trees = TreeCache(engine)
+            store.observe(trees)
+        self._trees = trees
         self._purged_at: tuple[int, int] | None = None
         """(engine generation, horizon) of the last purge that scanned."""
         self._now_ms = now_ms
@@ -311,17 +257,22 @@ class AntiEntropy:
         generation = self._engine.generation
         if self._purged_at == (generation, horizon):
             return 0  # Nothing written and the horizon unmoved: nothing new to purge.
-        purged = await asyncio.to_thread(self._purge, horizon)
+        purged, keys = await asyncio.to_thread(self._purge, horizon)
+        self._trees.touched(keys)
         self._purged_at = (generation, horizon)
         return purged
 
-    def _purge(self, horizon: int) -> int:
+    def _purge(self, horizon: int) -> tuple[int, list[bytes]]:
+        """The number purged, and the keys whose records it may have purged."""
         doomed = (r for r in self._engine.scan(0, TOKEN_SPACE) if purgeable(r, horizon))
         purged = 0
+        keys: list[bytes] = []
         while chunk := list(itertools.islice(doomed, PURGE_CHUNK)):
-            keys = [record.key for record in chunk]
-            purged += self._engine.purge(keys, expected=[record.version for record in chunk])
-        return purged
+            keys += (record.key for record in chunk)
+            purged += self._engine.purge(
+                [record.key for record in chunk], expected=[record.version for record in chunk]
+            )
+        return purged, keys
 
 
 def _should_send(record: Record | None, other: Record | None, horizon: int) -> bool:

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Protocol
 
 from ringkv.core.errors import StorageFull
 from ringkv.core.records import ApplyResult, Mutation, Record
@@ -21,6 +21,18 @@ from ringkv.storage import Engine
 from ringkv.storage.engine import PaxosOp, PaxosStep, T
 
 DEFAULT_MAX_BATCH = 1024
+
+
+class CommitObserver(Protocol):
+    """Told on the event loop of every change a commit made to the records."""
+
+    def applied(
+        self, mutations: Sequence[Mutation], results: Sequence[ApplyResult | Exception]
+    ) -> None:
+        """Mutations committed, with what each did."""
+
+    def touched(self, keys: Iterable[bytes]) -> None:
+        """The records of ``keys`` may have changed (a Paxos step, a purge)."""
 
 
 class CommitQueue:
@@ -34,6 +46,7 @@ class CommitQueue:
         on_commit: Callable[[], None] = lambda: None,
     ) -> None:
         self._engine = engine
+        self._observers: list[CommitObserver] = []
         self._on_commit = on_commit
         """Called on the event loop after each commit (the change log may have grown)."""
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ringkv-commit")
@@ -44,11 +57,18 @@ class CommitQueue:
             self._commit_paxos, max_batch=max_batch, name="the Paxos commit queue"
         )
 
+    def observe(self, observer: CommitObserver) -> None:
+        """Tell ``observer`` of every change from now on."""
+        self._observers.append(observer)
+
     async def _commit(self, mutations: list[Mutation]) -> list[ApplyResult | Exception]:
         try:
-            return await self._commit_all(mutations)
+            results = await self._commit_all(mutations)
         finally:
             self._on_commit()
+        for observer in self._observers:
+            observer.applied(mutations, results)
+        return results
 
     async def _commit_all(self, mutations: list[Mutation]) -> list[ApplyResult | Exception]:
         loop = asyncio.get_running_loop()
@@ -85,9 +105,16 @@ class CommitQueue:
         keys = [record.key for record in records]
         versions = [record.version for record in records]
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            self._thread, functools.partial(self._engine.purge, keys, expected=versions)
-        )
+        try:
+            return await loop.run_in_executor(
+                self._thread, functools.partial(self._engine.purge, keys, expected=versions)
+            )
+        finally:
+            self._touched(keys)
+
+    def _touched(self, keys: Sequence[bytes]) -> None:
+        for observer in self._observers:
+            observer.touched(keys)
 
     async def paxos(self, key: bytes, step: PaxosStep[T]) -> T:
         """One Paxos step on the commit thread (``Engine.paxos``), so it is
@@ -101,6 +128,7 @@ class CommitQueue:
             return await self._commit_paxos_all(ops)
         finally:
             self._on_commit()
+            self._touched([key for key, _ in ops])
 
     async def _commit_paxos_all(self, ops: list[PaxosOp]) -> list[Any]:
         loop = asyncio.get_running_loop()

@@ -6,7 +6,7 @@ from collections.abc import Iterator, Sequence
 
 from ringkv.core.records import ApplyResult, Mutation, Record
 from ringkv.core.replica import mutations
-from ringkv.server.data.commit import CommitQueue
+from ringkv.server.data.commit import CommitObserver, CommitQueue
 from ringkv.storage import Engine
 from ringkv.storage.engine import PaxosStep, T
 
@@ -48,6 +48,10 @@ class LocalStore:
                 yield record
                 if record is not None:
                     size += len(record.key) + len(record.value)
+
+    def observe(self, observer: CommitObserver) -> None:
+        """Tell ``observer`` of every change to the records from now on."""
+        self._commits.observe(observer)
 
     async def apply(self, record: Record, *, hint_for: str | None = None) -> ApplyResult:
         """Store a record if it is newer than the one held (or the hint, with ``hint_for``)."""

@@ -226,6 +226,16 @@ class NodeCollector:
                 counters.leaves_differing,
             ),
             (
+                "merkle_tree_builds",
+                "Merkle trees built from a scan (the rest are kept up to date on write).",
+                counters.merkle_tree_builds,
+            ),
+            (
+                "merkle_leaves_rescanned",
+                "Merkle-tree leaves scanned again after a change a kept tree could not apply.",
+                counters.merkle_leaves_rescanned,
+            ),
+            (
                 "tombstones_purged",
                 "Tombstones and expired values purged after the grace period.",
                 counters.tombstones_purged,

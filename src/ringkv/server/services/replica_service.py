@@ -18,9 +18,9 @@ from ringkv.core.replica import ReplicaRules
 from ringkv.core.ring import TOKEN_SPACE
 from ringkv.core.validation import MAX_BATCH_BYTES, Limits
 from ringkv.server.data import scan_pages
-from ringkv.server.data.anti_entropy import TreeCache
 from ringkv.server.data.change_feed import ChangeFeed, SpanSet
 from ringkv.server.data.local_store import LocalStore
+from ringkv.server.data.tree_cache import TreeCache
 from ringkv.server.transport.rpc import Context, Method, StreamMethod
 from ringkv.server.transport.wire import (
     add_records,
@@ -73,7 +73,10 @@ class ReplicaService:
         )
         self._clock = clock
         self._now_ms = now_ms
-        self._trees = trees or TreeCache(engine)
+        if trees is None:
+            trees = TreeCache(engine)
+            store.observe(trees)
+        self._trees = trees
         """Merkle trees, shared with this node's anti-entropy rounds."""
         # Scans go to the engine directly: the store reads and writes keys,
         # not ranges.
