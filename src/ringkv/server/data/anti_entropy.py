@@ -27,14 +27,14 @@ import asyncio
 import contextlib
 import itertools
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from ringkv.core import merkle
 from ringkv.core.errors import RingkvError
 from ringkv.core.merkle import DEFAULT_DEPTH, MerkleTree, differing_leaves, purgeable
-from ringkv.core.records import Record
+from ringkv.core.records import NO_EXPIRY, ApplyResult, Mutation, Outcome, Record
 from ringkv.core.ring import TOKEN_SPACE, Ring
 from ringkv.server.counters import Counters
 from ringkv.server.data.local_store import LocalStore
@@ -146,8 +146,10 @@ class AntiEntropy:
             trees = TreeCache(engine)
             store.observe(trees)
         self._trees = trees
-        self._purged_at: tuple[int, int] | None = None
-        """(engine generation, horizon) of the last purge that scanned."""
+        self._purge_candidates = PurgeCandidates()
+        store.observe(self._purge_candidates)
+        self._purged_at: int | None = None
+        """The horizon of the last purge that scanned."""
         self._now_ms = now_ms
         self._grace_ms = tombstone_grace_ms
         self._depth = depth
@@ -254,12 +256,17 @@ class AntiEntropy:
         write that replaced the record after the scan is kept.
         """
         horizon = self.purge_horizon_ms()
-        generation = self._engine.generation
-        if self._purged_at == (generation, horizon):
-            return 0  # Nothing written and the horizon unmoved: nothing new to purge.
-        purged, keys = await asyncio.to_thread(self._purge, horizon)
+        if self._purged_at == horizon and not self._purge_candidates.written:
+            return 0  # Nothing new to purge, and nothing newly old enough.
+        # Before the scan: a candidate written during it is found next time.
+        self._purge_candidates.written = False
+        try:
+            purged, keys = await asyncio.to_thread(self._purge, horizon)
+        except BaseException:
+            self._purge_candidates.written = True
+            raise
         self._trees.touched(keys)
-        self._purged_at = (generation, horizon)
+        self._purged_at = horizon
         return purged
 
     def _purge(self, horizon: int) -> tuple[int, list[bytes]]:
@@ -273,6 +280,32 @@ class AntiEntropy:
                 [record.key for record in chunk], expected=[record.version for record in chunk]
             )
         return purged, keys
+
+
+class PurgeCandidates:
+    """Whether a record the purge may one day drop (a tombstone, a value that
+    expires) was written since the last purge scanned: if not, and the
+    horizon has not moved, a scan would find nothing new. A bulk load of
+    plain values then costs no purge scan, however large the store."""
+
+    def __init__(self) -> None:
+        self.written = True  # Until the first scan: whatever the store held at startup.
+
+    def applied(
+        self, mutations: Sequence[Mutation], results: Sequence[ApplyResult | Exception]
+    ) -> None:
+        if self.written:
+            return
+        self.written = any(
+            m.hint_for is None
+            and (m.record.tombstone or m.record.expires_at_ms != NO_EXPIRY)
+            and isinstance(r, ApplyResult)
+            and r.outcome is Outcome.APPLIED
+            for m, r in zip(mutations, results, strict=True)
+        )
+
+    def touched(self, keys: Iterable[bytes]) -> None:
+        self.written = True  # A Paxos commit may have written a tombstone.
 
 
 def _should_send(record: Record | None, other: Record | None, horizon: int) -> bool:
