@@ -13,6 +13,7 @@ from ringkv.core.errors import RingkvError
 from ringkv.core.ring import DEFAULT_VNODES_PER_NODE
 from ringkv.core.validation import DEFAULT_MAX_VALUE_BYTES, Limits
 from ringkv.server.config import (
+    DEFAULT_ANSWER_SEND_TIMEOUT_S,
     DEFAULT_MAX_CONCURRENT_CALLS,
     DEFAULT_MAX_UNSENT_ANSWER_MIB,
     DEFAULT_PEER_PORT_OFFSET,
@@ -184,6 +185,15 @@ def add_parser(commands: Commands) -> None:
         f"(default: {DEFAULT_MAX_UNSENT_ANSWER_MIB})",
     )
     parser.add_argument(
+        "--answer-send-timeout",
+        type=float,
+        default=DEFAULT_ANSWER_SEND_TIMEOUT_S,
+        metavar="SECONDS",
+        help="how long an answer waits for its caller to read it before the call is ended "
+        "DEADLINE_EXCEEDED (reason ANSWER_NOT_READ), freeing it; watches are not timed "
+        f"(default: {DEFAULT_ANSWER_SEND_TIMEOUT_S:g})",
+    )
+    parser.add_argument(
         "--watch-log-entries",
         type=int,
         default=DEFAULT_CHANGE_LOG_ENTRIES,
@@ -280,6 +290,7 @@ def config_from(args: argparse.Namespace) -> NodeConfig:
         shutdown_grace_s=args.shutdown_grace,
         max_concurrent_calls=args.max_concurrent_calls,
         max_unsent_answer_mib=args.max_unsent_answer_mib,
+        answer_send_timeout_s=args.answer_send_timeout,
         watch_log_entries=args.watch_log_entries,
         metrics_addr=(
             HostPort.parse(args.metrics_addr, what="--metrics-addr", allow_port_zero=True)

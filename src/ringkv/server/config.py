@@ -19,6 +19,7 @@ from ringkv.storage.engine import DEFAULT_CHANGE_LOG_ENTRIES
 
 DEFAULT_MAX_CONCURRENT_CALLS = 1000
 DEFAULT_MAX_UNSENT_ANSWER_MIB = 256
+DEFAULT_ANSWER_SEND_TIMEOUT_S = 60.0
 
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -175,6 +176,10 @@ class NodeConfig:
     max_unsent_answer_mib: int = DEFAULT_MAX_UNSENT_ANSWER_MIB
     """MiB of answers held for callers that have not read them; past it new
     client and operator calls are refused OVERLOADED."""
+    answer_send_timeout_s: float = DEFAULT_ANSWER_SEND_TIMEOUT_S
+    """How long a client or operator answer (each message of a stream but a
+    watch's) waits for its caller to read it before the call is ended
+    DEADLINE_EXCEEDED (ANSWER_NOT_READ), which frees it; 0: for good."""
     watch_log_entries: int = DEFAULT_CHANGE_LOG_ENTRIES
     """Changes the node keeps for watches that resume (``Engine.changes``); 0: none,
     and watches are refused."""
@@ -239,6 +244,10 @@ class NodeConfig:
         if self.max_concurrent_calls < 1:
             raise ConfigError(
                 f"--max-concurrent-calls must be at least 1, got {self.max_concurrent_calls}"
+            )
+        if self.answer_send_timeout_s < 0:
+            raise ConfigError(
+                f"--answer-send-timeout must not be negative, got {self.answer_send_timeout_s}"
             )
         if self.max_unsent_answer_mib < 1:
             raise ConfigError(

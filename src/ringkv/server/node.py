@@ -289,7 +289,11 @@ async def serve(
             membership.start()
             repairs.start()
 
-        gate = rpc.Gate(config.max_concurrent_calls, config.max_unsent_answer_mib * 1024 * 1024)
+        gate = rpc.Gate(
+            config.max_concurrent_calls,
+            config.max_unsent_answer_mib * 1024 * 1024,
+            send_timeout_s=config.answer_send_timeout_s or None,
+        )
         metrics: NodeMetrics | None = None
         metrics_server: MetricsServer | None = None
         if metrics_socket is not None:

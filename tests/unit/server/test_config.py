@@ -484,3 +484,10 @@ def test_joining_an_existing_cluster_needs_a_seed() -> None:
     seed = (Peer("node2", HostPort("127.0.0.1", 50052)),)
     assert NodeConfig(joins_existing=True, peers=seed).joins_existing
     assert not NodeConfig(peers=seed).joins_existing  # the seed's command lines: new
+
+
+def test_answer_send_timeout_is_on_by_default_and_zero_turns_it_off() -> None:
+    assert NodeConfig().answer_send_timeout_s == 60.0
+    assert NodeConfig(answer_send_timeout_s=0).answer_send_timeout_s == 0
+    with pytest.raises(ConfigError, match="--answer-send-timeout"):
+        NodeConfig(answer_send_timeout_s=-1)

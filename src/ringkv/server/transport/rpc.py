@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeAlias
@@ -20,6 +20,7 @@ import grpc
 from google.protobuf.message import DecodeError, Message
 
 from ringkv.core.errors import (
+    DeadlineExceeded,
     InternalError,
     InvalidArgument,
     Overloaded,
@@ -132,9 +133,24 @@ class Gate:
     once are all admitted before any answer is counted, so a burst can
     overshoot by as many answers as it had calls inside handlers (bounded by
     ``max_calls``).
+
+    The budget bounds the bytes; ``send_timeout_s`` bounds the time. A
+    client or operator answer is written to its call (``send_within``), and
+    one its caller has not taken within that time ends the call, which frees
+    it: a reader that never reads holds at most its share, and that only for
+    as long.
     """
 
-    def __init__(self, max_calls: int | None = None, max_unsent_bytes: int | None = None) -> None:
+    def __init__(
+        self,
+        max_calls: int | None = None,
+        max_unsent_bytes: int | None = None,
+        *,
+        send_timeout_s: float | None = None,
+    ) -> None:
+        self.send_timeout_s = send_timeout_s
+        """How long a client or operator answer may wait for its caller to read
+        it before the call is ended DEADLINE_EXCEEDED (ANSWER_NOT_READ); None: for good."""
         self._active = 0
         self._limited = 0
         self._streams = 0
@@ -260,6 +276,23 @@ class Gate:
                 return
 
 
+async def send_within(context: Context, answer: bytes, timeout_s: float | None) -> None:
+    """Write ``answer`` to its call. Raises DeadlineExceeded (ANSWER_NOT_READ)
+    if the caller has not taken it (flow control) within ``timeout_s``; the
+    call must then be ended, which frees the answer."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            await context.write(answer)
+    except TimeoutError:
+        log.warning(
+            "an answer was not read in time; the call is ended",
+            extra={"peer": context.peer(), "bytes": len(answer), "timeout_s": timeout_s},
+        )
+        raise DeadlineExceeded(
+            f"the answer was not read within {timeout_s:g} s", reason="ANSWER_NOT_READ"
+        ) from None
+
+
 def _level_label(method: Method, request: Message | None) -> str:
     """The request's level for metrics; empty when it has none or is invalid."""
     if method.level is None or request is None:
@@ -332,6 +365,19 @@ def _serve(
     return serve
 
 
+def _sending(
+    answer: Callable[[bytes, Context], Awaitable[bytes]], gate: Gate
+) -> Callable[[bytes, Context], Awaitable[None]]:
+    async def send(raw: bytes, context: Context) -> None:
+        serialized = await answer(raw, context)
+        try:
+            await send_within(context, serialized, gate.send_timeout_s)
+        except DeadlineExceeded as error:
+            await abort_with(context, error)
+
+    return send
+
+
 def _serve_stream(
     method: StreamMethod,
     service: str,
@@ -340,14 +386,19 @@ def _serve_stream(
     observe: RequestObserver | None,
     *,
     policy: Policy | None = None,
-) -> Callable[[bytes, Context], AsyncIterator[bytes]]:
+) -> Callable[[bytes, Context], Awaitable[None]]:
     """Like ``_serve``, for a method that yields its responses: the call stays
     inside the gate until the last one is sent, and an error after some
     responses ends the stream with its status."""
     full_name = f"{service}/{method_name}"
     access = access_of(service, method_name)
 
-    async def serve(raw: bytes, context: Context) -> AsyncIterator[bytes]:
+    # An endless stream (a watch) is not timed: its caller reads as events
+    # come, and each waits for the one before it, so it holds one at most.
+    timed = access is not Access.MEMBER and not method.endless
+    timeout_s = gate.send_timeout_s if timed else None
+
+    async def serve(raw: bytes, context: Context) -> None:
         started = time.perf_counter()
         code = grpc.StatusCode.CANCELLED
         try:
@@ -363,7 +414,7 @@ def _serve_stream(
                 async with aclosing(method.handler(request, context)) as responses:
                     stream = _until(responses, gate.closing) if method.endless else responses
                     async for response in stream:
-                        yield response.SerializeToString()
+                        await send_within(context, response.SerializeToString(), timeout_s)
                 code = grpc.StatusCode.OK
             except RingkvError as error:
                 code = status_code(error)
@@ -429,8 +480,14 @@ def generic_handler(
             handlers[method_name] = grpc.unary_stream_rpc_method_handler(
                 _serve_stream(method, service.name, method_name, gate, observe, policy=policy)
             )
-        else:
+        elif gate.send_timeout_s is None or access_of(service.name, method_name) is Access.MEMBER:
             handlers[method_name] = grpc.unary_unary_rpc_method_handler(
                 _serve(method, service.name, method_name, gate, observe, policy=policy)
             )
+        else:
+            # Served as a stream of one answer, which the wire cannot tell from
+            # a unary answer: a unary handler's answer leaves grpc's hands
+            # with no way to give up on it, a written one can be timed.
+            answer = _serve(method, service.name, method_name, gate, observe, policy=policy)
+            handlers[method_name] = grpc.unary_stream_rpc_method_handler(_sending(answer, gate))
     return grpc.method_handlers_generic_handler(service.name, handlers)
