@@ -1,0 +1,51 @@
+"""The commit queue (``ringkv.server.data.commit``): group commit, bounded."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import pytest
+
+from ringkv.core.hlc import Version
+from ringkv.core.records import ApplyResult, Mutation, Record
+from ringkv.server.data import commit
+from ringkv.server.data.commit import CommitQueue
+from ringkv.storage.memory import MemoryEngine
+
+
+class CountingEngine(MemoryEngine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.commits: list[int] = []
+
+    def apply(self, mutations: Sequence[Mutation]) -> list[ApplyResult]:
+        self.commits.append(len(mutations))
+        return super().apply(mutations)
+
+
+def mutation(i: int, size: int) -> Mutation:
+    return Mutation(Record(b"k%d" % i, b"v" * size, Version(1 + i, "n1")))
+
+
+def test_waiting_writes_share_commits_bounded_in_count_and_bytes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(commit, "MAX_COMMIT_BYTES", 1000)
+    engine = CountingEngine()
+
+    async def scenario() -> None:
+        queue = CommitQueue(engine, max_batch=8)
+        try:
+            # 20 small ones wait together: commits of at most 8.
+            await asyncio.gather(*(queue.submit(mutation(i, 10)) for i in range(20)))
+            small = list(engine.commits)
+            engine.commits.clear()
+            # Four of 400 bytes: at most two fit in 1,000 bytes.
+            await asyncio.gather(*(queue.submit(mutation(100 + i, 400)) for i in range(4)))
+        finally:
+            await queue.close()
+        assert sum(small) == 20 and max(small) <= 8 and len(small) < 20
+        assert sum(engine.commits) == 4 and max(engine.commits) <= 2
+
+    asyncio.run(scenario())
