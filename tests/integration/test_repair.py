@@ -296,6 +296,34 @@ def test_cluster_repair_gives_a_replica_the_writes_it_missed_without_hints(
     assert_identical_replicas(members, workload)
 
 
+def test_repair_of_200k_keys_succeeds_with_default_flags(cluster: ClusterFactory) -> None:
+    """Issue 13: from about 200,000 keys a node every repair failed (a Merkle
+    call had the 2 s peer deadline, a build took longer) and marked healthy
+    peers down. Default flags, the replicas in sync: every round compares
+    both peers, finds nothing, and leaves every member alive."""
+    keys = 200_000
+    members = cluster(3)
+    wait_for_leader(members, "node3", timeout=30)
+    value = b"v" * 100
+    with ringkv.Client(",".join(n.address for n in members), timeout=60.0) as client:
+        for first in range(0, keys, 1000):
+            client.set_many({f"bulk/{i:06d}": value for i in range(first, first + 1000)})
+    # QUORUM answers after two replicas: wait for the third to hold them too.
+    wait_for(
+        lambda: all(stats_of(n).records == keys for n in members),
+        timeout=120,
+        what="every replica to hold every key",
+    )
+    for node in members:
+        report = repair(node.address, timeout=300)
+        assert (report.peers, report.failed, report.skipped) == (2, (), ()), report
+        assert report.leaves_differing == 0, report
+    state = cluster_state(members[0].address)
+    assert {m.node_id: m.state for m in state.members} == dict.fromkeys(
+        ("node1", "node2", "node3"), "alive"
+    )
+
+
 def test_scheduled_anti_entropy_converges_without_being_asked(cluster: ClusterFactory) -> None:
     members, workload = three_replicas_one_missed_writes(cluster, anti_entropy_interval="1")
     node1, node2, node3 = members
