@@ -49,3 +49,30 @@ def test_waiting_writes_share_commits_bounded_in_count_and_bytes(
         assert sum(engine.commits) == 4 and max(engine.commits) <= 2
 
     asyncio.run(scenario())
+
+
+class OneBadKey(CountingEngine):
+    """Refuses, as a whole, any transaction that holds one key."""
+
+    def apply(self, mutations: Sequence[Mutation]) -> list[ApplyResult]:
+        self.commits.append(len(mutations))
+        if any(m.record.key == b"k5" for m in mutations):
+            raise ValueError("a bad record")
+        return MemoryEngine.apply(self, mutations)
+
+
+def test_one_bad_write_fails_alone_in_a_few_commits() -> None:
+    engine = OneBadKey()
+
+    async def scenario() -> list[ApplyResult | Exception]:
+        queue = CommitQueue(engine)
+        try:
+            return await queue.submit_many([mutation(i, 10) for i in range(64)])
+        finally:
+            await queue.close()
+
+    results = asyncio.run(scenario())
+    assert [i for i, r in enumerate(results) if isinstance(r, Exception)] == [5]
+    assert all(engine.get(b"k%d" % i) is not None for i in range(64) if i != 5)
+    # Halving: one try of all 64, then two halves at each of six levels.
+    assert len(engine.commits) <= 1 + 2 * 6

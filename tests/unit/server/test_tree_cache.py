@@ -7,17 +7,18 @@ from __future__ import annotations
 import asyncio
 import random
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ringkv.core.errors import InvalidArgument
 from ringkv.core.hlc import LOGICAL_BITS, Version
 from ringkv.core.merkle import DEFAULT_DEPTH
 from ringkv.core.paxos import AcceptorState
-from ringkv.core.records import Record
+from ringkv.core.records import ApplyResult, Mutation, Record
 from ringkv.core.ring import TOKEN_SPACE
 from ringkv.server.data.commit import CommitQueue
 from ringkv.server.data.local_store import LocalStore
@@ -195,5 +196,66 @@ def test_writes_during_a_build_or_a_rescan_are_not_lost() -> None:
             assert trees.counters.merkle_tree_builds == 1
         finally:
             await commits.close()
+
+    asyncio.run(scenario())
+
+
+class SlowToAnswer(MemoryEngine):
+    """An engine whose commits are stored at once but reported late."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hold = False
+        self.stored = threading.Event()
+        self.report = threading.Event()
+
+    def apply(self, mutations: Sequence[Mutation]) -> list[ApplyResult]:
+        results = super().apply(mutations)
+        if self.hold:
+            self.stored.set()
+            self.report.wait(timeout=30)
+        return results
+
+
+def test_a_tree_built_between_a_commit_and_its_report_counts_it_once() -> None:
+    """Found by review: the engine holds a commit before the event loop hears
+    of it; a tree scanned in between saw the write, and its delta came after."""
+    engine = SlowToAnswer()
+    spans = SPAN_SETS[0]
+
+    async def scenario() -> None:
+        commits = CommitQueue(engine)
+        store = LocalStore(engine, commits)
+        trees = TreeCache(engine)
+        store.observe(trees)
+        try:
+            await store.apply_many([record(i, 10, "a", "value") for i in range(40)])
+            engine.hold = True
+            writing = asyncio.ensure_future(store.apply(record(7, 5, "b", "value")))
+            assert await asyncio.to_thread(engine.stored.wait, 30)
+            kept = await trees.tree(spans, 4, HORIZONS[0])  # sees the write
+            engine.report.set()
+            await writing
+            engine.hold = False
+            kept = await trees.tree(spans, 4, HORIZONS[0])
+            assert kept.leaves == span_tree(engine, spans, 4, HORIZONS[0]).leaves
+        finally:
+            engine.report.set()
+            await commits.close()
+
+    asyncio.run(scenario())
+
+
+def test_overlapping_spans_are_refused_and_unsorted_ones_sorted() -> None:
+    engine = MemoryEngine()
+
+    async def scenario() -> None:
+        trees = TreeCache(engine)
+        with pytest.raises(InvalidArgument):
+            await trees.tree([(0, 10), (5, 20)], 2, 0)
+        one = await trees.tree([(1 << 62, 1 << 63), (0, 1 << 60)], 2, 0)
+        other = await trees.tree([(0, 1 << 60), (1 << 62, 1 << 63)], 2, 0)
+        assert one == other
+        assert trees.counters.merkle_tree_builds == 1
 
     asyncio.run(scenario())

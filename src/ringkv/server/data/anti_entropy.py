@@ -260,26 +260,22 @@ class AntiEntropy:
             return 0  # Nothing new to purge, and nothing newly old enough.
         # Before the scan: a candidate written during it is found next time.
         self._purge_candidates.written = False
+        self._trees.purged(horizon)
         try:
-            purged, keys = await asyncio.to_thread(self._purge, horizon)
+            purged = await asyncio.to_thread(self._purge, horizon)
         except BaseException:
             self._purge_candidates.written = True
             raise
-        self._trees.touched(keys)
         self._purged_at = horizon
         return purged
 
-    def _purge(self, horizon: int) -> tuple[int, list[bytes]]:
-        """The number purged, and the keys whose records it may have purged."""
+    def _purge(self, horizon: int) -> int:
         doomed = (r for r in self._engine.scan(0, TOKEN_SPACE) if purgeable(r, horizon))
         purged = 0
-        keys: list[bytes] = []
         while chunk := list(itertools.islice(doomed, PURGE_CHUNK)):
-            keys += (record.key for record in chunk)
-            purged += self._engine.purge(
-                [record.key for record in chunk], expected=[record.version for record in chunk]
-            )
-        return purged, keys
+            keys = [record.key for record in chunk]
+            purged += self._engine.purge(keys, expected=[record.version for record in chunk])
+        return purged
 
 
 class PurgeCandidates:
@@ -290,6 +286,9 @@ class PurgeCandidates:
 
     def __init__(self) -> None:
         self.written = True  # Until the first scan: whatever the store held at startup.
+
+    def committing(self, mutations: Sequence[Mutation]) -> None:
+        pass  # Only what was stored counts.
 
     def applied(
         self, mutations: Sequence[Mutation], results: Sequence[ApplyResult | Exception]

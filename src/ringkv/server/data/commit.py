@@ -9,12 +9,12 @@ its own transaction.
 from __future__ import annotations
 
 import asyncio
-import functools
+import contextlib
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
-from ringkv.core.errors import StorageFull
+from ringkv.core.errors import InternalError, StorageFull
 from ringkv.core.records import ApplyResult, Mutation, Record
 from ringkv.server.transport.batching import Batcher
 from ringkv.storage import Engine
@@ -31,12 +31,21 @@ large values commit in smaller groups."""
 
 
 class CommitObserver(Protocol):
-    """Told on the event loop of every change a commit made to the records."""
+    """Told on the event loop of every change a commit made to the records.
+
+    A commit is visible in the engine before the event loop hears how it
+    went: ``committing`` comes before the batch goes to the commit thread,
+    ``applied`` after, so an observer can tell which changes may already be
+    in the engine without having been announced.
+    """
+
+    def committing(self, mutations: Sequence[Mutation]) -> None:
+        """Mutations about to be committed; ``applied`` follows with the same list."""
 
     def applied(
         self, mutations: Sequence[Mutation], results: Sequence[ApplyResult | Exception]
     ) -> None:
-        """Mutations committed, with what each did."""
+        """Mutations committed, with what each did (an exception: not stored)."""
 
     def touched(self, keys: Iterable[bytes]) -> None:
         """The records of ``keys`` may have changed (a Paxos step, a purge)."""
@@ -75,13 +84,29 @@ class CommitQueue:
         self._observers.append(observer)
 
     async def _commit(self, mutations: list[Mutation]) -> list[ApplyResult | Exception]:
+        for observer in self._observers:
+            observer.committing(mutations)
         try:
             results = await self._commit_all(mutations)
+        except Exception as error:  # nothing of the batch was stored
+            self._tell_applied(mutations, [error] * len(mutations))
+            raise
+        except BaseException:  # cancelled: the commit thread may store it yet
+            self._tell_applied(mutations, [])
+            self._touched([m.record.key for m in mutations])
+            raise
         finally:
             self._on_commit()
+        self._tell_applied(mutations, results)
+        return results
+
+    def _tell_applied(
+        self, mutations: list[Mutation], results: Sequence[ApplyResult | Exception]
+    ) -> None:
+        if len(results) != len(mutations):
+            results = [InternalError("the commit was cancelled")] * len(mutations)
         for observer in self._observers:
             observer.applied(mutations, results)
-        return results
 
     async def _commit_all(self, mutations: list[Mutation]) -> list[ApplyResult | Exception]:
         loop = asyncio.get_running_loop()
@@ -89,19 +114,30 @@ class CommitQueue:
             return list(await loop.run_in_executor(self._thread, self._engine.apply, mutations))
         except StorageFull:
             raise
-        except Exception:
+        except Exception as error:
             if len(mutations) == 1:
                 raise
-        # One bad write must not fail the others that shared its (aborted)
-        # transaction: commit each alone, so only the bad one fails.
+            failure = error
+        return await self._isolate(mutations, failure)
+
+    async def _isolate(
+        self, mutations: list[Mutation], failure: Exception
+    ) -> list[ApplyResult | Exception]:
+        """One bad write must not fail the others that shared its (aborted)
+        transaction: commit each half alone, and halves of a half that fails
+        again, so one bad write among 4,096 costs a dozen commits, not 4,096."""
+        if len(mutations) == 1:
+            return [failure]
+        loop = asyncio.get_running_loop()
         results: list[ApplyResult | Exception] = []
-        for mutation in mutations:
+        middle = len(mutations) // 2
+        for half in (mutations[:middle], mutations[middle:]):
             try:
-                (result,) = await loop.run_in_executor(self._thread, self._engine.apply, [mutation])
+                results += await loop.run_in_executor(self._thread, self._engine.apply, half)
+            except StorageFull as full:
+                results += [full] * len(half)
             except Exception as error:
-                results.append(error)
-            else:
-                results.append(result)
+                results += await self._isolate(half, error)
         return results
 
     async def submit(self, mutation: Mutation) -> ApplyResult:
@@ -118,12 +154,15 @@ class CommitQueue:
         keys = [record.key for record in records]
         versions = [record.version for record in records]
         loop = asyncio.get_running_loop()
-        try:
-            return await loop.run_in_executor(
-                self._thread, functools.partial(self._engine.purge, keys, expected=versions)
-            )
-        finally:
-            self._touched(keys)
+        purging = self._thread.submit(self._engine.purge, keys, expected=versions)
+
+        def purged(_: object) -> None:
+            # When the purge is done, even if its caller stopped waiting.
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(self._touched, keys)
+
+        purging.add_done_callback(purged)
+        return await asyncio.wrap_future(purging)
 
     def _touched(self, keys: Sequence[bytes]) -> None:
         for observer in self._observers:

@@ -31,6 +31,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from ringkv.core import merkle
+from ringkv.core.errors import InvalidArgument
 from ringkv.core.merkle import MerkleTree, purgeable, record_hash
 from ringkv.core.records import ApplyResult, Mutation, Outcome, Record
 from ringkv.core.tokens import TOKEN_BITS, token_of
@@ -138,12 +139,22 @@ class TreeCache:
         self._capacity = capacity
         self._trees: OrderedDict[tuple[tuple[Span, ...], int, int], _Tree] = OrderedDict()
         self._lock = asyncio.Lock()
+        self._in_flight: dict[int, Sequence[Mutation]] = {}
+        """Batches on the commit thread: in the engine perhaps, not yet announced."""
+        self._purged_below = 0
+        """The newest purge horizon: a tree at an older one is not kept, since a
+        purge removes records such a tree counts, and says nothing of them."""
 
     async def tree(self, spans: Sequence[Span], depth: int, horizon: int) -> MerkleTree:
         """The tree of the records in ``spans`` (disjoint) at ``depth``,
         without those purgeable at ``horizon``."""
-        key = (tuple(spans), depth, horizon)
+        ordered = tuple(sorted(spans))
+        if any(end > start for (_, end), (start, _) in itertools.pairwise(ordered)):
+            raise InvalidArgument("a Merkle tree's spans must not overlap")
+        key = (ordered, depth, horizon)
         async with self._lock:
+            if horizon < self._purged_below:
+                return await asyncio.to_thread(span_tree, self._engine, ordered, depth, horizon)
             held = self._trees.get(key)
             if held is None:
                 held = await self._build(key)
@@ -170,6 +181,7 @@ class TreeCache:
             raise
         held.leaves = list(built.leaves)
         held.building = False
+        self._mark_in_flight(held)
         self.counters.merkle_tree_builds += 1
         return held
 
@@ -186,6 +198,7 @@ class TreeCache:
             raise
         finally:
             held.rescanning = frozenset()
+        self._mark_in_flight(held)
         for leaf, value in zip(leaves, hashes, strict=True):
             # A leaf written during the scan keeps what the scan found, and
             # its mark: a delta on top of a scan that may have seen the write
@@ -193,10 +206,31 @@ class TreeCache:
             held.leaves[leaf] = value
         self.counters.merkle_leaves_rescanned += len(leaves)
 
+    def _mark_in_flight(self, held: _Tree) -> None:
+        """After a scan: a batch committed but not yet announced may be in what
+        it saw, so its delta, when it comes, must not be added: its leaves are
+        scanned again instead."""
+        for mutations in self._in_flight.values():
+            for mutation in mutations:
+                if mutation.hint_for is None:
+                    held.touched(token_of(mutation.record.key))
+
+    def committing(self, mutations: Sequence[Mutation]) -> None:
+        """A batch goes to the commit thread."""
+        self._in_flight[id(mutations)] = mutations
+
+    def purged(self, horizon: int) -> None:
+        """Records purgeable at ``horizon`` are about to be removed for good: trees
+        at that horizon or a later one leave them out already; older ones go."""
+        self._purged_below = max(self._purged_below, horizon)
+        for key in [key for key in self._trees if key[2] < horizon]:
+            del self._trees[key]
+
     def applied(
         self, mutations: Sequence[Mutation], results: Sequence[ApplyResult | Exception]
     ) -> None:
         """A commit's outcome: each record it stored replaced the one before."""
+        self._in_flight.pop(id(mutations), None)
         if not self._trees:
             return
         for mutation, result in zip(mutations, results, strict=True):
