@@ -33,7 +33,9 @@ from pathlib import Path
 from types import FrameType
 
 from ringkv.cli.local_cluster import node_command_lines
+from ringkv.client.admin import cluster_state
 from ringkv.client.health import wait_until_serving
+from ringkv.core.errors import RingkvError
 
 NODES = 3
 REPLICAS = 3
@@ -99,9 +101,33 @@ def local_cluster(
             ):
                 tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-20:])
                 raise SystemExit(f"the node at {address} did not start:\n{tail}")
+        if not _agree_on_a_leader(addresses, deadline):
+            raise SystemExit("the nodes did not agree on a leader and a member table in time")
         yield LocalCluster(addresses, children, workdir / "data")
     finally:
         stop(children)
+
+
+def _agree_on_a_leader(addresses: Sequence[str], deadline: float) -> bool:
+    """Wait until every node follows one leader on one member table: a node
+    serves before it has heard from the others, and requests it coordinates
+    on its provisional table (epoch 0) are refused by replicas on the real one."""
+    while time.monotonic() < deadline:
+        try:
+            states = [cluster_state(address, timeout=2.0) for address in addresses]
+        except RingkvError:
+            states = []
+        if (
+            states
+            and states[0].leader_id
+            and states[0].epoch >= 1
+            and all(
+                (s.leader_id, s.epoch) == (states[0].leader_id, states[0].epoch) for s in states
+            )
+        ):
+            return True
+        time.sleep(0.1)
+    return False
 
 
 def spawn(line: list[str], log_path: Path) -> subprocess.Popen[bytes]:

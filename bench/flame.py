@@ -1,4 +1,4 @@
-"""A flame graph of one ringkv node under write load (py-spy, native frames included).
+"""A flame graph of one ringkv node under load (py-spy, native frames included).
 
     PYTHONPATH=src .venv/bin/python bench/flame.py --out docs/flame-write.svg
 
@@ -29,7 +29,7 @@ from pathlib import Path
 from types import FrameType
 
 from cluster import free_base_port, local_cluster
-from compare import drive, ringkv_system
+from compare import READS, WORKLOADS, drive, preload, ringkv_system
 from rich.console import Console
 from rich.table import Table
 
@@ -101,7 +101,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("flame-write.svg"), help="SVG to write")
     parser.add_argument("--duration", type=int, default=20, help="seconds recorded")
-    parser.add_argument("--concurrency", type=int, default=64, help="writes in flight")
+    parser.add_argument("--concurrency", type=int, default=64, help="requests in flight")
+    parser.add_argument(
+        "--workload", choices=WORKLOADS, default="write", help="what the load generator sends"
+    )
     parser.add_argument("--top", type=int, default=25, help="functions listed")
     args = parser.parse_args()
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
@@ -121,12 +124,16 @@ def main() -> int:
             # while sampled): the flame graph, then the collapsed stacks.
             recorders = Recorders(record, args.out, raw, args.duration)
             recorders.start()
-            run = asyncio.run(drive(system, "write", args.concurrency, 2 * args.duration + 2, 1))
+            if args.workload in READS:
+                asyncio.run(preload(system))
+            run = asyncio.run(
+                drive(system, args.workload, args.concurrency, 2 * args.duration + 2, 1)
+            )
             recorders.finish(timeout_s=60)
             console.print(
-                f"while sampled: {run.throughput:,.0f} writes/s, p50 {run.p50_ms:.1f} ms, "
-                f"p99 {run.p99_ms:.1f} ms, "
-                f"{run.cpu_us_per_op:,.0f} µs of node CPU (3 nodes) per write, "
+                f"while sampled: {run.throughput:,.0f} {args.workload} ops/s, "
+                f"p50 {run.p50_ms:.1f} ms, p99 {run.p99_ms:.1f} ms, "
+                f"{run.cpu_us_per_op:,.0f} µs of node CPU (3 nodes) per operation, "
                 f"{run.errors} errors"
             )
             console.print(top_functions(raw, args.top))

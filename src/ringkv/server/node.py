@@ -19,7 +19,7 @@ from ringkv.core.election import ElectionConfig
 from ringkv.core.errors import Unavailable
 from ringkv.core.hlc import HybridLogicalClock
 from ringkv.core.membership import Membership, RingMaker
-from ringkv.server import descriptors
+from ringkv.server import descriptors, running_loop
 from ringkv.server.cluster.clock_guard import ClockGuard, ClockProber
 from ringkv.server.cluster.clock_mark import ClockMark
 from ringkv.server.cluster.cluster_view import ClusterView
@@ -481,4 +481,12 @@ def run(config: NodeConfig) -> None:
     except ImportError:  # pragma: no cover
         loop_factory = None
     with asyncio.Runner(loop_factory=loop_factory) as runner:
-        runner.run(serve(config))
+        runner.run(_serve_on_a_remembered_loop(config))
+
+
+async def _serve_on_a_remembered_loop(config: NodeConfig) -> None:
+    running_loop.remember(asyncio.get_running_loop())
+    try:
+        await serve(config)
+    finally:
+        running_loop.forget()
