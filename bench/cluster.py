@@ -82,11 +82,11 @@ class LocalCluster:
 
 @contextlib.contextmanager
 def local_cluster(
-    workdir: Path, base_port: int, extra_flags: Sequence[str] = ()
+    workdir: Path, base_port: int, extra_flags: Sequence[str] = (), *, replicas: int = REPLICAS
 ) -> Iterator[LocalCluster]:
     """Run the cluster while the block runs (``extra_flags`` go to every node)."""
     lines = node_command_lines(
-        NODES, base_port, REPLICAS, workdir / "data", "lmdb", extra_flags=extra_flags
+        NODES, base_port, replicas, workdir / "data", "lmdb", extra_flags=extra_flags
     )
     addresses = [f"127.0.0.1:{base_port + index}" for index in range(NODES)]
     logs = [workdir / f"node{index + 1}.log" for index in range(NODES)]

@@ -183,10 +183,19 @@ def _cpu_ticks(pids: Sequence[int]) -> int:
 
 
 async def drive(
-    system: System, workload: str, concurrency: int, duration_s: float, round_: int
+    system: System,
+    workload: str,
+    concurrency: int,
+    duration_s: float,
+    round_: int,
+    *,
+    route: Callable[[bytes], int] | None = None,
 ) -> Run:
-    """``concurrency`` requests in flight for ``duration_s``; latencies of those that succeeded."""
+    """``concurrency`` requests in flight for ``duration_s``; latencies of those
+    that succeeded. Requests go round-robin over the endpoints, or to the one
+    ``route`` names for the key."""
     keys = WRITE_KEYS if workload == "write" else READ_KEYS
+    endpoint_of = [route(b"key%06d" % i) if route is not None else None for i in range(keys)]
     requests = [system.request(workload, b"key%06d" % i) for i in range(keys)]
     channels = [grpc.aio.insecure_channel(endpoint) for endpoint in system.endpoints]
     calls = [_raw_call(channel, system.methods[workload]) for channel in channels]
@@ -204,7 +213,8 @@ async def drive(
                 number = next(numbers)
                 if number >= MAX_OPS_PER_RUN:
                     return
-                call = calls[number % len(calls)]
+                routed = endpoint_of[number % keys]
+                call = calls[number % len(calls) if routed is None else routed]
                 sent = time.perf_counter_ns()
                 try:
                     await call(requests[number % keys], timeout=CALL_TIMEOUT_S)
