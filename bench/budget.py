@@ -142,7 +142,7 @@ def main() -> int:
     ]
     for hop, micros, how in rows:
         table.add_row(hop, f"{micros:,.0f}", how)
-    Console().print(table)
+    Console(width=None if sys.stdout.isatty() else 120).print(table)
     return 0
 
 
