@@ -7,7 +7,8 @@ from __future__ import annotations
 import asyncio
 import random
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -62,6 +63,19 @@ def make_engine(kind: str, path: Path) -> Engine:
     return MemoryEngine() if kind == "memory" else LmdbEngine(path, FsyncMode.NEVER)
 
 
+@asynccontextmanager
+async def observed_store(engine: Engine) -> AsyncIterator[tuple[LocalStore, TreeCache]]:
+    """A store over ``engine`` whose commits a tree cache observes, as on a node."""
+    commits = CommitQueue(engine)
+    store = LocalStore(engine, commits)
+    trees = TreeCache(engine)
+    store.observe(trees)
+    try:
+        yield store, trees
+    finally:
+        await commits.close()
+
+
 async def kept_and_fresh(
     engine: Engine, trees: TreeCache
 ) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
@@ -86,11 +100,7 @@ def test_a_kept_tree_follows_every_write_without_a_scan(
     engine = make_engine(kind, tmp_path_factory.mktemp("data"))
 
     async def scenario() -> None:
-        commits = CommitQueue(engine)
-        store = LocalStore(engine, commits)
-        trees = TreeCache(engine)
-        store.observe(trees)
-        try:
+        async with observed_store(engine) as (store, trees):
             for key, age, node, kind_, hint_for in before:
                 await store.apply(record(key, age, node, kind_), hint_for=hint_for)
             await kept_and_fresh(engine, trees)
@@ -103,8 +113,6 @@ def test_a_kept_tree_follows_every_write_without_a_scan(
                 assert kept == fresh
             assert trees.counters.merkle_tree_builds == built
             assert trees.counters.merkle_leaves_rescanned == 0
-        finally:
-            await commits.close()
 
     try:
         asyncio.run(scenario())
@@ -122,11 +130,7 @@ def test_purges_and_paxos_steps_rescan_only_their_leaves(tmp_path: Path, kind: s
         return state, 0, record(3, 1, "b", "value")
 
     async def scenario() -> None:
-        commits = CommitQueue(engine)
-        store = LocalStore(engine, commits)
-        trees = TreeCache(engine)
-        store.observe(trees)
-        try:
+        async with observed_store(engine) as (store, trees):
             await store.apply_many(records)
             await kept_and_fresh(engine, trees)
             built = trees.counters.merkle_tree_builds
@@ -140,8 +144,6 @@ def test_purges_and_paxos_steps_rescan_only_their_leaves(tmp_path: Path, kind: s
                 < trees.counters.merkle_leaves_rescanned
                 <= 6 * len(SPAN_SETS) * len(DEPTHS) * len(HORIZONS)
             )
-        finally:
-            await commits.close()
 
     try:
         asyncio.run(scenario())
@@ -171,11 +173,7 @@ def test_writes_during_a_build_or_a_rescan_are_not_lost() -> None:
     spans = SPAN_SETS[0]
 
     async def scenario() -> None:
-        commits = CommitQueue(engine)
-        store = LocalStore(engine, commits)
-        trees = TreeCache(engine)
-        store.observe(trees)
-        try:
+        async with observed_store(engine) as (store, trees):
             await store.apply_many([record(i, 10, "a", "value") for i in range(40)])
             for phase, age in (("build", 5), ("rescan", 3)):
                 engine.pause, engine.paused, engine.go_on = (
@@ -194,8 +192,6 @@ def test_writes_during_a_build_or_a_rescan_are_not_lost() -> None:
                 engine.pause = False
                 assert kept.leaves == span_tree(engine, spans, 2, HORIZONS[0]).leaves
             assert trees.counters.merkle_tree_builds == 1
-        finally:
-            await commits.close()
 
     asyncio.run(scenario())
 
@@ -224,24 +220,17 @@ def test_a_tree_built_between_a_commit_and_its_report_counts_it_once() -> None:
     spans = SPAN_SETS[0]
 
     async def scenario() -> None:
-        commits = CommitQueue(engine)
-        store = LocalStore(engine, commits)
-        trees = TreeCache(engine)
-        store.observe(trees)
-        try:
+        async with observed_store(engine) as (store, trees):
             await store.apply_many([record(i, 10, "a", "value") for i in range(40)])
             engine.hold = True
             writing = asyncio.ensure_future(store.apply(record(7, 5, "b", "value")))
             assert await asyncio.to_thread(engine.stored.wait, 30)
-            kept = await trees.tree(spans, 4, HORIZONS[0])  # sees the write
+            await trees.tree(spans, 4, HORIZONS[0])  # built now: its scan sees the write
             engine.report.set()
             await writing
             engine.hold = False
             kept = await trees.tree(spans, 4, HORIZONS[0])
             assert kept.leaves == span_tree(engine, spans, 4, HORIZONS[0]).leaves
-        finally:
-            engine.report.set()
-            await commits.close()
 
     asyncio.run(scenario())
 
