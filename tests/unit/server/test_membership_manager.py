@@ -195,3 +195,31 @@ def test_a_joiner_the_operator_removed_saves_itself_decommissioned(tmp_path: Pat
             assert state.decommissioned
 
     asyncio.run(scenario())
+
+
+def test_a_table_that_came_by_another_way_than_the_leaders_heartbeat_holds_no_lease(
+    tmp_path: Path,
+) -> None:
+    """Cluster sim seed 42543: a follower adopted a deposed leader's newer table
+    from its claim and kept the lease its own leader had given on the older
+    one, so it held a lease on a table no leader vouched for."""
+
+    async def scenario() -> None:
+        now, wall = Clock(), Clock()
+        wall.now_ms = 1_700_000_000_000
+        lease = LeaderLease(ELECTION.election_timeout_ms, now)
+        async with manager(tmp_path, lease, wall) as (membership, _, view):
+            leaders_table = view.membership
+            just_sent = wall.now_ms + LEADER_CLOCK_OFFSET_MS
+            assert heartbeat(membership, "c", 5, just_sent).accepted
+            assert lease.held
+            # b, deposed in term 4, claims with a table it made then.
+            newer = Membership(leaders_table.epoch + 1, leaders_table.members, 4)
+            membership.heartbeat(received("b", 4, newer, claim=True))
+            assert view.membership == newer
+            assert not lease.held
+            # c's heartbeat with that table vouches for it, and renews the lease.
+            membership.heartbeat(received("c", 5, newer, sent_wall_ms=just_sent))
+            assert lease.held
+
+    asyncio.run(scenario())

@@ -78,6 +78,11 @@ class LeaderLease:
         self._expires_ms = self._monotonic_ms() + self._duration_ms
         self._wake_if_gained(was_held)
 
+    def lapse(self) -> None:
+        """The table the leader's heartbeats vouched for is no longer the one in
+        effect here: the lease waits for a heartbeat that carries the new one."""
+        self._expires_ms = 0
+
     def lead(self, until_ms: int) -> None:
         """This node leads until ``until_ms`` (its election's lease), or not at all (0).
 

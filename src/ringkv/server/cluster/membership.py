@@ -299,6 +299,14 @@ class MembershipManager:
     def _adopt(self, table: Membership) -> None:
         before = self.membership.get(self.node_id)
         self._leaving = before is not None and before.status is MemberStatus.LEAVING
+        # A lease vouches for the table its leader's heartbeats carried. One
+        # that came another way (a claim, a vote's answer, a member's reply)
+        # was vouched for by no one: cluster sim seed 42543, a follower
+        # adopted a deposed leader's table from its claim, kept the lease its
+        # real leader had given on the older one, and so held a lease on a
+        # table whose ring shared nothing with the one its leader then made.
+        # The leader's heartbeat with the new table renews it at once.
+        self._lease.lapse()
         self._view.adopt(table)
         self._duties.adopted_table(table, self._now_ms())
         log.info(
