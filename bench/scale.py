@@ -34,13 +34,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from cluster import NODES, free_base_port, local_cluster, spawn, stop
+from cluster import NODES, LocalCluster, free_base_port, local_cluster, spawn, stop
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 import ringkv
-from ringkv.client.admin import cluster_state, repair
+from ringkv.client.admin import RepairReport, cluster_state, repair
 from ringkv.core.errors import RingkvError
 
 JOIN_TIMEOUT_S = 1800.0
@@ -111,6 +111,16 @@ def wait_for_normal(address: str, node_id: str, timeout: float) -> float:
     raise SystemExit(f"{node_id} did not become a normal member within {timeout:.0f} s")
 
 
+def repair_all(cluster: LocalCluster) -> tuple[float, float, list[RepairReport]]:
+    """One anti-entropy round on every node in turn: seconds, the nodes' CPU
+    seconds, and the reports."""
+    started = time.monotonic()
+    cpu_before = sum(cpu_seconds(p.pid) for p in cluster.processes)
+    reports = [repair(address, timeout=600.0) for address in cluster.addresses]
+    cpu_s = sum(cpu_seconds(p.pid) for p in cluster.processes) - cpu_before
+    return round(time.monotonic() - started, 1), round(cpu_s, 1), reports
+
+
 def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     base_port = free_base_port(NODES + 1)
     results: dict[str, Any] = {"keys": args.keys, "value_bytes": args.value_bytes}
@@ -126,32 +136,19 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         if args.load_only:
             return results
 
-        started = time.monotonic()
-        cpu_before = sum(cpu_seconds(p.pid) for p in cluster.processes)
-        reports = [repair(address, timeout=600.0) for address in cluster.addresses]
-        results["repair_seconds"] = round(time.monotonic() - started, 1)
-        results["repair_cpu_s"] = round(
-            sum(cpu_seconds(p.pid) for p in cluster.processes) - cpu_before, 1
-        )
+        results["repair_seconds"], results["repair_cpu_s"], reports = repair_all(cluster)
         results["repair_failed"] = sorted({n for r in reports for n in r.failed})
         results["repair_leaves_differing"] = sum(r.leaves_differing for r in reports)
         # Again, with nothing written since: the nodes' kept trees answer.
-        started = time.monotonic()
-        for address in cluster.addresses:
-            repair(address, timeout=600.0)
-        results["repair_again_seconds"] = round(time.monotonic() - started, 1)
+        results["repair_again_seconds"], _, _ = repair_all(cluster)
         # A tenth of the keys written again: the kept trees follow the writes,
         # so this round scans nothing either.
         asyncio.run(load(cluster.addresses, args, args.keys // 10))
         time.sleep(SETTLE_S)
-        started = time.monotonic()
-        cpu_before = sum(cpu_seconds(p.pid) for p in cluster.processes)
-        reports = [repair(address, timeout=600.0) for address in cluster.addresses]
-        results["repair_after_writes_seconds"] = round(time.monotonic() - started, 1)
+        seconds, cpu_s, reports = repair_all(cluster)
+        results["repair_after_writes_seconds"] = seconds
         results["repair_after_writes_leaves_differing"] = sum(r.leaves_differing for r in reports)
-        results["repair_after_writes_cpu_s"] = round(
-            sum(cpu_seconds(p.pid) for p in cluster.processes) - cpu_before, 1
-        )
+        results["repair_after_writes_cpu_s"] = cpu_s
 
         cpu_before = sum(cpu_seconds(p.pid) for p in cluster.processes)
         time.sleep(args.idle_seconds)

@@ -92,7 +92,8 @@ class CommitQueue:
             self._tell_applied(mutations, [error] * len(mutations))
             raise
         except BaseException:  # cancelled: the commit thread may store it yet
-            self._tell_applied(mutations, [])
+            cancelled = InternalError("the commit was cancelled")
+            self._tell_applied(mutations, [cancelled] * len(mutations))
             self._touched([m.record.key for m in mutations])
             raise
         finally:
@@ -103,8 +104,6 @@ class CommitQueue:
     def _tell_applied(
         self, mutations: list[Mutation], results: Sequence[ApplyResult | Exception]
     ) -> None:
-        if len(results) != len(mutations):
-            results = [InternalError("the commit was cancelled")] * len(mutations)
         for observer in self._observers:
             observer.applied(mutations, results)
 
