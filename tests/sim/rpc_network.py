@@ -68,7 +68,8 @@ def rpc_error(code: grpc.StatusCode, details: str, trailing: tuple[Any, ...] = (
 def error_answer(error: BaseException) -> Exception | None:
     """The error a caller sees for what a handler raised; None for a bug."""
     if isinstance(error, RelayedError):
-        return error.error
+        status = error.status
+        return rpc_error(status.code, status.details, status.trailing_metadata)
     if isinstance(error, RingkvError):
         code = status_code(error)
         return rpc_error(code, error.message, ((STATUS_DETAILS, status_details(error, code)),))

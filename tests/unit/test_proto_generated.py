@@ -1,5 +1,5 @@
 """The committed generated code matches what ``scripts/gen-proto`` makes from the
-.proto files (kv, replica, admin)."""
+.proto files (kv, replica, admin, forward)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 GEN_PROTO = ROOT / "scripts" / "gen-proto"
 COMMITTED = ROOT / "src" / "ringkv" / "api"
-PROTOS = ("kv", "replica", "admin")
+PROTOS = ("kv", "replica", "admin", "forward")
 GENERATED_FILES = tuple(
     f"{proto}{suffix}"
     for proto in PROTOS

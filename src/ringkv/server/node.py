@@ -40,6 +40,7 @@ from ringkv.server.data.tree_cache import TreeCache
 from ringkv.server.data.watch_coordinator import WatchCoordinator
 from ringkv.server.services.admin_service import AdminService
 from ringkv.server.services.cluster_service import ClusterService
+from ringkv.server.services.forward_service import ForwardService
 from ringkv.server.services.kv_service import KeyValueService
 from ringkv.server.services.metrics import MetricsServer, NodeCollector, NodeMetrics
 from ringkv.server.services.metrics import bind as bind_metrics
@@ -243,19 +244,21 @@ async def serve(
         )
         resources.push_async_callback(repairs.close)
 
+        kv = KeyValueService(
+            view,
+            coordinator,
+            KeyScanner(view, engine, now_ms, lease),
+            WatchCoordinator(view, changes, clock, now_ms),
+            config.limits,
+            read_level=config.read_level,
+            write_level=config.write_level,
+            request_timeout_s=config.request_timeout_s,
+            counters=counters,
+            clock_guard=clock_guard,
+        )
         services: list[rpc.Service] = [
-            KeyValueService(
-                view,
-                coordinator,
-                KeyScanner(view, engine, now_ms, lease),
-                WatchCoordinator(view, changes, clock, now_ms),
-                config.limits,
-                read_level=config.read_level,
-                write_level=config.write_level,
-                request_timeout_s=config.request_timeout_s,
-                counters=counters,
-                clock_guard=clock_guard,
-            ),
+            kv,
+            ForwardService(kv),
             ClusterService(
                 view,
                 engine,

@@ -30,7 +30,7 @@ from ringkv.server.counters import Counters
 from ringkv.server.data.anti_entropy import RepairSchedule
 from ringkv.server.data.rebalance import Rebalancer
 from ringkv.server.transport.peers import Peer
-from ringkv.server.transport.rpc import Context, Method, RelayedError
+from ringkv.server.transport.rpc import Context, Method, PeerStatus, RelayedError
 from ringkv.server.transport.wire import membership_to_wire
 from ringkv.storage import Engine
 
@@ -201,4 +201,4 @@ async def _relayed(call: Awaitable[T]) -> T:
             raise Unavailable(
                 f"the leader cannot be reached: {error.code().name}", reason="NO_LEADER"
             ) from None
-        raise RelayedError(error) from None
+        raise RelayedError(PeerStatus.of_call(error)) from None

@@ -12,16 +12,17 @@ or may not stamp versions. A node whose own clock may not stamp
 from __future__ import annotations
 
 import asyncio
+import math
 from collections import Counter
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import aclosing
-from typing import TYPE_CHECKING, Protocol, TypeVar
+from dataclasses import dataclass
+from typing import Protocol, TypeVar
 
 import grpc
 
-from ringkv.api import kv_pb2
+from ringkv.api import forward_pb2, kv_pb2
 from ringkv.api.headers import FORWARD_HOPS, RING_EPOCH
-from ringkv.api.status import error_info
 from ringkv.core.consistency import Consistency
 from ringkv.core.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted, RingkvError
 from ringkv.core.records import Record
@@ -39,16 +40,13 @@ from ringkv.server.transport.rpc import (
     SHUTTING_DOWN,
     Context,
     Method,
+    PeerStatus,
     RelayedError,
     StreamMethod,
 )
 
-if TYPE_CHECKING:  # the async stub type exists only in the generated .pyi
-    from ringkv.api.kv_pb2_grpc import KeyValueAsyncStub
-
 RequestT = TypeVar("RequestT")
 ResponseT = TypeVar("ResponseT")
-Forwardable = grpc.aio.UnaryUnaryMultiCallable
 MAX_HOPS = 1
 MAX_KEYS_PER_CALL = 1000
 
@@ -137,18 +135,32 @@ class KeyValueService:
 
     async def set(self, request: kv_pb2.SetRequest, context: Context) -> kv_pb2.SetResponse:
         self._answer(context)
+        return await self._set(request, self._call(context))
+
+    async def set_forwarded(
+        self, request: kv_pb2.SetRequest, timeout_s: float
+    ) -> kv_pb2.SetResponse:
+        """A Set another node forwarded here in a batch (``ForwardService``)."""
+        return await self._set(request, self._forwarded_call(timeout_s))
+
+    async def _set(self, request: kv_pb2.SetRequest, call: _Call) -> kv_pb2.SetResponse:
         key = self._limits.key(request.key)
         value = self._limits.value(request.value)
         expected = expected_version(request.version)
         ttl = ttl_ms(request.ttl_ms)
         level = self._level(request.consistency, self._write_level)
         conditional = expected is not None or level is Consistency.LINEARIZABLE
-        forwarded = await self._forward(
-            key, lambda kv: kv.Set, request, context, conditional=conditional
-        )
+
+        async def send(peer: Peer, timeout_s: float) -> kv_pb2.SetResponse:
+            if conditional:
+                return await _alone(peer.kv.Set, request, timeout_s, call.hops)
+            answer = await peer.forward(_forwarded_write(timeout_s, set=request))
+            return answer.set
+
+        forwarded = await self._forward(key, send, call, conditional=conditional)
         if forwarded is not None:
             return forwarded
-        timeout = self._timeout(context)
+        timeout = call.timeout_s()
         written = await self._coordinator.write(
             key,
             value,
@@ -156,7 +168,7 @@ class KeyValueService:
             timeout_s=timeout,
             ttl_ms=ttl,
             expected=expected,
-            clock_wait_s=_clock_wait(context, timeout),
+            clock_wait_s=call.clock_wait_s(timeout),
         )
         return kv_pb2.SetResponse(ok=True, version=written.record.version.timestamp)
 
@@ -164,16 +176,30 @@ class KeyValueService:
         self, request: kv_pb2.DeleteRequest, context: Context
     ) -> kv_pb2.DeleteResponse:
         self._answer(context)
+        return await self._delete(request, self._call(context))
+
+    async def delete_forwarded(
+        self, request: kv_pb2.DeleteRequest, timeout_s: float
+    ) -> kv_pb2.DeleteResponse:
+        """A Delete another node forwarded here in a batch (``ForwardService``)."""
+        return await self._delete(request, self._forwarded_call(timeout_s))
+
+    async def _delete(self, request: kv_pb2.DeleteRequest, call: _Call) -> kv_pb2.DeleteResponse:
         key = self._limits.key(request.key)
         expected = expected_version(request.version)
         level = self._level(request.consistency, self._write_level)
         conditional = expected is not None or level is Consistency.LINEARIZABLE
-        forwarded = await self._forward(
-            key, lambda kv: kv.Delete, request, context, conditional=conditional
-        )
+
+        async def send(peer: Peer, timeout_s: float) -> kv_pb2.DeleteResponse:
+            if conditional:
+                return await _alone(peer.kv.Delete, request, timeout_s, call.hops)
+            answer = await peer.forward(_forwarded_write(timeout_s, delete=request))
+            return answer.delete
+
+        forwarded = await self._forward(key, send, call, conditional=conditional)
         if forwarded is not None:
             return forwarded
-        timeout = self._timeout(context)
+        timeout = call.timeout_s()
         written = await self._coordinator.write(
             key,
             b"",
@@ -181,7 +207,7 @@ class KeyValueService:
             timeout_s=timeout,
             tombstone=True,
             expected=expected,
-            clock_wait_s=_clock_wait(context, timeout),
+            clock_wait_s=call.clock_wait_s(timeout),
         )
         return kv_pb2.DeleteResponse(
             ok=True, version=written.record.version.timestamp, found=written.replaced_live
@@ -192,23 +218,23 @@ class KeyValueService:
     ) -> kv_pb2.ReplicateResponse:
         key = self._limits.key(request.key)
         value = b"" if request.is_delete else self._limits.value(request.value)
+        call = self._call(context)
         forwarded = await self._forward(
             key,
-            lambda kv: kv.Replicate,
-            request,
-            context,
+            lambda peer, timeout_s: _alone(peer.kv.Replicate, request, timeout_s, call.hops),
+            call,
             conditional=self._write_level is Consistency.LINEARIZABLE,
         )
         if forwarded is not None:
             return forwarded
-        timeout = self._timeout(context)
+        timeout = call.timeout_s()
         await self._coordinator.write(
             key,
             value,
             level=self._write_level,
             timeout_s=timeout,
             tombstone=request.is_delete,
-            clock_wait_s=_clock_wait(context, timeout),
+            clock_wait_s=call.clock_wait_s(timeout),
         )
         return kv_pb2.ReplicateResponse(ok=True)
 
@@ -268,15 +294,19 @@ class KeyValueService:
             entries.append(
                 (self._limits.key(entry.key), self._limits.value(entry.value), ttl_ms(entry.ttl_ms))
             )
+        call = self._call(context)
         if not self._clock_guard.check().may_stamp and entries:
             forwarded = await self._forward(
-                entries[0][0], lambda kv: kv.MultiSet, request, context, conditional=False
+                entries[0][0],
+                lambda peer, timeout_s: _alone(peer.kv.MultiSet, request, timeout_s, call.hops),
+                call,
+                conditional=False,
             )
             if forwarded is not None:
                 return forwarded
-        timeout = self._timeout(context)
+        timeout = call.timeout_s()
         outcomes = await self._coordinator.write_many(
-            entries, level=level, timeout_s=timeout, clock_wait_s=_clock_wait(context, timeout)
+            entries, level=level, timeout_s=timeout, clock_wait_s=call.clock_wait_s(timeout)
         )
         # The call fails if any of its writes did (MultiSet is not atomic:
         # the others may have taken effect), with the first key's error.
@@ -345,14 +375,17 @@ class KeyValueService:
     async def ping(self, _request: kv_pb2.PingRequest, _: Context) -> kv_pb2.PingResponse:
         return kv_pb2.PingResponse(node_id=self._view.node_id)
 
+    def _call(self, context: Context) -> _Call:
+        return _Call(_hops(context), _now() + self._timeout(context))
+
+    def _forwarded_call(self, timeout_s: float) -> _Call:
+        return _Call(MAX_HOPS, _now() + min(timeout_s, self._request_timeout_s))
+
     async def _forward(
         self,
         key: bytes,
-        method: Callable[
-            [KeyValueAsyncStub], grpc.aio.UnaryUnaryMultiCallable[RequestT, ResponseT]
-        ],
-        request: RequestT,
-        context: Context,
+        send: Callable[[Peer, float], Awaitable[ResponseT]],
+        call: _Call,
         *,
         conditional: bool,
     ) -> ResponseT | None:
@@ -363,8 +396,7 @@ class KeyValueService:
         conditional writes too, since their Paxos rounds are safe from any
         coordinator.
         """
-        hops = _hops(context)
-        if hops >= MAX_HOPS:
+        if call.hops >= MAX_HOPS:
             return None
         for _ in range(len(self._view.peers)):
             # Until its first verdict a node (just started) keeps its writes:
@@ -376,7 +408,7 @@ class KeyValueService:
             if target is None or target == self._view.node_id:
                 return None
             answer = await self._relay(
-                self._view.peers[target], method, request, context, hops, conditional=conditional
+                self._view.peers[target], send, call, conditional=conditional
             )
             if answer is not None or may_stamp:
                 return answer
@@ -385,29 +417,21 @@ class KeyValueService:
     async def _relay(
         self,
         peer: Peer,
-        method: Callable[
-            [KeyValueAsyncStub], grpc.aio.UnaryUnaryMultiCallable[RequestT, ResponseT]
-        ],
-        request: RequestT,
-        context: Context,
-        hops: int,
+        send: Callable[[Peer, float], Awaitable[ResponseT]],
+        call: _Call,
         *,
         conditional: bool,
     ) -> ResponseT | None:
         """The peer's answer to a forwarded write; None if it did not run there."""
         self._counters.forwarded_writes += 1
         try:
-            return await method(peer.kv)(
-                request,
-                timeout=self._timeout(context),
-                metadata=((FORWARD_HOPS, str(hops + 1)),),
-            )
-        except grpc.aio.AioRpcError as error:
-            info = error_info(error.trailing_metadata())
-            reason = None if info is None else info.reason
+            return await send(peer, call.timeout_s())
+        except RelayedError as relayed:
+            error = relayed.status
+            reason = error.reason
             if reason in (CLOCK_OFFSET, CLOCK_UNCHECKED, NO_LEADER_LEASE):
                 return None  # it does not coordinate now; nothing ran there
-            if reason is None and error.code() == grpc.StatusCode.UNAVAILABLE:
+            if reason is None and error.code == grpc.StatusCode.UNAVAILABLE:
                 peer.mark_down()
                 if conditional and not _never_connected(error):
                     # The connection broke during the call: the check-and-write
@@ -424,16 +448,64 @@ class KeyValueService:
                 # coordinate instead.
                 peer.mark_down()
                 return None
-            if reason is None and error.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+            if reason is None and error.code == grpc.StatusCode.DEADLINE_EXCEEDED:
                 # A hung node: it may have run the write, so its outcome is
                 # unknown to the caller, but later writes go elsewhere.
                 peer.mark_down()
-            raise RelayedError(error) from None
+            raise
 
 
-def _never_connected(error: grpc.aio.AioRpcError) -> bool:
+@dataclass(frozen=True, slots=True)
+class _Call:
+    """Where a write came from and when its caller stops waiting for it."""
+
+    hops: int
+    """Nodes it passed through before this one: 0 when a client sent it here."""
+    deadline: float
+    """On the event loop's clock."""
+
+    def timeout_s(self) -> float:
+        return max(0.0, self.deadline - _now())
+
+    def clock_wait_s(self, timeout_s: float) -> float:
+        """How long a write may wait for this node's first clock verdict: half
+        its deadline when a client sent it here, none when another node
+        forwarded it (that node can coordinate it itself)."""
+        return timeout_s / 2 if self.hops == 0 else 0.0
+
+
+def _now() -> float:
+    return asyncio.get_running_loop().time()
+
+
+async def _alone(
+    method: grpc.aio.UnaryUnaryMultiCallable[RequestT, ResponseT],
+    request: RequestT,
+    timeout_s: float,
+    hops: int,
+) -> ResponseT:
+    """A write forwarded in a call of its own, as a client call to the peer."""
+    try:
+        return await method(request, timeout=timeout_s, metadata=((FORWARD_HOPS, str(hops + 1)),))
+    except grpc.aio.AioRpcError as error:
+        raise RelayedError(PeerStatus.of_call(error)) from None
+
+
+def _forwarded_write(
+    timeout_s: float,
+    *,
+    set: kv_pb2.SetRequest | None = None,
+    delete: kv_pb2.DeleteRequest | None = None,
+) -> forward_pb2.ForwardedWrite:
+    """A plain write for ``Peer.forward``: it shares its call with others."""
+    return forward_pb2.ForwardedWrite(
+        set=set, delete=delete, timeout_ms=max(1, math.ceil(timeout_s * 1000))
+    )
+
+
+def _never_connected(error: PeerStatus) -> bool:
     """Whether an UNAVAILABLE call never reached the peer (so nothing ran there)."""
-    details = (error.details() or "").lower()
+    details = error.details.lower()
     return "failed to connect" in details or "connection refused" in details
 
 
@@ -455,13 +527,6 @@ def _check_batch_size(count: int) -> None:
             reason="TOO_MANY_KEYS",
             metadata={"count": str(count), "limit": str(MAX_KEYS_PER_CALL)},
         )
-
-
-def _clock_wait(context: Context, timeout_s: float) -> float:
-    """How long a write may wait for this node's first clock verdict: half its
-    deadline when a client sent it here, none when another node forwarded it
-    (that node can coordinate it itself)."""
-    return timeout_s / 2 if _hops(context) == 0 else 0.0
 
 
 def _hops(context: Context) -> int:

@@ -7,9 +7,9 @@ Three kinds of calls (``access_of``), each a role with a credential of its own:
   ``--auth-token-file`` they need ``authorization: Bearer <client token>``.
 - ``OPERATOR``: ``RemoveNode``, ``Repair``, ``ringkv.admin.Admin`` (backups).
   The operator token (``--operator-token-file``) or an operator certificate.
-- ``MEMBER``: ``ringkv.internal.Replica`` and the membership calls
-  ``Heartbeat``, ``RequestVote``, ``Join``. The member token
-  (``--member-token-file``) or a member certificate.
+- ``MEMBER``: ``ringkv.internal.Replica``, ``ringkv.internal.Forward`` and
+  the membership calls ``Heartbeat``, ``RequestVote``, ``Join``. The member
+  token (``--member-token-file``) or a member certificate.
 
 Roles are ranked: a member credential may make every call (nodes forward
 client writes and relay removals to the leader), an operator credential
@@ -106,7 +106,7 @@ _OPERATOR_CALLS = frozenset({"RemoveNode", "Repair"})
 
 def access_of(service: str, method: str) -> Access:
     """The kind of caller ``service/method`` is for (the one table of the policy)."""
-    if service == "ringkv.internal.Replica":
+    if service.startswith("ringkv.internal."):  # Replica, Forward
         return Access.MEMBER
     if service == "ringkv.admin.Admin":
         return Access.OPERATOR

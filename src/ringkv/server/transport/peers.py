@@ -16,7 +16,14 @@ from typing import Protocol, TypeVar
 
 import grpc
 
-from ringkv.api import kv_pb2, kv_pb2_grpc, replica_pb2, replica_pb2_grpc
+from ringkv.api import (
+    forward_pb2,
+    forward_pb2_grpc,
+    kv_pb2,
+    kv_pb2_grpc,
+    replica_pb2,
+    replica_pb2_grpc,
+)
 from ringkv.api.status import error_info
 from ringkv.core.errors import (
     Compacted,
@@ -34,6 +41,7 @@ from ringkv.core.validation import MAX_BATCH_BYTES
 from ringkv.server.counters import Counters
 from ringkv.server.transport.auth import CHANNEL_OPTIONS, NodeSecurity
 from ringkv.server.transport.batching import Batcher, ItemT, ResultT
+from ringkv.server.transport.forwarding import WriteForwarder
 from ringkv.server.transport.wire import (
     add_records,
     ballot_to_wire,
@@ -121,7 +129,11 @@ class Peer:
         self._channel = (open_channel or NodeSecurity().open_channel)(address)
         self._replica = replica_pb2_grpc.ReplicaStub(self._channel)
         self.kv = kv_pb2_grpc.KeyValueStub(self._channel)
-        """The peer's client API, for forwarding writes to it."""
+        """The peer's client API, for forwarding conditional writes to it."""
+        forward = forward_pb2_grpc.ForwardStub(self._channel)
+        self._forwarder = WriteForwarder(
+            lambda writes, timeout_s: forward.Writes(writes, timeout=timeout_s)
+        )
         self.cluster = kv_pb2_grpc.ClusterStub(self._channel)
         """The peer's membership API: heartbeats, elections, joins."""
         self._writers: dict[str, Batcher[tuple[Record, Fence | None], ReplicaAck]] = {}
@@ -309,7 +321,12 @@ class Peer:
             log.info("peer up", extra={"peer": self.node_id})
         return True
 
+    async def forward(self, write: forward_pb2.ForwardedWrite) -> forward_pb2.ForwardedAnswer:
+        """The peer's answer to a plain write it owns (``WriteForwarder.send``)."""
+        return await self._forwarder.send(write)
+
     async def close(self) -> None:
+        await self._forwarder.close()
         for writer in self._writers.values():
             await writer.close()
         if self._reader is not None:

@@ -18,7 +18,10 @@ from typing import Any, Protocol, TypeAlias
 
 import grpc
 from google.protobuf.message import DecodeError, Message
+from google.rpc import status_pb2
 
+from ringkv.api.headers import STATUS_DETAILS
+from ringkv.api.status import error_info
 from ringkv.core.errors import (
     DeadlineExceeded,
     InternalError,
@@ -86,12 +89,41 @@ class RequestObserver(Protocol):
     ) -> None: ...
 
 
+_STATUS_CODES = {code.value[0]: code for code in grpc.StatusCode}
+
+
+@dataclass(frozen=True, slots=True)
+class PeerStatus:
+    """How another node ended a call, or one item of a batched call."""
+
+    code: grpc.StatusCode
+    details: str
+    trailing_metadata: tuple[tuple[str, str | bytes], ...]
+
+    @classmethod
+    def of_call(cls, error: grpc.aio.AioRpcError) -> PeerStatus:
+        return cls(error.code(), error.details() or "", tuple(error.trailing_metadata() or ()))
+
+    @classmethod
+    def of_status(cls, serialized: bytes) -> PeerStatus:
+        """From a serialized google.rpc.Status (``status_details``)."""
+        status = status_pb2.Status.FromString(serialized)
+        code = _STATUS_CODES.get(status.code, grpc.StatusCode.UNKNOWN)
+        return cls(code, status.message, ((STATUS_DETAILS, serialized),))
+
+    @property
+    def reason(self) -> str | None:
+        """The ErrorInfo's reason; None when grpc itself ended the call."""
+        info = error_info(self.trailing_metadata)
+        return None if info is None else info.reason
+
+
 class RelayedError(Exception):
     """Another node's error answer, passed on to the caller unchanged."""
 
-    def __init__(self, error: grpc.aio.AioRpcError) -> None:
-        super().__init__(error.details())
-        self.error = error
+    def __init__(self, status: PeerStatus) -> None:
+        super().__init__(status.details)
+        self.status = status
 
 
 def parse_request(request_type: type[Message], raw: bytes) -> Message:
@@ -341,12 +373,10 @@ def _serve(
             note(status_code(error))
             await abort_with(context, error)
         except RelayedError as relayed:
-            answer = relayed.error
-            note(answer.code())
+            answer = relayed.status
+            note(answer.code)
             await context.abort(
-                answer.code(),
-                answer.details() or "",
-                trailing_metadata=tuple(answer.trailing_metadata() or ()),
+                answer.code, answer.details, trailing_metadata=answer.trailing_metadata
             )
         except asyncio.CancelledError:  # the caller cancelled, or its deadline passed
             note(grpc.StatusCode.CANCELLED)

@@ -1,0 +1,150 @@
+"""Plain writes forwarded to one peer, many to a call.
+
+A node that gets a write for a key another node owns sends it on to the
+owner. Alone, each such write costs a whole gRPC call on both nodes, more
+than coordinating it (bench/budget.py). Here the writes headed for one peer
+share calls (``ringkv.internal.Forward/Writes``): a write leaves at once in
+a call of its own while fewer than ``max_calls`` calls wait for their first
+answers; past that, writes queue, and the next free slot takes all of them.
+So under light load nothing waits, and under heavy load a call carries
+what arrived during the one before it, with no timer.
+
+The owner answers each write as it is done, so a slow write (one queued
+behind a conditional write of its key, or short of replicas) does not hold
+back the others of its call. A call gives up its slot at its first answer:
+a write still out does not hold back the writes queued after it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+
+import grpc
+
+from ringkv.api import forward_pb2
+from ringkv.core.validation import MAX_BATCH_BYTES
+from ringkv.server.transport.rpc import PeerStatus, RelayedError
+
+MAX_CALLS = 2
+"""Forward calls to one peer that may wait for their first answer at once."""
+MAX_WRITES_PER_CALL = 256
+
+OpenCall = Callable[
+    [forward_pb2.ForwardedWrites, float],
+    grpc.aio.UnaryStreamCall[forward_pb2.ForwardedWrites, forward_pb2.ForwardedAnswers],
+]
+"""Starts a ``Forward/Writes`` call to the peer with a timeout in seconds."""
+
+_Waiting = tuple[forward_pb2.ForwardedWrite, "asyncio.Future[forward_pb2.ForwardedAnswer]"]
+
+
+class WriteForwarder:
+    """Sends plain writes to one peer, those queued together in one call."""
+
+    def __init__(
+        self,
+        open_call: OpenCall,
+        *,
+        max_calls: int = MAX_CALLS,
+        max_writes: int = MAX_WRITES_PER_CALL,
+        max_bytes: int = MAX_BATCH_BYTES,
+    ) -> None:
+        self._open_call = open_call
+        self._max_calls = max_calls
+        self._max_writes = max_writes
+        self._max_bytes = max_bytes
+        self._queued: list[_Waiting] = []
+        self._unanswered_calls = 0
+        """Calls that have not had their first answer yet."""
+        self._calls: set[asyncio.Task[None]] = set()
+
+    async def send(self, write: forward_pb2.ForwardedWrite) -> forward_pb2.ForwardedAnswer:
+        """The owner's answer to ``write`` (its ``set`` or ``delete`` response).
+
+        Raises RelayedError with the status the write would have ended with
+        had it been sent alone: the owner's error for this write, or the
+        call's, when the call failed (UNAVAILABLE when the peer could not be
+        reached or went away; DEADLINE_EXCEEDED when it did not answer in time).
+        """
+        answer: asyncio.Future[forward_pb2.ForwardedAnswer] = (
+            asyncio.get_running_loop().create_future()
+        )
+        self._queued.append((write, answer))
+        self._start_calls()
+        return await answer
+
+    def _start_calls(self) -> None:
+        while self._queued and self._unanswered_calls < self._max_calls:
+            batch = self._take_batch()
+            if not batch:
+                continue
+            self._unanswered_calls += 1
+            task = asyncio.get_running_loop().create_task(self._call(batch))
+            self._calls.add(task)
+            task.add_done_callback(self._calls.discard)
+
+    def _take_batch(self) -> list[_Waiting]:
+        """The writes of the next call, in the order they came; writes whose
+        caller already left are dropped."""
+        batch: list[_Waiting] = []
+        size = 0
+        while self._queued and len(batch) < self._max_writes:
+            write, answer = self._queued[0]
+            if answer.done():
+                self._queued.pop(0)
+                continue
+            size += write.ByteSize()
+            if batch and size > self._max_bytes:
+                break
+            batch.append(self._queued.pop(0))
+        return batch
+
+    async def _call(self, batch: list[_Waiting]) -> None:
+        waiting = dict(enumerate(answer for _, answer in batch))
+        request = forward_pb2.ForwardedWrites(writes=[write for write, _ in batch])
+        timeout_s = max(write.timeout_ms for write, _ in batch) / 1000
+        holds_slot = True
+        failure = PeerStatus(grpc.StatusCode.INTERNAL, "the forward call failed", ())
+        try:
+            call = self._open_call(request, timeout_s)
+            async for message in call:
+                for answer in message.answers:
+                    future = waiting.pop(answer.index, None)
+                    if future is None or future.done():
+                        continue
+                    if answer.HasField("error"):
+                        future.set_exception(RelayedError(PeerStatus.of_status(answer.error)))
+                    else:
+                        future.set_result(answer)
+                if holds_slot:
+                    holds_slot = False
+                    self._release_slot()
+            failure = PeerStatus(grpc.StatusCode.INTERNAL, "the owner left a write unanswered", ())
+        except grpc.aio.AioRpcError as error:
+            failure = PeerStatus.of_call(error)
+        except asyncio.CancelledError:
+            failure = PeerStatus(grpc.StatusCode.UNAVAILABLE, "this node is closing", ())
+            raise
+        finally:
+            if holds_slot:
+                self._release_slot()
+            for future in waiting.values():
+                if not future.done():
+                    future.set_exception(RelayedError(failure))
+
+    def _release_slot(self) -> None:
+        self._unanswered_calls -= 1
+        self._start_calls()
+
+    async def close(self) -> None:
+        """Ends the calls in flight (their writes fail UNAVAILABLE) and the queue."""
+        for _, answer in self._queued:
+            answer.cancel()
+        self._queued.clear()
+        for task in list(self._calls):
+            task.cancel()
+        for task in list(self._calls):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

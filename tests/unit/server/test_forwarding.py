@@ -1,0 +1,210 @@
+"""WriteForwarder against a real gRPC server: writes queued while calls wait
+share the next call, each write's answer comes when it is ready, and a failed
+call fails its writes with its own status."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import asynccontextmanager
+
+import grpc
+import pytest
+
+from ringkv.api import forward_pb2, forward_pb2_grpc, kv_pb2
+from ringkv.core.errors import InvalidArgument
+from ringkv.server.transport import rpc
+from ringkv.server.transport.errors import status_code, status_details
+from ringkv.server.transport.forwarding import WriteForwarder
+from ringkv.server.transport.rpc import Context, RelayedError, StreamMethod
+
+TIMEOUT_S = 10.0
+
+
+class Owner:
+    """A Forward service whose writes of keys starting ``held`` wait until
+    released and whose keys starting ``bad`` are refused; it records the keys
+    of each call."""
+
+    name = "ringkv.internal.Forward"
+
+    def __init__(self) -> None:
+        self.calls: list[list[str]] = []
+        self.release: dict[str, asyncio.Event] = {}
+
+    def methods(self) -> dict[str, StreamMethod]:
+        return {"Writes": StreamMethod(forward_pb2.ForwardedWrites, self.writes)}
+
+    async def writes(
+        self, request: forward_pb2.ForwardedWrites, _: Context
+    ) -> AsyncGenerator[forward_pb2.ForwardedAnswers, None]:
+        self.calls.append([write.set.key for write in request.writes])
+        pending = {asyncio.ensure_future(self._answer(i, w)) for i, w in enumerate(request.writes)}
+        try:
+            while pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                yield forward_pb2.ForwardedAnswers(answers=[task.result() for task in done])
+        finally:
+            for task in pending:
+                task.cancel()
+
+    async def _answer(
+        self, index: int, write: forward_pb2.ForwardedWrite
+    ) -> forward_pb2.ForwardedAnswer:
+        key = write.set.key
+        if key.startswith("held"):
+            await self.release.setdefault(key, asyncio.Event()).wait()
+        if key.startswith("bad"):
+            error = InvalidArgument(f"{key} is refused", reason="REFUSED")
+            return forward_pb2.ForwardedAnswer(
+                index=index, error=status_details(error, status_code(error))
+            )
+        return forward_pb2.ForwardedAnswer(
+            index=index, set=kv_pb2.SetResponse(ok=True, version=len(key))
+        )
+
+    async def called(self, count: int) -> None:
+        """Until ``count`` calls have arrived (bounded)."""
+        async with asyncio.timeout(TIMEOUT_S):
+            while len(self.calls) < count:
+                await asyncio.sleep(0.001)
+
+
+@asynccontextmanager
+async def forwarding(
+    owner: Owner, *, max_calls: int = 1
+) -> AsyncIterator[tuple[WriteForwarder, grpc.aio.Server]]:
+    server = grpc.aio.server()
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.add_generic_rpc_handlers([rpc.generic_handler(owner, rpc.Gate())])
+    await server.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    stub = forward_pb2_grpc.ForwardStub(channel)
+    forwarder = WriteForwarder(
+        lambda writes, timeout_s: stub.Writes(writes, timeout=timeout_s), max_calls=max_calls
+    )
+    try:
+        yield forwarder, server
+    finally:
+        await forwarder.close()
+        await channel.close()
+        await server.stop(None)
+
+
+def write(key: str, timeout_s: float = TIMEOUT_S) -> forward_pb2.ForwardedWrite:
+    return forward_pb2.ForwardedWrite(
+        set=kv_pb2.SetRequest(key=key, value=b"v"), timeout_ms=int(timeout_s * 1000)
+    )
+
+
+def sent(forwarder: WriteForwarder, key: str, timeout_s: float = TIMEOUT_S) -> asyncio.Task[int]:
+    async def version() -> int:
+        return (await forwarder.send(write(key, timeout_s))).set.version
+
+    return asyncio.ensure_future(version())
+
+
+def test_writes_sent_while_the_calls_wait_share_the_next_call() -> None:
+    async def scenario() -> None:
+        owner = Owner()
+        async with forwarding(owner) as (forwarder, _):
+            first = sent(forwarder, "held-1")
+            await owner.called(1)
+            rest = [sent(forwarder, key) for key in ("a", "bb", "ccc")]
+            owner.release["held-1"].set()
+            assert await first == len("held-1")
+            assert await asyncio.gather(*rest) == [1, 2, 3]
+            assert owner.calls == [["held-1"], ["a", "bb", "ccc"]]
+
+    asyncio.run(scenario())
+
+
+def test_a_slow_write_holds_back_neither_its_call_mates_nor_the_writes_after_it() -> None:
+    async def scenario() -> None:
+        owner = Owner()
+        async with forwarding(owner) as (forwarder, _):
+            first = sent(forwarder, "held-1")
+            await owner.called(1)
+            slow, fast = sent(forwarder, "held-2"), sent(forwarder, "fast")
+            owner.release["held-1"].set()
+            await first
+            async with asyncio.timeout(TIMEOUT_S):
+                assert await fast == len("fast")  # held-2, in its call, is still out
+            later = sent(forwarder, "later")
+            async with asyncio.timeout(TIMEOUT_S):
+                assert await later == len("later")  # the slot was given back
+            assert not slow.done()
+            owner.release["held-2"].set()
+            assert await slow == len("held-2")
+            assert owner.calls == [["held-1"], ["held-2", "fast"], ["later"]]
+
+    asyncio.run(scenario())
+
+
+def test_an_error_answers_its_own_write_with_the_status_a_call_of_its_own_would_have() -> None:
+    async def scenario() -> None:
+        owner = Owner()
+        async with forwarding(owner) as (forwarder, _):
+            first = sent(forwarder, "held-1")
+            await owner.called(1)
+            bad, good = sent(forwarder, "bad"), sent(forwarder, "good")
+            owner.release["held-1"].set()
+            assert await good == len("good")
+            with pytest.raises(RelayedError) as refused:
+                await bad
+            status = refused.value.status
+            assert (status.code, status.details, status.reason) == (
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "bad is refused",
+                "REFUSED",
+            )
+            await first
+
+    asyncio.run(scenario())
+
+
+def test_a_call_past_its_deadline_fails_each_write_still_out_with_the_calls_status() -> None:
+    async def scenario() -> None:
+        owner = Owner()
+        async with forwarding(owner, max_calls=2) as (forwarder, _):
+            held = sent(forwarder, "held-1", timeout_s=0.2)
+            with pytest.raises(RelayedError) as failed:
+                await held
+            status = failed.value.status
+            assert (status.code, status.reason) == (grpc.StatusCode.DEADLINE_EXCEEDED, None)
+            # The slot came back: the next write goes out.
+            assert await sent(forwarder, "next") == len("next")
+
+    asyncio.run(scenario())
+
+
+def test_a_peer_that_cannot_be_reached_fails_the_write_unavailable() -> None:
+    async def scenario() -> None:
+        owner = Owner()
+        async with forwarding(owner) as (forwarder, server):
+            await server.stop(None)
+            with pytest.raises(RelayedError) as failed:
+                await sent(forwarder, "a", timeout_s=2.0)
+            status = failed.value.status
+            assert (status.code, status.reason) == (grpc.StatusCode.UNAVAILABLE, None)
+
+    asyncio.run(scenario())
+
+
+def test_closing_fails_the_writes_in_flight_unavailable_and_drops_the_queued_ones() -> None:
+    async def scenario() -> None:
+        owner = Owner()
+        async with forwarding(owner) as (forwarder, _):
+            in_flight = sent(forwarder, "held-1")
+            await owner.called(1)
+            queued = sent(forwarder, "queued")
+            await asyncio.sleep(0)  # it queues behind the call in flight
+            await forwarder.close()
+            with pytest.raises(RelayedError) as failed:
+                await in_flight
+            assert failed.value.status.code == grpc.StatusCode.UNAVAILABLE
+            with pytest.raises(asyncio.CancelledError):
+                await queued
+            assert owner.calls == [["held-1"]]
+
+    asyncio.run(scenario())
