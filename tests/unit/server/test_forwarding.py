@@ -5,6 +5,7 @@ call fails its writes with its own status."""
 from __future__ import annotations
 
 import asyncio
+from collections import defaultdict
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -30,7 +31,7 @@ class Owner:
 
     def __init__(self) -> None:
         self.calls: list[list[str]] = []
-        self.release: dict[str, asyncio.Event] = {}
+        self.release: defaultdict[str, asyncio.Event] = defaultdict(asyncio.Event)
 
     def methods(self) -> dict[str, StreamMethod]:
         return {"Writes": StreamMethod(forward_pb2.ForwardedWrites, self.writes)}
@@ -53,7 +54,7 @@ class Owner:
     ) -> forward_pb2.ForwardedAnswer:
         key = write.set.key
         if key.startswith("held"):
-            await self.release.setdefault(key, asyncio.Event()).wait()
+            await self.release[key].wait()
         if key.startswith("bad"):
             error = InvalidArgument(f"{key} is refused", reason="REFUSED")
             return forward_pb2.ForwardedAnswer(
@@ -137,6 +138,22 @@ def test_a_slow_write_holds_back_neither_its_call_mates_nor_the_writes_after_it(
             owner.release["held-2"].set()
             assert await slow == len("held-2")
             assert owner.calls == [["held-1"], ["held-2", "fast"], ["later"]]
+
+    asyncio.run(scenario())
+
+
+def test_a_call_with_no_answer_yet_gives_its_slot_up_after_a_while() -> None:
+    async def scenario() -> None:
+        owner = Owner()
+        async with forwarding(owner) as (forwarder, _):
+            held = sent(forwarder, "held-1")
+            await owner.called(1)
+            async with asyncio.timeout(TIMEOUT_S):
+                assert await sent(forwarder, "next") == len("next")
+            assert not held.done()
+            owner.release["held-1"].set()
+            assert await held == len("held-1")
+            assert owner.calls == [["held-1"], ["next"]]
 
     asyncio.run(scenario())
 
