@@ -20,7 +20,16 @@ from pathlib import Path
 import grpc
 import pytest
 
-from ringkv.api import admin_pb2, admin_pb2_grpc, kv_pb2, kv_pb2_grpc, replica_pb2, replica_pb2_grpc
+from ringkv.api import (
+    admin_pb2,
+    admin_pb2_grpc,
+    forward_pb2,
+    forward_pb2_grpc,
+    kv_pb2,
+    kv_pb2_grpc,
+    replica_pb2,
+    replica_pb2_grpc,
+)
 from ringkv.api.bearer import TokenInterceptor
 from ringkv.api.roles import MEMBER_ROLE_URI, OPERATOR_ROLE_URI
 from ringkv.client import Client, Security
@@ -93,8 +102,9 @@ def refusal(method: Callable[..., object], request: object) -> grpc.StatusCode:
 def member_call_refusals(
     channel: grpc.Channel, record: Record, *, operator_calls: bool = True
 ) -> set[grpc.StatusCode]:
-    """How a replica write, a Join, a forged leader's heartbeat and (with
-    ``operator_calls``) a repair and a backup on ``channel`` are refused."""
+    """How a replica write, a forwarded write, a Join, a forged leader's
+    heartbeat and (with ``operator_calls``) a repair and a backup on
+    ``channel`` are refused."""
     cluster_stub = kv_pb2_grpc.ClusterStub(channel)
     refusals = {
         refusal(
@@ -107,6 +117,16 @@ def member_call_refusals(
             kv_pb2.HeartbeatRequest(node_id="node1", term=1000, is_leader=True, claim=True),
         ),
     }
+    planted = kv_pb2.SetRequest(key=record.key.decode(), value=record.value)
+    forwarded = forward_pb2_grpc.ForwardStub(channel).Writes(
+        forward_pb2.ForwardedWrites(
+            writes=[forward_pb2.ForwardedWrite(set=planted, timeout_ms=2000)]
+        ),
+        timeout=2,
+    )
+    with pytest.raises(grpc.RpcError) as refused_forward:
+        next(iter(forwarded))
+    refusals.add(refused_forward.value.code())
     if operator_calls:
         refusals.add(refusal(cluster_stub.Repair, kv_pb2.RepairRequest()))
         backup = admin_pb2_grpc.AdminStub(channel).Backup(admin_pb2.BackupRequest(), timeout=2)

@@ -55,6 +55,7 @@ CLIENT_CERT, OPERATOR_CERT, MEMBER_CERT = "", OPERATOR_ROLE_URI, MEMBER_ROLE_URI
 
 def test_methods_are_classified_in_one_table() -> None:
     assert access_of("ringkv.internal.Replica", "Write") is Access.MEMBER
+    assert access_of("ringkv.internal.Forward", "Writes") is Access.MEMBER
     assert access_of("kv.Cluster", "Heartbeat") is Access.MEMBER
     assert access_of("kv.Cluster", "RequestVote") is Access.MEMBER
     assert access_of("kv.Cluster", "Join") is Access.MEMBER
