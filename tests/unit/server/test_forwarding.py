@@ -1,23 +1,28 @@
 """WriteForwarder against a real gRPC server: writes queued while calls wait
 share the next call, each write's answer comes when it is ready, and a failed
-call fails its writes with its own status."""
+call fails its writes with its own status. A peer of an older version gets
+them one call each."""
 
 from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 import grpc
 import pytest
 
 from ringkv.api import forward_pb2, forward_pb2_grpc, kv_pb2
+from ringkv.api.headers import FORWARD_HOPS
 from ringkv.core.errors import InvalidArgument
+from ringkv.core.hlc import HybridLogicalClock
 from ringkv.server.transport import rpc
 from ringkv.server.transport.errors import status_code, status_details
 from ringkv.server.transport.forwarding import WriteForwarder
-from ringkv.server.transport.rpc import Context, RelayedError, StreamMethod
+from ringkv.server.transport.peers import Peer
+from ringkv.server.transport.rpc import Context, Method, RelayedError, StreamMethod
 
 TIMEOUT_S = 10.0
 
@@ -223,5 +228,81 @@ def test_closing_fails_the_writes_in_flight_unavailable_and_drops_the_queued_one
             with pytest.raises(asyncio.CancelledError):
                 await queued
             assert owner.calls == [["held-1"]]
+
+    asyncio.run(scenario())
+
+
+class OlderNode:
+    """``kv.KeyValue`` Set and Delete as a node of an older version serves
+    them, with no Forward service; it records the hop count each call carried."""
+
+    name = "kv.KeyValue"
+
+    def __init__(self) -> None:
+        self.hops: list[str | bytes | None] = []
+
+    def methods(self) -> dict[str, Method | StreamMethod]:
+        return {
+            "Set": Method(kv_pb2.SetRequest, self.set),
+            "Delete": Method(kv_pb2.DeleteRequest, self.delete),
+        }
+
+    def _note(self, context: Context) -> None:
+        self.hops.append(dict(context.invocation_metadata() or ()).get(FORWARD_HOPS))
+
+    async def set(self, request: kv_pb2.SetRequest, context: Context) -> kv_pb2.SetResponse:
+        self._note(context)
+        return kv_pb2.SetResponse(ok=True, version=len(request.key))
+
+    async def delete(
+        self, request: kv_pb2.DeleteRequest, context: Context
+    ) -> kv_pb2.DeleteResponse:
+        self._note(context)
+        return kv_pb2.DeleteResponse(ok=True, version=len(request.key), found=True)
+
+
+class MethodLog(grpc.aio.ServerInterceptor):
+    """Every method called on the server, served or not."""
+
+    def __init__(self) -> None:
+        self.methods: list[str] = []
+
+    async def intercept_service(
+        self,
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
+        ],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        self.methods.append(details.method)
+        return await continuation(details)
+
+
+def test_a_peer_without_the_forward_service_gets_its_writes_one_call_each() -> None:
+    async def scenario() -> None:
+        older, calls = OlderNode(), MethodLog()
+        server = grpc.aio.server(interceptors=[calls])
+        port = server.add_insecure_port("127.0.0.1:0")
+        server.add_generic_rpc_handlers([rpc.generic_handler(older, rpc.Gate())])
+        await server.start()
+        peer = Peer("older", f"127.0.0.1:{port}", HybridLogicalClock("me"), timeout_s=TIMEOUT_S)
+        try:
+            first = await peer.forward(write("first"))
+            delete = forward_pb2.ForwardedWrite(
+                delete=kv_pb2.DeleteRequest(key="gone"), timeout_ms=10_000
+            )
+            deleted = await peer.forward(delete)
+        finally:
+            await peer.close()
+            await server.stop(None)
+        assert first.set.version == len("first")
+        assert (deleted.delete.found, deleted.delete.version) == (True, len("gone"))
+        # Refused once (nothing ran), then each write alone, marked as forwarded.
+        assert calls.methods == [
+            "/ringkv.internal.Forward/Writes",
+            "/kv.KeyValue/Set",
+            "/kv.KeyValue/Delete",
+        ]
+        assert older.hops == ["1", "1"]
 
     asyncio.run(scenario())

@@ -24,6 +24,7 @@ from ringkv.api import (
     replica_pb2,
     replica_pb2_grpc,
 )
+from ringkv.api.headers import FORWARD_HOPS
 from ringkv.api.status import error_info
 from ringkv.core.errors import (
     Compacted,
@@ -42,6 +43,7 @@ from ringkv.server.counters import Counters
 from ringkv.server.transport.auth import CHANNEL_OPTIONS, NodeSecurity
 from ringkv.server.transport.batching import Batcher, ItemT, ResultT
 from ringkv.server.transport.forwarding import WriteForwarder
+from ringkv.server.transport.rpc import PeerStatus, RelayedError
 from ringkv.server.transport.wire import (
     add_records,
     ballot_to_wire,
@@ -64,6 +66,8 @@ PIPELINE_DEPTH = 4
 earlier ones are still on the wire or syncing on the replica (one HTTP/2
 connection carries them all, in order)."""
 _DOWN_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+FORWARD_RETRY_S = 30.0
+"""How long a peer that refused batched forwards gets writes one by one."""
 MERKLE_TIMEOUT_S = 120.0
 """How long a peer may take to build a Merkle tree: about ten seconds per
 million keys on a loaded core, so a tenfold margin at that size. A peer's
@@ -134,6 +138,8 @@ class Peer:
         self._forwarder = WriteForwarder(
             lambda writes, timeout_s: forward.Writes(writes, timeout=timeout_s)
         )
+        self._batched_forwards_refused_until = 0.0
+        """Until when (event loop time) writes go to the peer one call each."""
         self.cluster = kv_pb2_grpc.ClusterStub(self._channel)
         """The peer's membership API: heartbeats, elections, joins."""
         self._writers: dict[str, Batcher[tuple[Record, Fence | None], ReplicaAck]] = {}
@@ -322,8 +328,37 @@ class Peer:
         return True
 
     async def forward(self, write: forward_pb2.ForwardedWrite) -> forward_pb2.ForwardedAnswer:
-        """The peer's answer to a plain write it owns (``WriteForwarder.send``)."""
-        return await self._forwarder.send(write)
+        """The peer's answer to a plain write it owns (``WriteForwarder.send``).
+
+        A peer that does not serve ``Forward/Writes`` (an older version,
+        during a rolling upgrade) gets its writes one by one as client calls
+        instead, as it did before, and is asked again after
+        ``FORWARD_RETRY_S``: nothing ran there when it refused.
+        """
+        now = asyncio.get_running_loop().time()
+        if now >= self._batched_forwards_refused_until:
+            try:
+                return await self._forwarder.send(write)
+            except RelayedError as failed:
+                if failed.status.code is not grpc.StatusCode.UNIMPLEMENTED:
+                    raise
+                self._batched_forwards_refused_until = now + FORWARD_RETRY_S
+                log.warning("peer does not take batched forwards", extra={"peer": self.node_id})
+        return await self._forward_alone(write)
+
+    async def _forward_alone(
+        self, write: forward_pb2.ForwardedWrite
+    ) -> forward_pb2.ForwardedAnswer:
+        timeout_s = write.timeout_ms / 1000
+        hops = ((FORWARD_HOPS, "1"),)
+        try:
+            if write.HasField("delete"):
+                deleted = await self.kv.Delete(write.delete, timeout=timeout_s, metadata=hops)
+                return forward_pb2.ForwardedAnswer(delete=deleted)
+            written = await self.kv.Set(write.set, timeout=timeout_s, metadata=hops)
+            return forward_pb2.ForwardedAnswer(set=written)
+        except grpc.aio.AioRpcError as error:
+            raise RelayedError(PeerStatus.of_call(error)) from None
 
     async def close(self) -> None:
         await self._forwarder.close()
