@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -78,8 +78,10 @@ class Owner:
 
 @asynccontextmanager
 async def forwarding(
-    owner: Owner, *, max_calls: int = 1
+    owner: Owner, *, max_calls: int = 1, slot_hold_s: float = 3600.0
 ) -> AsyncIterator[tuple[WriteForwarder, grpc.aio.Server]]:
+    """A forwarder to ``owner`` on a real server. A call holds its slot
+    until its first answer (``slot_hold_s``: for as long as a test runs)."""
     server = grpc.aio.server()
     port = server.add_insecure_port("127.0.0.1:0")
     server.add_generic_rpc_handlers([rpc.generic_handler(owner, rpc.Gate())])
@@ -87,7 +89,9 @@ async def forwarding(
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
     stub = forward_pb2_grpc.ForwardStub(channel)
     forwarder = WriteForwarder(
-        lambda writes, timeout_s: stub.Writes(writes, timeout=timeout_s), max_calls=max_calls
+        lambda writes, timeout_s: stub.Writes(writes, timeout=timeout_s),
+        max_calls=max_calls,
+        slot_hold_s=slot_hold_s,
     )
     try:
         yield forwarder, server
@@ -97,17 +101,20 @@ async def forwarding(
         await server.stop(None)
 
 
-def write(key: str, timeout_s: float = TIMEOUT_S) -> forward_pb2.ForwardedWrite:
-    return forward_pb2.ForwardedWrite(
-        set=kv_pb2.SetRequest(key=key, value=b"v"), timeout_ms=int(timeout_s * 1000)
-    )
+def write(key: str) -> forward_pb2.ForwardedWrite:
+    return forward_pb2.ForwardedWrite(set=kv_pb2.SetRequest(key=key, value=b"v"))
 
 
 def sent(forwarder: WriteForwarder, key: str, timeout_s: float = TIMEOUT_S) -> asyncio.Task[int]:
     async def version() -> int:
-        return (await forwarder.send(write(key, timeout_s))).set.version
+        return (await forwarder.send(write(key), timeout_s)).set.version
 
     return asyncio.ensure_future(version())
+
+
+def run(scenario: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """The scenario, failed rather than hung if it outlasts a minute."""
+    asyncio.run(asyncio.wait_for(scenario(), 60))
 
 
 def test_writes_sent_while_the_calls_wait_share_the_next_call() -> None:
@@ -122,7 +129,7 @@ def test_writes_sent_while_the_calls_wait_share_the_next_call() -> None:
             assert await asyncio.gather(*rest) == [1, 2, 3]
             assert owner.calls == [["held-1"], ["a", "bb", "ccc"]]
 
-    asyncio.run(scenario())
+    run(scenario)
 
 
 def test_a_slow_write_holds_back_neither_its_call_mates_nor_the_writes_after_it() -> None:
@@ -144,13 +151,13 @@ def test_a_slow_write_holds_back_neither_its_call_mates_nor_the_writes_after_it(
             assert await slow == len("held-2")
             assert owner.calls == [["held-1"], ["held-2", "fast"], ["later"]]
 
-    asyncio.run(scenario())
+    run(scenario)
 
 
 def test_a_call_with_no_answer_yet_gives_its_slot_up_after_a_while() -> None:
     async def scenario() -> None:
         owner = Owner()
-        async with forwarding(owner) as (forwarder, _):
+        async with forwarding(owner, slot_hold_s=0.05) as (forwarder, _):
             held = sent(forwarder, "held-1")
             await owner.called(1)
             async with asyncio.timeout(TIMEOUT_S):
@@ -160,7 +167,7 @@ def test_a_call_with_no_answer_yet_gives_its_slot_up_after_a_while() -> None:
             assert await held == len("held-1")
             assert owner.calls == [["held-1"], ["next"]]
 
-    asyncio.run(scenario())
+    run(scenario)
 
 
 def test_an_error_answers_its_own_write_with_the_status_a_call_of_its_own_would_have() -> None:
@@ -182,13 +189,13 @@ def test_an_error_answers_its_own_write_with_the_status_a_call_of_its_own_would_
             )
             await first
 
-    asyncio.run(scenario())
+    run(scenario)
 
 
 def test_a_call_past_its_deadline_fails_each_write_still_out_with_the_calls_status() -> None:
     async def scenario() -> None:
         owner = Owner()
-        async with forwarding(owner, max_calls=2) as (forwarder, _):
+        async with forwarding(owner) as (forwarder, _):
             held = sent(forwarder, "held-1", timeout_s=0.2)
             with pytest.raises(RelayedError) as failed:
                 await held
@@ -197,7 +204,7 @@ def test_a_call_past_its_deadline_fails_each_write_still_out_with_the_calls_stat
             # The slot came back: the next write goes out.
             assert await sent(forwarder, "next") == len("next")
 
-    asyncio.run(scenario())
+    run(scenario)
 
 
 def test_a_peer_that_cannot_be_reached_fails_the_write_unavailable() -> None:
@@ -210,7 +217,7 @@ def test_a_peer_that_cannot_be_reached_fails_the_write_unavailable() -> None:
             status = failed.value.status
             assert (status.code, status.reason) == (grpc.StatusCode.UNAVAILABLE, None)
 
-    asyncio.run(scenario())
+    run(scenario)
 
 
 def test_closing_fails_the_writes_in_flight_unavailable_and_drops_the_queued_ones() -> None:
@@ -222,14 +229,28 @@ def test_closing_fails_the_writes_in_flight_unavailable_and_drops_the_queued_one
             queued = sent(forwarder, "queued")
             await asyncio.sleep(0)  # it queues behind the call in flight
             await forwarder.close()
-            with pytest.raises(RelayedError) as failed:
-                await in_flight
-            assert failed.value.status.code == grpc.StatusCode.UNAVAILABLE
-            with pytest.raises(asyncio.CancelledError):
-                await queued
+            for write_ in (in_flight, queued):
+                with pytest.raises(RelayedError) as failed:
+                    await write_
+                assert failed.value.status.code == grpc.StatusCode.UNAVAILABLE
             assert owner.calls == [["held-1"]]
+            with pytest.raises(RelayedError):
+                await sent(forwarder, "after")
 
-    asyncio.run(scenario())
+    run(scenario)
+
+
+def test_closing_before_a_call_has_started_fails_its_writes() -> None:
+    async def scenario() -> None:
+        async with forwarding(Owner()) as (forwarder, _):
+            write_ = sent(forwarder, "a")
+            await asyncio.sleep(0)  # queued, its call's task created but not yet run
+            await forwarder.close()
+            with pytest.raises(RelayedError) as failed:
+                await write_
+            assert failed.value.status.code == grpc.StatusCode.UNAVAILABLE
+
+    run(scenario)
 
 
 class OlderNode:
@@ -287,11 +308,9 @@ def test_a_peer_without_the_forward_service_gets_its_writes_one_call_each() -> N
         await server.start()
         peer = Peer("older", f"127.0.0.1:{port}", HybridLogicalClock("me"), timeout_s=TIMEOUT_S)
         try:
-            first = await peer.forward(write("first"))
-            delete = forward_pb2.ForwardedWrite(
-                delete=kv_pb2.DeleteRequest(key="gone"), timeout_ms=10_000
-            )
-            deleted = await peer.forward(delete)
+            first = await peer.forward(write("first"), TIMEOUT_S)
+            delete = forward_pb2.ForwardedWrite(delete=kv_pb2.DeleteRequest(key="gone"))
+            deleted = await peer.forward(delete, TIMEOUT_S)
         finally:
             await peer.close()
             await server.stop(None)
@@ -305,4 +324,4 @@ def test_a_peer_without_the_forward_service_gets_its_writes_one_call_each() -> N
         ]
         assert older.hops == ["1", "1"]
 
-    asyncio.run(scenario())
+    run(scenario)

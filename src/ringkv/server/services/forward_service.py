@@ -19,7 +19,13 @@ log = logging.getLogger(__name__)
 
 class ForwardService:
     """Coordinates forwarded writes as ``kv.KeyValue`` does, and answers each
-    as soon as it is done."""
+    as soon as it is done.
+
+    A call is a member call: the node that forwarded its writes admitted
+    each of them against its own ``--max-concurrent-calls``, as with replica
+    calls, so they are not counted again here. The metrics count the call,
+    not its writes; each write's outcome is counted where a client sent it.
+    """
 
     name = "ringkv.internal.Forward"
 
@@ -41,9 +47,12 @@ class ForwardService:
                 done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
                 yield forward_pb2.ForwardedAnswers(answers=[task.result() for task in done])
         finally:
-            # The caller left: what has not run yet need not.
+            # The caller left: what has not run yet need not. The call ends
+            # once they have stopped, so the gate counts it until then.
             for task in pending:
                 task.cancel()
+            if pending:
+                await asyncio.wait(pending)
 
     async def _answer(
         self, index: int, write: forward_pb2.ForwardedWrite

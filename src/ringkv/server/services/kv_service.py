@@ -12,7 +12,6 @@ or may not stamp versions. A node whose own clock may not stamp
 from __future__ import annotations
 
 import asyncio
-import math
 from collections import Counter
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import aclosing
@@ -48,6 +47,9 @@ from ringkv.server.transport.rpc import (
 RequestT = TypeVar("RequestT")
 ResponseT = TypeVar("ResponseT")
 MAX_HOPS = 1
+"""A write passes through one node at most before the one that coordinates
+it. Batched forwards (``ringkv.internal.Forward``) carry no hop count: the
+owner never forwards them again."""
 MAX_KEYS_PER_CALL = 1000
 
 
@@ -154,7 +156,7 @@ class KeyValueService:
         async def send(peer: Peer, timeout_s: float) -> kv_pb2.SetResponse:
             if conditional:
                 return await _alone(peer.kv.Set, request, timeout_s, call.hops)
-            answer = await peer.forward(_forwarded_write(timeout_s, set=request))
+            answer = await peer.forward(forward_pb2.ForwardedWrite(set=request), timeout_s)
             return answer.set
 
         forwarded = await self._forward(key, send, call, conditional=conditional)
@@ -193,7 +195,7 @@ class KeyValueService:
         async def send(peer: Peer, timeout_s: float) -> kv_pb2.DeleteResponse:
             if conditional:
                 return await _alone(peer.kv.Delete, request, timeout_s, call.hops)
-            answer = await peer.forward(_forwarded_write(timeout_s, delete=request))
+            answer = await peer.forward(forward_pb2.ForwardedWrite(delete=request), timeout_s)
             return answer.delete
 
         forwarded = await self._forward(key, send, call, conditional=conditional)
@@ -489,18 +491,6 @@ async def _alone(
         return await method(request, timeout=timeout_s, metadata=((FORWARD_HOPS, str(hops + 1)),))
     except grpc.aio.AioRpcError as error:
         raise RelayedError(PeerStatus.of_call(error)) from None
-
-
-def _forwarded_write(
-    timeout_s: float,
-    *,
-    set: kv_pb2.SetRequest | None = None,
-    delete: kv_pb2.DeleteRequest | None = None,
-) -> forward_pb2.ForwardedWrite:
-    """A plain write for ``Peer.forward``: it shares its call with others."""
-    return forward_pb2.ForwardedWrite(
-        set=set, delete=delete, timeout_ms=max(1, math.ceil(timeout_s * 1000))
-    )
 
 
 def _never_connected(error: PeerStatus) -> bool:

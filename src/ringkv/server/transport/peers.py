@@ -327,7 +327,9 @@ class Peer:
             log.info("peer up", extra={"peer": self.node_id})
         return True
 
-    async def forward(self, write: forward_pb2.ForwardedWrite) -> forward_pb2.ForwardedAnswer:
+    async def forward(
+        self, write: forward_pb2.ForwardedWrite, timeout_s: float
+    ) -> forward_pb2.ForwardedAnswer:
         """The peer's answer to a plain write it owns (``WriteForwarder.send``).
 
         A peer that does not serve ``Forward/Writes`` (an older version,
@@ -335,21 +337,21 @@ class Peer:
         instead, as it did before, and is asked again after
         ``FORWARD_RETRY_S``: nothing ran there when it refused.
         """
-        now = asyncio.get_running_loop().time()
-        if now >= self._batched_forwards_refused_until:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        if loop.time() >= self._batched_forwards_refused_until:
             try:
-                return await self._forwarder.send(write)
+                return await self._forwarder.send(write, timeout_s)
             except RelayedError as failed:
                 if failed.status.code is not grpc.StatusCode.UNIMPLEMENTED:
                     raise
-                self._batched_forwards_refused_until = now + FORWARD_RETRY_S
+                self._batched_forwards_refused_until = loop.time() + FORWARD_RETRY_S
                 log.warning("peer does not take batched forwards", extra={"peer": self.node_id})
-        return await self._forward_alone(write)
+        return await self._forward_alone(write, max(0.0, deadline - loop.time()))
 
     async def _forward_alone(
-        self, write: forward_pb2.ForwardedWrite
+        self, write: forward_pb2.ForwardedWrite, timeout_s: float
     ) -> forward_pb2.ForwardedAnswer:
-        timeout_s = write.timeout_ms / 1000
         hops = ((FORWARD_HOPS, "1"),)
         try:
             if write.HasField("delete"):
