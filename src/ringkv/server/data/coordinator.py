@@ -106,8 +106,28 @@ class Coordinator:
         deadline = _deadline(timeout_s)
         if level is not Consistency.ONE:
             await self._require_lease(key, level, timeout_s / 2)
-        winner = await self._read_newest(key, level, deadline)
+            winner = await self._read_newest(key, level, deadline)
+        elif self._answers_alone(key):
+            # What the request's one call, to this replica, would answer.
+            winner = self._store.read(key)
+        else:
+            winner = await self._read_newest(key, level, deadline)
         return winner if winner is not None and winner.is_live(self._now_ms()) else None
+
+    def _answers_alone(self, key: bytes) -> bool:
+        """Whether a read of ``key`` at ONE would call this node's replica
+        and no other: it is a live replica of the key and no membership
+        change is under way (which would ask the next ring's replicas too)."""
+        try:
+            read_plan = self._plan_for(Consistency.ONE, local_first=True)(key)
+        except RingkvError:
+            return False  # the request fails the same way, with its own words
+        first = read_plan.targets[0]
+        return (
+            read_plan.sets.upcoming is None
+            and first.node_id == self._view.node_id
+            and first.stands_in_for is None
+        )
 
     async def _read_newest(self, key: bytes, level: Consistency, deadline: float) -> Record | None:
         """The newest version a quorum at ``level`` holds, tombstones included."""
