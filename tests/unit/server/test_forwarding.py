@@ -18,8 +18,8 @@ from ringkv.api import forward_pb2, forward_pb2_grpc, kv_pb2
 from ringkv.api.headers import FORWARD_HOPS
 from ringkv.core.errors import InvalidArgument
 from ringkv.core.hlc import HybridLogicalClock
+from ringkv.server.services.forward_service import ForwardService
 from ringkv.server.transport import rpc
-from ringkv.server.transport.errors import status_code, status_details
 from ringkv.server.transport.forwarding import WriteForwarder
 from ringkv.server.transport.peers import Peer
 from ringkv.server.transport.rpc import Context, Method, RelayedError, StreamMethod
@@ -28,52 +28,47 @@ TIMEOUT_S = 10.0
 
 
 class Owner:
-    """A Forward service whose writes of keys starting ``held`` wait until
-    released and whose keys starting ``bad`` are refused; it records the keys
-    of each call."""
-
-    name = "ringkv.internal.Forward"
+    """What the owner does with each forwarded write, in the test's hands:
+    keys starting ``held`` wait until released, keys starting ``bad`` are
+    refused. It records the keys of each call."""
 
     def __init__(self) -> None:
         self.calls: list[list[str]] = []
         self.release: defaultdict[str, asyncio.Event] = defaultdict(asyncio.Event)
 
-    def methods(self) -> dict[str, StreamMethod]:
-        return {"Writes": StreamMethod(forward_pb2.ForwardedWrites, self.writes)}
-
-    async def writes(
-        self, request: forward_pb2.ForwardedWrites, _: Context
-    ) -> AsyncGenerator[forward_pb2.ForwardedAnswers, None]:
-        self.calls.append([write.set.key for write in request.writes])
-        pending = {asyncio.ensure_future(self._answer(i, w)) for i, w in enumerate(request.writes)}
-        try:
-            while pending:
-                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                yield forward_pb2.ForwardedAnswers(answers=[task.result() for task in done])
-        finally:
-            for task in pending:
-                task.cancel()
-
-    async def _answer(
-        self, index: int, write: forward_pb2.ForwardedWrite
-    ) -> forward_pb2.ForwardedAnswer:
-        key = write.set.key
+    async def set_forwarded(self, request: kv_pb2.SetRequest, _: float) -> kv_pb2.SetResponse:
+        key = request.key
         if key.startswith("held"):
             await self.release[key].wait()
         if key.startswith("bad"):
-            error = InvalidArgument(f"{key} is refused", reason="REFUSED")
-            return forward_pb2.ForwardedAnswer(
-                index=index, error=status_details(error, status_code(error))
-            )
-        return forward_pb2.ForwardedAnswer(
-            index=index, set=kv_pb2.SetResponse(ok=True, version=len(key))
-        )
+            raise InvalidArgument(f"{key} is refused", reason="REFUSED")
+        return kv_pb2.SetResponse(ok=True, version=len(key))
+
+    async def delete_forwarded(
+        self, request: kv_pb2.DeleteRequest, _: float
+    ) -> kv_pb2.DeleteResponse:
+        return kv_pb2.DeleteResponse(ok=True, version=len(request.key), found=True)
 
     async def called(self, count: int) -> None:
         """Until ``count`` calls have arrived (bounded)."""
         async with asyncio.timeout(TIMEOUT_S):
             while len(self.calls) < count:
                 await asyncio.sleep(0.001)
+
+
+class RecordedForwardService(ForwardService):
+    """The real service, telling the owner which writes each call carried."""
+
+    def __init__(self, owner: Owner) -> None:
+        super().__init__(owner)
+        self._owner = owner
+
+    async def writes(
+        self, request: forward_pb2.ForwardedWrites, context: Context
+    ) -> AsyncGenerator[forward_pb2.ForwardedAnswers, None]:
+        self._owner.calls.append([write.set.key for write in request.writes])
+        async for answers in super().writes(request, context):
+            yield answers
 
 
 @asynccontextmanager
@@ -84,7 +79,9 @@ async def forwarding(
     until its first answer (``slot_hold_s``: for as long as a test runs)."""
     server = grpc.aio.server()
     port = server.add_insecure_port("127.0.0.1:0")
-    server.add_generic_rpc_handlers([rpc.generic_handler(owner, rpc.Gate())])
+    server.add_generic_rpc_handlers(
+        [rpc.generic_handler(RecordedForwardService(owner), rpc.Gate())]
+    )
     await server.start()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
     stub = forward_pb2_grpc.ForwardStub(channel)

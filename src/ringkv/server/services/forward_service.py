@@ -7,14 +7,26 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncGenerator
+from typing import Protocol
 
-from ringkv.api import forward_pb2
+from ringkv.api import forward_pb2, kv_pb2
 from ringkv.core.errors import InternalError, InvalidArgument, RingkvError
-from ringkv.server.services.kv_service import KeyValueService
 from ringkv.server.transport.errors import status_code, status_details
 from ringkv.server.transport.rpc import Context, StreamMethod
 
 log = logging.getLogger(__name__)
+
+
+class ForwardedWriteHandler(Protocol):
+    """Runs one forwarded write as a client's (``KeyValueService``)."""
+
+    async def set_forwarded(
+        self, request: kv_pb2.SetRequest, timeout_s: float
+    ) -> kv_pb2.SetResponse: ...
+
+    async def delete_forwarded(
+        self, request: kv_pb2.DeleteRequest, timeout_s: float
+    ) -> kv_pb2.DeleteResponse: ...
 
 
 class ForwardService:
@@ -29,7 +41,7 @@ class ForwardService:
 
     name = "ringkv.internal.Forward"
 
-    def __init__(self, kv: KeyValueService) -> None:
+    def __init__(self, kv: ForwardedWriteHandler) -> None:
         self._kv = kv
 
     def methods(self) -> dict[str, StreamMethod]:
