@@ -5,8 +5,10 @@ nothing. Reads are coordinated by the node that receives them. Writes are
 coordinated by the key's owner (its first live replica), as in the seed:
 another node forwards the request there, with a hop limit and the caller's
 remaining deadline, and coordinates it itself if the owner cannot be reached
-or may not stamp versions. A node whose own clock may not stamp
-(``ringkv.server.cluster.clock_guard``) forwards its writes to another node instead.
+or may not stamp versions. Plain writes to one owner share forward calls
+(``ringkv.server.transport.forwarding``); conditional ones go alone. A
+node whose own clock may not stamp (``ringkv.server.cluster.clock_guard``)
+forwards its writes to another node instead.
 """
 
 from __future__ import annotations
