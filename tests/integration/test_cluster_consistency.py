@@ -319,8 +319,16 @@ def test_linearizable_history_survives_a_node_killed_midway(cluster: ClusterFact
     killed_at: list[float] = []
 
     def kill_midway(workload: Workload, deadline: float) -> None:
+        # Halfway through the time or the operations, whichever comes first.
         halfway = deadline - LIN_DURATION_S / 2
-        wait_for(lambda: time.monotonic() >= halfway, timeout=LIN_DURATION_S, what="halftime")
+        wait_for(
+            lambda: (
+                time.monotonic() >= halfway
+                or workload.completed >= LIN_CLIENTS * LIN_OPS_PER_CLIENT // 2
+            ),
+            timeout=LIN_DURATION_S,
+            what="halfway",
+        )
         victim.kill()
         killed_at.append(time.monotonic())
 

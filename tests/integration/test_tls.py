@@ -11,7 +11,9 @@ The tests use an offset of -20000 so both ports of a node can be picked free
 
 from __future__ import annotations
 
+import asyncio
 import json
+import ssl
 import subprocess
 import sys
 from collections.abc import Callable
@@ -37,7 +39,10 @@ from ringkv.client.admin import cluster_state
 from ringkv.core.errors import DeadlineExceeded, Unauthenticated, Unavailable
 from ringkv.core.hlc import Version
 from ringkv.core.records import Record
+from ringkv.server.transport.link import REPLICA_READ, LinkClient, LinkUnreachable
+from ringkv.server.transport.rpc import RelayedError
 from ringkv.server.transport.wire import record_to_wire
+from tests.support.metrics import METRICS, scrape
 from tests.support.nodes import (
     ClusterFactory,
     NodeFactory,
@@ -433,3 +438,73 @@ def test_bench_runs_over_tls_with_a_token(
     refused = cli(*run, *quick)
     assert refused.returncode == 3
     assert "TOKEN_REQUIRED" in refused.stderr
+
+
+def test_the_member_link_runs_over_mutual_tls_and_admits_members_only(
+    cluster: ClusterFactory, ca: CertificateAuthority, tmp_path: Path
+) -> None:
+    node_cert = ca.issue("node", role=MEMBER_ROLE_URI)
+    operator_cert = ca.issue("operator", role=OPERATOR_ROLE_URI)
+    members = cluster(
+        3,
+        *FAST,
+        *METRICS,
+        *tls_flags(ca, node_cert, mutual=True),
+        f"--peer-port-offset={OFFSET}",
+        port_offset=OFFSET,
+        security=Security.of(tls_ca=ca.cert),
+    )
+    wait_for_leader(members, timeout=30)
+
+    # Writes sent to node1 for keys it does not own reach their owners as
+    # Forward/Write calls, which only the member link carries.
+    def forwarded_over_the_link() -> float:
+        labels = {
+            "service": "ringkv.internal.Forward",
+            "method": "Write",
+            "level": "",
+            "code": "OK",
+        }
+        return sum(scrape(node).get("ringkv_requests_total", **labels) for node in members[1:])
+
+    with Client(members[0].address, tls_ca=ca.cert, timeout=5, token_aware=False) as client:
+        wait_for(lambda: _wrote_to_all(client), timeout=20, what="a write at ALL")
+        for i in range(20):
+            client.set(f"linked-{i}", "v", consistency="all")
+        wait_for(lambda: forwarded_over_the_link() > 0, timeout=20, what="a write on the link")
+
+    # Where node1's link is, asked as a member.
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=ca.cert.read_bytes(),
+        private_key=node_cert.key.read_bytes(),
+        certificate_chain=node_cert.cert.read_bytes(),
+    )
+    with grpc.secure_channel(member_port(members[0].address), credentials) as channel:
+        link_port = replica_pb2_grpc.ReplicaStub(channel).Link(replica_pb2.LinkRequest(), timeout=5)
+    assert link_port.port > 0
+
+    async def linked_read(issued: Issued) -> grpc.StatusCode | str | None:
+        """How a replica read on node1's link with ``issued`` is refused, if it is."""
+        tls = ssl.create_default_context(cadata=ca.cert.read_text())
+        tls.load_cert_chain(issued.cert, issued.key)
+        link = LinkClient("127.0.0.1", link_port.port, token=None, tls=tls, max_frame_bytes=1 << 20)
+        request = replica_pb2.ReadRequest(keys=[b"k"]).SerializeToString()
+        try:
+            await link.call(REPLICA_READ, request, 5)
+        except RelayedError as refused:
+            return refused.status.code
+        except LinkUnreachable:
+            return "no handshake"
+        finally:
+            link.close()
+        return None
+
+    assert asyncio.run(linked_read(node_cert)) is None
+    assert asyncio.run(linked_read(operator_cert)) is grpc.StatusCode.PERMISSION_DENIED
+    assert asyncio.run(linked_read(ca.issue("client"))) is grpc.StatusCode.PERMISSION_DENIED
+    # A node whose certificate the cluster's CA did not sign gets no handshake
+    # (with TLS 1.3 the client may learn of it only once it sends).
+    rogue = CertificateAuthority(tmp_path / "rogue-link", "rogue").issue(
+        "node", role=MEMBER_ROLE_URI
+    )
+    assert asyncio.run(linked_read(rogue)) in {"no handshake", grpc.StatusCode.UNAVAILABLE}

@@ -64,6 +64,11 @@ class ReplicaStub:
                 request_serializer=ringkv_dot_api_dot_replica__pb2.ClockRequest.SerializeToString,
                 response_deserializer=ringkv_dot_api_dot_replica__pb2.ClockResponse.FromString,
                 _registered_method=True)
+        self.Link = channel.unary_unary(
+                '/ringkv.internal.Replica/Link',
+                request_serializer=ringkv_dot_api_dot_replica__pb2.LinkRequest.SerializeToString,
+                response_deserializer=ringkv_dot_api_dot_replica__pb2.LinkResponse.FromString,
+                _registered_method=True)
         self.Prepare = channel.unary_unary(
                 '/ringkv.internal.Replica/Prepare',
                 request_serializer=ringkv_dot_api_dot_replica__pb2.PrepareRequest.SerializeToString,
@@ -132,6 +137,15 @@ class ReplicaServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Link(self, request, context):
+        """Where this node serves the member link (ringkv.server.transport.link):
+        replica reads and writes and forwarded writes as frames on one
+        connection, cheaper than a call each. Port 0: it serves none.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Prepare(self, request, context):
         """The three Paxos rounds of a conditional write (ringkv.core.paxos). Each
         answers only once the acceptor's new state is durable.
@@ -184,6 +198,11 @@ def add_ReplicaServicer_to_server(servicer, server):
                     servicer.Clock,
                     request_deserializer=ringkv_dot_api_dot_replica__pb2.ClockRequest.FromString,
                     response_serializer=ringkv_dot_api_dot_replica__pb2.ClockResponse.SerializeToString,
+            ),
+            'Link': grpc.unary_unary_rpc_method_handler(
+                    servicer.Link,
+                    request_deserializer=ringkv_dot_api_dot_replica__pb2.LinkRequest.FromString,
+                    response_serializer=ringkv_dot_api_dot_replica__pb2.LinkResponse.SerializeToString,
             ),
             'Prepare': grpc.unary_unary_rpc_method_handler(
                     servicer.Prepare,
@@ -363,6 +382,33 @@ class Replica:
             '/ringkv.internal.Replica/Clock',
             ringkv_dot_api_dot_replica__pb2.ClockRequest.SerializeToString,
             ringkv_dot_api_dot_replica__pb2.ClockResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Link(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ringkv.internal.Replica/Link',
+            ringkv_dot_api_dot_replica__pb2.LinkRequest.SerializeToString,
+            ringkv_dot_api_dot_replica__pb2.LinkResponse.FromString,
             options,
             channel_credentials,
             insecure,

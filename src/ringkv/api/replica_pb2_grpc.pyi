@@ -58,6 +58,11 @@ class ReplicaStub:
     """This node's wall clock, for a peer measuring how far its own clock is
     from the cluster's (ringkv.core.clock_offset).
     """
+    Link: _grpc.UnaryUnaryMultiCallable[_replica_pb2.LinkRequest, _replica_pb2.LinkResponse]
+    """Where this node serves the member link (ringkv.server.transport.link):
+    replica reads and writes and forwarded writes as frames on one
+    connection, cheaper than a call each. Port 0: it serves none.
+    """
     Prepare: _grpc.UnaryUnaryMultiCallable[_replica_pb2.PrepareRequest, _replica_pb2.PrepareResponse]
     """The three Paxos rounds of a conditional write (ringkv.core.paxos). Each
     answers only once the acceptor's new state is durable.
@@ -90,6 +95,11 @@ class ReplicaAsyncStub(ReplicaStub):
     Clock: _aio.UnaryUnaryMultiCallable[_replica_pb2.ClockRequest, _replica_pb2.ClockResponse]  # type: ignore[assignment]
     """This node's wall clock, for a peer measuring how far its own clock is
     from the cluster's (ringkv.core.clock_offset).
+    """
+    Link: _aio.UnaryUnaryMultiCallable[_replica_pb2.LinkRequest, _replica_pb2.LinkResponse]  # type: ignore[assignment]
+    """Where this node serves the member link (ringkv.server.transport.link):
+    replica reads and writes and forwarded writes as frames on one
+    connection, cheaper than a call each. Port 0: it serves none.
     """
     Prepare: _aio.UnaryUnaryMultiCallable[_replica_pb2.PrepareRequest, _replica_pb2.PrepareResponse]  # type: ignore[assignment]
     """The three Paxos rounds of a conditional write (ringkv.core.paxos). Each
@@ -156,6 +166,17 @@ class ReplicaServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_replica_pb2.ClockResponse, _abc.Awaitable[_replica_pb2.ClockResponse]]:
         """This node's wall clock, for a peer measuring how far its own clock is
         from the cluster's (ringkv.core.clock_offset).
+        """
+
+    @_abc_1.abstractmethod
+    def Link(
+        self,
+        request: _replica_pb2.LinkRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_replica_pb2.LinkResponse, _abc.Awaitable[_replica_pb2.LinkResponse]]:
+        """Where this node serves the member link (ringkv.server.transport.link):
+        replica reads and writes and forwarded writes as frames on one
+        connection, cheaper than a call each. Port 0: it serves none.
         """
 
     @_abc_1.abstractmethod

@@ -231,6 +231,17 @@ def add_parser(commands: Commands) -> None:
         f"-addr, where every caller needs a certificate (default: {DEFAULT_PEER_PORT_OFFSET})",
     )
     parser.add_argument(
+        "--link-port",
+        type=_link_port,
+        default=0,
+        metavar="PORT",
+        help="port of the member link, where peers send replica reads and writes and "
+        "forwarded writes as frames on one connection instead of gRPC calls (TLS and "
+        "member credentials as on the member port); 0: a free port above the kernel's "
+        "ephemeral range, which peers ask for; 'off': none, and this node's own calls go "
+        "over gRPC (default: 0)",
+    )
+    parser.add_argument(
         "--auth-token-file",
         type=Path,
         metavar="FILE",
@@ -252,6 +263,14 @@ def add_parser(commands: Commands) -> None:
         "for operator and client calls",
     )
     parser.set_defaults(handler=handle, parser=parser)
+
+
+def _link_port(text: str) -> int | None:
+    if text == "off":
+        return None
+    if not (text.isascii() and text.isdigit()) or not 0 <= int(text) < 65536:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port (0-65535) or 'off'")
+    return int(text)
 
 
 def config_from(args: argparse.Namespace) -> NodeConfig:
@@ -301,6 +320,7 @@ def config_from(args: argparse.Namespace) -> NodeConfig:
         tls_key=args.tls_key,
         tls_ca=args.tls_ca,
         peer_port_offset=args.peer_port_offset,
+        link_port=args.link_port,
         auth_token_file=args.auth_token_file,
         operator_token_file=args.operator_token_file,
         member_token_file=args.member_token_file,

@@ -197,6 +197,12 @@ class NodeConfig:
     there, server-only TLS on the client port), as Redis Cluster's bus port
     does; the same on every member. 0 puts everything on one port, where every
     caller needs a member certificate."""
+    link_port: int | None = 0
+    """Where members' replica reads and writes and forwarded writes arrive as
+    frames on one connection per peer (``server/transport/link.py``), on the
+    listen host: 0 for a free port above the kernel's ephemeral range (peers
+    ask each node for its port), None for no link (this node then serves
+    and sends those calls as gRPC calls on the member port)."""
     auth_token_file: Path | None = None
     """A file holding the bearer token clients must send."""
     operator_token_file: Path | None = None
@@ -206,6 +212,8 @@ class NodeConfig:
 
     def __post_init__(self) -> None:
         validate_node_id(self.node_id)
+        if self.link_port is not None and not 0 <= self.link_port < 65536:
+            raise ConfigError(f"--link-port must be 0-65535 or 'off', got {self.link_port}")
         if self.replicas < 1:
             raise ConfigError(f"replicas must be at least 1, got {self.replicas}")
         if self.engine not in ENGINE_KINDS:

@@ -19,6 +19,7 @@ from ringkv.core.election import ElectionConfig
 from ringkv.core.errors import Unavailable
 from ringkv.core.hlc import HybridLogicalClock
 from ringkv.core.membership import Membership, RingMaker
+from ringkv.core.validation import LARGEST_MESSAGE_BYTES
 from ringkv.server import descriptors, running_loop
 from ringkv.server.cluster.clock_guard import ClockGuard, ClockProber
 from ringkv.server.cluster.clock_mark import ClockMark
@@ -52,6 +53,7 @@ from ringkv.server.transport.auth import (
     NodeSecurity,
     Policy,
 )
+from ringkv.server.transport.link import REQUEST_HEAD, LinkDialer, LinkServer, bind_link_socket
 from ringkv.server.transport.peers import Fencing, Peer, PeerProber
 from ringkv.storage import FsyncMode, files, open_engine
 
@@ -84,7 +86,15 @@ async def serve(
     security = NodeSecurity.load(config)
     # Bind first: a node that cannot listen should not touch its data dir.
     server, port = _bind(config, security)
+    link_socket = _bind_link(config)
     async with AsyncExitStack() as resources:
+        if link_socket is not None:
+            resources.callback(link_socket.close)
+        link_dialer = (
+            LinkDialer(security.link_token, security.link_client_tls(), LARGEST_MESSAGE_BYTES)
+            if link_socket is not None
+            else None
+        )
         fd_limit = descriptors.raise_limit()
         fd_watch = asyncio.get_running_loop().create_task(descriptors.watch(fd_limit))
         resources.callback(fd_watch.cancel)
@@ -140,6 +150,7 @@ async def serve(
                 counters=counters,
                 open_channel=security.open_channel,
                 fencing=fencing,
+                link_dialer=link_dialer,
             )
 
         advertised = HostPort(config.advertised.host, config.advertised.port or port)
@@ -256,9 +267,21 @@ async def serve(
             counters=counters,
             clock_guard=clock_guard,
         )
+        forward_service = ForwardService(kv)
+        replica_service = ReplicaService(
+            store,
+            clock,
+            now_ms,
+            engine=engine,
+            tables=view,
+            limits=config.limits,
+            trees=trees,
+            changes=changes,
+            link_port=link_socket.getsockname()[1] if link_socket is not None else 0,
+        )
         services: list[rpc.Service] = [
             kv,
-            ForwardService(kv),
+            forward_service,
             ClusterService(
                 view,
                 engine,
@@ -269,16 +292,7 @@ async def serve(
                 member_port_offset=security.member_port_offset,
                 rebalancer=rebalancer,
             ),
-            ReplicaService(
-                store,
-                clock,
-                now_ms,
-                engine=engine,
-                tables=view,
-                limits=config.limits,
-                trees=trees,
-                changes=changes,
-            ),
+            replica_service,
             AdminService(
                 config.node_id,
                 engine,
@@ -316,6 +330,19 @@ async def serve(
             await metrics_server.start(metrics_socket)
             resources.push_async_callback(metrics_server.close)
 
+        observe = metrics.requests.observe if metrics is not None else None
+        if link_socket is not None:
+            link_server = LinkServer(
+                {**forward_service.link_methods(), **replica_service.link_methods()},
+                gate,
+                security.policy().admit_member,
+                max_frame_bytes=config.limits.message_bytes + REQUEST_HEAD.size,
+                observe=observe,
+            )
+            await link_server.start(link_socket, security.link_server_tls())
+            # Closed before what its calls use: the gate drained them already.
+            resources.push_async_callback(link_server.close)
+
         await _serve_until_stopped(
             config,
             server,
@@ -324,10 +351,11 @@ async def serve(
             stop=stop,
             on_serving=on_serving,
             gate=gate,
-            observe=metrics.requests.observe if metrics is not None else None,
+            observe=observe,
             metrics_port=metrics_server.port if metrics_server is not None else None,
             policy=security.policy(),
             fd_limit=fd_limit,
+            link_port=link_socket.getsockname()[1] if link_socket is not None else None,
         )
     log.info("stopped")
 
@@ -365,6 +393,20 @@ def _bind(config: NodeConfig, security: NodeSecurity | None = None) -> tuple[grp
     return server, port
 
 
+def _bind_link(config: NodeConfig) -> socket.socket | None:
+    """The member link's listening socket, on the listen host; None when it is off."""
+    if config.link_port is None:
+        return None
+    host = config.listen.host or "0.0.0.0"
+    try:
+        return bind_link_socket(host, config.link_port)
+    except OSError as error:
+        address = HostPort(host, config.link_port)
+        raise Unavailable(
+            f"cannot listen on {address} (--link-port): {error.strerror or error}"
+        ) from None
+
+
 def _check_address_free(listen: HostPort) -> None:
     """Fail with the OS's reason (grpc would only log its own line) if the port is taken."""
     host = listen.host or "0.0.0.0"
@@ -392,6 +434,7 @@ async def _serve_until_stopped(
     metrics_port: int | None = None,
     policy: Policy | None = None,
     fd_limit: int | None = None,
+    link_port: int | None = None,
 ) -> None:
     server.add_generic_rpc_handlers(
         [rpc.generic_handler(s, gate, observe, policy) for s in services]
@@ -420,6 +463,7 @@ async def _serve_until_stopped(
             "tls": config.tls_cert is not None,
             "mutual_tls": config.tls_ca is not None,
             "member_port": config.member_listen.port if config.member_listen else None,
+            "link_port": link_port,
             "fd_limit": fd_limit,
             "tokens": ",".join(
                 role

@@ -12,6 +12,7 @@ from typing import Protocol
 from ringkv.api import forward_pb2, kv_pb2
 from ringkv.core.errors import InternalError, InvalidArgument, RingkvError
 from ringkv.server.transport.errors import status_code, status_details
+from ringkv.server.transport.link import FORWARD_WRITE, LinkMethod
 from ringkv.server.transport.rpc import Context, StreamMethod
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,17 @@ class ForwardService:
 
     def methods(self) -> dict[str, StreamMethod]:
         return {"Writes": StreamMethod(forward_pb2.ForwardedWrites, self.writes)}
+
+    def link_methods(self) -> dict[int, LinkMethod]:
+        """On the member link a forwarded write travels alone: a frame costs
+        little, so sharing one buys nothing."""
+        return {
+            FORWARD_WRITE: LinkMethod(self.name, "Write", forward_pb2.ForwardedWrite, self.write)
+        }
+
+    async def write(self, write: forward_pb2.ForwardedWrite) -> forward_pb2.ForwardedAnswer:
+        """One forwarded write's answer, an error included."""
+        return await self._answer(0, write)
 
     async def writes(
         self, request: forward_pb2.ForwardedWrites, _: Context

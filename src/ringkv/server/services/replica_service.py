@@ -21,6 +21,7 @@ from ringkv.server.data import scan_pages
 from ringkv.server.data.change_feed import ChangeFeed, SpanSet
 from ringkv.server.data.local_store import LocalStore
 from ringkv.server.data.tree_cache import TreeCache
+from ringkv.server.transport.link import REPLICA_READ, REPLICA_WRITE, LinkMethod
 from ringkv.server.transport.rpc import Context, Method, StreamMethod
 from ringkv.server.transport.wire import (
     add_records,
@@ -62,7 +63,10 @@ class ReplicaService:
         limits: Limits | None = None,
         trees: TreeCache | None = None,
         changes: ChangeFeed | None = None,
+        link_port: int = 0,
     ) -> None:
+        self._link_port = link_port
+        """Where this node serves the member link; 0 when it serves none."""
         self._changes = changes or ChangeFeed(engine, clock)
         """This node's change log, for the watches of other nodes."""
         self._store = store
@@ -93,7 +97,18 @@ class ReplicaService:
             "Prepare": Method(replica_pb2.PrepareRequest, self.prepare),
             "Propose": Method(replica_pb2.ProposeRequest, self.propose),
             "Commit": Method(replica_pb2.CommitRequest, self.commit),
+            "Link": Method(replica_pb2.LinkRequest, self.link),
         }
+
+    def link_methods(self) -> dict[int, LinkMethod]:
+        """The calls this service also answers on the member link."""
+        return {
+            REPLICA_READ: LinkMethod(self.name, "Read", replica_pb2.ReadRequest, self.read),
+            REPLICA_WRITE: LinkMethod(self.name, "Write", replica_pb2.WriteRequest, self.write),
+        }
+
+    async def link(self, _: replica_pb2.LinkRequest, __: Context) -> replica_pb2.LinkResponse:
+        return replica_pb2.LinkResponse(port=self._link_port)
 
     async def prepare(
         self, request: replica_pb2.PrepareRequest, _: Context
@@ -141,7 +156,9 @@ class ReplicaService:
         assert self._tables is not None  # a replica fenced by nothing refuses nothing
         return membership_to_wire(self._tables.membership, self._tables.liveness)
 
-    async def read(self, request: replica_pb2.ReadRequest, _: Context) -> replica_pb2.ReadResponse:
+    async def read(
+        self, request: replica_pb2.ReadRequest, _: Context | None = None
+    ) -> replica_pb2.ReadResponse:
         if self._refuses(request.fence, request.clock):
             return replica_pb2.ReadResponse(newer_table=self._table(), clock=self._clock.last)
         # Answers the first keys up to a batch's bytes; the caller asks again
@@ -155,7 +172,7 @@ class ReplicaService:
         return replica_pb2.ReadResponse(results=results, clock=self._clock.last)
 
     async def write(
-        self, request: replica_pb2.WriteRequest, _: Context
+        self, request: replica_pb2.WriteRequest, _: Context | None = None
     ) -> replica_pb2.WriteResponse:
         records = [record_from_wire(r) for r in request.records]
         to_persist = self._rules.write(

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import enum
 import hmac
+import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -141,6 +142,10 @@ class NodeSecurity:
     cert: bytes | None = None
     key: bytes | None = None
     ca: bytes | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    """Where ``cert`` and ``key`` came from: Python's ``ssl`` (the member link)
+    loads a certificate chain from files only."""
     tokens: Tokens = Tokens()
     member_port_offset: int = 0
     """Added to a node's port to reach its member port; 0 when members share the client port."""
@@ -154,6 +159,8 @@ class NodeSecurity:
             cert=config.tls_cert.read_bytes() if config.tls_cert else None,
             key=config.tls_key.read_bytes() if config.tls_key else None,
             ca=config.tls_ca.read_bytes() if config.tls_ca else None,
+            cert_file=config.tls_cert,
+            key_file=config.tls_key,
             tokens=Tokens(
                 client=token(config.auth_token_file),
                 operator=token(config.operator_token_file),
@@ -204,6 +211,36 @@ class NodeSecurity:
     def policy(self) -> Policy:
         return Policy(self.tokens, member_certs=self.ca is not None)
 
+    @property
+    def link_token(self) -> bytes | None:
+        """What a node sends in its member link hello: its member token, if any."""
+        return (BEARER_PREFIX + self.tokens.member[0]).encode() if self.tokens.member else None
+
+    def link_server_tls(self) -> ssl.SSLContext | None:
+        """TLS for the member link's listener, as for the member port: a
+        certificate the member CA signed is required when there is a CA."""
+        if self.cert_file is None or self.key_file is None:
+            return None
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(self.cert_file, self.key_file)
+        if self.ca is not None:
+            context.load_verify_locations(cadata=self.ca.decode())
+            context.verify_mode = ssl.CERT_REQUIRED
+        return context
+
+    def link_client_tls(self) -> ssl.SSLContext | None:
+        """TLS for dialing another node's member link, as ``open_channel``
+        dials its member port: the peer verified with the member CA (the
+        system's roots without one), this node's certificate presented."""
+        if self.cert_file is None or self.key_file is None:
+            return None
+        context = ssl.create_default_context(
+            cadata=self.ca.decode() if self.ca is not None else None
+        )
+        if self.ca is not None:
+            context.load_cert_chain(self.cert_file, self.key_file)
+        return context
+
 
 class Policy:
     """Checks one call's credentials against the role its method needs."""
@@ -230,8 +267,27 @@ class Policy:
         lower role)."""
         if self.open or (access is Access.CLIENT and self._clients_open):
             return
+        self._judge(access, self._certificate_role(context), self._sent_token(context))
+
+    def admit_member(self, sent_token: bytes | None, tls: ssl.SSLObject | None) -> None:
+        """``check`` for a member link connection: ``sent_token`` from its
+        hello (``authorization``'s value), ``tls`` the session that carried it."""
+        if self.open:
+            return
+        role = None
+        if self._member_certs and tls is not None:
+            certificate = tls.getpeercert()
+            if certificate:  # verified: the listener requires it when there is a CA
+                names = certificate.get("subjectAltName", ())
+                uris = {name[1] for name in names if isinstance(name, tuple) and name[0] == "URI"}
+                role = max(
+                    (a for a, uri in ROLE_URIS.items() if uri in uris), default=Access.CLIENT
+                )
+        self._judge(Access.MEMBER, role, sent_token)
+
+    def _judge(self, access: Access, certificate_role: Access | None, sent: bytes | None) -> None:
         held = max(
-            (role for role in (self._certificate_role(context), self._token_role(context)) if role),
+            (role for role in (certificate_role, self._token_role(sent)) if role),
             default=None,
         )
         if held is not None and held >= access:
@@ -242,7 +298,7 @@ class Policy:
                 f"{held.name.lower()}'s",
                 reason=f"{access.name}_CREDENTIAL_REQUIRED",
             )
-        if self._sent_token(context) is not None:
+        if sent is not None:
             raise Unauthenticated("the token is not valid", reason="INVALID_TOKEN")
         if any(role >= access for role in self._tokens.values()):
             raise Unauthenticated(
@@ -262,8 +318,7 @@ class Policy:
         uris = {uri.decode() for uri in context.auth_context().get("peer_uri", ())}
         return max((a for a, uri in ROLE_URIS.items() if uri in uris), default=Access.CLIENT)
 
-    def _token_role(self, context: grpc.aio.ServicerContext[Any, Any]) -> Access | None:
-        sent = self._sent_token(context)
+    def _token_role(self, sent: bytes | None) -> Access | None:
         if sent is None:
             return None
         # Compare against every token, in constant time each, so that the

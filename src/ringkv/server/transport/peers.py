@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 from collections.abc import AsyncGenerator, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
@@ -42,7 +43,15 @@ from ringkv.core.validation import MAX_BATCH_BYTES
 from ringkv.server.counters import Counters
 from ringkv.server.transport.auth import CHANNEL_OPTIONS, NodeSecurity
 from ringkv.server.transport.batching import Batcher, ItemT, ResultT
-from ringkv.server.transport.forwarding import WriteForwarder
+from ringkv.server.transport.forwarding import DEADLINE_GRACE_S, WriteForwarder
+from ringkv.server.transport.link import (
+    FORWARD_WRITE,
+    REPLICA_READ,
+    REPLICA_WRITE,
+    LinkClient,
+    LinkDialer,
+    LinkUnreachable,
+)
 from ringkv.server.transport.rpc import PeerStatus, RelayedError
 from ringkv.server.transport.wire import (
     add_records,
@@ -66,6 +75,11 @@ PIPELINE_DEPTH = 4
 earlier ones are still on the wire or syncing on the replica (one HTTP/2
 connection carries them all, in order)."""
 _DOWN_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+LINK_RETRY_S = 30.0
+"""How long a peer that serves no member link goes unasked again."""
+LINK_REDIAL_S = 1.0
+"""How long after its link could not be found or dialed a peer is asked again
+(it may have restarted on another port): its calls go over gRPC meanwhile."""
 FORWARD_RETRY_S = 30.0
 """How long a peer that refused batched forwards gets writes one by one."""
 MERKLE_TIMEOUT_S = 120.0
@@ -90,6 +104,8 @@ class _Fenced(Protocol):
     @property
     def fence(self) -> replica_pb2.Fence: ...
 
+    def SerializeToString(self, *, deterministic: bool = ...) -> bytes: ...  # noqa: N802
+
 
 class _FencedAnswer(Protocol):
     """A replica answer: the peer's clock, and its table if it refused."""
@@ -99,6 +115,8 @@ class _FencedAnswer(Protocol):
 
     @property
     def newer_table(self) -> kv_pb2.MemberTable: ...
+
+    def ParseFromString(self, serialized: bytes) -> int: ...  # noqa: N802
 
 
 FencedRequest = TypeVar("FencedRequest", bound=_Fenced)
@@ -121,6 +139,7 @@ class Peer:
         counters: Counters | None = None,
         open_channel: ChannelOpener | None = None,
         fencing: Fencing = UNFENCED,
+        link_dialer: LinkDialer | None = None,
     ) -> None:
         self.node_id = node_id
         self._fencing = fencing
@@ -142,21 +161,62 @@ class Peer:
         """Until when (event loop time) writes go to the peer one call each."""
         self.cluster = kv_pb2_grpc.ClusterStub(self._channel)
         """The peer's membership API: heartbeats, elections, joins."""
+        self._link_dialer = link_dialer
+        self._link: LinkClient | None = None
+        self._link_lookup: asyncio.Task[None] | None = None
+        self._link_lookup_after = 0.0
+        """When (event loop time) the peer may be asked again where its link is."""
         self._writers: dict[str, Batcher[tuple[Record, Fence | None], ReplicaAck]] = {}
         self._reader: Batcher[tuple[bytes, Fence | None], Record | None] | None = None
 
     def _failed(
-        self, error: grpc.aio.AioRpcError, what: str, *, slow_is_down: bool = True
+        self, code: grpc.StatusCode, what: str, *, slow_is_down: bool = True
     ) -> Unavailable:
         if self._counters is not None:
             self._counters.replica_error(self.node_id, what.removeprefix("replica "))
-        down = error.code() is grpc.StatusCode.UNAVAILABLE or (
-            slow_is_down and error.code() in _DOWN_CODES
-        )
+        down = code is grpc.StatusCode.UNAVAILABLE or (slow_is_down and code in _DOWN_CODES)
         if down and self.alive:
             self.alive = False
             log.warning("peer down", extra={"peer": self.node_id, "during": what})
-        return Unavailable(f"{what} on {self.node_id} failed: {error.code().name}")
+        return Unavailable(f"{what} on {self.node_id} failed: {code.name}")
+
+    def _linked(self) -> LinkClient | None:
+        """The peer's member link, once known; until then (and for a peer that
+        serves none) calls go over gRPC, and the first asks where it is."""
+        if self._link is not None or self._link_dialer is None:
+            return self._link
+        loop = asyncio.get_running_loop()
+        if self._link_lookup is None and loop.time() >= self._link_lookup_after:
+            self._link_lookup = loop.create_task(self._look_up_link(self._link_dialer))
+        return None
+
+    async def _look_up_link(self, dialer: LinkDialer) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            answer = await self._replica.Link(replica_pb2.LinkRequest(), timeout=self._timeout_s)
+        except grpc.aio.AioRpcError as error:
+            # An older version serves no link: ask again after a while, as it
+            # may be upgraded meanwhile; a peer that did not answer, soon.
+            unimplemented = error.code() is grpc.StatusCode.UNIMPLEMENTED
+            self._link_lookup_after = loop.time() + (
+                LINK_RETRY_S if unimplemented else LINK_REDIAL_S
+            )
+        else:
+            if answer.port:
+                self._link = dialer.dial(self.address, answer.port)
+            else:
+                self._link_lookup_after = loop.time() + LINK_RETRY_S
+        finally:
+            self._link_lookup = None
+
+    def _unlinked(self, link: LinkClient, why: LinkUnreachable) -> None:
+        """Forget a link that could not be dialed (the peer restarted on
+        another port, or serves none now): the next call asks again."""
+        if self._link is link:
+            self._link = None
+            self._link_lookup_after = asyncio.get_running_loop().time() + LINK_REDIAL_S
+            log.info("member link unreachable", extra={"peer": self.node_id, "error": str(why)})
+            link.close()
 
     def mark_down(self) -> None:
         """Note a failure seen on a call made outside this class (forwarding)."""
@@ -199,7 +259,12 @@ class Peer:
             request = replica_pb2.ReadRequest(
                 keys=keys[len(records) :], clock=self._clock.last, fence=fence
             )
-            response = await self._fenced_call(self._replica.Read, request, "replica read")
+            response = await self._fenced_call(
+                self._replica.Read,
+                request,
+                "replica read",
+                linked=(REPLICA_READ, replica_pb2.ReadResponse),
+            )
             if not response.results:
                 raise InternalError(f"{self.node_id} answered a read of {len(keys)} keys with none")
             records += [record_from_wire(r.record) if r.found else None for r in response.results]
@@ -245,7 +310,12 @@ class Peer:
             fence=self._fence(fence for _, fence in writes),
         )
         add_records(request.records, records)
-        response = await self._fenced_call(self._replica.Write, request, "replica write")
+        response = await self._fenced_call(
+            self._replica.Write,
+            request,
+            "replica write",
+            linked=(REPLICA_WRITE, replica_pb2.WriteResponse),
+        )
         if not len(response.replaced_live) == len(response.newer) == len(records):
             raise InternalError(f"{self.node_id} answered a write of {len(records)} records oddly")
         return [
@@ -283,16 +353,46 @@ class Peer:
         method: grpc.aio.UnaryUnaryMultiCallable[FencedRequest, FencedResponse],
         request: FencedRequest,
         what: str,
+        *,
+        linked: tuple[int, type[FencedResponse]] | None = None,
     ) -> FencedResponse:
         """Make one fenced replica call: its answer, after the peer's clock is
-        observed; StaleMemberTable if the peer refused the request's table."""
+        observed; StaleMemberTable if the peer refused the request's table.
+
+        ``linked``: the call's method and answer type on the member link,
+        which carries it when the peer has one."""
+        link = self._linked() if linked is not None else None
         try:
-            response = await method(request, timeout=self._timeout_s)
+            response = None
+            if link is not None and linked is not None:
+                response = await self._over_link(link, linked, request)
+            if response is None:
+                response = await method(request, timeout=self._timeout_s)
         except grpc.aio.AioRpcError as error:
-            raise self._failed(error, what) from None
+            raise self._failed(error.code(), what) from None
+        except RelayedError as failed:
+            raise self._failed(failed.status.code, what) from None
         self._clock.observe_peer(response.clock)
         self._check_fence(response.newer_table, request.fence)
         return response
+
+    async def _over_link(
+        self,
+        link: LinkClient,
+        linked: tuple[int, type[FencedResponse]],
+        request: FencedRequest,
+    ) -> FencedResponse | None:
+        """The answer over the member link; None if it could not be dialed
+        (nothing was sent: the caller makes the call over gRPC)."""
+        method_id, answer_type = linked
+        try:
+            raw = await link.call(method_id, request.SerializeToString(), self._timeout_s)
+        except LinkUnreachable as why:
+            self._unlinked(link, why)
+            return None
+        answer = answer_type()
+        answer.ParseFromString(raw)
+        return answer
 
     def _fence(self, planned: Iterable[Fence | None] = ()) -> replica_pb2.Fence:
         """The fence a call carries: the oldest table any of its items was
@@ -337,6 +437,21 @@ class Peer:
         instead, as it did before, and is asked again after
         ``FORWARD_RETRY_S``: nothing ran there when it refused.
         """
+        link = self._linked()
+        if link is not None:
+            # Each write alone: a frame costs little, so sharing one buys nothing.
+            write.timeout_ms = max(1, math.ceil(timeout_s * 1000))
+            try:
+                raw = await link.call(
+                    FORWARD_WRITE, write.SerializeToString(), timeout_s + DEADLINE_GRACE_S
+                )
+            except LinkUnreachable as why:
+                self._unlinked(link, why)
+            else:
+                answer = forward_pb2.ForwardedAnswer.FromString(raw)
+                if answer.HasField("error"):
+                    raise RelayedError(PeerStatus.of_status(answer.error))
+                return answer
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         if loop.time() >= self._batched_forwards_refused_until:
@@ -363,6 +478,12 @@ class Peer:
             raise RelayedError(PeerStatus.of_call(error)) from None
 
     async def close(self) -> None:
+        if self._link_lookup is not None:
+            self._link_lookup.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._link_lookup
+        if self._link is not None:
+            self._link.close()
         await self._forwarder.close()
         for writer in self._writers.values():
             await writer.close()
@@ -394,7 +515,7 @@ class Peer:
         try:
             response = await self._replica.Scan(request, timeout=self._timeout_s)
         except grpc.aio.AioRpcError as error:
-            raise self._failed(error, "replica scan") from None
+            raise self._failed(error.code(), "replica scan") from None
         self._clock.observe_peer(response.clock)
         return [record_from_wire(r) for r in response.records], response.next_cursor
 
@@ -432,7 +553,7 @@ class Peer:
                 raise Compacted(error.details() or "", metadata=dict(info.metadata)) from None
             if info is not None and info.reason == WatchDisabled.default_reason:
                 raise WatchDisabled(error.details() or "") from None
-            raise self._failed(error, "replica watch", slow_is_down=False) from None
+            raise self._failed(error.code(), "replica watch", slow_is_down=False) from None
         finally:
             call.cancel()
         raise Unavailable(f"{self.node_id} ended a watch stream")
@@ -453,7 +574,7 @@ class Peer:
             response = await self._replica.Merkle(request, timeout=MERKLE_TIMEOUT_S)
         except grpc.aio.AioRpcError as error:
             # Slow is not down: a tree of many keys takes the peer a while.
-            raise self._failed(error, "replica merkle", slow_is_down=False) from None
+            raise self._failed(error.code(), "replica merkle", slow_is_down=False) from None
         self._clock.observe_peer(response.clock)
         if len(response.leaves) != 1 << depth:
             raise InternalError(f"{self.node_id} answered a Merkle request of depth {depth} oddly")
