@@ -65,6 +65,7 @@ def serve(conn: Connection) -> None:
         await server.start()
         sock = bind_link_socket("127.0.0.1", 0)
         link = LinkServer(
+            "server",
             {REPLICA_READ: LinkMethod(SERVICE, "Read", replica_pb2.ReadRequest, read)},
             gate,
             Policy(Tokens(), member_certs=False).admit_member,
@@ -121,7 +122,9 @@ async def run(
     request = replica_pb2.ReadRequest(keys=[b"key-000042"])
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{grpc_port}")
     stub = replica_pb2_grpc.ReplicaStub(channel)
-    link = LinkClient("127.0.0.1", link_port, token=None, tls=None, max_frame_bytes=MAX_FRAME)
+    link = LinkClient(
+        "server", "127.0.0.1", link_port, token=None, tls=None, max_frame_bytes=MAX_FRAME
+    )
     raw = request.SerializeToString()
 
     async def over_grpc() -> object:

@@ -333,6 +333,7 @@ async def serve(
         observe = metrics.requests.observe if metrics is not None else None
         if link_socket is not None:
             link_server = LinkServer(
+                config.node_id,
                 {**forward_service.link_methods(), **replica_service.link_methods()},
                 gate,
                 security.policy().admit_member,

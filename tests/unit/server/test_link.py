@@ -84,6 +84,7 @@ async def serving(
     sock = bind_link_socket("127.0.0.1", 0)
     port = sock.getsockname()[1]
     server = LinkServer(
+        "b",
         replica.link_methods(),
         gate or rpc.Gate(),
         (policy or Policy(Tokens(), member_certs=False)).admit_member,
@@ -96,8 +97,8 @@ async def serving(
         await server.close()
 
 
-def client(port: int, token: bytes | None = None) -> LinkClient:
-    return LinkClient("127.0.0.1", port, token=token, tls=None, max_frame_bytes=MAX_FRAME)
+def client(port: int, token: bytes | None = None, node_id: str = "b") -> LinkClient:
+    return LinkClient(node_id, "127.0.0.1", port, token=token, tls=None, max_frame_bytes=MAX_FRAME)
 
 
 async def read(link: LinkClient, key: bytes, timeout_s: float = TIMEOUT_S) -> int:
@@ -203,32 +204,87 @@ def test_a_closing_node_refuses_calls_as_shutting_down() -> None:
 
 
 @pytest.mark.parametrize(
-    ("token", "code", "reason"),
+    ("token", "refusal"),
     [
-        (None, grpc.StatusCode.UNAUTHENTICATED, "TOKEN_REQUIRED"),
-        (b"Bearer wrong", grpc.StatusCode.UNAUTHENTICATED, "INVALID_TOKEN"),
-        (b"Bearer client-secret", grpc.StatusCode.PERMISSION_DENIED, None),
-        (b"Bearer member-secret", None, None),
+        (None, "this node requires a token"),
+        (b"Bearer wrong", "the token is not valid"),
+        (b"Bearer client-secret", "this call is for members"),
+        (b"Bearer member-secret", None),
     ],
 )
-def test_only_a_member_token_gets_in(
-    token: bytes | None, code: grpc.StatusCode | None, reason: str | None
-) -> None:
+def test_only_a_member_token_gets_in(token: bytes | None, refusal: str | None) -> None:
     async def scenario() -> None:
         policy = Policy(
             Tokens(client=("client-secret",), member=("member-secret",)), member_certs=False
         )
         async with serving(Replica(), policy=policy) as (_, port):
             link = client(port, token)
-            if code is None:
+            if refusal is None:
                 assert await read(link, b"k") == 1
             else:
-                with pytest.raises(RelayedError) as failed:
+                # Refused before anything is sent: the caller may try gRPC,
+                # which gives the refusal its status.
+                with pytest.raises(LinkUnreachable, match=refusal):
                     await read(link, b"k")
-                assert failed.value.status.code is code
-                if reason is not None:
-                    assert failed.value.status.reason == reason
             link.close()
+
+    run(scenario())
+
+
+def test_a_link_answered_by_another_node_is_not_used() -> None:
+    async def scenario() -> None:
+        async with serving(Replica()) as (server, port):
+            with pytest.raises(LinkUnreachable, match="'b'"):
+                await read(client(port, node_id="c"), b"k")
+            async with asyncio.timeout(TIMEOUT_S):
+                while server.connections:
+                    await asyncio.sleep(0.01)
+
+    run(scenario())
+
+
+def test_a_request_larger_than_the_server_takes_fails_alone() -> None:
+    async def scenario() -> None:
+        async with serving(Replica()) as (_, port):
+            link = client(port)
+            held = asyncio.ensure_future(read(link, b"held"))
+            request = replica_pb2.ReadRequest(keys=[b"k" * MAX_FRAME]).SerializeToString()
+            with pytest.raises(RelayedError) as failed:
+                await link.call(REPLICA_READ, request, TIMEOUT_S)
+            assert failed.value.status.code is grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert failed.value.status.reason == "MESSAGE_TOO_LARGE"
+            assert await read(link, b"after") == 5  # the connection serves on
+            assert not held.done()
+            link.close()
+            with pytest.raises(RelayedError):
+                await held
+
+    run(scenario())
+
+
+def test_a_dial_that_gets_no_welcome_is_unreachable_and_close_ends_it() -> None:
+    async def scenario() -> None:
+        # The kernel accepts the connection; nothing ever answers the hello.
+        with bind_link_socket("127.0.0.1", 0) as silent:
+            port = silent.getsockname()[1]
+            link = LinkClient(
+                "b",
+                "127.0.0.1",
+                port,
+                token=None,
+                tls=None,
+                max_frame_bytes=MAX_FRAME,
+                connect_timeout_s=0.2,
+            )
+            with pytest.raises(LinkUnreachable):
+                await read(link, b"k")
+            other = client(port)
+            dialing = asyncio.ensure_future(read(other, b"k"))
+            await asyncio.sleep(0.05)
+            other.close()
+            # Closed mid-dial: the caller goes on elsewhere, it is not cancelled.
+            with pytest.raises(LinkUnreachable):
+                await dialing
 
     run(scenario())
 

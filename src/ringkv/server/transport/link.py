@@ -2,7 +2,7 @@
 nodes as frames on one TCP connection per peer, instead of gRPC calls.
 
 A gRPC unary call costs about 360 µs of CPU over both ends on loopback, a
-frame on a long-lived connection about 45 (``bench/link.py``): grpc's call
+frame on a long-lived connection about 45 (``bench/link_frames.py``): grpc's call
 object, metadata, deadline and completion-queue hops on each end, against a
 length prefix and a future. The replica and forward calls are most of a
 write's node-to-node traffic, so they move here; everything else (Paxos,
@@ -14,12 +14,18 @@ kind, the call id) and a body:
 
 - ``HELLO`` (id 0, first on a connection): the member token, if any. Members
   that use certificates prove them in the TLS handshake instead.
+- ``WELCOME`` (id 0): the server's node id. The client sends nothing more
+  until it has it, and drops a connection to another node than the one it
+  asked for (one that took the port after that one left it).
 - ``REQUEST``: the method (one byte), the caller's timeout in milliseconds
   (``>I``) and the serialized request.
 - ``ANSWER``: the serialized response.
 - ``FAILED``: a serialized ``google.rpc.Status``, as a gRPC call would have
-  ended with. With id 0 it refuses the connection (a bad credential) and
-  the server closes it.
+  ended with. With id 0 it refuses the hello (a bad credential) and the
+  server closes the connection.
+
+A frame larger than the receiver takes is skipped, and fails its call
+alone (``RESOURCE_EXHAUSTED``), as grpc refuses a message past its limit.
 
 Calls on one connection are answered in any order: each runs in a task of
 its own on the server, as gRPC runs each call.
@@ -30,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import random
 import socket
 import ssl
@@ -44,7 +51,7 @@ import grpc
 from google.protobuf.message import Message
 from google.rpc import status_pb2
 
-from ringkv.core.errors import InternalError, RingkvError
+from ringkv.core.errors import InternalError, ResourceExhausted, RingkvError
 from ringkv.server.transport.auth import Access
 from ringkv.server.transport.errors import status_code, status_details
 from ringkv.server.transport.rpc import (
@@ -59,7 +66,7 @@ log = logging.getLogger(__name__)
 
 HEADER = struct.Struct(">IBI")
 REQUEST_HEAD = struct.Struct(">BI")
-HELLO, REQUEST, ANSWER, FAILED = 1, 2, 3, 4
+HELLO, REQUEST, ANSWER, FAILED, WELCOME = 1, 2, 3, 4, 5
 REPLICA_READ, REPLICA_WRITE, FORWARD_WRITE = 1, 2, 3
 """The methods, by the byte a request names them with."""
 
@@ -105,11 +112,14 @@ def _tune(sock: socket.socket | None) -> None:
 
 
 class _Frames(asyncio.Protocol):
-    """Cuts a byte stream into frames and hands each to ``frame``."""
+    """Cuts a byte stream into frames and hands each to ``frame``; a frame
+    larger than ``max_frame_bytes`` goes to ``oversized`` and is skipped."""
 
     def __init__(self, max_frame_bytes: int) -> None:
         self._buffer = bytearray()
         self._max_frame_bytes = max_frame_bytes
+        self._skip = 0
+        """Bytes still to drop of an oversized frame."""
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -117,28 +127,44 @@ class _Frames(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
         _tune(transport.get_extra_info("socket"))
 
+    @property
+    def closing(self) -> bool:
+        return self.transport is None or self.transport.is_closing()
+
     def data_received(self, data: bytes) -> None:
+        if self._skip:
+            dropped = min(self._skip, len(data))
+            self._skip -= dropped
+            data = data[dropped:]
         buffer = self._buffer
         buffer += data
         start = 0
-        while len(buffer) - start >= HEADER.size:
+        # Nothing more is read once the connection is closing: a refused
+        # hello's answer must leave before anything could abort it.
+        while len(buffer) - start >= HEADER.size and not self.closing:
             size, kind, call_id = HEADER.unpack_from(buffer, start)
+            body_start = start + HEADER.size
             if size > self._max_frame_bytes:
-                log.warning("a link frame is too large; closing", extra={"bytes": size})
-                self.abort()
-                return
-            end = start + HEADER.size + size
+                self.oversized(kind, call_id, size)
+                start = min(len(buffer), body_start + size)
+                self._skip = body_start + size - start
+                continue
+            end = body_start + size
             if len(buffer) < end:
                 break
-            self.frame(kind, call_id, bytes(buffer[start + HEADER.size : end]))
+            self.frame(kind, call_id, bytes(buffer[body_start:end]))
             start = end
         del buffer[:start]
 
     def frame(self, kind: int, call_id: int, body: bytes) -> None:
         raise NotImplementedError
 
+    def oversized(self, kind: int, call_id: int, size: int) -> None:
+        raise NotImplementedError
+
     def send(self, kind: int, call_id: int, *body: bytes) -> None:
-        if self.transport is not None and not self.transport.is_closing():
+        if not self.closing:
+            assert self.transport is not None
             size = sum(map(len, body))
             self.transport.write(b"".join((HEADER.pack(size, kind, call_id), *body)))
 
@@ -156,7 +182,7 @@ class _ServerConnection(_Frames):
         super().__init__(server.max_frame_bytes)
         self._server = server
         self._admitted = False
-        self._tasks: set[asyncio.Task[None]] = set()
+        self.tasks: set[asyncio.Task[None]] = set()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -164,30 +190,43 @@ class _ServerConnection(_Frames):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._server.connections.discard(self)
-        for task in self._tasks:
+        for task in self.tasks:
             task.cancel()  # its caller is gone, as when a gRPC call is cancelled
 
     def frame(self, kind: int, call_id: int, body: bytes) -> None:
+        assert self.transport is not None
         if kind == HELLO and not self._admitted:
             try:
-                assert self.transport is not None
                 self._server.admit(body or None, self.transport.get_extra_info("ssl_object"))
             except RingkvError as error:
                 self.send(FAILED, 0, status_details(error, status_code(error)))
-                assert self.transport is not None
                 self.transport.close()
                 return
             self._admitted = True
+            self.send(WELCOME, 0, self._server.node_id.encode())
         elif kind == REQUEST and self._admitted and len(body) >= REQUEST_HEAD.size:
             method_id, timeout_ms = REQUEST_HEAD.unpack_from(body)
             task = asyncio.get_running_loop().create_task(
                 self._serve(call_id, method_id, timeout_ms / 1000, body[REQUEST_HEAD.size :])
             )
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
         else:
             log.warning("a link peer broke the protocol; closing", extra={"kind": kind})
             self.abort()
+
+    def oversized(self, kind: int, call_id: int, size: int) -> None:
+        if kind != REQUEST or not self._admitted:
+            log.warning("a link peer broke the protocol; closing", extra={"kind": kind})
+            self.abort()
+            return
+        # Refused alone, as grpc refuses a message past its limit.
+        refused = ResourceExhausted(
+            f"a request of {size} bytes is larger than this node takes "
+            f"({self._server.max_frame_bytes})",
+            reason="MESSAGE_TOO_LARGE",
+        )
+        self.send(FAILED, call_id, status_details(refused, status_code(refused)))
 
     async def _serve(self, call_id: int, method_id: int, timeout_s: float, raw: bytes) -> None:
         method = self._server.methods.get(method_id)
@@ -228,10 +267,11 @@ class _ServerConnection(_Frames):
 
 class LinkServer:
     """Serves ``methods`` on a listening socket, through the node's gate, as
-    member calls."""
+    member calls; it answers a connection's hello with ``node_id``."""
 
     def __init__(
         self,
+        node_id: str,
         methods: Mapping[int, LinkMethod],
         gate: Gate,
         admit: Admit,
@@ -239,6 +279,7 @@ class LinkServer:
         max_frame_bytes: int,
         observe: RequestObserver | None = None,
     ) -> None:
+        self.node_id = node_id
         self.methods = methods
         self.gate = gate
         self.admit = admit
@@ -258,11 +299,18 @@ class LinkServer:
         )
 
     async def close(self) -> None:
-        """Stop listening and drop every connection (their calls are cancelled)."""
+        """Stop listening, drop every connection and wait until the calls
+        still running (past the gate's drain) have stopped: what they use
+        closes next."""
         if self._server is not None:
             self._server.close()
+        tasks = [task for connection in self.connections for task in connection.tasks]
         for connection in list(self.connections):
             connection.abort()
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
         if self._server is not None:
             await self._server.wait_closed()
 
@@ -309,7 +357,8 @@ def _listen(host: str, port: int) -> socket.socket:
 
 
 class LinkUnreachable(Exception):
-    """The link could not be dialed: the caller may make the call over gRPC."""
+    """The link could not be dialed, or the node there is not the one asked
+    for: nothing was sent, and the caller may make the call over gRPC."""
 
 
 class _ClientConnection(_Frames):
@@ -317,33 +366,54 @@ class _ClientConnection(_Frames):
         super().__init__(max_frame_bytes)
         self._peer = peer
         self.waiting: dict[int, asyncio.Future[bytes]] = {}
+        self.welcome: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        """The node id the server answered the hello with."""
         self.received_at = 0.0
         """When bytes last arrived (``time.monotonic``)."""
         self.lost = False
+
+    @property
+    def usable(self) -> bool:
+        return not self.lost and not self.closing and self.welcome.done()
 
     def data_received(self, data: bytes) -> None:
         self.received_at = time.monotonic()
         super().data_received(data)
 
     def frame(self, kind: int, call_id: int, body: bytes) -> None:
-        if kind == FAILED and call_id == 0:
-            self._fail_all(PeerStatus.of_status(body))
+        if call_id == 0 and kind in (WELCOME, FAILED) and not self.welcome.done():
+            if kind == WELCOME:
+                self.welcome.set_result(body.decode(errors="replace"))
+            else:
+                self.welcome.set_exception(RelayedError(PeerStatus.of_status(body)))
+                self.abort()
+            return
+        if kind not in (ANSWER, FAILED) or call_id == 0:
+            log.warning("a link peer broke the protocol; closing", extra={"kind": kind})
+            self.abort()
             return
         future = self.waiting.pop(call_id, None)
         if future is None or future.done():
             return
         if kind == ANSWER:
             future.set_result(body)
-        elif kind == FAILED:
+        else:
             future.set_exception(RelayedError(PeerStatus.of_status(body)))
+
+    def oversized(self, kind: int, call_id: int, size: int) -> None:
+        future = self.waiting.pop(call_id, None)
+        if future is None or future.done():
+            return
+        message = f"an answer of {size} bytes is larger than this node takes"
+        future.set_exception(
+            RelayedError(PeerStatus(grpc.StatusCode.RESOURCE_EXHAUSTED, message, ()))
+        )
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
-        self._fail_all(
-            PeerStatus(grpc.StatusCode.UNAVAILABLE, f"the link to {self._peer} was lost", ())
-        )
-
-    def _fail_all(self, status: PeerStatus) -> None:
+        status = PeerStatus(grpc.StatusCode.UNAVAILABLE, f"the link to {self._peer} was lost", ())
+        if not self.welcome.done():
+            self.welcome.set_exception(RelayedError(status))
         waiting, self.waiting = self.waiting, {}
         for future in waiting.values():
             if not future.done():
@@ -356,6 +426,7 @@ class LinkClient:
 
     def __init__(
         self,
+        node_id: str,
         host: str,
         port: int,
         *,
@@ -364,6 +435,7 @@ class LinkClient:
         max_frame_bytes: int,
         connect_timeout_s: float = 1.0,
     ) -> None:
+        self._node_id = node_id
         self._host = host
         self._port = port
         self._token = token or b""
@@ -377,29 +449,44 @@ class LinkClient:
 
     @property
     def name(self) -> str:
-        return f"{self._host}:{self._port}"
+        return f"{self._node_id} at {self._host}:{self._port}"
+
+    async def connect(self, timeout_s: float) -> None:
+        """Dial unless connected; LinkUnreachable if that fails within
+        ``timeout_s`` (and the connect timeout)."""
+        connection = self._connection
+        if connection is None or not connection.usable:
+            await self._connect(timeout_s)
 
     async def call(self, method_id: int, request: bytes, timeout_s: float) -> bytes:
-        """The serialized answer. Raises LinkUnreachable when the connection
-        could not be made (nothing was sent), RelayedError with the peer's
-        status, UNAVAILABLE when the connection was lost, or DEADLINE_EXCEEDED."""
+        """The serialized answer, within ``timeout_s`` (a dial included).
+
+        Raises LinkUnreachable when the connection could not be made
+        (nothing was sent); RelayedError with the peer's status, UNAVAILABLE
+        when the connection was lost, or DEADLINE_EXCEEDED.
+
+        A call that times out with nothing received on its connection since
+        it was sent drops the connection (its other calls fail UNAVAILABLE):
+        the link looks dead, and a new connection finds out sooner.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
         connection = self._connection
-        if connection is None or connection.lost:
-            connection = await self._connect()
+        if connection is None or not connection.usable:
+            connection = await self._connect(timeout_s)
         self._next_id = call_id = self._next_id % 0xFFFFFFFF + 1
-        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[bytes] = loop.create_future()
         connection.waiting[call_id] = future
         sent_at = time.monotonic()
+        left = deadline - loop.time()
         connection.send(
-            REQUEST, call_id, REQUEST_HEAD.pack(method_id, max(1, round(timeout_s * 1000))), request
+            REQUEST, call_id, REQUEST_HEAD.pack(method_id, max(1, math.ceil(left * 1000))), request
         )
         try:
-            async with asyncio.timeout(timeout_s):
+            async with asyncio.timeout_at(deadline):
                 return await future
         except TimeoutError:
             if connection.received_at < sent_at:
-                # Nothing came back on it since: the link looks dead, and a
-                # new connection finds out sooner than this one would.
                 connection.abort()
             raise RelayedError(
                 PeerStatus(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded", ())
@@ -407,22 +494,35 @@ class LinkClient:
         finally:
             connection.waiting.pop(call_id, None)
 
-    async def _connect(self) -> _ClientConnection:
+    async def _connect(self, timeout_s: float) -> _ClientConnection:
         if self._closed:
             raise LinkUnreachable("the link is closed")
-        if self._dialing is None:
-            self._dialing = asyncio.ensure_future(self._dial())
         dialing = self._dialing
+        if dialing is None:
+            dialing = self._dialing = asyncio.ensure_future(
+                self._dial(min(self._connect_timeout_s, timeout_s))
+            )
+            dialing.add_done_callback(self._dialed)
         try:
             return await asyncio.shield(dialing)
-        finally:
-            if dialing.done() and self._dialing is dialing:
-                self._dialing = None
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if dialing.cancelled() and not (task is not None and task.cancelling()):
+                raise LinkUnreachable("the link was closed while dialing") from None
+            raise
 
-    async def _dial(self) -> _ClientConnection:
+    def _dialed(self, dialing: asyncio.Future[_ClientConnection]) -> None:
+        if self._dialing is dialing:
+            self._dialing = None
+        if not dialing.cancelled():
+            dialing.exception()  # retrieved: every caller may have left meanwhile
+
+    async def _dial(self, timeout_s: float) -> _ClientConnection:
+        """A connection whose server took this node's hello and is the node asked for."""
         loop = asyncio.get_running_loop()
+        connection: _ClientConnection | None = None
         try:
-            async with asyncio.timeout(self._connect_timeout_s):
+            async with asyncio.timeout(timeout_s):
                 _, connection = await loop.create_connection(
                     lambda: _ClientConnection(self.name, self._max_frame_bytes),
                     self._host,
@@ -430,9 +530,17 @@ class LinkClient:
                     ssl=self._tls,
                     server_hostname=self._host if self._tls is not None else None,
                 )
-        except (OSError, TimeoutError, ssl.SSLError) as error:
-            raise LinkUnreachable(f"cannot dial the link at {self.name}: {error}") from None
-        connection.send(HELLO, 0, self._token)
+                connection.send(HELLO, 0, self._token)
+                answered_by = await connection.welcome
+        except (OSError, TimeoutError, RelayedError) as error:
+            if connection is not None:
+                connection.abort()
+            why = error.status.details if isinstance(error, RelayedError) else error
+            raise LinkUnreachable(f"cannot dial the link of {self.name}: {why}") from None
+        if answered_by != self._node_id:
+            # Another node took the port after the one asked for left it.
+            connection.abort()
+            raise LinkUnreachable(f"the link of {self.name} is {answered_by!r}'s")
         self._connection = connection
         return connection
 
@@ -453,10 +561,15 @@ class LinkDialer:
     tls: ssl.SSLContext | None
     max_frame_bytes: int
 
-    def dial(self, address: str, port: int) -> LinkClient:
-        """The link of the node at ``address`` (``host:port``, its member
+    def dial(self, node_id: str, address: str, port: int) -> LinkClient:
+        """The link of ``node_id`` at ``address`` (``host:port``, its member
         address), which serves it on ``port`` of the same host."""
         host = address.rpartition(":")[0].removeprefix("[").removesuffix("]")
         return LinkClient(
-            host, port, token=self.token, tls=self.tls, max_frame_bytes=self.max_frame_bytes
+            node_id,
+            host,
+            port,
+            token=self.token,
+            tls=self.tls,
+            max_frame_bytes=self.max_frame_bytes,
         )

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import time
 from collections.abc import AsyncGenerator, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
@@ -166,6 +167,8 @@ class Peer:
         self._link_lookup: asyncio.Task[None] | None = None
         self._link_lookup_after = 0.0
         """When (event loop time) the peer may be asked again where its link is."""
+        self._link_failures = 0
+        """Links found and then not dialed since the last call one carried."""
         self._writers: dict[str, Batcher[tuple[Record, Fence | None], ReplicaAck]] = {}
         self._reader: Batcher[tuple[bytes, Fence | None], Record | None] | None = None
 
@@ -203,7 +206,7 @@ class Peer:
             )
         else:
             if answer.port:
-                self._link = dialer.dial(self.address, answer.port)
+                self._link = dialer.dial(self.node_id, self.address, answer.port)
             else:
                 self._link_lookup_after = loop.time() + LINK_RETRY_S
         finally:
@@ -214,7 +217,11 @@ class Peer:
         another port, or serves none now): the next call asks again."""
         if self._link is link:
             self._link = None
-            self._link_lookup_after = asyncio.get_running_loop().time() + LINK_REDIAL_S
+            # Doubling up to LINK_RETRY_S: a link a firewall blocks costs a
+            # failed dial now and then, not every second.
+            delay = min(LINK_RETRY_S, LINK_REDIAL_S * 2**self._link_failures)
+            self._link_failures += 1
+            self._link_lookup_after = asyncio.get_running_loop().time() + delay
             log.info("member link unreachable", extra={"peer": self.node_id, "error": str(why)})
             link.close()
 
@@ -364,10 +371,13 @@ class Peer:
         link = self._linked() if linked is not None else None
         try:
             response = None
+            timeout_s = self._timeout_s
             if link is not None and linked is not None:
+                started = time.monotonic()
                 response = await self._over_link(link, linked, request)
+                timeout_s -= time.monotonic() - started  # what the dial left
             if response is None:
-                response = await method(request, timeout=self._timeout_s)
+                response = await method(request, timeout=max(0.0, timeout_s))
         except grpc.aio.AioRpcError as error:
             raise self._failed(error.code(), what) from None
         except RelayedError as failed:
@@ -390,6 +400,7 @@ class Peer:
         except LinkUnreachable as why:
             self._unlinked(link, why)
             return None
+        self._link_failures = 0
         answer = answer_type()
         answer.ParseFromString(raw)
         return answer
@@ -437,26 +448,30 @@ class Peer:
         instead, as it did before, and is asked again after
         ``FORWARD_RETRY_S``: nothing ran there when it refused.
         """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
         link = self._linked()
         if link is not None:
-            # Each write alone: a frame costs little, so sharing one buys nothing.
-            write.timeout_ms = max(1, math.ceil(timeout_s * 1000))
             try:
+                await link.connect(timeout_s)
+                # Each write alone: a frame costs little, so sharing one buys
+                # nothing. It carries what is left of its deadline as it leaves.
+                left = deadline - loop.time()
+                write.timeout_ms = max(1, math.ceil(left * 1000))
                 raw = await link.call(
-                    FORWARD_WRITE, write.SerializeToString(), timeout_s + DEADLINE_GRACE_S
+                    FORWARD_WRITE, write.SerializeToString(), left + DEADLINE_GRACE_S
                 )
             except LinkUnreachable as why:
                 self._unlinked(link, why)
             else:
+                self._link_failures = 0
                 answer = forward_pb2.ForwardedAnswer.FromString(raw)
                 if answer.HasField("error"):
                     raise RelayedError(PeerStatus.of_status(answer.error))
                 return answer
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
         if loop.time() >= self._batched_forwards_refused_until:
             try:
-                return await self._forwarder.send(write, timeout_s)
+                return await self._forwarder.send(write, max(0.0, deadline - loop.time()))
             except RelayedError as failed:
                 if failed.status.code is not grpc.StatusCode.UNIMPLEMENTED:
                     raise
@@ -478,6 +493,7 @@ class Peer:
             raise RelayedError(PeerStatus.of_call(error)) from None
 
     async def close(self) -> None:
+        self._link_dialer = None  # no lookups from now on
         if self._link_lookup is not None:
             self._link_lookup.cancel()
             with contextlib.suppress(asyncio.CancelledError):
