@@ -1,10 +1,10 @@
 """The member link: replica reads and writes and forwarded writes between
 nodes as frames on one TCP connection per peer, instead of gRPC calls.
 
-A gRPC unary call costs about 360 µs of CPU over both ends on loopback, a
-frame on a long-lived connection about 45 (``bench/link_frames.py``): grpc's call
-object, metadata, deadline and completion-queue hops on each end, against a
-length prefix and a future. The replica and forward calls are most of a
+A gRPC unary call costs about 390 µs of CPU over both ends on loopback one
+at a time and 210 at 16 in flight, a frame on a long-lived connection 65 and
+26 (``bench/link_frames.py``): grpc's call object, metadata, deadline and
+completion-queue hops on each end, against a length prefix and a future. The replica and forward calls are most of a
 write's node-to-node traffic, so they move here; everything else (Paxos,
 scans, Merkle trees, watches, membership) stays on gRPC, as does the client
 API.
