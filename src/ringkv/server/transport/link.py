@@ -4,10 +4,10 @@ nodes as frames on one TCP connection per peer, instead of gRPC calls.
 A gRPC unary call costs about 390 µs of CPU over both ends on loopback one
 at a time and 210 at 16 in flight, a frame on a long-lived connection 65 and
 26 (``bench/link_frames.py``): grpc's call object, metadata, deadline and
-completion-queue hops on each end, against a length prefix and a future. The replica and forward calls are most of a
-write's node-to-node traffic, so they move here; everything else (Paxos,
-scans, Merkle trees, watches, membership) stays on gRPC, as does the client
-API.
+completion-queue hops on each end, against a length prefix and a future.
+The replica and forward calls are most of a write's node-to-node traffic,
+so they move here; everything else (Paxos, scans, Merkle trees, watches,
+membership) stays on gRPC, as does the client API.
 
 A frame is a header (``>IBI``: the length of what follows the header, the
 kind, the call id) and a body:
