@@ -22,8 +22,11 @@ from ringkv.core.records import Record
 from ringkv.server.transport import rpc
 from ringkv.server.transport.auth import Policy, Tokens
 from ringkv.server.transport.link import (
+    ANSWER,
+    HEADER,
     REPLICA_READ,
     REPLICA_WRITE,
+    WELCOME,
     LinkClient,
     LinkDialer,
     LinkMethod,
@@ -285,6 +288,115 @@ def test_a_dial_that_gets_no_welcome_is_unreachable_and_close_ends_it() -> None:
             # Closed mid-dial: the caller goes on elsewhere, it is not cancelled.
             with pytest.raises(LinkUnreachable):
                 await dialing
+
+    run(scenario())
+
+
+class ScriptedServer:
+    """A link server by hand: it welcomes each connection as ``b`` after
+    ``welcome_after_s`` (never when None), then answers every request with
+    an empty answer, or closes the connection right after the welcome.
+    It notes when a client's connection ends."""
+
+    def __init__(self, welcome_after_s: float | None, *, close_after_welcome: bool = False) -> None:
+        self.welcome_after_s = welcome_after_s
+        self.close_after_welcome = close_after_welcome
+        self.requests = 0
+        self.ended = asyncio.Event()
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await reader.readexactly(HEADER.size)  # the hello (no token: no body)
+            if self.welcome_after_s is None:
+                await reader.read()  # until the client goes
+                return
+            await asyncio.sleep(self.welcome_after_s)
+            writer.write(HEADER.pack(1, WELCOME, 0) + b"b")
+            if self.close_after_welcome:
+                return
+            while True:
+                size, _, call_id = HEADER.unpack(await reader.readexactly(HEADER.size))
+                await reader.readexactly(size)
+                self.requests += 1
+                writer.write(HEADER.pack(0, ANSWER, call_id))
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            self.ended.set()
+            writer.close()
+
+
+@asynccontextmanager
+async def scripted(server: ScriptedServer) -> AsyncIterator[int]:
+    listening = await asyncio.start_server(server.serve, "127.0.0.1", 0)
+    try:
+        yield listening.sockets[0].getsockname()[1]
+    finally:
+        listening.close()
+
+
+def test_each_caller_waits_for_a_shared_dial_only_as_long_as_its_own_deadline() -> None:
+    async def scenario() -> None:
+        server = ScriptedServer(welcome_after_s=0.8)  # within the dial's 1 s
+        async with scripted(server) as port:
+            link = client(port)
+            patient = asyncio.ensure_future(link.call(REPLICA_READ, b"", TIMEOUT_S))
+            await asyncio.sleep(0.05)
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            # Joins the dial the patient call began: out of time before the
+            # welcome, it fails as a gRPC call would, having sent nothing.
+            with pytest.raises(RelayedError) as failed:
+                await link.call(REPLICA_READ, b"", 0.1)
+            assert failed.value.status.code is grpc.StatusCode.DEADLINE_EXCEEDED
+            assert loop.time() - started < 0.7  # before the welcome
+            assert await patient == b""
+            assert server.requests == 1
+            link.close()
+
+        # The other way round: a hasty call begins the dial, a patient one
+        # joins it, and the dial is not cut short by the first one's deadline.
+        server = ScriptedServer(welcome_after_s=0.5)
+        async with scripted(server) as port:
+            link = client(port)
+            hasty = asyncio.ensure_future(link.call(REPLICA_READ, b"", 0.1))
+            await asyncio.sleep(0.02)
+            assert await link.call(REPLICA_READ, b"", TIMEOUT_S) == b""
+            with pytest.raises(RelayedError):
+                await hasty
+            link.close()
+
+    run(scenario())
+
+
+def test_a_connection_lost_right_after_its_welcome_does_not_hold_the_call() -> None:
+    async def scenario() -> None:
+        async with scripted(ScriptedServer(0.0, close_after_welcome=True)) as port:
+            link = client(port)
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            with pytest.raises((LinkUnreachable, RelayedError)) as failed:
+                await link.call(REPLICA_READ, b"", TIMEOUT_S)
+            if isinstance(failed.value, RelayedError):
+                assert failed.value.status.code is grpc.StatusCode.UNAVAILABLE
+            assert loop.time() - started < TIMEOUT_S / 2
+            link.close()
+
+    run(scenario())
+
+
+def test_closing_a_link_mid_dial_closes_its_connection() -> None:
+    async def scenario() -> None:
+        server = ScriptedServer(welcome_after_s=None)
+        async with scripted(server) as port:
+            link = client(port)
+            dialing = asyncio.ensure_future(link.call(REPLICA_READ, b"", TIMEOUT_S))
+            await asyncio.sleep(0.1)
+            link.close()
+            with pytest.raises(LinkUnreachable):
+                await dialing
+            async with asyncio.timeout(TIMEOUT_S):
+                await server.ended.wait()
 
     run(scenario())
 

@@ -186,6 +186,9 @@ class _ServerConnection(_Frames):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
+        if self._server.closed:  # its handshake outlasted the close
+            self.abort()
+            return
         self._server.connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -287,6 +290,7 @@ class LinkServer:
         self._observe = observe
         self.connections: set[_ServerConnection] = set()
         self._server: asyncio.Server | None = None
+        self.closed = False
 
     def observe_call(self, method: LinkMethod, code: grpc.StatusCode, started: float) -> None:
         if self._observe is not None:
@@ -302,6 +306,7 @@ class LinkServer:
         """Stop listening, drop every connection and wait until the calls
         still running (past the gate's drain) have stopped: what they use
         closes next."""
+        self.closed = True
         if self._server is not None:
             self._server.close()
         tasks = [task for connection in self.connections for task in connection.tasks]
@@ -414,10 +419,14 @@ class _ClientConnection(_Frames):
         status = PeerStatus(grpc.StatusCode.UNAVAILABLE, f"the link to {self._peer} was lost", ())
         if not self.welcome.done():
             self.welcome.set_exception(RelayedError(status))
+            self.welcome.exception()  # retrieved: its dial may have been given up
         waiting, self.waiting = self.waiting, {}
         for future in waiting.values():
             if not future.done():
                 future.set_exception(RelayedError(status))
+
+
+_DEADLINE_EXCEEDED = PeerStatus(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded", ())
 
 
 class LinkClient:
@@ -452,11 +461,30 @@ class LinkClient:
         return f"{self._node_id} at {self._host}:{self._port}"
 
     async def connect(self, timeout_s: float) -> None:
-        """Dial unless connected; LinkUnreachable if that fails within
-        ``timeout_s`` (and the connect timeout)."""
+        """Dial unless connected: LinkUnreachable if the dial fails,
+        DEADLINE_EXCEEDED (RelayedError) if ``timeout_s`` passes first."""
+        await self._connection_by(asyncio.get_running_loop().time() + timeout_s)
+
+    async def _connection_by(self, deadline: float) -> _ClientConnection:
+        """A welcomed connection, dialed if need be, by ``deadline``.
+
+        A dial is shared by every caller that needs it, and each waits for
+        it only as long as its own deadline: a caller out of time gets
+        DEADLINE_EXCEEDED, as a gRPC call would, and the dial goes on for
+        the others (it has its own timeout). Nothing has been sent either way.
+        """
         connection = self._connection
-        if connection is None or not connection.usable:
-            await self._connect(timeout_s)
+        if connection is not None and connection.usable:
+            return connection
+        try:
+            async with asyncio.timeout_at(deadline):
+                connection = await self._connect()
+        except TimeoutError:
+            raise RelayedError(_DEADLINE_EXCEEDED) from None
+        if not connection.usable:
+            # Lost between the dial and this caller's turn.
+            raise LinkUnreachable(f"the link of {self.name} was lost as it was dialed")
+        return connection
 
     async def call(self, method_id: int, request: bytes, timeout_s: float) -> bytes:
         """The serialized answer, within ``timeout_s`` (a dial included).
@@ -471,14 +499,14 @@ class LinkClient:
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
-        connection = self._connection
-        if connection is None or not connection.usable:
-            connection = await self._connect(timeout_s)
+        connection = await self._connection_by(deadline)
+        left = deadline - loop.time()
+        if left <= 0:
+            raise RelayedError(_DEADLINE_EXCEEDED)  # the dial took it all; nothing sent
         self._next_id = call_id = self._next_id % 0xFFFFFFFF + 1
         future: asyncio.Future[bytes] = loop.create_future()
         connection.waiting[call_id] = future
         sent_at = time.monotonic()
-        left = deadline - loop.time()
         connection.send(
             REQUEST, call_id, REQUEST_HEAD.pack(method_id, max(1, math.ceil(left * 1000))), request
         )
@@ -488,20 +516,16 @@ class LinkClient:
         except TimeoutError:
             if connection.received_at < sent_at:
                 connection.abort()
-            raise RelayedError(
-                PeerStatus(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded", ())
-            ) from None
+            raise RelayedError(_DEADLINE_EXCEEDED) from None
         finally:
             connection.waiting.pop(call_id, None)
 
-    async def _connect(self, timeout_s: float) -> _ClientConnection:
+    async def _connect(self) -> _ClientConnection:
         if self._closed:
             raise LinkUnreachable("the link is closed")
         dialing = self._dialing
         if dialing is None:
-            dialing = self._dialing = asyncio.ensure_future(
-                self._dial(min(self._connect_timeout_s, timeout_s))
-            )
+            dialing = self._dialing = asyncio.ensure_future(self._dial())
             dialing.add_done_callback(self._dialed)
         try:
             return await asyncio.shield(dialing)
@@ -517,12 +541,12 @@ class LinkClient:
         if not dialing.cancelled():
             dialing.exception()  # retrieved: every caller may have left meanwhile
 
-    async def _dial(self, timeout_s: float) -> _ClientConnection:
+    async def _dial(self) -> _ClientConnection:
         """A connection whose server took this node's hello and is the node asked for."""
         loop = asyncio.get_running_loop()
         connection: _ClientConnection | None = None
         try:
-            async with asyncio.timeout(timeout_s):
+            async with asyncio.timeout(self._connect_timeout_s):
                 _, connection = await loop.create_connection(
                     lambda: _ClientConnection(self.name, self._max_frame_bytes),
                     self._host,
@@ -537,6 +561,10 @@ class LinkClient:
                 connection.abort()
             why = error.status.details if isinstance(error, RelayedError) else error
             raise LinkUnreachable(f"cannot dial the link of {self.name}: {why}") from None
+        except BaseException:  # cancelled (the link closed): no socket left behind
+            if connection is not None:
+                connection.abort()
+            raise
         if answered_by != self._node_id:
             # Another node took the port after the one asked for left it.
             connection.abort()
