@@ -55,6 +55,12 @@ def free_base_port(count: int, attempts: int = 100) -> int:
     raise SystemExit(f"no {count} consecutive free ports found in {PORT_RANGE}")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU a process has used, from ``/proc``."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
 def _can_bind(port: int) -> bool:
     # The nodes listen on 0.0.0.0 (the seed's command lines), so check that.
     with socket.socket() as probe:

@@ -53,7 +53,7 @@ from pathlib import Path
 from types import FrameType
 
 import grpc
-from cluster import free_base_port, local_cluster, spawn, stop
+from cluster import cpu_seconds, free_base_port, local_cluster, spawn, stop
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -78,7 +78,6 @@ CALL_TIMEOUT_S = 5.0
 STARTUP_TIMEOUT_S = 30.0
 MAX_OPS_PER_RUN = 2_000_000
 """A bound on one run's operations, whatever its duration."""
-CLOCK_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 
 
 # -- the two systems' requests, as bytes ---------------------------------------
@@ -173,15 +172,6 @@ class Run:
         return self.ops / self.seconds if self.seconds else 0.0
 
 
-def _cpu_ticks(pids: Sequence[int]) -> int:
-    """User and system time of the processes so far, in clock ticks."""
-    total = 0
-    for pid in pids:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
-    return total
-
-
 async def drive(
     system: System,
     workload: str,
@@ -204,7 +194,7 @@ async def drive(
     numbers = itertools.count()
     try:
         await asyncio.gather(*(channel.channel_ready() for channel in channels))
-        ticks = _cpu_ticks(system.pids)
+        cpu_before = sum(map(cpu_seconds, system.pids))
         started = time.perf_counter()
         deadline = started + duration_s
 
@@ -227,7 +217,7 @@ async def drive(
             for _ in range(concurrency):
                 workers.create_task(worker())
         run.seconds = time.perf_counter() - started
-        cpu_s = (_cpu_ticks(system.pids) - ticks) / CLOCK_TICKS_PER_S
+        cpu_s = sum(map(cpu_seconds, system.pids)) - cpu_before
     finally:
         await asyncio.gather(*(channel.close() for channel in channels))
     run.ops = histogram.count

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import multiprocessing
-import os
 import resource
 import time
 from collections.abc import Awaitable, Callable
@@ -25,6 +24,7 @@ from multiprocessing.connection import Connection
 
 import grpc
 import uvloop
+from cluster import cpu_seconds
 from rich.console import Console
 from rich.table import Table
 
@@ -80,12 +80,6 @@ def serve(conn: Connection) -> None:
     uvloop.run(main())
 
 
-def process_cpu_s(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def own_cpu_s() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
@@ -106,13 +100,13 @@ async def measure(
     started, client_before, server_before = (
         time.perf_counter(),
         own_cpu_s(),
-        process_cpu_s(server_pid),
+        cpu_seconds(server_pid),
     )
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     elapsed = time.perf_counter() - started
     done = per_worker * concurrency
     client_us = (own_cpu_s() - client_before) / done * 1e6
-    server_us = (process_cpu_s(server_pid) - server_before) / done * 1e6
+    server_us = (cpu_seconds(server_pid) - server_before) / done * 1e6
     return done / elapsed, client_us, server_us
 
 

@@ -7,7 +7,6 @@ finds a peer's link and falls back to gRPC where there is none."""
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
 from typing import Any
@@ -36,6 +35,7 @@ from ringkv.server.transport.link import (
 )
 from ringkv.server.transport.peers import Peer
 from ringkv.server.transport.rpc import SHUTTING_DOWN, RelayedError
+from tests.support.nodes import free_ports
 
 TIMEOUT_S = 10.0
 MAX_FRAME = 1 << 20
@@ -426,12 +426,6 @@ class GrpcReplica:
         return replica_pb2.LinkResponse(port=self._link_port or 0)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.mark.parametrize("serves", ["a link", "a link on a closed port", "no link", "link 0"])
 def test_a_peer_writes_over_its_link_when_it_has_one_and_over_grpc_otherwise(serves: str) -> None:
     async def scenario() -> None:
@@ -439,7 +433,7 @@ def test_a_peer_writes_over_its_link_when_it_has_one_and_over_grpc_otherwise(ser
         async with serving(replica) as (_, link_port):
             advertised = {
                 "a link": link_port,
-                "a link on a closed port": free_port(),
+                "a link on a closed port": free_ports(1)[0],
                 "no link": None,
                 "link 0": 0,
             }[serves]

@@ -144,7 +144,7 @@ class KeyValueService:
     async def set_forwarded(
         self, request: kv_pb2.SetRequest, timeout_s: float
     ) -> kv_pb2.SetResponse:
-        """A Set another node forwarded here in a batch (``ForwardService``)."""
+        """A Set another node forwarded here (``ForwardService``)."""
         return await self._set(request, self._forwarded_call(timeout_s))
 
     async def _set(self, request: kv_pb2.SetRequest, call: _Call) -> kv_pb2.SetResponse:
@@ -185,7 +185,7 @@ class KeyValueService:
     async def delete_forwarded(
         self, request: kv_pb2.DeleteRequest, timeout_s: float
     ) -> kv_pb2.DeleteResponse:
-        """A Delete another node forwarded here in a batch (``ForwardService``)."""
+        """A Delete another node forwarded here (``ForwardService``)."""
         return await self._delete(request, self._forwarded_call(timeout_s))
 
     async def _delete(self, request: kv_pb2.DeleteRequest, call: _Call) -> kv_pb2.DeleteResponse:
