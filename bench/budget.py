@@ -20,7 +20,15 @@ The hops are the differences: the client call (``ping``); coordinating and
 committing a write on the owner (RF 1 ``write-owner`` less ``ping``); the two
 replica writes, both ends and both replicas' commits (RF 3 ``write-owner``
 less RF 1's); a forwarding hop (``write-any`` less ``write-owner``, per
-forwarded write). Workloads alternate round by round (``--rounds``) and
+forwarded write).
+
+Beside them, the floor: three ``bench/bare_grpc.py`` servers, grpc.aio
+answering empty messages and nothing else, driven the same way: a unary
+answer, and a stream of one (how a node answers a client, so that an unread
+answer can be given up). No Python node's client call costs less; etcd's
+whole replicated write is in ``bench/compare.py``'s CPU column.
+
+Workloads alternate round by round (``--rounds``) and
 medians are reported. A benchmark, not a test: the numbers move with the
 machine's load.
 """
@@ -32,12 +40,14 @@ import asyncio
 import shutil
 import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from cluster import NODES, free_base_port, local_cluster
+import bare_grpc
+from cluster import NODES, free_base_port, local_cluster, spawn, stop
 from compare import System, drive, ringkv_system
 from rich.console import Console
 from rich.progress import Progress
@@ -108,6 +118,37 @@ def measure(
     return samples
 
 
+def measure_floor(args: argparse.Namespace) -> dict[str, list[float]]:
+    """CPU µs per call of three bare grpc.aio servers, one sample per round."""
+    runs = {"unary": bare_grpc.UNARY, "stream of one": bare_grpc.STREAM_OF_ONE}
+    samples: dict[str, list[float]] = {name: [] for name in runs}
+    workdir = Path(tempfile.mkdtemp(prefix="ringkv-bench-floor-"))
+    base = free_base_port(NODES)
+    server = str(Path(__file__).with_name("bare_grpc.py"))
+    children: list[subprocess.Popen[bytes]] = []
+    try:
+        for index in range(NODES):
+            line = [sys.executable, server, str(base + index)]
+            children.append(spawn(line, workdir / f"bare{index + 1}.log"))
+        endpoints = [f"127.0.0.1:{base + index}" for index in range(NODES)]
+        system = System(
+            "bare grpc.aio", endpoints, [c.pid for c in children], runs, lambda _w, _k: b""
+        )
+        with Progress(console=Console(stderr=True), transient=True) as progress:
+            task = progress.add_task("bare grpc.aio", total=args.rounds * len(runs))
+            for round_ in range(args.rounds):
+                for name in runs:
+                    run = asyncio.run(drive(system, name, args.concurrency, args.duration, round_))
+                    if run.errors:
+                        print(f"bare {name}: {run.errors} errors", file=sys.stderr)
+                    samples[name].append(run.cpu_us_per_op)
+                    progress.advance(task)
+    finally:
+        stop(children)
+        shutil.rmtree(workdir, ignore_errors=True)
+    return samples
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--concurrency", type=int, default=64, help="requests in flight")
@@ -117,6 +158,7 @@ def main() -> int:
     signal.signal(signal.SIGTERM, lambda signum, _: sys.exit(128 + signum))
     rf3 = {k: statistics.median(v) for k, v in measure(3, RUNS, args).items()}
     rf1 = {k: statistics.median(v) for k, v in measure(1, RUNS[1:2], args).items()}
+    floor = {k: statistics.median(v) for k, v in measure_floor(args).items()}
     client_call = rf3["ping"]
     coordinate_and_commit = rf1["write-owner"] - client_call
     replica_writes = rf3["write-owner"] - rf1["write-owner"]
@@ -129,6 +171,12 @@ def main() -> int:
     table.add_column("µs, summed over the nodes", justify="right")
     table.add_column("measured as")
     rows = [
+        ("the floor: a bare grpc.aio unary call", floor["unary"], "bench/bare_grpc.py"),
+        (
+            "the floor: a bare grpc.aio stream of one answer",
+            floor["stream of one"],
+            "bench/bare_grpc.py",
+        ),
         ("the client call (grpc, gate, parsing)", client_call, "Ping"),
         (
             "coordinating and committing on the owner",
