@@ -24,8 +24,9 @@ forwarded write).
 
 Beside them, the floor: three ``bench/bare_grpc.py`` servers, grpc.aio
 answering empty messages and nothing else, driven the same way: a unary
-answer, and a stream of one (how a node answers a client, so that an unread
-answer can be given up). No Python node's client call costs less; etcd's
+answer, a stream of one (how a node answers a client, so that an unread
+answer can be given up), and a unary answer from grpc's synchronous server on
+``FLOOR_THREADS`` threads. No Python node's client call costs less; etcd's
 whole replicated write is in ``bench/compare.py``'s CPU column.
 
 Workloads alternate round by round (``--rounds``) and
@@ -58,6 +59,8 @@ from ringkv.core.ring import Ring
 
 FORWARDED_SHARE = (NODES - 1) / NODES
 """Of round-robin writes, those that land on a node other than the owner."""
+FLOOR_THREADS = 16
+"""Handler threads of the synchronous floor server."""
 
 
 def with_ping(system: System) -> System:
@@ -118,9 +121,11 @@ def measure(
     return samples
 
 
-def measure_floor(args: argparse.Namespace) -> dict[str, list[float]]:
-    """CPU µs per call of three bare grpc.aio servers, one sample per round."""
-    runs = {"unary": bare_grpc.UNARY, "stream of one": bare_grpc.STREAM_OF_ONE}
+def measure_floor(
+    args: argparse.Namespace, runs: dict[str, str], server_flags: list[str]
+) -> dict[str, list[float]]:
+    """CPU µs per call of three ``bench/bare_grpc.py`` servers started with
+    ``server_flags``, for each of ``runs`` (name: method), one sample per round."""
     samples: dict[str, list[float]] = {name: [] for name in runs}
     workdir = Path(tempfile.mkdtemp(prefix="ringkv-bench-floor-"))
     base = free_base_port(NODES)
@@ -128,14 +133,13 @@ def measure_floor(args: argparse.Namespace) -> dict[str, list[float]]:
     children: list[subprocess.Popen[bytes]] = []
     try:
         for index in range(NODES):
-            line = [sys.executable, server, str(base + index)]
+            line = [sys.executable, server, str(base + index), *server_flags]
             children.append(spawn(line, workdir / f"bare{index + 1}.log"))
         endpoints = [f"127.0.0.1:{base + index}" for index in range(NODES)]
-        system = System(
-            "bare grpc.aio", endpoints, [c.pid for c in children], runs, lambda _w, _k: b""
-        )
+        system = System("bare", endpoints, [c.pid for c in children], runs, lambda _w, _k: b"")
         with Progress(console=Console(stderr=True), transient=True) as progress:
-            task = progress.add_task("bare grpc.aio", total=args.rounds * len(runs))
+            label = " ".join(["bare grpc", *server_flags])
+            task = progress.add_task(label, total=args.rounds * len(runs))
             for round_ in range(args.rounds):
                 for name in runs:
                     run = asyncio.run(drive(system, name, args.concurrency, args.duration, round_))
@@ -158,7 +162,11 @@ def main() -> int:
     signal.signal(signal.SIGTERM, lambda signum, _: sys.exit(128 + signum))
     rf3 = {k: statistics.median(v) for k, v in measure(3, RUNS, args).items()}
     rf1 = {k: statistics.median(v) for k, v in measure(1, RUNS[1:2], args).items()}
-    floor = {k: statistics.median(v) for k, v in measure_floor(args).items()}
+    aio_runs = {"unary": bare_grpc.UNARY, "stream of one": bare_grpc.STREAM_OF_ONE}
+    floor = {k: statistics.median(v) for k, v in measure_floor(args, aio_runs, []).items()}
+    threaded_runs = {"unary": bare_grpc.UNARY}
+    threaded = measure_floor(args, threaded_runs, ["--threads", str(FLOOR_THREADS)])
+    threaded_unary = statistics.median(threaded["unary"])
     client_call = rf3["ping"]
     coordinate_and_commit = rf1["write-owner"] - client_call
     replica_writes = rf3["write-owner"] - rf1["write-owner"]
@@ -176,6 +184,11 @@ def main() -> int:
             "the floor: a bare grpc.aio stream of one answer",
             floor["stream of one"],
             "bench/bare_grpc.py",
+        ),
+        (
+            "the floor: a bare synchronous grpc unary call",
+            threaded_unary,
+            f"bench/bare_grpc.py --threads {FLOOR_THREADS}",
         ),
         ("the client call (grpc, gate, parsing)", client_call, "Ping"),
         (
