@@ -119,15 +119,18 @@ def test_an_answer_not_read_in_time_ends_its_call_and_frees_it(nodes: NodeFactor
     """Issue 13: a server-side deadline for slow readers. A caller that reads
     nothing holds its answer only until ``--answer-send-timeout``; then the
     call ends DEADLINE_EXCEEDED and the node holds nothing for it, though the
-    caller is still connected."""
+    caller is still connected. The metrics count the answer given up."""
     node = nodes("node1", *FAST, *METRICS, "--answer-send-timeout", "1")
     get_big = kv_pb2.GetRequest(key="big")
     with grpc.insecure_channel(node.address) as channel, SlowReader(node.address) as reader:
         stub = kv_pb2_grpc.KeyValueStub(channel)
         stub.Set(kv_pb2.SetRequest(key="big", value=b"v" * (MIB // 2)), timeout=10)
+        # Present from the start (``get`` would read an absent one as 0).
+        assert scrape(node).samples[("ringkv_answers_not_read_total", ())] == 0
         reader.call("/kv.KeyValue/Get", get_big)
         assert wait_until(lambda: unsent(node) >= MIB // 2)
         assert wait_until(lambda: unsent(node) == 0)
+        assert scrape(node).get("ringkv_answers_not_read_total") == 1
         assert any(
             e.get("msg") == "an answer was not read in time; the call is ended"
             for e in node.events()

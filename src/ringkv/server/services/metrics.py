@@ -297,6 +297,13 @@ class NodeCollector:
                 "(past --max-unsent-answer-mib new calls are refused OVERLOADED).",
                 value=self._gate.unsent_bytes,
             )
+            yield CounterMetricFamily(
+                "ringkv_answers_not_read",
+                "Client and operator answers given up because their callers had not read "
+                "them within --answer-send-timeout (each call ended DEADLINE_EXCEEDED, "
+                "ANSWER_NOT_READ).",
+                value=self._gate.answers_not_read,
+            )
             yield GaugeMetricFamily(
                 "ringkv_watches",
                 "Client watches this node serves now (at most --max-concurrent-calls).",

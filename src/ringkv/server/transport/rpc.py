@@ -167,7 +167,7 @@ class Gate:
     ``max_calls``).
 
     The budget bounds the bytes; ``send_timeout_s`` bounds the time. A
-    client or operator answer is written to its call (``send_within``), and
+    client or operator answer is written to its call (``Gate.send_within``), and
     one its caller has not taken within that time ends the call, which frees
     it: a reader that never reads holds at most its share, and that only for
     as long.
@@ -195,6 +195,10 @@ class Gate:
         """Set once the gate closes."""
         self._arrivals = 0
         self._overloaded_since: float | None = None
+        self.answers_not_read = 0
+        """Answers given up because their callers had not read them within
+        ``send_timeout_s``. Their calls were counted in the request metrics
+        when the answer left the handler, before it was known."""
 
     def enter(self, access: Access, caller: str = "", *, endless: bool = False) -> None:
         """Count a call in, or refuse it: UNAVAILABLE once closed, OVERLOADED
@@ -289,6 +293,23 @@ class Gate:
             )
         self._overloaded_since = now
 
+    async def send_within(self, context: Context, answer: bytes, timeout_s: float | None) -> None:
+        """Write ``answer`` to its call. Raises DeadlineExceeded (ANSWER_NOT_READ)
+        if the caller has not taken it (flow control) within ``timeout_s``; the
+        call must then be ended, which frees the answer."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                await context.write(answer)
+        except TimeoutError:
+            self.answers_not_read += 1
+            log.warning(
+                "an answer was not read in time; the call is ended",
+                extra={"peer": context.peer(), "bytes": len(answer), "timeout_s": timeout_s},
+            )
+            raise DeadlineExceeded(
+                f"the answer was not read within {timeout_s:g} s", reason="ANSWER_NOT_READ"
+            ) from None
+
     async def drain(self, timeout_s: float, *, quiet_s: float = 0.05) -> None:
         """Close, then wait (at most ``timeout_s``) until no call is inside a
         handler and none arrived for ``quiet_s``.
@@ -306,23 +327,6 @@ class Gate:
             await asyncio.sleep(quiet_s)
             if self._active == 0 and self._arrivals == arrivals:
                 return
-
-
-async def send_within(context: Context, answer: bytes, timeout_s: float | None) -> None:
-    """Write ``answer`` to its call. Raises DeadlineExceeded (ANSWER_NOT_READ)
-    if the caller has not taken it (flow control) within ``timeout_s``; the
-    call must then be ended, which frees the answer."""
-    try:
-        async with asyncio.timeout(timeout_s):
-            await context.write(answer)
-    except TimeoutError:
-        log.warning(
-            "an answer was not read in time; the call is ended",
-            extra={"peer": context.peer(), "bytes": len(answer), "timeout_s": timeout_s},
-        )
-        raise DeadlineExceeded(
-            f"the answer was not read within {timeout_s:g} s", reason="ANSWER_NOT_READ"
-        ) from None
 
 
 def _level_label(method: Method, request: Message | None) -> str:
@@ -401,7 +405,7 @@ def _sending(
     async def send(raw: bytes, context: Context) -> None:
         serialized = await answer(raw, context)
         try:
-            await send_within(context, serialized, gate.send_timeout_s)
+            await gate.send_within(context, serialized, gate.send_timeout_s)
         except DeadlineExceeded as error:
             await abort_with(context, error)
 
@@ -444,7 +448,7 @@ def _serve_stream(
                 async with aclosing(method.handler(request, context)) as responses:
                     stream = _until(responses, gate.closing) if method.endless else responses
                     async for response in stream:
-                        await send_within(context, response.SerializeToString(), timeout_s)
+                        await gate.send_within(context, response.SerializeToString(), timeout_s)
                 code = grpc.StatusCode.OK
             except RingkvError as error:
                 code = status_code(error)
