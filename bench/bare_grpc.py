@@ -84,7 +84,9 @@ def main() -> None:
     parser.add_argument("port", type=int)
     parser.add_argument("--threads", type=int, help="grpc's synchronous server on N threads")
     args = parser.parse_args()
-    if args.threads:
+    if args.threads is not None and args.threads < 1:
+        parser.error("--threads must be at least 1")
+    if args.threads is not None:
         serve_threaded(args.port, args.threads)
     else:
         uvloop.run(serve_aio(args.port))

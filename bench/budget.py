@@ -1,11 +1,13 @@
 """The node CPU of one QUORUM write, hop by hop, from differences between workloads.
 
     PYTHONPATH=src .venv/bin/python bench/budget.py
+    PYTHONPATH=src .venv/bin/python bench/budget.py --concurrency 1 --ringkv-flags "--fsync never"
 
 Starts a local 3-node RF 3 cluster and a 3-node RF 1 cluster (LMDB, `--fsync
-batch`) one after the other, and drives each with ``bench/compare.py``'s load
-generator at ``--concurrency`` requests in flight, measuring the three node
-processes' CPU (user and system, from ``/proc``) per completed request:
+batch`, or ``--ringkv-flags``) one after the other, and drives each with
+``bench/compare.py``'s load generator at ``--concurrency`` requests in
+flight, measuring the three node processes' CPU (user and system, from
+``/proc``) per completed request, and its median latency:
 
 - ``ping``: ``Ping``, round-robin. What any client call costs the node that
   answers it: grpc, the gate, the metrics, parsing.
@@ -22,33 +24,38 @@ replica writes, both ends and both replicas' commits (RF 3 ``write-owner``
 less RF 1's); a forwarding hop (``write-any`` less ``write-owner``, per
 forwarded write).
 
-Beside them, the floor: three ``bench/bare_grpc.py`` servers, grpc.aio
-answering empty messages and nothing else, driven the same way: a unary
-answer, a stream of one (how a node answers a client, so that an unread
-answer can be given up), and a unary answer from grpc's synchronous server on
-``FLOOR_THREADS`` threads. No Python node's client call costs less; etcd's
-whole replicated write is in ``bench/compare.py``'s CPU column.
+Beside them, the floor under a node's client call with Python's grpc: three
+``bench/bare_grpc.py`` grpc.aio servers answering empty messages and doing
+nothing else, driven the same way, for a unary answer and for a stream of
+one (how a node answers a client, so that an unread answer can be given
+up); then three of grpc's synchronous servers on ``FLOOR_THREADS`` threads.
+etcd's whole replicated write is in ``bench/compare.py``'s CPU column.
 
-Workloads alternate round by round (``--rounds``) and
-medians are reported. A benchmark, not a test: the numbers move with the
-machine's load.
+Workloads alternate round by round (``--rounds``) and medians are reported.
+A benchmark, not a test: the numbers move with the machine's load, and the
+load generator shares the machine, so compare rows within one table.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import shlex
 import shutil
 import signal
 import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import bare_grpc
-from cluster import NODES, free_base_port, local_cluster, spawn, stop
+import compare
+import grpc
+from cluster import NODES, STARTUP_TIMEOUT_S, free_base_port, local_cluster, spawn, stop
 from compare import System, drive, ringkv_system
 from rich.console import Console
 from rich.progress import Progress
@@ -81,76 +88,110 @@ def owner_route(replicas: int) -> Callable[[bytes], int]:
     return lambda key: int(ring.replicas(key, replicas)[0].removeprefix("node")) - 1
 
 
-RUNS = (
-    ("ping", "ping", None),
-    ("write-owner", "write", "owner"),
-    ("write-any", "write", None),
-)
+RUNS = [
+    ("ping", "ping", False),
+    ("write-owner", "write", True),
+    ("write-any", "write", False),
+]
+"""(name, workload, sent to the key's owner)."""
+
+
+Run = tuple[str, str, Callable[[bytes], int] | None]
+"""(name, workload, the endpoint of each key or None for round-robin)."""
+
+
+@dataclass(frozen=True)
+class Measured:
+    cpu_us: float
+    """Node CPU per request, summed over the processes."""
+    p50_ms: float
+
+
+def drive_rounds(
+    system: System, runs: list[Run], label: str, args: argparse.Namespace
+) -> dict[str, Measured]:
+    """Each run once per round, alternating; the medians over the rounds."""
+    results: dict[str, list[compare.Run]] = {name: [] for name, _, _ in runs}
+    with Progress(console=Console(stderr=True), transient=True) as progress:
+        task = progress.add_task(label, total=args.rounds * len(runs))
+        for round_ in range(args.rounds):
+            for name, workload, route in runs:
+                run = asyncio.run(
+                    drive(system, workload, args.concurrency, args.duration, round_, route=route)
+                )
+                if run.errors:
+                    print(f"{label} {name}: {run.errors} errors", file=sys.stderr)
+                results[name].append(run)
+                progress.advance(task)
+    return {
+        name: Measured(
+            statistics.median(r.cpu_us_per_op for r in taken),
+            statistics.median(r.p50_ms for r in taken),
+        )
+        for name, taken in results.items()
+    }
 
 
 def measure(
-    replicas: int, runs: tuple[tuple[str, str, str | None], ...], args: argparse.Namespace
-) -> dict[str, list[float]]:
-    """CPU µs per request of each run, one sample per round."""
-    samples: dict[str, list[float]] = {name: [] for name, _, _ in runs}
+    replicas: int, workloads: list[tuple[str, str, bool]], args: argparse.Namespace
+) -> dict[str, Measured]:
+    """Each of ``workloads`` (name, workload, sent to the owner) on a local cluster."""
     workdir = Path(tempfile.mkdtemp(prefix="ringkv-bench-budget-"))
     try:
-        with local_cluster(workdir, free_base_port(NODES), replicas=replicas) as cluster:
+        flags = shlex.split(args.ringkv_flags)
+        with local_cluster(workdir, free_base_port(NODES), flags, replicas=replicas) as cluster:
             system = with_ping(ringkv_system(cluster.addresses, [p.pid for p in cluster.processes]))
-            with Progress(console=Console(stderr=True), transient=True) as progress:
-                task = progress.add_task(f"RF {replicas}", total=args.rounds * len(runs))
-                for round_ in range(args.rounds):
-                    for name, workload, routing in runs:
-                        route = owner_route(replicas) if routing == "owner" else None
-                        run = asyncio.run(
-                            drive(
-                                system,
-                                workload,
-                                args.concurrency,
-                                args.duration,
-                                round_,
-                                route=route,
-                            )
-                        )
-                        if run.errors:
-                            print(f"{name}: {run.errors} errors", file=sys.stderr)
-                        samples[name].append(run.cpu_us_per_op)
-                        progress.advance(task)
+            runs: list[Run] = [
+                (name, workload, owner_route(replicas) if to_owner else None)
+                for name, workload, to_owner in workloads
+            ]
+            return drive_rounds(system, runs, f"RF {replicas}", args)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    return samples
 
 
 def measure_floor(
-    args: argparse.Namespace, runs: dict[str, str], server_flags: list[str]
-) -> dict[str, list[float]]:
-    """CPU µs per call of three ``bench/bare_grpc.py`` servers started with
-    ``server_flags``, for each of ``runs`` (name: method), one sample per round."""
-    samples: dict[str, list[float]] = {name: [] for name in runs}
+    methods: dict[str, str], server_flags: list[str], args: argparse.Namespace
+) -> dict[str, Measured]:
+    """Each of ``methods`` (name: method) on three ``bench/bare_grpc.py``
+    servers started with ``server_flags``."""
     workdir = Path(tempfile.mkdtemp(prefix="ringkv-bench-floor-"))
-    base = free_base_port(NODES)
     server = str(Path(__file__).with_name("bare_grpc.py"))
     children: list[subprocess.Popen[bytes]] = []
     try:
-        for index in range(NODES):
-            line = [sys.executable, server, str(base + index), *server_flags]
-            children.append(spawn(line, workdir / f"bare{index + 1}.log"))
+        base = free_base_port(NODES)
         endpoints = [f"127.0.0.1:{base + index}" for index in range(NODES)]
-        system = System("bare", endpoints, [c.pid for c in children], runs, lambda _w, _k: b"")
-        with Progress(console=Console(stderr=True), transient=True) as progress:
-            label = " ".join(["bare grpc", *server_flags])
-            task = progress.add_task(label, total=args.rounds * len(runs))
-            for round_ in range(args.rounds):
-                for name in runs:
-                    run = asyncio.run(drive(system, name, args.concurrency, args.duration, round_))
-                    if run.errors:
-                        print(f"bare {name}: {run.errors} errors", file=sys.stderr)
-                    samples[name].append(run.cpu_us_per_op)
-                    progress.advance(task)
+        logs = [workdir / f"bare{index + 1}.log" for index in range(NODES)]
+        for endpoint, log_path in zip(endpoints, logs, strict=True):
+            port = endpoint.rsplit(":", 1)[1]
+            children.append(spawn([sys.executable, server, port, *server_flags], log_path))
+        _until_serving(children, endpoints, logs)
+        system = System("bare", endpoints, [c.pid for c in children], methods, lambda _w, _k: b"")
+        runs: list[Run] = [(name, name, None) for name in methods]
+        return drive_rounds(system, runs, " ".join(["bare grpc", *server_flags]), args)
     finally:
         stop(children)
         shutil.rmtree(workdir, ignore_errors=True)
-    return samples
+
+
+def _until_serving(
+    children: list[subprocess.Popen[bytes]], endpoints: list[str], logs: list[Path]
+) -> None:
+    """Wait until every server accepts calls; exit with its log if one stops or
+    does not in ``STARTUP_TIMEOUT_S`` (the load generator would wait for good)."""
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    for child, endpoint, log_path in zip(children, endpoints, logs, strict=True):
+        with grpc.insecure_channel(endpoint) as channel:
+            ready = grpc.channel_ready_future(channel)
+            while child.poll() is None and time.monotonic() < deadline:
+                try:
+                    ready.result(timeout=0.2)
+                except grpc.FutureTimeoutError:
+                    continue
+                break
+            else:
+                tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-20:])
+                raise SystemExit(f"the floor server at {endpoint} did not start:\n{tail}")
 
 
 def main() -> int:
@@ -158,52 +199,87 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=64, help="requests in flight")
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per run")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of every run")
+    parser.add_argument("--ringkv-flags", default="", help="flags for every ringkv node")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda signum, _: sys.exit(128 + signum))
-    rf3 = {k: statistics.median(v) for k, v in measure(3, RUNS, args).items()}
-    rf1 = {k: statistics.median(v) for k, v in measure(1, RUNS[1:2], args).items()}
-    aio_runs = {"unary": bare_grpc.UNARY, "stream of one": bare_grpc.STREAM_OF_ONE}
-    floor = {k: statistics.median(v) for k, v in measure_floor(args, aio_runs, []).items()}
-    threaded_runs = {"unary": bare_grpc.UNARY}
-    threaded = measure_floor(args, threaded_runs, ["--threads", str(FLOOR_THREADS)])
-    threaded_unary = statistics.median(threaded["unary"])
-    client_call = rf3["ping"]
-    coordinate_and_commit = rf1["write-owner"] - client_call
-    replica_writes = rf3["write-owner"] - rf1["write-owner"]
-    forward = (rf3["write-any"] - rf3["write-owner"]) / FORWARDED_SHARE
+    rf3 = measure(3, RUNS, args)
+    rf1 = measure(1, [r for r in RUNS if r[0] == "write-owner"], args)
+    both = {"unary": bare_grpc.UNARY, "stream of one": bare_grpc.STREAM_OF_ONE}
+    aio = measure_floor(both, [], args)
+    threaded = measure_floor(both, ["--threads", str(FLOOR_THREADS)], args)
+    client_call = rf3["ping"].cpu_us
+    owner_write = rf3["write-owner"].cpu_us
     table = Table(
-        title=f"node CPU of one QUORUM write (RF 3, 3 nodes, {args.concurrency} in flight), "
-        f"medians of {args.rounds} rounds"
+        title=f"node CPU per call and per QUORUM write (3 processes, {args.concurrency} "
+        f"in flight), medians of {args.rounds} rounds"
     )
     table.add_column("hop")
-    table.add_column("µs, summed over the nodes", justify="right")
+    table.add_column("µs, summed over the processes", justify="right")
+    table.add_column("p50 ms", justify="right")
     table.add_column("measured as")
-    rows = [
-        ("the floor: a bare grpc.aio unary call", floor["unary"], "bench/bare_grpc.py"),
+    threads = f"--threads {FLOOR_THREADS}"
+    rows: list[tuple[str, float, Measured | None, str]] = [
+        (
+            "the floor: a bare grpc.aio unary call",
+            aio["unary"].cpu_us,
+            aio["unary"],
+            "bench/bare_grpc.py",
+        ),
         (
             "the floor: a bare grpc.aio stream of one answer",
-            floor["stream of one"],
+            aio["stream of one"].cpu_us,
+            aio["stream of one"],
             "bench/bare_grpc.py",
         ),
         (
             "the floor: a bare synchronous grpc unary call",
-            threaded_unary,
-            f"bench/bare_grpc.py --threads {FLOOR_THREADS}",
+            threaded["unary"].cpu_us,
+            threaded["unary"],
+            f"bench/bare_grpc.py {threads}",
         ),
-        ("the client call (grpc, gate, parsing)", client_call, "Ping"),
+        (
+            "the floor: a bare synchronous grpc stream of one",
+            threaded["stream of one"].cpu_us,
+            threaded["stream of one"],
+            f"bench/bare_grpc.py {threads}",
+        ),
+        ("the client call (grpc, gate, parsing)", client_call, rf3["ping"], "Ping"),
         (
             "coordinating and committing on the owner",
-            coordinate_and_commit,
+            rf1["write-owner"].cpu_us - client_call,
+            None,
             "RF 1 owner write - Ping",
         ),
-        ("two replica writes (both ends, both commits)", replica_writes, "RF 3 - RF 1 owner write"),
-        ("a write sent to its owner", rf3["write-owner"], "RF 3 owner write"),
-        ("one forwarding hop (per forwarded write)", forward, "(any - owner) / (2/3)"),
-        ("a write from a client that does not know the ring", rf3["write-any"], "RF 3 round-robin"),
+        (
+            "two replica writes (both ends, both commits)",
+            owner_write - rf1["write-owner"].cpu_us,
+            None,
+            "RF 3 - RF 1 owner write",
+        ),
+        (
+            "a write sent to its owner, RF 1",
+            rf1["write-owner"].cpu_us,
+            rf1["write-owner"],
+            "RF 1 owner write",
+        ),
+        ("a write sent to its owner", owner_write, rf3["write-owner"], "RF 3 owner write"),
+        (
+            "one forwarding hop (per forwarded write)",
+            (rf3["write-any"].cpu_us - owner_write) / FORWARDED_SHARE,
+            None,
+            "(any - owner) / (2/3)",
+        ),
+        (
+            "a write from a client that does not know the ring",
+            rf3["write-any"].cpu_us,
+            rf3["write-any"],
+            "RF 3 round-robin",
+        ),
     ]
-    for hop, micros, how in rows:
-        table.add_row(hop, f"{micros:,.0f}", how)
-    Console(width=None if sys.stdout.isatty() else 120).print(table)
+    for hop, micros, measured, how in rows:
+        latency = f"{measured.p50_ms:.2f}" if measured is not None else ""
+        table.add_row(hop, f"{micros:,.0f}", latency, how)
+    Console(width=None if sys.stdout.isatty() else 140).print(table)
     return 0
 
 

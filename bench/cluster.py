@@ -148,18 +148,23 @@ def spawn(line: list[str], log_path: Path) -> subprocess.Popen[bytes]:
 
 def stop(children: list[subprocess.Popen[bytes]]) -> None:
     # A second Ctrl-C (or a SIGTERM) must not cut the shutdown short and
-    # leave nodes running.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    for child in children:
-        if child.poll() is None:
-            child.send_signal(signal.SIGTERM)
-    for child in children:
-        try:
-            child.wait(timeout=STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.wait()
+    # leave nodes running; after it, the script that goes on (a benchmark
+    # that starts the next cluster) can be stopped again.
+    interrupt = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    terminate = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+        for child in children:
+            try:
+                child.wait(timeout=STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+    finally:
+        signal.signal(signal.SIGINT, interrupt)
+        signal.signal(signal.SIGTERM, terminate)
 
 
 def bench_command(addresses: list[str], args: argparse.Namespace) -> list[str]:

@@ -197,8 +197,8 @@ class Gate:
         self._overloaded_since: float | None = None
         self.answers_not_read = 0
         """Answers given up because their callers had not read them within
-        ``send_timeout_s``. Their calls were counted in the request metrics
-        when the answer left the handler, before it was known."""
+        ``send_timeout_s``. A unary call among them was counted OK in the
+        request metrics as its answer left the handler, before it was known."""
 
     def enter(self, access: Access, caller: str = "", *, endless: bool = False) -> None:
         """Count a call in, or refuse it: UNAVAILABLE once closed, OVERLOADED
