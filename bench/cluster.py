@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
-from ringkv.cli.local_cluster import node_command_lines
+from ringkv.cli.local_cluster import node_command_lines, stop_processes
 from ringkv.client.admin import cluster_state
 from ringkv.client.health import wait_until_serving
 from ringkv.core.errors import RingkvError
@@ -153,15 +153,7 @@ def stop(children: list[subprocess.Popen[bytes]]) -> None:
     interrupt = signal.signal(signal.SIGINT, signal.SIG_IGN)
     terminate = signal.signal(signal.SIGTERM, signal.SIG_IGN)
     try:
-        for child in children:
-            if child.poll() is None:
-                child.send_signal(signal.SIGTERM)
-        for child in children:
-            try:
-                child.wait(timeout=STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                child.kill()
-                child.wait()
+        stop_processes(children, STOP_TIMEOUT_S)
     finally:
         signal.signal(signal.SIGINT, interrupt)
         signal.signal(signal.SIGTERM, terminate)

@@ -118,6 +118,20 @@ def _runnable_command() -> str:
     return f"{shlex.quote(sys.executable)} -m ringkv"
 
 
+def stop_processes(children: Sequence[subprocess.Popen[bytes]], timeout_s: float = 15.0) -> None:
+    """SIGTERM every child still running, then wait for each, killing one that
+    has not stopped within ``timeout_s`` (a node drains its calls first)."""
+    for child in children:
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+    for child in children:
+        try:
+            child.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+
+
 def _exit_reason(status: int) -> str:
     if status >= 0:
         return f"exited with status {status}"
@@ -190,12 +204,4 @@ def handle(args: argparse.Namespace) -> int:
                 )
         return 1
     finally:
-        for child in children:
-            if child.poll() is None:
-                child.send_signal(signal.SIGTERM)
-        for child in children:
-            try:
-                child.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                child.kill()
-                child.wait()
+        stop_processes(children)
