@@ -23,7 +23,10 @@ def test_a_read_at_one_on_a_replica_is_answered_by_that_replica(tmp_path: Path) 
                 for i in range(1000)
                 if "a" in nodes["a"].view.replica_sets(b"k%d" % i).current
             )
-            older = Record(key, b"older", HybridLogicalClock("a").tick(now_ms()))
+            # One clock for a's versions: two fresh ones ticked in the same
+            # millisecond would stamp the tombstone below equal to this value.
+            clock_a = HybridLogicalClock("a")
+            older = Record(key, b"older", clock_a.tick(now_ms()))
             newer = Record(key, b"newer", HybridLogicalClock("b").tick(now_ms() + 1000))
             await nodes["a"].store.apply(older)
             for node in nodes["a"].view.replica_sets(key).current:
@@ -34,7 +37,7 @@ def test_a_read_at_one_on_a_replica_is_answered_by_that_replica(tmp_path: Path) 
             read = await nodes["a"].coordinator.read(key, Consistency.ONE, timeout_s=5.0)
             assert read == older
             # A tombstone held here reads as nothing.
-            deleted = Record(key, b"", HybridLogicalClock("a").tick(now_ms()), tombstone=True)
+            deleted = Record(key, b"", clock_a.tick(now_ms()), tombstone=True)
             await nodes["a"].store.apply(deleted)
             assert await nodes["a"].coordinator.read(key, Consistency.ONE, timeout_s=5.0) is None
 
